@@ -1,0 +1,25 @@
+# slabbench: Bayesian model compression benchmark.  `snakemake --cores 8` runs the default grid.
+# The grid lives in config/config.yaml (every key commented); rules are generic.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+rule all:
+    input:
+        "results/summary/runs.csv",
+        "results/summary/summary.csv",
+        "results/tables/summary.md",
+        "results/tables/summary.tex",
+        expand("results/figures/{experiment}.png", experiment=EXPERIMENTS),
+        expand("results/figures/{experiment}.pdf", experiment=EXPERIMENTS),
+    default_target: True

@@ -1,0 +1,3 @@
+"""slabbench: a reproducible benchmark suite for Bayesian model compression."""
+
+__version__ = "0.1.0"

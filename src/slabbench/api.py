@@ -1,0 +1,243 @@
+"""Plugin contracts: the base classes that method and dataset files subclass.
+
+A *method* file in ``methods/`` exposes ``Method``, a subclass of :class:`Method`; its
+name is the file stem.  A *dataset* file in ``datasets/`` exposes ``Dataset``, a subclass
+of :class:`Dataset`.  Both declare their options as a frozen dataclass ``Params`` with
+defaults; unknown keys are an error (:func:`make_params`).
+
+The core (:mod:`slabbench.train`) owns the loss convention
+
+    loss = mean NLL over the minibatch + beta(t) * penalty / N_train,
+
+the optimiser loop, masking, fine-tuning and every metric.  Metrics are measured on the
+network returned by :meth:`Method.export`, never reported by the plugin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import nn
+
+TASKS = ("classification", "regression")
+SPLITS = ("train", "val", "test")
+
+
+class PluginError(ValueError):
+    """A plugin was given options it does not declare, or values it cannot use."""
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A plugin without options."""
+
+
+def _suggest(bad: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(bad, valid, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def make_params(cls: type, options: Mapping[str, Any] | None, owner: str) -> Any:
+    """Build the frozen dataclass ``cls`` from ``options``; unknown keys and bad types fail.
+
+    ``owner`` names the plugin in the error message, e.g. ``"method 'magnitude'"``.
+    """
+    options = dict(options or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in options:
+        if key not in fields:
+            valid = sorted(fields)
+            raise PluginError(
+                f"unknown option {key!r} for {owner}{_suggest(key, valid)}; "
+                f"valid options: {', '.join(valid) if valid else '(none)'}"
+            )
+    for key, value in options.items():
+        _check_type(owner, key, value, fields[key].type)
+    return cls(**options)
+
+
+_TYPE_NAMES = {"int": int, "float": (int, float), "bool": bool, "str": str}
+
+
+def _check_type(owner: str, key: str, value: Any, annotation: Any) -> None:
+    ann = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    ann = ann.replace(" ", "")
+    allowed = ann.split("|")
+    if value is None and "None" in allowed:
+        return
+    for name in allowed:
+        expected = _TYPE_NAMES.get(name)
+        if expected is None:
+            return  # complex annotation: leave the check to the plugin
+        if isinstance(value, bool) and name != "bool":
+            continue
+        if isinstance(value, expected):
+            return
+    raise PluginError(f"option {key!r} of {owner} must be {ann}, got {value!r} ({type(value).__name__})")
+
+
+def check_choice(owner: str, key: str, value: Any, valid: tuple) -> None:
+    """Raise :class:`PluginError` unless ``value`` is one of ``valid``."""
+    if value not in valid:
+        raise PluginError(f"option {key!r} of {owner} is {value!r}; valid values: {', '.join(map(str, valid))}")
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a model needs to know about a data set.
+
+    ``input_shape`` excludes the batch dimension, e.g. ``(1, 28, 28)`` or ``(200,)``.
+    ``outputs`` is the number of classes (classification) or 1 (regression).
+    ``true_support`` holds the indices of the relevant input features when known
+    (simulations), else ``None``.
+    """
+
+    name: str
+    task: str
+    input_shape: tuple[int, ...]
+    outputs: int
+    sizes: Mapping[str, int]
+    true_support: tuple[int, ...] | None = None
+    feature_shape: tuple[int, ...] | None = None
+
+    @property
+    def n_features(self) -> int:
+        n = 1
+        for d in self.input_shape:
+            n *= d
+        return n
+
+
+class Dataset:
+    """Base class of a dataset plugin.
+
+    Subclasses set ``Params`` and implement :meth:`spec` and :meth:`load`.  ``seed`` is
+    the run seed: simulations draw a replicate data set from it; real data sets keep a
+    fixed split and ignore it.
+    """
+
+    Params: ClassVar[type] = NoParams
+    name: ClassVar[str] = ""
+
+    def __init__(self, params: Any, seed: int = 0):
+        self.params = params
+        self.seed = seed
+
+    def prepare(self) -> None:
+        """Fetch or locate raw files once (optional).  Fail with a clear message if absent."""
+
+    def spec(self) -> DatasetSpec:
+        raise NotImplementedError
+
+    def load(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(x, y)`` for ``split`` in ``("train", "val", "test")``.
+
+        ``x``: float32, shape ``(n, *input_shape)``.  ``y``: int64 class labels of shape
+        ``(n,)`` (classification) or float32 targets of shape ``(n,)`` (regression).
+        """
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- methods
+
+
+@dataclass
+class TrainContext:
+    """Facts about a training run that a method may need (read-only for the method).
+
+    ``n_train``: number of training points N (the penalty is divided by it).
+    ``steps_per_epoch``: optimiser steps per epoch.  ``target``: the sparsity target the
+    current training run aims at, for methods with ``needs_target = True``, else ``None``.
+    """
+
+    task: str
+    n_train: int
+    epochs: int
+    steps_per_epoch: int
+    lr: float
+    device: torch.device
+    spec: DatasetSpec
+    target: float | None = None
+    extras: dict = field(default_factory=dict)
+
+
+class Method:
+    """Base class of a method plugin.  The defaults describe plain (dense) training.
+
+    Hooks, in the order the core calls them:
+
+    * :meth:`build` turns the plain architecture (built from ``MaskedLinear`` /
+      ``MaskedConv2d`` layers, see :mod:`slabbench.layers`) into the training-time model;
+      keep the module names so scores line up with the exported network.
+    * :meth:`optimizer` makes the optimiser (default Adam at the experiment's lr).
+    * per minibatch: ``loss = mean NLL + beta(epoch) * penalty(model) / N``; then
+      :meth:`after_step` (clamps, schedules, closed-form updates).
+    * :meth:`export` returns the plain network that every metric is measured on.
+    * :meth:`scores` gives one importance per prunable weight of that network (higher =
+      keep); the core keeps the global top ``1 - s`` for each target ``s``.
+    * :meth:`natural_mask` gives the method's own selection (Bayesian methods), or ``None``.
+    """
+
+    Params: ClassVar[type] = NoParams
+    name: ClassVar[str] = ""
+    #: "global" (one threshold over all prunable weights) or "layerwise".
+    prune_scope: str = "global"
+
+    def __init__(self, params: Any, ctx: TrainContext):
+        self.params = params
+        self.ctx = ctx
+
+    @classmethod
+    def trains_per_target(cls, params: Any) -> bool:
+        """True when training itself depends on the sparsity target (e.g. gradual pruning):
+        the core then trains once per target and sets ``ctx.target``."""
+        return False
+
+    def build(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.Adam(model.parameters(), lr=lr)
+
+    def beta(self, epoch: int) -> float:
+        """Weight of the penalty at ``epoch`` (0-based); KL warm-up lives here."""
+        return 1.0
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        """Penalty in nats for the whole model (KL or expected L0), or ``None``."""
+        return None
+
+    def after_step(self, model: nn.Module, step: int, epoch: int) -> None:
+        """Called after every optimiser step (0-based global step)."""
+
+    def after_epoch(self, model: nn.Module, epoch: int) -> None:
+        """Called after every epoch."""
+
+    def export(self, model: nn.Module) -> nn.Module:
+        """Return the plain network (masked layers only) to evaluate, prune and fine-tune."""
+        return model
+
+    def scores(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        """Importance per prunable weight, keyed by the exported network's parameter names
+        (``"fc1.weight"``), each of that weight's shape; ``None`` = the method never prunes."""
+        return None
+
+    def natural_mask(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        """The method's own keep-mask per prunable weight (``None`` if it has no natural rule)."""
+        return None
+
+    def bma_predict(self, model: nn.Module, masks: dict[str, torch.Tensor] | None, x: torch.Tensor) -> torch.Tensor | None:
+        """Bayesian model average restricted to ``masks`` (``None`` = no mask): class
+        probabilities (n, C) or predictive means (n,).  ``None`` if the method has no posterior."""
+        return None
+
+    def extra_artifacts(self, model: nn.Module) -> dict[str, Any]:
+        """Tensors worth saving for figures (e.g. inclusion probabilities)."""
+        return {}

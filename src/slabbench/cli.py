@@ -1,0 +1,87 @@
+"""Job entry points (called by the thin Snakemake scripts) and a small command line.
+
+    slabbench validate CONFIG.yaml       check a configuration without running anything
+    slabbench runs CONFIG.yaml           list the runs the configuration expands to
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("slabbench")
+
+
+def setup_logging(path: str | None = None) -> None:
+    kw = {"filename": path, "filemode": "w"} if path else {"stream": sys.stderr}
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True, **kw)
+
+
+def train_job(spec: dict, metrics_path: str, artefacts_path: str, threads: int = 1) -> None:
+    """Train one run and write ``metrics.jsonl`` and ``artefacts.pt`` atomically."""
+    import torch
+
+    from slabbench.io import atomic_path, write_jsonl
+    from slabbench.train import run
+
+    records, artefacts = run(dict(spec), threads=threads)
+    with atomic_path(artefacts_path) as tmp:
+        torch.save(artefacts, tmp)
+    write_jsonl(metrics_path, records)
+
+
+def aggregate_job(metrics_paths: list[str], runs_csv: str, summary_csv: str) -> None:
+    from slabbench.aggregate import runs_table, summary_table, write_csv
+
+    runs = runs_table(metrics_paths)
+    write_csv(runs, runs_csv)
+    write_csv(summary_table(runs), summary_csv)
+    log.info("%d rows from %d runs", len(runs), len(metrics_paths))
+
+
+def tables_job(runs_csv: str, md_path: str, tex_path: str) -> None:
+    import pandas as pd
+
+    from slabbench.io import write_text
+    from slabbench.tables import render
+
+    runs = pd.read_csv(runs_csv)
+    write_text(md_path, render(runs, "markdown"))
+    write_text(tex_path, render(runs, "latex"))
+
+
+def figure_job(runs_csv: str, experiment: str, png: str, pdf: str) -> None:
+    import pandas as pd
+
+    from slabbench.plotting import plot_experiment, save
+
+    runs = pd.read_csv(runs_csv)
+    save(plot_experiment(runs[runs["experiment"] == experiment]), png, pdf)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from slabbench.config import ConfigError, load_yaml, run_dir, run_specs, validate
+
+    parser = argparse.ArgumentParser(prog="slabbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("validate", "runs"):
+        p = sub.add_parser(name)
+        p.add_argument("config", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        config = validate(load_yaml(args.config))
+    except ConfigError as err:
+        print(f"{args.config}: {err}", file=sys.stderr)
+        return 2
+    if args.command == "validate":
+        print(f"{args.config}: valid, {len(run_specs(config))} runs")
+    else:
+        for spec in run_specs(config):
+            print(run_dir(spec))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

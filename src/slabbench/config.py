@@ -1,0 +1,166 @@
+"""Configuration: schema validation with readable errors, semantic checks against the
+discovered plugins, and expansion of the grid into run specs.  Everything here runs when
+the Snakefile is parsed, before any job starts."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import torch
+import yaml
+
+from slabbench._plugins import repo_root
+from slabbench.api import PluginError, TrainContext, make_params
+from slabbench.models import MODEL_OPTIONS, MODELS
+from slabbench.registry import available, dataset_class, method_class
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+RUN_DIR = "results/runs/{experiment}/{method}/seed={seed}"
+
+
+class ConfigError(ValueError):
+    """The configuration is malformed; the message names the bad value and the valid ones."""
+
+
+def schema_path() -> Path:
+    return (repo_root() or Path.cwd()) / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def load_yaml(path: str | Path) -> Any:
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def _where(path) -> str:
+    out = "config"
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out
+
+
+def _hint(bad: str, valid) -> str:
+    close = difflib.get_close_matches(str(bad), [str(v) for v in valid], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _format(err: jsonschema.ValidationError) -> str:
+    where, value, schema = _where(err.absolute_path), err.instance, err.schema
+    if err.validator == "additionalProperties":
+        valid = sorted(schema.get("properties", {}))
+        bad = sorted(set(value) - set(valid))
+        return "; ".join(f"unknown key {b!r} in {where}{_hint(b, valid)}; valid keys: {', '.join(valid)}" for b in bad)
+    if err.validator == "required":
+        missing = [k for k in err.validator_value if k not in value]
+        return f"missing key(s) {', '.join(map(repr, missing))} in {where}; required keys: {', '.join(err.validator_value)}"
+    if err.validator == "propertyNames":
+        return f"bad name {value!r} in {where}: names may use letters, digits, '_' and '-' and must start with a letter or digit"
+    expected = schema.get("description") or err.message
+    extra = ""
+    if isinstance(value, str) and re.fullmatch(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+", value):
+        extra = " (YAML reads numbers like 1e-3 as strings; write 1.0e-3)"
+    return f"{where} is {value!r}; expected {expected}{extra}"
+
+
+def _validate_schema(config: Any) -> None:
+    schema = load_yaml(schema_path())
+    if not isinstance(config, dict):
+        raise ConfigError(f"the configuration must be a mapping, got {type(config).__name__}")
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_format(e) for e in errors))
+
+
+def _apply_defaults(config: dict) -> dict:
+    schema = load_yaml(schema_path())
+    exp_props = schema["properties"]["experiments"]["additionalProperties"]["properties"]
+    config = copy.deepcopy(config)
+    config.setdefault("method_params", {})
+    for exp in config["experiments"].values():
+        for key, prop in exp_props.items():
+            if "default" in prop:
+                exp.setdefault(key, prop["default"])
+        exp.setdefault("dataset_params", {})
+        exp.setdefault("model_params", {})
+        exp.setdefault("method_params", {})
+    return config
+
+
+def method_options(config: dict, experiment: str, method: str) -> dict:
+    """Global ``method_params[method]`` overridden by the experiment's own."""
+    opts = dict(config.get("method_params", {}).get(method) or {})
+    opts.update(config["experiments"][experiment].get("method_params", {}).get(method) or {})
+    return opts
+
+
+def validate(config: Any) -> dict:
+    """Validate ``config`` (schema, then plugins and options); return it with defaults filled.
+
+    Raises :class:`ConfigError` naming every bad value and the valid ones.
+    """
+    _validate_schema(config)
+    config = _apply_defaults(config)
+    problems: list[str] = []
+    methods, datasets = available("method"), available("dataset")
+    for m in config["methods"]:
+        if m not in methods:
+            problems.append(f"config.methods: unknown method {m!r}{_hint(m, methods)}; have {', '.join(methods)}")
+    for m in config["method_params"]:
+        if m not in methods:
+            problems.append(f"config.method_params: unknown method {m!r}{_hint(m, methods)}; have {', '.join(methods)}")
+    for name, exp in config["experiments"].items():
+        where = f"config.experiments.{name}"
+        if exp["dataset"] not in datasets:
+            problems.append(f"{where}.dataset: unknown data set {exp['dataset']!r}{_hint(exp['dataset'], datasets)}; have {', '.join(datasets)}")
+        else:
+            cls = dataset_class(exp["dataset"])
+            try:
+                make_params(cls.Params, exp["dataset_params"], f"data set {exp['dataset']!r}")
+            except PluginError as e:
+                problems.append(f"{where}.dataset_params: {e}")
+        if exp["model"] not in MODELS:
+            problems.append(f"{where}.model: unknown model {exp['model']!r}{_hint(exp['model'], MODELS)}; have {', '.join(MODELS)}")
+        else:
+            bad = sorted(set(exp["model_params"]) - set(MODEL_OPTIONS[exp["model"]]))
+            if bad:
+                problems.append(f"{where}.model_params: unknown option(s) {', '.join(map(repr, bad))} for model {exp['model']!r}; valid: {', '.join(MODEL_OPTIONS[exp['model']])}")
+        for m in exp["method_params"]:
+            if m not in methods:
+                problems.append(f"{where}.method_params: unknown method {m!r}{_hint(m, methods)}; have {', '.join(methods)}")
+        for m in config["methods"]:
+            if m not in methods:
+                continue
+            cls = method_class(m)
+            try:
+                params = make_params(cls.Params, method_options(config, name, m), f"method {m!r}")
+                ctx = TrainContext(task="classification", n_train=1, epochs=exp["epochs"], steps_per_epoch=1,
+                                   lr=exp["lr"], device=torch.device("cpu"), spec=None)
+                cls(params, ctx)  # constructors check choices (scope, schedule, ...)
+            except PluginError as e:
+                problems.append(f"{where}: {e}")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return config
+
+
+def run_specs(config: dict) -> list[dict]:
+    """Expand a validated config into one resolved spec per (experiment, method, seed)."""
+    specs = []
+    for name, exp in config["experiments"].items():
+        for method in config["methods"]:
+            for seed in config["seeds"]:
+                spec = {k: copy.deepcopy(v) for k, v in exp.items() if k != "method_params"}
+                spec.update(experiment=name, method=method, seed=int(seed), device=config["device"],
+                            sparsities=[float(s) for s in config["sparsities"]],
+                            method_params=method_options(config, name, method))
+                specs.append(spec)
+    return specs
+
+
+def run_dir(spec: dict) -> str:
+    return RUN_DIR.format(**spec)

@@ -1,0 +1,61 @@
+"""Plain prunable layers: a weight mask held as a buffer and applied in ``forward``.
+
+The exported network of every method is built from these, so masking, counting and
+fine-tuning live in one place.  ``weight_mask`` has the weight's shape, values in {0, 1}.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MaskedLinear(nn.Linear):
+    """``nn.Linear`` whose weight is multiplied by the buffer ``weight_mask`` (out, in)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, **kw):
+        super().__init__(in_features, out_features, bias=bias, **kw)
+        self.register_buffer("weight_mask", torch.ones_like(self.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.weight_mask, self.bias)
+
+
+class MaskedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose weight is multiplied by the buffer ``weight_mask`` (out, in, kh, kw)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.register_buffer("weight_mask", torch.ones_like(self.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight * self.weight_mask, self.bias)
+
+
+def is_prunable(module: nn.Module) -> bool:
+    return isinstance(module, (MaskedLinear, MaskedConv2d))
+
+
+def prunable_layers(model: nn.Module, kinds: tuple[type, ...] = (MaskedLinear, MaskedConv2d)) -> Iterator[tuple[str, nn.Module]]:
+    """Yield ``(name, module)`` of every layer of type ``kinds``, in forward order."""
+    for name, module in model.named_modules():
+        if isinstance(module, kinds):
+            yield name, module
+
+
+def replace_layers(model: nn.Module, fn: Callable[[str, nn.Module], nn.Module | None], kinds: tuple[type, ...] = (MaskedLinear, MaskedConv2d)) -> nn.Module:
+    """Return a deep copy of ``model`` where every layer of type ``kinds`` is replaced by
+    ``fn(name, layer)`` (module names are kept, so parameter names line up)."""
+    new = copy.deepcopy(model)
+    for name, module in list(new.named_modules()):
+        if isinstance(module, kinds):
+            parent_name, _, child = name.rpartition(".")
+            parent = new.get_submodule(parent_name) if parent_name else new
+            replacement = fn(name, module)
+            if replacement is not None:
+                setattr(parent, child, replacement)
+    return new

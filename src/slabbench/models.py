@@ -1,0 +1,83 @@
+"""Architectures built from masked layers: MLP (LeNet-300-100 = ``mlp`` with hidden
+[300, 100]) and LeNet-5-Caffe.  The classifier layer is prunable like any other."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from torch import nn
+
+from slabbench.api import DatasetSpec
+from slabbench.layers import MaskedConv2d, MaskedLinear
+
+MODELS = ("mlp", "lenet5")
+MODEL_OPTIONS = {"mlp": ("hidden", "activation", "init"), "lenet5": ("init",)}
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class ModelError(ValueError):
+    pass
+
+
+def build_model(name: str, spec: DatasetSpec, options: dict[str, Any] | None = None) -> nn.Sequential:
+    """Build the plain architecture ``name`` for data described by ``spec``.
+
+    Options: ``hidden`` (list of widths, mlp), ``activation`` (relu|tanh, mlp),
+    ``init`` (``default`` = torch's Kaiming-uniform, or ``uniform:A`` = U(-A, A) for every
+    weight and bias, the predecessors' choice for small regression nets).
+    """
+    options = dict(options or {})
+    if name not in MODELS:
+        raise ModelError(f"unknown model {name!r}; have {', '.join(MODELS)}")
+    unknown = set(options) - set(MODEL_OPTIONS[name])
+    if unknown:
+        raise ModelError(f"unknown option(s) {sorted(unknown)} for model {name!r}; valid: {', '.join(MODEL_OPTIONS[name])}")
+    if name == "mlp":
+        model = mlp(spec.n_features, list(options.get("hidden", [300, 100])), spec.outputs, options.get("activation", "relu"))
+    else:
+        model = lenet5_caffe(spec.input_shape, spec.outputs)
+    _init(model, options.get("init", "default"))
+    return model
+
+
+def mlp(in_features: int, hidden: list[int], outputs: int, activation: str = "relu") -> nn.Sequential:
+    if activation not in ACTIVATIONS:
+        raise ModelError(f"unknown activation {activation!r}; have {', '.join(ACTIVATIONS)}")
+    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+    widths = [in_features, *hidden]
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+        layers += [(f"fc{i}", MaskedLinear(a, b)), (f"act{i}", ACTIVATIONS[activation]())]
+    layers.append((f"fc{len(widths)}", MaskedLinear(widths[-1], outputs)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+def lenet5_caffe(input_shape: tuple[int, ...], outputs: int) -> nn.Sequential:
+    """conv20-5x5, maxpool 2, conv50-5x5, maxpool 2, fc500, fc(outputs); ReLU after each
+    hidden layer (as in the sparse VD and L0 reference code)."""
+    if len(input_shape) != 3 or input_shape[1] < 16 or input_shape[2] < 16:
+        raise ModelError(f"lenet5 needs image input (C, H, W) with H, W >= 16; got input shape {tuple(input_shape)}")
+    c, h, w = input_shape
+    fh, fw = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
+    return nn.Sequential(OrderedDict([
+        ("conv1", MaskedConv2d(c, 20, 5)), ("act1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
+        ("conv2", MaskedConv2d(20, 50, 5)), ("act2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
+        ("flatten", nn.Flatten()),
+        ("fc1", MaskedLinear(50 * fh * fw, 500)), ("act3", nn.ReLU()),
+        ("fc2", MaskedLinear(500, outputs)),
+    ]))
+
+
+def _init(model: nn.Module, init: str) -> None:
+    if init == "default":
+        return
+    if init.startswith("uniform:"):
+        try:
+            a = float(init.split(":", 1)[1])
+        except ValueError:
+            a = -1.0
+        if a > 0:
+            for p in model.parameters():
+                nn.init.uniform_(p, -a, a)
+            return
+    raise ModelError(f"unknown init {init!r}; valid: 'default' or 'uniform:A' with A > 0 (e.g. 'uniform:0.6')")

@@ -1,0 +1,83 @@
+"""Figures (seaborn): test metric vs sparsity per experiment, one line per method with a
+95% bootstrap band over seeds; fixed method -> colour mapping across every figure."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from slabbench.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, describe  # noqa: E402
+
+#: the fixed method order and colours (methods not listed get the remaining palette colours)
+KNOWN_METHODS = ["dense", "magnitude", "spike_slab", "sparse_vd", "l0"]
+_PALETTE = sns.color_palette("colorblind", 10)
+METHOD_COLOURS = {"dense": "0.3", "magnitude": _PALETTE[0], "spike_slab": _PALETTE[3],
+                  "sparse_vd": _PALETTE[2], "l0": _PALETTE[1]}
+
+
+def method_order(methods) -> list[str]:
+    methods = list(dict.fromkeys(methods))
+    return [m for m in KNOWN_METHODS if m in methods] + sorted(m for m in methods if m not in KNOWN_METHODS)
+
+
+def method_colour(method: str):
+    """Fixed colour of a method; a new method gets a stable colour from its name."""
+    if method in METHOD_COLOURS:
+        return METHOD_COLOURS[method]
+    return _PALETTE[4 + sum(map(ord, method)) % (len(_PALETTE) - 4)]
+
+
+def metric_for(task: str) -> tuple[str, str]:
+    return ("test_error", "test error (%)") if task == "classification" else ("test_rmse", "test RMSE")
+
+
+def plot_experiment(runs: pd.DataFrame, title: str | None = None):
+    """Test metric vs target sparsity (logit axis); natural selections as points with
+    95% CI bars at their achieved sparsity; dense as a horizontal band."""
+    runs = runs.copy()
+    task = runs["task"].iloc[0]
+    metric, label = metric_for(task)
+    if task == "classification":
+        runs["test_error"] = 100 * (1 - runs["test_accuracy"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    targets = runs[runs["selection"] == "target"]
+    order = method_order(runs["method"].unique())
+    if not targets.empty:
+        sns.lineplot(data=targets, x="target_sparsity", y=metric, hue="method", hue_order=[m for m in order if m in set(targets["method"])],
+                     palette={m: method_colour(m) for m in order}, errorbar=("ci", 95), n_boot=BOOTSTRAP_SAMPLES,
+                     seed=BOOTSTRAP_SEED, marker="o", ax=ax)
+    natural = runs[runs["selection"] == "natural"]
+    for method, g in natural.groupby("method", sort=False):
+        y, x = describe(g[metric].tolist()), describe(g["sparsity"].tolist())
+        if method == "dense" or x["mean"] == 0:
+            ax.axhline(y["mean"], color=method_colour(method), ls="--", lw=1, label=f"{method}")
+            ax.axhspan(y["ci_low"], y["ci_high"], color=method_colour(method), alpha=0.12, lw=0)
+        else:
+            ax.errorbar([x["mean"]], [y["mean"]], yerr=[[y["mean"] - y["ci_low"]], [y["ci_high"] - y["mean"]]],
+                        xerr=[[x["mean"] - x["ci_low"]], [x["ci_high"] - x["mean"]]], fmt="*", ms=11,
+                        color=method_colour(method), mec="k", label=f"{method} (natural)")
+    xs = pd.concat([targets["target_sparsity"], natural.loc[natural["sparsity"] > 0, "sparsity"]]).dropna()
+    if not xs.empty and xs.min() > 0 and xs.max() < 1:
+        ax.set_xscale("logit")
+    ax.set_xlabel("sparsity (fraction of weights pruned)")
+    ax.set_ylabel(label)
+    ax.set_title(title or f"{runs['experiment'].iloc[0]}: {runs['dataset'].iloc[0]}, {runs['model'].iloc[0]}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, png: str, pdf: str | None = None) -> None:
+    """Save ``fig`` atomically as PNG (and PDF)."""
+    from slabbench.io import atomic_path
+
+    for path, fmt in ((png, "png"), (pdf, "pdf")):
+        if path:
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=150)
+    plt.close(fig)

@@ -1,0 +1,35 @@
+# Helpers: validate the configuration before any job starts and expand the grid.
+
+import os
+
+os.environ.setdefault("SLABBENCH_ROOT", workflow.basedir)
+
+from slabbench.config import ConfigError, run_dir, run_specs, validate
+
+try:
+    CONFIG = validate(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+SPECS = {(s["experiment"], s["method"], str(s["seed"])): s for s in run_specs(CONFIG)}
+EXPERIMENTS = list(CONFIG["experiments"])
+RUN_DIRS = [run_dir(s) for s in SPECS.values()]
+
+
+wildcard_constraints:
+    experiment="[A-Za-z0-9][A-Za-z0-9_-]*",
+    method="[a-z][a-z0-9_]*",
+    seed="[0-9]+",
+
+
+def spec_of(wildcards):
+    return SPECS[(wildcards.experiment, wildcards.method, wildcards.seed)]
+
+
+def plugin_files(wildcards):
+    spec = spec_of(wildcards)
+    return [f"methods/{spec['method']}.py", f"datasets/{spec['dataset']}.py"]
+
+
+def gpu_count(wildcards):
+    return 1 if CONFIG["device"] == "cuda" else 0
