@@ -57,7 +57,7 @@ def _format(err: jsonschema.ValidationError) -> str:
     if err.validator == "required":
         missing = [k for k in err.validator_value if k not in value]
         return f"missing key(s) {', '.join(map(repr, missing))} in {where}; required keys: {', '.join(err.validator_value)}"
-    if err.validator == "propertyNames":
+    if "propertyNames" in err.schema_path:
         return f"bad name {value!r} in {where}: names may use letters, digits, '_' and '-' and must start with a letter or digit"
     expected = schema.get("description") or err.message
     extra = ""

@@ -28,7 +28,8 @@ def spec_of(wildcards):
 
 def plugin_files(wildcards):
     spec = spec_of(wildcards)
-    return [f"methods/{spec['method']}.py", f"datasets/{spec['dataset']}.py"]
+    base = workflow.basedir  # plugin files live beside the Snakefile, whatever the working directory
+    return [f"{base}/methods/{spec['method']}.py", f"{base}/datasets/{spec['dataset']}.py"]
 
 
 def gpu_count(wildcards):

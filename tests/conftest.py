@@ -1,0 +1,30 @@
+import copy
+from pathlib import Path
+
+import pytest
+
+from slabbench.config import load_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture
+def default_config() -> dict:
+    return copy.deepcopy(load_yaml(ROOT / "config" / "config.yaml"))
+
+
+def tiny_spec(method: str = "dense", dataset: str = "simulation", **over) -> dict:
+    """A resolved run spec that trains in well under a second."""
+    spec = dict(
+        experiment="tiny", dataset=dataset, dataset_params={"p": 8, "n_train": 64, "n_val": 32, "n_test": 64} if dataset == "simulation" else {},
+        model="mlp", model_params={"hidden": [6, 4]}, method=method, method_params={}, seed=0,
+        sparsities=[0.5, 0.9], epochs=2, batch_size=32, lr=1e-2, noise_sd=1.0, finetune_epochs=1,
+        finetune_lr_factor=0.1, device="cpu",
+    )
+    spec.update(over)
+    return spec

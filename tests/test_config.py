@@ -1,0 +1,69 @@
+"""A malformed configuration fails before any training, naming the bad value and the valid ones."""
+
+import pytest
+
+from slabbench.config import ConfigError, run_specs, validate
+
+
+def test_default_config_is_valid(default_config):
+    cfg = validate(default_config)
+    specs = run_specs(cfg)
+    assert len(specs) == len(cfg["experiments"]) * len(cfg["methods"]) * len(cfg["seeds"])
+    # defaults are filled in and method options resolved per experiment
+    assert all("finetune_lr_factor" in s and "method_params" in s for s in specs)
+
+
+def _set(cfg, path, value):
+    *parents, last = path
+    node = cfg
+    for p in parents:
+        node = node[p]
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = value
+
+
+_DELETE = object()
+
+CASES = [
+    # (path, value, expected fragments of the message)
+    (("methods",), ["dense", "l1"], ["unknown method 'l1'", "have ", "dense", "magnitude"]),
+    (("experiments", "digits", "dataset"), "mnsit", ["unknown data set 'mnsit'", "did you mean 'mnist'", "simulation"]),
+    (("sparsities",), [0.5, 1.5], ["config.sparsities[1] is 1.5", "strictly between 0 and 1"]),
+    (("sparsities",), [0.0, 0.5], ["config.sparsities[0] is 0.0", "strictly between 0 and 1"]),
+    (("sparsities",), [], ["config.sparsities is []", "non-empty list"]),
+    (("seeds",), [0, "one"], ["config.seeds[1] is 'one'", "list of distinct integers"]),
+    (("seeds",), [0, 1.5], ["config.seeds[1] is 1.5", "integers"]),
+    (("seeds",), _DELETE, ["missing key(s) 'seeds' in config", "required keys: device, seeds"]),
+    (("sedes",), [0], ["unknown key 'sedes' in config", "did you mean 'seeds'", "valid keys:"]),
+    (("experiments", "digits", "epoch"), 3, ["unknown key 'epoch' in config.experiments.digits", "did you mean 'epochs'"]),
+    (("experiments", "digits", "lr"), "1e-3", ["config.experiments.digits.lr is '1e-3'", "a number > 0", "write 1.0e-3"]),
+    (("experiments", "digits", "epochs"), 0, ["config.experiments.digits.epochs is 0", "an integer >= 1"]),
+    (("experiments", "digits", "batch_size"), "big", ["config.experiments.digits.batch_size is 'big'"]),
+    (("experiments", "digits", "model"), "resnet", ["unknown model 'resnet'", "have mlp, lenet5"]),
+    (("experiments", "digits", "model_params"), {"hiden": [3]}, ["unknown option(s) 'hiden' for model 'mlp'", "valid: hidden"]),
+    (("experiments", "digits", "dataset_params"), {"split": 1}, ["unknown option 'split' for data set 'digits'", "valid options: split_seed"]),
+    (("experiments", "bad/name"), {"dataset": "digits", "model": "mlp", "epochs": 1, "batch_size": 1, "lr": 0.1},
+     ["bad name 'bad/name'", "letters, digits"]),
+    (("device",), "gpu", ["config.device is 'gpu'", "auto, cpu, cuda"]),
+    (("method_params", "magnitude", "wd"), 0.1, ["unknown option 'wd' for method 'magnitude'", "valid options:", "weight_decay"]),
+    (("method_params", "magnitude", "scope"), "per-layer", ["option 'scope' of method 'magnitude' is 'per-layer'", "global, layerwise"]),
+    (("method_params", "magnitude", "weight_decay"), "lots", ["option 'weight_decay' of method 'magnitude' must be float", "'lots'"]),
+    (("method_params", "l1"), {}, ["config.method_params: unknown method 'l1'"]),
+]
+
+
+@pytest.mark.parametrize("path,value,fragments", CASES, ids=[".".join(c[0]) + "=" + repr(c[1])[:20] for c in CASES])
+def test_malformed_config_fails_with_clear_message(default_config, path, value, fragments):
+    _set(default_config, path, value)
+    with pytest.raises(ConfigError) as info:
+        validate(default_config)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in:\n{message}"
+
+
+def test_config_must_be_a_mapping():
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        validate([1, 2])

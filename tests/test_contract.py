@@ -1,0 +1,100 @@
+"""The plugin contract, checked for every file in methods/ (a new method is checked
+automatically).  Variants lists extra option sets per method worth covering."""
+
+import dataclasses
+import math
+
+import jsonschema
+import pytest
+import torch
+
+from conftest import ROOT, tiny_spec
+from slabbench.api import Method, PluginError, TrainContext, make_params
+from slabbench.config import load_yaml
+from slabbench.layers import MaskedConv2d, MaskedLinear, prunable_layers
+from slabbench.models import build_model
+from slabbench.registry import available, dataset_class, method_class
+from slabbench.train import run
+
+#: extra option sets per method (each granularity / schedule / scope); {} = defaults
+VARIANTS = {
+    "magnitude": [{"scope": "layerwise"}, {"schedule": "gradual"}],
+}
+CASES = [(m, {}) for m in available("method")] + [(m, v) for m in available("method") for v in VARIANTS.get(m, [])]
+METRICS_SCHEMA = load_yaml(ROOT / "workflow" / "schemas" / "metrics.schema.yaml")
+
+
+@pytest.mark.parametrize("name", available("method"))
+def test_params_are_a_frozen_dataclass_with_defaults(name):
+    cls = method_class(name)
+    assert issubclass(cls, Method)
+    assert dataclasses.is_dataclass(cls.Params) and cls.Params.__dataclass_params__.frozen
+    params = make_params(cls.Params, {}, name)  # every option has a default
+    with pytest.raises(PluginError, match="unknown option 'no_such_option'"):
+        make_params(cls.Params, {"no_such_option": 1}, name)
+    for f in dataclasses.fields(params):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(params, f.name, None)
+
+
+@pytest.mark.parametrize("name,options", CASES, ids=[f"{m}-{v}" for m, v in CASES])
+def test_hooks_and_export(name, options):
+    cls = method_class(name)
+    params = make_params(cls.Params, options, name)
+    ds_cls = dataset_class("digits")
+    ds = ds_cls(ds_cls.Params())
+    spec = ds.spec()
+    ctx = TrainContext(task=spec.task, n_train=100, epochs=1, steps_per_epoch=2, lr=1e-3,
+                       device=torch.device("cpu"), spec=spec, target=0.5 if cls.trains_per_target(params) else None)
+    torch.manual_seed(0)
+    arch = build_model("mlp", spec, {"hidden": [8]})
+    method = cls(params, ctx)
+    model = method.build(arch)
+    x, y = ds.load("train")
+    out = model(x[:5])
+    assert out.shape == (5, 10)
+    pen = method.penalty(model)
+    assert pen is None or (pen.ndim == 0 and torch.isfinite(pen) and pen.requires_grad)
+    assert method.beta(0) >= 0
+    exported = method.export(model)
+    layers = dict(prunable_layers(exported))
+    assert list(layers) == ["fc1", "fc2"]
+    assert all(type(l) in (MaskedLinear, MaskedConv2d) for l in layers.values())
+    scores = method.scores(model)
+    if scores is not None:
+        assert set(scores) == {f"{n}.weight" for n in layers}
+        for k, v in scores.items():
+            assert v.shape == layers[k.rsplit(".", 1)[0]].weight.shape
+    natural = method.natural_mask(model)
+    if natural is not None:
+        assert set(natural) == {f"{n}.weight" for n in layers}
+        assert all(((m == 0) | (m == 1)).all() for m in natural.values())
+
+
+@pytest.mark.parametrize("name,options", CASES, ids=[f"{m}-{v}" for m, v in CASES])
+@pytest.mark.parametrize("dataset", ["simulation", "digits"])
+def test_run_records_follow_the_schema(name, options, dataset):
+    spec = tiny_spec(method=name, dataset=dataset, method_params=options)
+    records, artefacts = run(spec)
+    assert records, "a run gives at least one record"
+    for rec in records:
+        jsonschema.validate(rec, METRICS_SCHEMA)
+        assert rec["method"] == name and rec["spec"]["method_params"] == options
+    targets = sorted(r["target_sparsity"] for r in records if r["selection"] == "target")
+    if targets:
+        assert targets == sorted(spec["sparsities"])
+        for rec in records:
+            if rec["selection"] == "target":  # the global top-k hits the target to within one weight
+                assert abs(rec["sparsity"] - rec["target_sparsity"]) <= 1 / rec["n_weights"] + 1e-9
+    else:
+        assert [r["selection"] for r in records] == ["natural"]
+
+
+@pytest.mark.parametrize("name", available("method"))
+def test_same_seed_same_numbers(name):
+    a, _ = run(tiny_spec(method=name))
+    b, _ = run(tiny_spec(method=name))
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "train_seconds"} for r in recs]  # noqa: E731
+    assert strip(a) == strip(b)
+    c, _ = run(tiny_spec(method=name, seed=1))
+    assert strip(a) != strip(c)

@@ -1,0 +1,129 @@
+"""Offline data sets: shapes, disjoint fixed splits, determinism; real sets fail clearly."""
+
+import gzip
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from slabbench.api import make_params
+from slabbench.data import DatasetFilesMissing, read_idx, stratified_split
+from slabbench.registry import dataset_class
+
+
+def make(name, seed=0, **opts):
+    cls = dataset_class(name)
+    return cls(make_params(cls.Params, opts, name), seed)
+
+
+@pytest.mark.parametrize("name,shape,task,outputs", [
+    ("simulation", (200,), "regression", 1),
+    ("digits", (1, 8, 8), "classification", 10),
+    ("diabetes", (10,), "regression", 1),
+    ("mnist5k", (1, 28, 28), "classification", 10),
+])
+def test_offline_datasets(name, shape, task, outputs):
+    ds = make(name)
+    spec = ds.spec()
+    assert spec.input_shape == shape and spec.task == task and spec.outputs == outputs
+    rows = {}
+    for split in ("train", "val", "test"):
+        x, y = ds.load(split)
+        assert x.dtype == torch.float32 and x.shape[1:] == shape and len(x) == len(y) == spec.sizes[split] > 0
+        assert y.dtype == (torch.int64 if task == "classification" else torch.float32)
+        rows[split] = {tuple(r) for r in x.reshape(len(x), -1)[:, :].numpy().round(6).tolist()} if name != "simulation" else None
+        x2, y2 = make(name).load(split)  # deterministic
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+    if name in ("digits", "mnist5k"):  # no image shared between train and test
+        assert not rows["train"] & rows["test"]
+
+
+def test_mnist5k_split_sizes_and_stratification():
+    ds = make("mnist5k")
+    assert ds.spec().sizes == {"train": 3500, "val": 500, "test": 1000}
+    counts = torch.bincount(ds.load("test")[1], minlength=10)
+    assert counts.sum() == 1000 and counts.min() >= 80  # every class present in proportion
+
+
+def test_simulation_follows_bai_design():
+    ds = make("simulation", seed=3, p=7, n_train=50, n_val=10, n_test=20, noise_sd=0.0)
+    x, y = ds.load("train")
+    assert x.shape == (50, 7) and x.min() >= -1 and x.max() <= 1
+    x1, x2, x3, x4, x5 = (x[:, i] for i in range(5))
+    expected = 7 * x2 / (1 + x1 ** 2) + 5 * torch.sin(x3 * x4) + 2 * x5
+    assert torch.allclose(y, expected)
+    assert ds.spec().true_support == (0, 1, 2, 3, 4)
+    other = make("simulation", seed=4, p=7, n_train=50, n_val=10, n_test=20)
+    assert not torch.equal(other.load("train")[0], x)  # each seed is a new replicate
+
+
+def test_simulation_rejects_small_p():
+    with pytest.raises(ValueError, match="p >= 5"):
+        make("simulation", p=3)
+
+
+def test_stratified_split_is_a_partition():
+    labels = np.repeat(np.arange(3), [10, 20, 30])
+    parts = stratified_split(labels, (0.5, 0.3, 0.2), seed=0)
+    allidx = np.concatenate(parts)
+    assert sorted(allidx.tolist()) == list(range(60))
+    assert [len(p) for p in parts] == [30, 18, 12]
+    assert (np.bincount(labels[parts[0]]) == [5, 10, 15]).all()
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_missing_idx_files_say_which_where_and_how(tmp_path, name):
+    ds = make(name, root=str(tmp_path), download=False)
+    with pytest.raises(DatasetFilesMissing) as info:
+        ds.prepare()
+    msg = str(info.value)
+    for fragment in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", str(tmp_path), "download"):
+        assert fragment in msg
+
+
+def test_missing_cifar_files_say_which_where_and_how(tmp_path):
+    ds = make("cifar10", root=str(tmp_path), download=False)
+    with pytest.raises(DatasetFilesMissing) as info:
+        ds.prepare()
+    assert "data_batch_1" in str(info.value) and str(tmp_path) in str(info.value)
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    with gzip.open(path, "wb") as fh:
+        fh.write(raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def test_idx_reader_and_checksum(tmp_path):
+    arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    digest = _write_idx(tmp_path / "a-idx3-ubyte.gz", arr)
+    got, sha = read_idx(tmp_path / "a-idx3-ubyte.gz")
+    assert (got == arr).all() and sha == digest
+
+
+def test_mnist_like_loader_splits_real_format(tmp_path):
+    from slabbench.data import MNIST_LIKE_FILES, load_mnist_like
+
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.full((20, 28, 28), 255))
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(20) % 2)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros((6, 28, 28)))
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(6) % 2)
+    splits = load_mnist_like("toy", [tmp_path], {}, "how", None, val_size=4, split_seed=0)
+    assert [len(splits[s][1]) for s in ("train", "val", "test")] == [16, 4, 6]
+    assert splits["train"][0].shape == (16, 1, 28, 28) and float(splits["train"][0].max()) == 1.0
+    assert torch.bincount(splits["val"][1]).tolist() == [2, 2]
+    assert len(MNIST_LIKE_FILES) == 4
+
+
+def test_mnist_checksum_mismatch_is_reported(tmp_path):
+    names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    _write_idx(tmp_path / (names[0] + ".gz"), np.zeros((20, 28, 28)))
+    _write_idx(tmp_path / (names[1] + ".gz"), np.arange(20) % 10)
+    _write_idx(tmp_path / (names[2] + ".gz"), np.zeros((10, 28, 28)))
+    _write_idx(tmp_path / (names[3] + ".gz"), np.arange(10))
+    ds = make("mnist", root=str(tmp_path), download=False, val_size=10)
+    with pytest.raises(ValueError, match="decodes to SHA-256 .* expected"):
+        ds.prepare()

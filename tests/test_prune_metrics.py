@@ -1,0 +1,110 @@
+"""Thresholding and counting on toy networks whose numbers can be checked by hand."""
+
+import math
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+from slabbench import metrics as M
+from slabbench.api import DatasetSpec
+from slabbench.layers import MaskedLinear
+from slabbench.models import build_model
+from slabbench.prune import apply_masks, n_keep, topk_masks
+
+
+def toy_mlp():
+    """3 inputs -> 2 hidden -> 2 outputs; all weights 1, biases 0."""
+    net = nn.Sequential(OrderedDict(fc1=MaskedLinear(3, 2), act=nn.ReLU(), fc2=MaskedLinear(2, 2)))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(1.0)
+        net.fc1.bias.zero_()
+        net.fc2.bias.zero_()
+    return net
+
+
+def test_structure_of_a_known_mask():
+    net = toy_mlp()
+    # fc1: keep w[0,0], w[0,1] (hidden unit 0 reads inputs 0 and 1); unit 1 has no inputs.
+    # fc2: keep w[0,0] and w[1,1] (unit 1 has an outgoing weight but no incoming one).
+    apply_masks(net, {"fc1.weight": torch.tensor([[1., 1., 0.], [0., 0., 0.]]),
+                      "fc2.weight": torch.tensor([[1., 0.], [0., 1.]])})
+    s = M.structure(net, (3,))
+    assert s["n_weights"] == 10 and s["nonzero_weights"] == 4
+    assert s["sparsity"] == pytest.approx(0.6)
+    assert s["compression"] == pytest.approx(2.5)
+    assert s["n_biases"] == 4 and s["nonzero_biases"] == 0
+    assert s["sparsity_all"] == pytest.approx(1 - 4 / 14)
+    assert s["flops_kept"] == pytest.approx(0.4)
+    assert s["nodes_kept"] == [1]
+    assert s["features_kept"] == 2 and s["selected_features"] == [0, 1]
+    # pruned weights are zeroed, and the mask acts in forward
+    assert net.fc1.weight[1].abs().sum() == 0
+    assert net(torch.tensor([[1.0, 2.0, 100.0]])).tolist() == [[3.0, 0.0]]
+
+
+def test_lenet5_counts_and_conv_flops():
+    spec = DatasetSpec(name="x", task="classification", input_shape=(1, 28, 28), outputs=10, sizes={})
+    net = build_model("lenet5", spec)
+    s = M.structure(net, spec.input_shape)
+    assert s["n_weights"] == 500 + 25000 + 400000 + 5000
+    dense_flops = 500 * 24 * 24 + 25000 * 8 * 8 + 400000 + 5000
+    masks = {f"{n}.weight": torch.ones_like(l.weight) for n, l in net.named_modules() if isinstance(l, (MaskedLinear,)) or n.startswith("conv")}
+    masks["conv1.weight"][:10] = 0  # drop half of conv1's output channels
+    apply_masks(net, masks)
+    s = M.structure(net, spec.input_shape)
+    assert s["nodes_kept"][0] == 20  # their biases still feed a constant forward
+    with torch.no_grad():
+        net.conv1.bias[:10] = 0
+    s = M.structure(net, spec.input_shape)
+    assert s["flops_kept"] == pytest.approx((dense_flops - 250 * 576) / dense_flops)
+    assert s["nodes_kept"][0] == 10  # conv1 channels still in use
+    assert s["features_kept"] == 1  # the single input channel
+
+
+def test_topk_global_and_layerwise():
+    scores = {"a.weight": torch.tensor([[5., 1.], [4., 0.]]), "b.weight": torch.tensor([[3., 2.]])}
+    g = topk_masks(scores, sparsity=0.5)  # 6 weights, keep 3: 5, 4, 3
+    assert g["a.weight"].tolist() == [[1, 0], [1, 0]] and g["b.weight"].tolist() == [[1, 0]]
+    lw = topk_masks(scores, sparsity=0.5, scope="layerwise")  # keep 2 of a, 1 of b
+    assert lw["a.weight"].tolist() == [[1, 0], [1, 0]] and lw["b.weight"].tolist() == [[1, 0]]
+    ties = topk_masks({"w": torch.ones(4)}, sparsity=0.5)  # ties broken by index
+    assert ties["w"].tolist() == [1, 1, 0, 0]
+    nan = topk_masks({"w": torch.tensor([float("nan"), 1.0])}, sparsity=0.5)
+    assert nan["w"].tolist() == [0, 1]
+    with pytest.raises(ValueError, match="unknown prune scope 'local'"):
+        topk_masks(scores, 0.5, scope="local")
+
+
+def test_n_keep():
+    assert n_keep(1000, 0.9) == 100
+    assert n_keep(10, 0.995) == 1  # never prune everything
+    assert n_keep(3, 0.5) == 2  # round half up: 1.5 -> 2
+    with pytest.raises(ValueError):
+        n_keep(10, 1.0)
+
+
+def test_ece_by_hand():
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    y = torch.tensor([0, 1, 1])
+    # bins of width 1/15: 0.9 right, 0.6 wrong, 0.8 right, each alone in its bin
+    assert M.ece(probs, y) == pytest.approx((0.1 + 0.6 + 0.2) / 3)
+    # two points in one bin: |mean acc - mean conf| weighted by 2/2
+    assert M.ece(torch.tensor([[0.9, 0.1], [0.91, 0.09]]), torch.tensor([0, 1])) == pytest.approx(abs(0.5 - 0.905))
+
+
+def test_predictive_metrics_by_hand():
+    logits = torch.log(torch.tensor([[0.75, 0.25], [0.5, 0.5]]))
+    m = M.predictive_metrics(logits, torch.tensor([0, 1]), "classification")
+    assert m["test_accuracy"] == 0.5  # argmax of a tie is class 0
+    assert m["test_nll"] == pytest.approx(-(math.log(0.75) + math.log(0.5)) / 2, rel=1e-6)
+    r = M.predictive_metrics(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 3.0]), "regression", noise_sd=2.0)
+    assert r["test_rmse"] == pytest.approx(math.sqrt(0.5))
+    assert r["test_nll"] == pytest.approx(0.5 * (0.25 + 0) / 2 + math.log(2) + 0.5 * math.log(2 * math.pi))
+
+
+def test_selection_errors():
+    e = M.selection_errors([0, 1, 2, 7], [0, 1, 2, 3, 4], 10)
+    assert e == {"fnr": pytest.approx(0.4), "fpr": pytest.approx(0.2)}

@@ -1,0 +1,127 @@
+"""The real workflow on the tiny grid of .test/config.yaml: outputs, report, lint,
+fail-fast on a bad config, and resume after a kill."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+TEST_CONFIG = ROOT / ".test" / "config.yaml"
+REQUIRED_COLUMNS = [
+    "experiment", "dataset", "model", "method", "seed", "selection", "target_sparsity", "sparsity", "sparsity_all",
+    "compression", "test_accuracy", "test_rmse", "test_nll", "ece", "flops_kept", "nodes_kept", "features_kept",
+    "fnr", "fpr", "train_seconds", "device", "git_commit", "torch_version",
+]
+
+
+def snakemake(workdir: Path, *args: str, config: Path = TEST_CONFIG, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*SNAKEMAKE, "--configfile", str(config), "--directory", str(workdir), *args],
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def planned_jobs(workdir: Path) -> dict[str, int]:
+    """Job counts of a dry run ({} when nothing is to be done)."""
+    out = snakemake(workdir, "-n", "--cores", "1").stdout
+    counts, table = {}, False
+    for line in out.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            table = True
+        elif table and len(parts) == 2 and parts[1].isdigit():
+            if parts[0] == "total":
+                break
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("wf")
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def test_outputs(finished):
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    runs = pd.read_csv(finished / "results" / "summary" / "runs.csv")
+    assert [c for c in REQUIRED_COLUMNS if c not in runs.columns] == []
+    # per experiment and seed: dense (1 natural record) + magnitude (one per target)
+    per_seed = 1 + len(cfg["sparsities"])
+    assert len(runs) == len(cfg["experiments"]) * len(cfg["seeds"]) * per_seed
+    assert set(runs["selection"]) == {"natural", "target"}
+    sim = runs[runs["dataset"] == "simulation"]
+    assert sim["test_rmse"].notna().all() and sim["fnr"].notna().all() and sim["test_accuracy"].isna().all()
+    for exp in cfg["experiments"]:
+        for ext in ("png", "pdf"):
+            assert (finished / "results" / "figures" / f"{exp}.{ext}").stat().st_size > 1000
+    md = (finished / "results" / "tables" / "summary.md").read_text()
+    assert "±" in md and all(exp in md for exp in cfg["experiments"])
+    assert "\\begin{table}" in (finished / "results" / "tables" / "summary.tex").read_text()
+
+
+def test_rerun_does_only_what_is_missing(finished):
+    assert planned_jobs(finished) == {}
+    victim = next((finished / "results" / "runs").rglob("metrics.jsonl"))
+    victim.unlink()
+    # (Snakemake does not redo a missing intermediate file while what depends on it is up to date)
+    (finished / "results" / "summary" / "runs.csv").unlink()
+    assert planned_jobs(finished) == {"train": 1, "aggregate": 1, "tables": 1, "figure": 2, "all": 1}
+    snakemake(finished, "--cores", "1")
+    assert victim.exists() and planned_jobs(finished) == {}
+
+
+def test_report(finished):
+    snakemake(finished, "--report", "report.html")
+    html = (finished / "report.html").read_text(errors="replace")
+    assert "sim-tiny.png" in html and "summary.md" in html
+
+
+def test_lint_is_clean(tmp_path):
+    proc = subprocess.run([*SNAKEMAKE, "--lint"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "good condition" in proc.stdout + proc.stderr
+
+
+def test_bad_config_fails_before_any_job(tmp_path):
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["methods"] = ["dense", "l1"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path, "--cores", "1", config=bad, check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "unknown method 'l1'" in out and "have dense, " in out
+    assert not (tmp_path / "results").exists()
+
+
+def test_killed_run_resumes_with_only_the_missing_jobs(tmp_path):
+    proc = subprocess.Popen([*SNAKEMAKE, "--configfile", str(TEST_CONFIG), "--directory", str(tmp_path), "--cores", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = tmp_path / "results" / "runs"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(runs.rglob("metrics.jsonl"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    done = {p: p.stat().st_mtime_ns for p in runs.rglob("metrics.jsonl")}
+    assert 2 <= len(done) < 8, "the kill should land mid-run"
+    # nothing half-written is left behind: every record file parses
+    for p in done:
+        assert all(line.startswith("{") for line in p.read_text().splitlines())
+    assert planned_jobs(tmp_path)["train"] == 8 - len(done)
+    snakemake(tmp_path, "--cores", "2")
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # finished runs were not redone
+    assert len(list(runs.rglob("metrics.jsonl"))) == 8
