@@ -1,0 +1,181 @@
+"""``spike_slab``: spike-and-slab variational inference, SCIENCE.md §1 (the method of Saha,
+Liu & Liang, arXiv 2411.00273, building on Bai, Song & Cheng, NeurIPS 2020, and Jantre et
+al. 2021/2023 for node gates).
+
+Options (``Params``):
+
+* ``phi_update``: how the inclusion probabilities φ are learnt.
+  ``closed_form`` (default): θ = logit φ is not trained by gradient; every ``phi_every`` steps
+  (0 = once per epoch), after ``phi_warmup_epochs`` epochs with φ fixed at ``phi_init``,
+      logit φ_i = logit λ + log(σ_i/σ0) + μ_i²/(2σ_i²)
+  (group form: logit φ_g = logit λ + Σ_{i∈g}[...]); gates in the forward pass are Bernoulli(φ).
+  ``gumbel``: θ trained through a hard binary-concrete straight-through sample, τ = ``tau``.
+  ``lrt`` (ours): θ trained by gradient through the moment-matched pre-activations.
+* ``granularity``: ``edge`` (one γ per weight), ``node`` (one γ per output unit, shared by
+  its incoming weights and bias), ``input`` (one γ per input unit of the first layer, for
+  feature selection; the other layers keep edge gates — our choice).
+* ``sigma0`` (slab sd σ0, Bai: 1.3), ``prior_inclusion`` (λ; ``None`` = Bai's rule
+  −log λ = log T + δ[(L+1) log N + log(√n · p)] with δ = ``bai_delta``, T = weights + biases,
+  L hidden layers of width N (the widest, for unequal widths — ours), n training points,
+  p inputs), ``phi_init`` (0.99), ``rho_init`` (−6).
+* ``kl_warmup_epochs``: β(t) rises linearly 0 → 1 over this many epochs (0 = off).
+* ``bma_samples``: MC samples for the Bayesian model average (None: 30 regression, 10 images).
+* ``export_mean``: the deterministic network whose metrics are reported: ``posterior``
+  (E[w] = φμ, the posterior mean) or ``slab`` (E[w | γ = 1] = μ, Bai et al.'s choice).
+
+Scores for matched sparsity are the PIP logits θ (ranking by θ = ranking by φ, without
+float32 saturation at φ = 1); weights sharing a gate are ordered by |μ|/σ (a 1e-9 tie-break).
+Natural selection: φ > 0.5 (the median probability model).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from slabbench.api import Method as _Base
+from slabbench.api import PluginError, check_choice
+from slabbench.layers import prunable_layers, replace_layers
+from slabbench.layers.spike_slab import GRANULARITIES, MODES, SPIKE_SLAB_LAYERS, from_plain, logit
+
+EXPORTS = ("posterior", "slab")
+
+
+@dataclass(frozen=True)
+class Params:
+    phi_update: str = "closed_form"  #: closed_form | gumbel | lrt
+    granularity: str = "edge"  #: edge | node | input
+    sigma0: float = 1.3  #: slab prior sd σ0 (Bai et al.; Jantre et al. use 1.0)
+    prior_inclusion: float | None = None  #: λ; None = Bai et al.'s rule
+    bai_delta: float = 0.1  #: δ in Bai et al.'s rule for λ
+    phi_init: float = 0.99  #: initial inclusion probability
+    rho_init: float = -6.0  #: initial ρ (σ = softplus(ρ) ≈ 0.0025)
+    phi_every: int = 0  #: closed_form: steps between φ updates; 0 = once per epoch
+    phi_warmup_epochs: int | None = None  #: closed_form: epochs with φ fixed; None = 5% of epochs (>= 1)
+    kl_warmup_epochs: int = 0  #: linear KL warm-up β: 0 -> 1 over this many epochs
+    tau: float = 0.5  #: gumbel: binary-concrete temperature
+    bma_samples: int | None = None  #: None = 30 (regression) / 10 (classification)
+    export_mean: str = "posterior"  #: posterior (φμ) | slab (μ)
+
+
+def bai_prior_inclusion(n_coef: int, hidden_layers: int, width: int, n: int, p: int, delta: float = 0.1) -> float:
+    """λ from Bai et al.'s rule: −log λ = log T + δ[(L+1) log N + log(√n · p)]."""
+    neg_log = math.log(n_coef) + delta * ((hidden_layers + 1) * math.log(width) + math.log(math.sqrt(n) * p))
+    return math.exp(-neg_log)
+
+
+class Method(_Base):
+    Params = Params
+
+    def __init__(self, params: Params, ctx):
+        super().__init__(params, ctx)
+        owner = "method 'spike_slab'"
+        check_choice(owner, "phi_update", params.phi_update, MODES)
+        check_choice(owner, "granularity", params.granularity, GRANULARITIES)
+        check_choice(owner, "export_mean", params.export_mean, EXPORTS)
+        for key in ("sigma0", "tau"):
+            if getattr(params, key) <= 0:
+                raise PluginError(f"option {key!r} of {owner} must be > 0, got {getattr(params, key)}")
+        for key in ("phi_init", "prior_inclusion"):
+            v = getattr(params, key)
+            if v is not None and not 0 < v < 1:
+                raise PluginError(f"option {key!r} of {owner} must be in (0, 1), got {v}")
+        self.warmup = params.phi_warmup_epochs if params.phi_warmup_epochs is not None else max(1, round(0.05 * ctx.epochs))
+        self.logit_lam = logit(params.prior_inclusion) if params.prior_inclusion is not None else None
+
+    # -- build ------------------------------------------------------------------------------
+    def build(self, model):
+        layers = list(prunable_layers(model))
+        if self.logit_lam is None:
+            n_coef = sum(p.numel() for _, l in layers for p in (l.weight, l.bias) if p is not None)
+            width = max([l.weight.shape[0] for _, l in layers[:-1]] or [1])
+            lam = bai_prior_inclusion(n_coef, len(layers) - 1, width, self.ctx.n_train,
+                                      self.ctx.spec.n_features if self.ctx.spec else layers[0][1].weight.shape[1],
+                                      self.params.bai_delta)
+            self.logit_lam = logit(lam)
+        first = layers[0][0]
+        p = self.params
+        return replace_layers(model, lambda name, layer: from_plain(
+            layer, granularity=("edge" if p.granularity == "input" and name != first else p.granularity),
+            mode=p.phi_update, phi_init=p.phi_init, rho_init=p.rho_init, tau=p.tau))
+
+    @property
+    def prior_inclusion(self) -> float:
+        return 1 / (1 + math.exp(-self.logit_lam))
+
+    def _layers(self, model):
+        return list(prunable_layers(model, SPIKE_SLAB_LAYERS))
+
+    # -- training ---------------------------------------------------------------------------
+    def beta(self, epoch):
+        k = self.params.kl_warmup_epochs
+        return 1.0 if k <= 0 else min(1.0, epoch / k)
+
+    def penalty(self, model):
+        return sum(layer.kl(self.logit_lam, self.params.sigma0) for _, layer in self._layers(model))
+
+    def _update(self, model):
+        for _, layer in self._layers(model):
+            layer.closed_form_update(self.logit_lam, self.params.sigma0)
+
+    def after_step(self, model, step, epoch):
+        p = self.params
+        if p.phi_update == "closed_form" and p.phi_every > 0 and epoch >= self.warmup and (step + 1) % p.phi_every == 0:
+            self._update(model)
+
+    def after_epoch(self, model, epoch):
+        p = self.params
+        if p.phi_update == "closed_form" and p.phi_every == 0 and epoch + 1 >= self.warmup:
+            self._update(model)
+
+    # -- selection and export ---------------------------------------------------------------
+    def export(self, model):
+        kind = self.params.export_mean
+        return replace_layers(model, lambda name, layer: layer.to_plain(kind), kinds=SPIKE_SLAB_LAYERS)
+
+    @torch.no_grad()
+    def scores(self, model):
+        out = {}
+        for name, layer in self._layers(model):
+            snr = torch.tanh(layer.mu.abs() / layer.sigma).double()
+            out[f"{name}.weight"] = layer.expand(layer.theta).double() + 1e-9 * snr
+        return out
+
+    @torch.no_grad()
+    def natural_mask(self, model):
+        return {f"{name}.weight": (layer.expand(layer.theta) > 0).float() for name, layer in self._layers(model)}
+
+    @torch.no_grad()
+    def bma_predict(self, model, masks, x):
+        n = self.params.bma_samples or (30 if self.ctx.task == "regression" else 10)
+        layers = self._layers(model)
+        saved = [layer.weight_mask.clone() for _, layer in layers]
+        model.eval()
+        try:
+            for name, layer in layers:
+                layer.bma = True
+                if masks is not None:
+                    layer.weight_mask.copy_(masks[f"{name}.weight"])
+            total = None
+            for _ in range(n):
+                out = torch.cat([model(x[i:i + 4096]) for i in range(0, len(x), 4096)])
+                out = F.softmax(out, dim=1) if self.ctx.task == "classification" else out.reshape(-1)
+                total = out if total is None else total + out
+            return total / n
+        finally:
+            for (_, layer), m in zip(layers, saved):
+                layer.bma = False
+                layer.weight_mask.copy_(m)
+
+    @torch.no_grad()
+    def extra_artifacts(self, model):
+        layers = self._layers(model)
+        return {
+            "pip_weight": {f"{n}.weight": l.expand(l.phi).detach().cpu() for n, l in layers},
+            "pip_node": {n: l.node_pip().detach().cpu() for n, l in layers[:-1]},
+            "pip_input": layers[0][1].input_pip().detach().cpu(),
+            "prior_inclusion": self.prior_inclusion,
+        }

@@ -1,0 +1,248 @@
+"""Spike-and-slab variational layers (SCIENCE.md §1).
+
+Prior per coefficient (or per group g of coefficients sharing one indicator):
+    w_i | γ ~ γ N(0, σ0²) + (1 − γ) δ0,   γ ~ Bernoulli(λ).
+Mean-field variational family:
+    q(w_i, γ) = Bern(γ; φ) [γ N(w_i; μ_i, σ_i²) + (1 − γ) δ0],  σ = softplus(ρ), φ = sigmoid(θ).
+
+Parameters of a layer with weight shape W = (out, in) or (out, in, kh, kw):
+    ``mu`` (W), ``rho`` (W), ``theta`` (the gate shape: W for ``edge``, (out,) for ``node``,
+    (in,) for ``input``), ``bias`` (out,) a plain parameter without prior (gated by the node
+    indicator under ``node`` granularity).  ``weight_mask`` (W) is a 0/1 buffer applied in
+    every forward (used for masked Bayesian model averages).
+
+Training forward by ``mode``:
+    * ``closed_form``: gates z ~ Bernoulli(φ) (no gradient to θ, which is a buffer set by
+      :meth:`closed_form_update`), w = z (μ + σ ε), one sample of the network per minibatch.
+    * ``gumbel``: z is a hard (straight-through) binary-concrete sample at temperature τ
+      (Bai, Song & Cheng 2020); θ is trained by gradient.
+    * ``lrt``: no gate sampling: pre-activations drawn from their Gaussian moment match with
+      E[w] = φμ, Var[w] = φ(σ² + μ²) − φ²μ² (node gates: the same formula applied to the
+      whole pre-activation), out = mean + sqrt(var + 1e-8) ε.  θ is trained by gradient.
+Eval forward: the posterior-mean network, w = φ μ (masked); with ``bma = True`` a sampled
+network (z ~ Bernoulli(φ), w = z (μ + σ ε)), for Monte Carlo model averages.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slabbench.layers.masked import MaskedConv2d, MaskedLinear
+
+GRANULARITIES = ("edge", "node", "input")
+MODES = ("closed_form", "gumbel", "lrt")
+LRT_EPS = 1e-8
+
+
+def logit(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
+
+
+class _SpikeSlab(nn.Module):
+    """Shared machinery of :class:`SpikeSlabLinear` and :class:`SpikeSlabConv2d`."""
+
+    def _setup(self, plain: nn.Module, granularity: str, mode: str, phi_init: float, rho_init: float, tau: float) -> None:
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
+        if mode not in MODES:
+            raise ValueError(f"unknown phi_update {mode!r}; valid: {', '.join(MODES)}")
+        w = plain.weight.detach()
+        self.granularity, self.mode, self.tau = granularity, mode, tau
+        self.bma = False
+        self.mu = nn.Parameter(w.clone())
+        self.rho = nn.Parameter(torch.full_like(w, rho_init))
+        self.bias = nn.Parameter(plain.bias.detach().clone()) if plain.bias is not None else None
+        shape = {"edge": w.shape, "node": w.shape[:1], "input": w.shape[1:2]}[granularity]
+        theta = torch.full(shape, logit(phi_init), dtype=w.dtype)
+        if mode == "closed_form":
+            self.register_buffer("theta", theta)
+        else:
+            self.theta = nn.Parameter(theta)
+        self.register_buffer("weight_mask", torch.ones_like(w))
+        # view that broadcasts a gate-shaped tensor to the weight's shape
+        nd = w.dim()
+        self._gate_view = {"edge": tuple(w.shape), "node": (-1,) + (1,) * (nd - 1), "input": (1, -1) + (1,) * (nd - 2)}[granularity]
+
+    # -- derived quantities (shapes: gate shape unless noted) --------------------------
+    @property
+    def sigma(self) -> torch.Tensor:
+        """σ = softplus(ρ), weight shape."""
+        return F.softplus(self.rho)
+
+    @property
+    def phi(self) -> torch.Tensor:
+        """Posterior inclusion probabilities φ = sigmoid(θ), gate shape."""
+        return torch.sigmoid(self.theta)
+
+    def expand(self, g: torch.Tensor) -> torch.Tensor:
+        """Broadcast a gate-shaped tensor to the weight's shape."""
+        return g.reshape(self._gate_view).expand_as(self.mu)
+
+    def group_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum a weight-shaped tensor over each gate's group -> gate shape."""
+        if self.granularity == "edge":
+            return t
+        if self.granularity == "node":
+            return t.flatten(1).sum(1)
+        return t.transpose(0, 1).flatten(1).sum(1)
+
+    def node_pip(self) -> torch.Tensor:
+        """P(output unit has at least one included incoming weight), shape (out,).
+        Edge / input gates: 1 − Π_j (1 − φ_j) over the unit's weights; node gates: φ."""
+        if self.granularity == "node":
+            return self.phi
+        log1m = F.logsigmoid(-self.expand(self.theta))
+        return -torch.expm1(log1m.flatten(1).sum(1))
+
+    def input_pip(self) -> torch.Tensor:
+        """P(input unit / channel feeds at least one included weight), shape (in,)."""
+        if self.granularity == "input":
+            return self.phi
+        if self.granularity == "node":  # all inputs share the node gates
+            p = -torch.expm1(F.logsigmoid(-self.theta).sum())
+            return p.expand(self.mu.shape[1])
+        log1m = F.logsigmoid(-self.theta)
+        return -torch.expm1(log1m.transpose(0, 1).flatten(1).sum(1))
+
+    # -- KL and the closed-form update --------------------------------------------------
+    def kl(self, logit_lam: float, sigma0: float) -> torch.Tensor:
+        """KL(q ‖ p) in nats for this layer (exact; the spike cancels), SCIENCE.md §1:
+        Σ_g [φ log(φ/λ) + (1−φ) log((1−φ)/(1−λ))] + Σ_g φ_g Σ_{i∈g} [log(σ0/σ_i) + (σ_i² + μ_i²)/(2σ0²) − ½]."""
+        sigma = self.sigma
+        slab = math.log(sigma0) - torch.log(sigma) + (sigma ** 2 + self.mu ** 2) / (2 * sigma0 ** 2) - 0.5
+        theta = self.theta
+        phi = torch.sigmoid(theta)
+        log_lam, log1m_lam = -F.softplus(torch.tensor(-logit_lam)), -F.softplus(torch.tensor(logit_lam))
+        bern = phi * (F.logsigmoid(theta) - log_lam) + (1 - phi) * (F.logsigmoid(-theta) - log1m_lam)
+        return bern.sum() + (phi * self.group_sum(slab)).sum()
+
+    @torch.no_grad()
+    def closed_form_update(self, logit_lam: float, sigma0: float) -> None:
+        """θ ← logit λ + Σ_{i∈g} [log(σ_i/σ0) + μ_i²/(2σ_i²)]  (SCIENCE.md §1; the group
+        form sums the per-weight terms)."""
+        sigma = self.sigma.clamp_min(1e-12)
+        term = torch.log(sigma / sigma0) + self.mu ** 2 / (2 * sigma ** 2)
+        self.theta.copy_(logit_lam + self.group_sum(term))
+
+    # -- forward ------------------------------------------------------------------------
+    def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _out_view(self, g: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Broadcast an (out,)-shaped tensor over a layer output (B, out, ...)."""
+        return g.reshape((1, -1) + (1,) * (out.dim() - 2))
+
+    def _gates(self) -> torch.Tensor:
+        if self.training and self.mode == "gumbel":
+            u = torch.rand_like(self.theta).clamp(1e-6, 1 - 1e-6)
+            soft = torch.sigmoid((self.theta + torch.log(u) - torch.log1p(-u)) / self.tau)
+            hard = (soft > 0.5).to(soft.dtype)
+            return hard + soft - soft.detach()  # straight-through
+        return torch.bernoulli(self.phi.detach())
+
+    def _sampled(self, x: torch.Tensor) -> torch.Tensor:
+        z = self._gates()
+        w = self.expand(z) * (self.mu + self.sigma * torch.randn_like(self.mu)) * self.weight_mask
+        b = self.bias
+        if b is not None and self.granularity == "node":
+            b = b * z
+        return self._op(x, w, b)
+
+    def lrt_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of the pre-activation under q, per output (B, out, ...).
+
+        Edge / input gates (independent per weight): E[w] = φμ, Var[w] = φ(σ² + μ²) − φ²μ²,
+        mean = x·E[w] + b, var = x²·Var[w].  Node gates (one γ per output, bias included):
+        with m = x·μ + b and v = x²·σ², mean = φm, var = φ(v + m²) − φ²m².
+        """
+        mu, s2 = self.mu * self.weight_mask, self.sigma ** 2 * self.weight_mask
+        if self.granularity == "node":
+            m = self._op(x, mu, self.bias)
+            v = self._op(x * x, s2, None)
+            phi = self._out_view(self.phi, m)
+            return phi * m, phi * (v + m * m) - phi * phi * m * m
+        phi = self.expand(self.phi)
+        mean = self._op(x, phi * mu, self.bias)
+        var = self._op(x * x, phi * (s2 + mu * mu) - phi * phi * mu * mu, None)
+        return mean, var
+
+    def _lrt(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self.lrt_moments(x)
+        return mean + torch.sqrt(var.clamp_min(0) + LRT_EPS) * torch.randn_like(mean)
+
+    def mean_weight(self, kind: str = "posterior") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Deterministic weight and bias: ``posterior`` E[w] = φμ (bias φ_node b under node
+        gates), or ``slab`` E[w | γ = 1] = μ."""
+        if kind == "slab":
+            return self.mu, self.bias
+        phi = self.phi
+        b = self.bias
+        if b is not None and self.granularity == "node":
+            b = phi * b
+        return self.expand(phi) * self.mu, b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self._lrt(x) if self.mode == "lrt" else self._sampled(x)
+        if self.bma:
+            return self._sampled(x)
+        w, b = self.mean_weight()
+        return self._op(x, w * self.weight_mask, b)
+
+
+class SpikeSlabLinear(_SpikeSlab):
+    def __init__(self, plain: nn.Linear, granularity: str = "edge", mode: str = "closed_form",
+                 phi_init: float = 0.99, rho_init: float = -6.0, tau: float = 0.5):
+        super().__init__()
+        self.in_features, self.out_features = plain.in_features, plain.out_features
+        self._setup(plain, granularity, mode, phi_init, rho_init, tau)
+
+    def _op(self, x, w, b):
+        return F.linear(x, w, b)
+
+    def to_plain(self, kind: str = "posterior") -> MaskedLinear:
+        w, b = self.mean_weight(kind)
+        out = MaskedLinear(self.in_features, self.out_features, bias=b is not None).to(w.device, w.dtype)
+        with torch.no_grad():
+            out.weight.copy_(w)
+            if b is not None:
+                out.bias.copy_(b)
+        return out
+
+
+class SpikeSlabConv2d(_SpikeSlab):
+    def __init__(self, plain: nn.Conv2d, granularity: str = "edge", mode: str = "closed_form",
+                 phi_init: float = 0.99, rho_init: float = -6.0, tau: float = 0.5):
+        super().__init__()
+        self.conv_args = dict(in_channels=plain.in_channels, out_channels=plain.out_channels, kernel_size=plain.kernel_size,
+                              stride=plain.stride, padding=plain.padding, dilation=plain.dilation, groups=plain.groups)
+        if plain.groups != 1:
+            raise ValueError("spike-and-slab Conv2d supports groups=1 only")
+        self._setup(plain, granularity, mode, phi_init, rho_init, tau)
+
+    def _op(self, x, w, b):
+        a = self.conv_args
+        return F.conv2d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"])
+
+    def to_plain(self, kind: str = "posterior") -> MaskedConv2d:
+        w, b = self.mean_weight(kind)
+        out = MaskedConv2d(**self.conv_args, bias=b is not None).to(w.device, w.dtype)
+        with torch.no_grad():
+            out.weight.copy_(w)
+            if b is not None:
+                out.bias.copy_(b)
+        return out
+
+
+SPIKE_SLAB_LAYERS = (SpikeSlabLinear, SpikeSlabConv2d)
+
+
+def from_plain(layer: nn.Module, **kw) -> _SpikeSlab:
+    """The spike-and-slab counterpart of a plain masked layer (μ initialised from its weight)."""
+    if isinstance(layer, nn.Conv2d):
+        return SpikeSlabConv2d(layer, **kw)
+    return SpikeSlabLinear(layer, **kw)
