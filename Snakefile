@@ -22,4 +22,6 @@ rule all:
         "results/tables/summary.tex",
         expand("results/figures/{experiment}.png", experiment=EXPERIMENTS),
         expand("results/figures/{experiment}.pdf", experiment=EXPERIMENTS),
+        "results/tables/feature_selection.md",
+        expand("results/figures/pips/{experiment}.png", experiment=PIP_EXPERIMENTS),
     default_target: True

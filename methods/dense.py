@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from slabbench.api import Method as _Base
+from slabbench.api import adam
 
 
 @dataclass(frozen=True)
@@ -19,4 +18,4 @@ class Method(_Base):
     Params = Params
 
     def optimizer(self, model, lr):
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=self.params.weight_decay)
+        return adam(model.parameters(), lr, self.params.weight_decay)

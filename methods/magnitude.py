@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from slabbench.api import Method as _Base
+from slabbench.api import adam
 from slabbench.api import PluginError, check_choice
 from slabbench.layers import prunable_layers
 from slabbench.prune import SCOPES, magnitude_scores, topk_masks
@@ -69,7 +70,7 @@ class Method(_Base):
         return params.schedule == "gradual"
 
     def optimizer(self, model, lr):
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=self.params.weight_decay)
+        return adam(model.parameters(), lr, self.params.weight_decay)
 
     def after_step(self, model, step, epoch):
         if self.params.schedule != "gradual" or step < self._t0 or step > self._t1:

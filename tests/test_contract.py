@@ -19,6 +19,10 @@ from slabbench.train import run
 #: extra option sets per method (each granularity / schedule / scope); {} = defaults
 VARIANTS = {
     "magnitude": [{"scope": "layerwise"}, {"schedule": "gradual"}],
+    "spike_slab": [{"granularity": "node"}, {"granularity": "input"}, {"phi_update": "gumbel"},
+                   {"phi_update": "lrt"}, {"phi_update": "lrt", "granularity": "node"}, {"export_mean": "slab"}],
+    "l0": [{"gates": "weight"}],
+    "sparse_vd": [{"train_clip": False}],  # the default is true (official LeNet scripts)
 }
 CASES = [(m, {}) for m in available("method")] + [(m, v) for m in available("method") for v in VARIANTS.get(m, [])]
 METRICS_SCHEMA = load_yaml(ROOT / "workflow" / "schemas" / "metrics.schema.yaml")
@@ -84,8 +88,10 @@ def test_run_records_follow_the_schema(name, options, dataset):
     if targets:
         assert targets == sorted(spec["sparsities"])
         for rec in records:
-            if rec["selection"] == "target":  # the global top-k hits the target to within one weight
-                assert abs(rec["sparsity"] - rec["target_sparsity"]) <= 1 / rec["n_weights"] + 1e-9
+            if rec["selection"] == "target":  # the global top-k keeps at most the target's share
+                # (exactly, to within one weight, unless the exported net has zeros of its own,
+                # e.g. L0's closed test-time gates: then it is sparser, and reported as such)
+                assert rec["sparsity"] >= rec["target_sparsity"] - 1 / rec["n_weights"] - 1e-9
     else:
         assert [r["selection"] for r in records] == ["natural"]
 

@@ -47,6 +47,11 @@ def planned_jobs(workdir: Path) -> dict[str, int]:
     return counts
 
 
+def cfg_runs():
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    return [(e, m, s) for e in cfg["experiments"] for m in cfg["methods"] for s in cfg["seeds"]]
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("wf")
@@ -58,10 +63,14 @@ def test_outputs(finished):
     cfg = yaml.safe_load(TEST_CONFIG.read_text())
     runs = pd.read_csv(finished / "results" / "summary" / "runs.csv")
     assert [c for c in REQUIRED_COLUMNS if c not in runs.columns] == []
-    # per experiment and seed: dense (1 natural record) + magnitude (one per target)
-    per_seed = 1 + len(cfg["sparsities"])
-    assert len(runs) == len(cfg["experiments"]) * len(cfg["seeds"]) * per_seed
-    assert set(runs["selection"]) == {"natural", "target"}
+    # every (experiment, method, seed) ran; each pruning method has one record per target,
+    # dense only its unpruned (natural) record, Bayesian methods a natural record too
+    groups = runs.groupby(["experiment", "method", "seed"])
+    assert len(groups) == len(cfg["experiments"]) * len(cfg["methods"]) * len(cfg["seeds"])
+    for (exp, method, seed), g in groups:
+        targets = sorted(g.loc[g["selection"] == "target", "target_sparsity"])
+        assert targets == ([] if method == "dense" else sorted(cfg["sparsities"])), (exp, method, seed)
+        assert (g["selection"] == "natural").sum() == (0 if method == "magnitude" else 1)
     sim = runs[runs["dataset"] == "simulation"]
     assert sim["test_rmse"].notna().all() and sim["fnr"].notna().all() and sim["test_accuracy"].isna().all()
     for exp in cfg["experiments"]:
@@ -70,15 +79,18 @@ def test_outputs(finished):
     md = (finished / "results" / "tables" / "summary.md").read_text()
     assert "±" in md and all(exp in md for exp in cfg["experiments"])
     assert "\\begin{table}" in (finished / "results" / "tables" / "summary.tex").read_text()
+    assert "sim-tiny" in (finished / "results" / "tables" / "feature_selection.md").read_text()
+    for exp in cfg["experiments"]:  # spike-and-slab inclusion-probability figures
+        assert (finished / "results" / "figures" / "pips" / f"{exp}.png").stat().st_size > 1000
 
 
 def test_rerun_does_only_what_is_missing(finished):
     assert planned_jobs(finished) == {}
-    victim = next((finished / "results" / "runs").rglob("metrics.jsonl"))
+    victim = finished / "results" / "runs" / "sim-tiny" / "dense" / "seed=0" / "metrics.jsonl"
     victim.unlink()
     # (Snakemake does not redo a missing intermediate file while what depends on it is up to date)
     (finished / "results" / "summary" / "runs.csv").unlink()
-    assert planned_jobs(finished) == {"train": 1, "aggregate": 1, "tables": 1, "figure": 2, "all": 1}
+    assert planned_jobs(finished) == {"train": 1, "aggregate": 1, "tables": 1, "feature_table": 1, "figure": 2, "all": 1}
     snakemake(finished, "--cores", "1")
     assert victim.exists() and planned_jobs(finished) == {}
 
@@ -117,11 +129,12 @@ def test_killed_run_resumes_with_only_the_missing_jobs(tmp_path):
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
     done = {p: p.stat().st_mtime_ns for p in runs.rglob("metrics.jsonl")}
-    assert 2 <= len(done) < 8, "the kill should land mid-run"
+    assert 2 <= len(done) < len(list(cfg_runs())), "the kill should land mid-run"
     # nothing half-written is left behind: every record file parses
     for p in done:
         assert all(line.startswith("{") for line in p.read_text().splitlines())
-    assert planned_jobs(tmp_path)["train"] == 8 - len(done)
+    n_runs = len(list(cfg_runs()))
+    assert planned_jobs(tmp_path)["train"] == n_runs - len(done)
     snakemake(tmp_path, "--cores", "2")
     assert {p: p.stat().st_mtime_ns for p in done} == done  # finished runs were not redone
-    assert len(list(runs.rglob("metrics.jsonl"))) == 8
+    assert len(list(runs.rglob("metrics.jsonl"))) == len(list(cfg_runs()))

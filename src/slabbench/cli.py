@@ -61,6 +61,33 @@ def figure_job(runs_csv: str, experiment: str, png: str, pdf: str) -> None:
     save(plot_experiment(runs[runs["experiment"] == experiment]), png, pdf)
 
 
+def pips_job(artefact_paths: list[str], spec: dict, png: str, pdf: str) -> None:
+    """Spike-and-slab PIP figure of one experiment (all seeds)."""
+    import torch
+
+    from slabbench.api import make_params
+    from slabbench.plotting import plot_pips, save
+    from slabbench.registry import dataset_class
+
+    ds_cls = dataset_class(spec["dataset"])
+    dspec = ds_cls(make_params(ds_cls.Params, spec.get("dataset_params"), spec["dataset"]), 0).spec()
+    arts = [torch.load(p, weights_only=True) for p in artefact_paths]
+    title = f"{spec['experiment']}: spike-and-slab PIPs ({len(arts)} seeds)"
+    save(plot_pips(arts, dspec.feature_shape, dspec.true_support, title), png, pdf)
+
+
+def feature_table_job(runs_csv: str, md_path: str, tex_path: str) -> None:
+    """Feature selection (FNR, FPR, RMSE, sparsity) where the true support is known."""
+    import pandas as pd
+
+    from slabbench.io import write_text
+    from slabbench.tables import render_feature_selection
+
+    runs = pd.read_csv(runs_csv)
+    write_text(md_path, render_feature_selection(runs, "markdown"))
+    write_text(tex_path, render_feature_selection(runs, "latex"))
+
+
 def main(argv: list[str] | None = None) -> int:
     from slabbench.config import ConfigError, load_yaml, run_dir, run_specs, validate
 

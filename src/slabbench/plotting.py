@@ -81,3 +81,44 @@ def save(fig, png: str, pdf: str | None = None) -> None:
             with atomic_path(path) as tmp:
                 fig.savefig(tmp, format=fmt, dpi=150)
     plt.close(fig)
+
+
+def plot_pips(artefacts: list[dict], feature_shape=None, true_support=None, title: str = ""):
+    """Spike-and-slab PIPs of one experiment, over seeds: input-feature PIPs (a bar per feature
+    with the true features marked, or a map for images) and a histogram of weight PIPs."""
+    import numpy as np
+    import torch
+
+    inputs = torch.stack([a["pip_input"].float() for a in artefacts]).numpy()  # (seeds, features)
+    weights = np.concatenate([torch.cat([v.flatten() for v in a["pip_weight"].values()]).float().numpy() for a in artefacts])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [1.6, 1]})
+    mean = inputs.mean(0)
+    if feature_shape is not None and int(np.prod(feature_shape)) == mean.size:
+        im = ax1.imshow(mean.reshape(feature_shape), cmap="viridis", vmin=0, vmax=1)
+        fig.colorbar(im, ax=ax1, fraction=0.046, label="input PIP (mean over seeds)")
+        ax1.set_xticks([])
+        ax1.set_yticks([])
+        ax1.set_title("input-pixel PIPs")
+    else:
+        idx = np.arange(mean.size)
+        true = np.zeros(mean.size, dtype=bool)
+        if true_support is not None:
+            true[list(true_support)] = True
+        colour = method_colour("spike_slab")
+        ax1.bar(idx[~true], mean[~true], color="0.6", width=1.0, label="noise features")
+        ax1.bar(idx[true], mean[true], color=colour, width=1.0, label="true features")
+        for s in range(inputs.shape[0]):
+            ax1.scatter(idx, inputs[s], s=4, color="k", alpha=0.3, lw=0)
+        ax1.axhline(0.5, color="k", ls=":", lw=1)
+        ax1.set_xlabel("input feature")
+        ax1.set_ylabel("input PIP")
+        ax1.set_ylim(-0.02, 1.02)
+        ax1.legend(fontsize=8, frameon=False)
+        ax1.set_title("input-feature PIPs (bars: mean, dots: seeds)")
+    ax2.hist(weights, bins=np.linspace(0, 1, 41), color=method_colour("spike_slab"), log=True)
+    ax2.set_xlabel("weight PIP")
+    ax2.set_ylabel("weights (log scale)")
+    ax2.set_title("weight PIPs, all seeds")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -42,3 +42,35 @@ rule figure:
         "../../environment.yml"
     script:
         "../scripts/figure.py"
+
+
+rule feature_table:
+    input:
+        "results/summary/runs.csv",
+    output:
+        md=report("results/tables/feature_selection.md", category="Tables", caption="../report/feature_selection.rst"),
+        tex="results/tables/feature_selection.tex",
+    log:
+        "results/logs/feature_table.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/feature_table.py"
+
+
+rule pips:
+    input:
+        lambda wc: expand("results/runs/{experiment}/spike_slab/seed={seed}/artefacts.pt", experiment=wc.experiment,
+                          seed=CONFIG["seeds"]),
+    output:
+        png=report("results/figures/pips/{experiment}.png", category="Inclusion probabilities",
+                   caption="../report/pips.rst", subcategory="{experiment}"),
+        pdf="results/figures/pips/{experiment}.pdf",
+    params:
+        spec=lambda wc: SPECS[(wc.experiment, "spike_slab", str(CONFIG["seeds"][0]))],
+    log:
+        "results/logs/pips/{experiment}.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/pips.py"

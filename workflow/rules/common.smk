@@ -14,6 +14,8 @@ except ConfigError as err:
 SPECS = {(s["experiment"], s["method"], str(s["seed"])): s for s in run_specs(CONFIG)}
 EXPERIMENTS = list(CONFIG["experiments"])
 RUN_DIRS = [run_dir(s) for s in SPECS.values()]
+# experiments that get a figure of spike-and-slab inclusion probabilities
+PIP_EXPERIMENTS = EXPERIMENTS if "spike_slab" in CONFIG["methods"] else []
 
 
 wildcard_constraints:

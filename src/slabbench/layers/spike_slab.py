@@ -63,6 +63,7 @@ class _SpikeSlab(nn.Module):
         else:
             self.theta = nn.Parameter(theta)
         self.register_buffer("weight_mask", torch.ones_like(w))
+        self._kl_cache = None  # closed_form: (key, expanded φ, constant part of the KL)
         # view that broadcasts a gate-shaped tensor to the weight's shape
         nd = w.dim()
         self._gate_view = {"edge": tuple(w.shape), "node": (-1,) + (1,) * (nd - 1), "input": (1, -1) + (1,) * (nd - 2)}[granularity]
@@ -109,16 +110,33 @@ class _SpikeSlab(nn.Module):
         return -torch.expm1(log1m.transpose(0, 1).flatten(1).sum(1))
 
     # -- KL and the closed-form update --------------------------------------------------
-    def kl(self, logit_lam: float, sigma0: float) -> torch.Tensor:
-        """KL(q ‖ p) in nats for this layer (exact; the spike cancels), SCIENCE.md §1:
-        Σ_g [φ log(φ/λ) + (1−φ) log((1−φ)/(1−λ))] + Σ_g φ_g Σ_{i∈g} [log(σ0/σ_i) + (σ_i² + μ_i²)/(2σ0²) − ½]."""
-        sigma = self.sigma
-        slab = math.log(sigma0) - torch.log(sigma) + (sigma ** 2 + self.mu ** 2) / (2 * sigma0 ** 2) - 0.5
+    def _gate_kl(self, logit_lam: float) -> torch.Tensor:
+        """Σ_g [φ log(φ/λ) + (1−φ) log((1−φ)/(1−λ))], computed stably from θ."""
         theta = self.theta
         phi = torch.sigmoid(theta)
-        log_lam, log1m_lam = -F.softplus(torch.tensor(-logit_lam)), -F.softplus(torch.tensor(logit_lam))
-        bern = phi * (F.logsigmoid(theta) - log_lam) + (1 - phi) * (F.logsigmoid(-theta) - log1m_lam)
-        return bern.sum() + (phi * self.group_sum(slab)).sum()
+        log_lam, log1m_lam = -math.log1p(math.exp(-logit_lam)), -math.log1p(math.exp(logit_lam))
+        return (phi * (F.logsigmoid(theta) - log_lam) + (1 - phi) * (F.logsigmoid(-theta) - log1m_lam)).sum()
+
+    def kl(self, logit_lam: float, sigma0: float) -> torch.Tensor:
+        """KL(q ‖ p) in nats for this layer (exact; the spike cancels), SCIENCE.md §1:
+        Σ_g [φ log(φ/λ) + (1−φ) log((1−φ)/(1−λ))] + Σ_g φ_g Σ_{i∈g} [log(σ0/σ_i) + (σ_i² + μ_i²)/(2σ0²) − ½].
+
+        Under ``closed_form`` θ is a constant between updates, so the gate term and the
+        slab's constant part are computed once per update (same value, fewer operations).
+        """
+        sigma = self.sigma
+        varying = (sigma * sigma + self.mu * self.mu) * (0.5 / sigma0 ** 2) - torch.log(sigma)
+        if self.mode == "closed_form":
+            key = (logit_lam, sigma0, self.theta._version)  # θ changed in place -> recompute
+            if self._kl_cache is None or self._kl_cache[0] != key:
+                with torch.no_grad():
+                    phi_w = self.expand(self.phi).contiguous()
+                    const = self._gate_kl(logit_lam) + (math.log(sigma0) - 0.5) * phi_w.sum()
+                self._kl_cache = (key, phi_w, const)
+            _, phi_w, const = self._kl_cache
+            return const + (phi_w * varying).sum()
+        slab = varying + (math.log(sigma0) - 0.5)
+        return self._gate_kl(logit_lam) + (self.phi * self.group_sum(slab)).sum()
 
     @torch.no_grad()
     def closed_form_update(self, logit_lam: float, sigma0: float) -> None:
@@ -127,6 +145,7 @@ class _SpikeSlab(nn.Module):
         sigma = self.sigma.clamp_min(1e-12)
         term = torch.log(sigma / sigma0) + self.mu ** 2 / (2 * sigma ** 2)
         self.theta.copy_(logit_lam + self.group_sum(term))
+        self._kl_cache = None
 
     # -- forward ------------------------------------------------------------------------
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
