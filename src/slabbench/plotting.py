@@ -62,7 +62,13 @@ def plot_experiment(runs: pd.DataFrame, title: str | None = None):
                         color=method_colour(method), mec="k", label=f"{method} (natural)")
     xs = pd.concat([targets["target_sparsity"], natural.loc[natural["sparsity"] > 0, "sparsity"]]).dropna()
     if not xs.empty and xs.min() > 0 and xs.max() < 1:
-        ax.set_xscale("logit")
+        from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+        ax.set_xscale("logit")  # stretches the region near 1 (extreme sparsity)
+        ticks = sorted(set(targets["target_sparsity"].dropna().round(4))) or sorted(xs.round(3).unique())
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("sparsity (fraction of weights pruned)")
     ax.set_ylabel(label)
     ax.set_title(title or f"{runs['experiment'].iloc[0]}: {runs['dataset'].iloc[0]}, {runs['model'].iloc[0]}")
