@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slabbench.layers.masked import MaskedConv2d, MaskedLinear
+from slabbench.layers.masked import MaskedConv2d, MaskedLinear, prunable_layers
 from slabbench.layers.sparse_vd import make_plain
 
 BETA = 2.0 / 3.0  #: temperature of the hard concrete (paper's experiments and official code: 2/3)
@@ -241,9 +241,7 @@ L0_LAYERS = (L0Linear, L0Conv2d)
 
 def l0_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Yield ``(name, layer)`` of every L0 layer of ``model``, in module order."""
-    for name, module in model.named_modules():
-        if isinstance(module, L0_LAYERS):
-            yield name, module
+    return prunable_layers(model, L0_LAYERS)
 
 
 def to_l0(layer: nn.Module, **kw) -> nn.Module:

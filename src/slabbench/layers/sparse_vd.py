@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slabbench.layers.masked import MaskedConv2d, MaskedLinear
+from slabbench.layers.masked import MaskedConv2d, MaskedLinear, prunable_layers
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695  #: constants of the KL approximation (paper eq. 14)
 LOG_ALPHA_CLIP = 8.0  #: |log alpha| bound in the training forward and the KL (official code)
@@ -206,9 +206,7 @@ def make_plain(cls: type, *args, weight: torch.Tensor, bias: torch.Tensor | None
 
 def svdo_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Yield ``(name, layer)`` of every sparse-VD layer of ``model``, in module order."""
-    for name, module in model.named_modules():
-        if isinstance(module, SVDO_LAYERS):
-            yield name, module
+    return prunable_layers(model, SVDO_LAYERS)
 
 
 def to_svdo(layer: nn.Module, **kw) -> nn.Module:
