@@ -34,5 +34,17 @@ def plugin_files(wildcards):
     return [f"{base}/methods/{spec['method']}.py", f"{base}/datasets/{spec['dataset']}.py"]
 
 
+def _uses_gpu(device):
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device == "cuda"
+
+
+# a training job on a GPU declares gpu=1; the profile's `resources: gpu` caps concurrent GPU jobs
+GPU_PER_JOB = 1 if _uses_gpu(CONFIG["device"]) else 0
+
+
 def gpu_count(wildcards):
-    return 1 if CONFIG["device"] == "cuda" else 0
+    return GPU_PER_JOB
