@@ -8,7 +8,8 @@ Options (``Params``):
   ``closed_form`` (default): θ = logit φ is not trained by gradient; every ``phi_every`` steps
   (0 = once per epoch), after ``phi_warmup_epochs`` epochs with φ fixed at ``phi_init``,
       logit φ_i = logit λ + log(σ_i/σ0) + μ_i²/(2σ_i²)
-  (group form: logit φ_g = logit λ + Σ_{i∈g}[...]); gates in the forward pass are Bernoulli(φ).
+  (group form: logit φ_g = logit λ + Σ_{i∈g}[...]); gates in the forward pass are Bernoulli(φ),
+  or with ``lrt_forward: true`` (ours) the moment-matched pre-activations of ``lrt``.
   ``gumbel``: θ trained through a hard binary-concrete straight-through sample, τ = ``tau``.
   ``lrt`` (ours): θ trained by gradient through the moment-matched pre-activations.
 * ``granularity``: ``edge`` (one γ per weight), ``node`` (one γ per output unit, shared by
@@ -57,6 +58,7 @@ class Params:
     phi_warmup_epochs: int | None = None  #: closed_form: epochs with φ fixed; None = 5% of epochs (>= 1)
     kl_warmup_epochs: int = 0  #: linear KL warm-up β: 0 -> 1 over this many epochs
     tau: float = 0.5  #: gumbel: binary-concrete temperature
+    lrt_forward: bool = False  #: closed_form: moment-matched pre-activations instead of sampled gates (ours)
     bma_samples: int | None = None  #: None = 30 (regression) / 10 (classification)
     export_mean: str = "posterior"  #: posterior (φμ) | slab (μ)
 
@@ -76,6 +78,8 @@ class Method(_Base):
         check_choice(owner, "phi_update", params.phi_update, MODES)
         check_choice(owner, "granularity", params.granularity, GRANULARITIES)
         check_choice(owner, "export_mean", params.export_mean, EXPORTS)
+        if params.lrt_forward and params.phi_update == "gumbel":
+            raise PluginError(f"option 'lrt_forward' of {owner} needs phi_update closed_form or lrt, got gumbel")
         for key in ("sigma0", "tau"):
             if getattr(params, key) <= 0:
                 raise PluginError(f"option {key!r} of {owner} must be > 0, got {getattr(params, key)}")
@@ -100,7 +104,7 @@ class Method(_Base):
         p = self.params
         return replace_layers(model, lambda name, layer: from_plain(
             layer, granularity=("edge" if p.granularity == "input" and name != first else p.granularity),
-            mode=p.phi_update, phi_init=p.phi_init, rho_init=p.rho_init, tau=p.tau))
+            mode=p.phi_update, phi_init=p.phi_init, rho_init=p.rho_init, tau=p.tau, lrt_forward=p.lrt_forward))
 
     @property
     def prior_inclusion(self) -> float:

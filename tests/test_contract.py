@@ -20,7 +20,8 @@ from slabbench.train import run
 VARIANTS = {
     "magnitude": [{"scope": "layerwise"}, {"schedule": "gradual"}],
     "spike_slab": [{"granularity": "node"}, {"granularity": "input"}, {"phi_update": "gumbel"},
-                   {"phi_update": "lrt"}, {"phi_update": "lrt", "granularity": "node"}, {"export_mean": "slab"}],
+                   {"phi_update": "lrt"}, {"phi_update": "lrt", "granularity": "node"}, {"export_mean": "slab"},
+                   {"lrt_forward": True}],
     "l0": [{"gates": "weight"}],
     "sparse_vd": [{"train_clip": False}],  # the default is true (official LeNet scripts)
 }

@@ -13,7 +13,9 @@ Parameters of a layer with weight shape W = (out, in) or (out, in, kh, kw):
 
 Training forward by ``mode``:
     * ``closed_form``: gates z ~ Bernoulli(φ) (no gradient to θ, which is a buffer set by
-      :meth:`closed_form_update`), w = z (μ + σ ε), one sample of the network per minibatch.
+      :meth:`closed_form_update`), w = z (μ + σ ε), one sample of the network per minibatch;
+      or, with ``lrt_forward = True``, the moment-matched pre-activations below (θ still a
+      buffer: only the slab's gradient changes, from a sparse sampled one to its expectation).
     * ``gumbel``: z is a hard (straight-through) binary-concrete sample at temperature τ
       (Bai, Song & Cheng 2020); θ is trained by gradient.
     * ``lrt``: no gate sampling: pre-activations drawn from their Gaussian moment match with
@@ -45,13 +47,17 @@ def logit(p: float) -> float:
 class _SpikeSlab(nn.Module):
     """Shared machinery of :class:`SpikeSlabLinear` and :class:`SpikeSlabConv2d`."""
 
-    def _setup(self, plain: nn.Module, granularity: str, mode: str, phi_init: float, rho_init: float, tau: float) -> None:
+    def _setup(self, plain: nn.Module, granularity: str, mode: str, phi_init: float, rho_init: float, tau: float,
+               lrt_forward: bool = False) -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
         if mode not in MODES:
             raise ValueError(f"unknown phi_update {mode!r}; valid: {', '.join(MODES)}")
         w = plain.weight.detach()
+        if lrt_forward and mode == "gumbel":
+            raise ValueError("lrt_forward needs phi_update closed_form or lrt (gumbel samples its gates)")
         self.granularity, self.mode, self.tau = granularity, mode, tau
+        self.lrt_forward = lrt_forward or mode == "lrt"
         self.bma = False
         self.mu = nn.Parameter(w.clone())
         self.rho = nn.Parameter(torch.full_like(w, rho_init))
@@ -206,7 +212,7 @@ class _SpikeSlab(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            return self._lrt(x) if self.mode == "lrt" else self._sampled(x)
+            return self._lrt(x) if self.lrt_forward else self._sampled(x)
         if self.bma:
             return self._sampled(x)
         w, b = self.mean_weight()
@@ -215,10 +221,10 @@ class _SpikeSlab(nn.Module):
 
 class SpikeSlabLinear(_SpikeSlab):
     def __init__(self, plain: nn.Linear, granularity: str = "edge", mode: str = "closed_form",
-                 phi_init: float = 0.99, rho_init: float = -6.0, tau: float = 0.5):
+                 phi_init: float = 0.99, rho_init: float = -6.0, tau: float = 0.5, lrt_forward: bool = False):
         super().__init__()
         self.in_features, self.out_features = plain.in_features, plain.out_features
-        self._setup(plain, granularity, mode, phi_init, rho_init, tau)
+        self._setup(plain, granularity, mode, phi_init, rho_init, tau, lrt_forward)
 
     def _op(self, x, w, b):
         return F.linear(x, w, b)
@@ -235,13 +241,13 @@ class SpikeSlabLinear(_SpikeSlab):
 
 class SpikeSlabConv2d(_SpikeSlab):
     def __init__(self, plain: nn.Conv2d, granularity: str = "edge", mode: str = "closed_form",
-                 phi_init: float = 0.99, rho_init: float = -6.0, tau: float = 0.5):
+                 phi_init: float = 0.99, rho_init: float = -6.0, tau: float = 0.5, lrt_forward: bool = False):
         super().__init__()
         self.conv_args = dict(in_channels=plain.in_channels, out_channels=plain.out_channels, kernel_size=plain.kernel_size,
                               stride=plain.stride, padding=plain.padding, dilation=plain.dilation, groups=plain.groups)
         if plain.groups != 1:
             raise ValueError("spike-and-slab Conv2d supports groups=1 only")
-        self._setup(plain, granularity, mode, phi_init, rho_init, tau)
+        self._setup(plain, granularity, mode, phi_init, rho_init, tau, lrt_forward)
 
     def _op(self, x, w, b):
         a = self.conv_args
