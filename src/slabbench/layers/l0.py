@@ -47,8 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slabbench.layers.masked import MaskedConv2d, MaskedLinear, prunable_layers
-from slabbench.layers.sparse_vd import make_plain
+from slabbench.layers.masked import MaskedConv2d, MaskedLinear, make_plain, prunable_layers
 
 BETA = 2.0 / 3.0  #: temperature of the hard concrete (paper's experiments and official code: 2/3)
 GAMMA, ZETA = -0.1, 1.1  #: stretch interval (gamma, zeta) of the hard concrete (paper / official code)

@@ -36,6 +36,19 @@ class MaskedConv2d(nn.Conv2d):
         return self._conv_forward(x, self.weight * self.weight_mask, self.bias)
 
 
+def make_plain(cls: type, *args, weight: torch.Tensor, bias: torch.Tensor | None, **kw) -> nn.Module:
+    """A plain masked layer ``cls(*args, **kw)`` (``MaskedLinear`` / ``MaskedConv2d``) holding
+    copies of ``weight`` and ``bias``, mask all ones, on ``weight``'s device and dtype.  Built
+    on the meta device, so no random initialisation is drawn (the global RNG is untouched)."""
+    layer = cls(*args, bias=bias is not None, device="meta", dtype=weight.dtype, **kw).to_empty(device=weight.device)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.weight_mask.fill_(1.0)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer
+
+
 def is_prunable(module: nn.Module) -> bool:
     return isinstance(module, (MaskedLinear, MaskedConv2d))
 

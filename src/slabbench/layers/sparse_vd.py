@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slabbench.layers.masked import MaskedConv2d, MaskedLinear, prunable_layers
+from slabbench.layers.masked import MaskedConv2d, MaskedLinear, make_plain, prunable_layers
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695  #: constants of the KL approximation (paper eq. 14)
 LOG_ALPHA_CLIP = 8.0  #: |log alpha| bound in the training forward and the KL (official code)
@@ -189,19 +189,6 @@ class Conv2dSVDO(_SVDOMixin, nn.Module):
 
 
 SVDO_LAYERS = (LinearSVDO, Conv2dSVDO)
-
-
-def make_plain(cls: type, *args, weight: torch.Tensor, bias: torch.Tensor | None, **kw) -> nn.Module:
-    """A plain masked layer ``cls(*args, **kw)`` (``MaskedLinear`` / ``MaskedConv2d``) holding
-    copies of ``weight`` and ``bias``, mask all ones, on ``weight``'s device and dtype.  Built
-    on the meta device, so no random initialisation is drawn (the global RNG is untouched)."""
-    layer = cls(*args, bias=bias is not None, device="meta", dtype=weight.dtype, **kw).to_empty(device=weight.device)
-    with torch.no_grad():
-        layer.weight.copy_(weight)
-        layer.weight_mask.fill_(1.0)
-        if bias is not None:
-            layer.bias.copy_(bias)
-    return layer
 
 
 def svdo_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:

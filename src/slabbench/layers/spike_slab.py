@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slabbench.layers.masked import MaskedConv2d, MaskedLinear
+from slabbench.layers.masked import MaskedConv2d, MaskedLinear, make_plain
 
 GRANULARITIES = ("edge", "node", "input")
 MODES = ("closed_form", "gumbel", "lrt")
@@ -231,12 +231,7 @@ class SpikeSlabLinear(_SpikeSlab):
 
     def to_plain(self, kind: str = "posterior") -> MaskedLinear:
         w, b = self.mean_weight(kind)
-        out = MaskedLinear(self.in_features, self.out_features, bias=b is not None).to(w.device, w.dtype)
-        with torch.no_grad():
-            out.weight.copy_(w)
-            if b is not None:
-                out.bias.copy_(b)
-        return out
+        return make_plain(MaskedLinear, self.in_features, self.out_features, weight=w, bias=b)
 
 
 class SpikeSlabConv2d(_SpikeSlab):
@@ -255,12 +250,7 @@ class SpikeSlabConv2d(_SpikeSlab):
 
     def to_plain(self, kind: str = "posterior") -> MaskedConv2d:
         w, b = self.mean_weight(kind)
-        out = MaskedConv2d(**self.conv_args, bias=b is not None).to(w.device, w.dtype)
-        with torch.no_grad():
-            out.weight.copy_(w)
-            if b is not None:
-                out.bias.copy_(b)
-        return out
+        return make_plain(MaskedConv2d, weight=w, bias=b, **self.conv_args)
 
 
 SPIKE_SLAB_LAYERS = (SpikeSlabLinear, SpikeSlabConv2d)
