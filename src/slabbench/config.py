@@ -66,8 +66,7 @@ def _format(err: jsonschema.ValidationError) -> str:
     return f"{where} is {value!r}; expected {expected}{extra}"
 
 
-def _validate_schema(config: Any) -> None:
-    schema = load_yaml(schema_path())
+def _validate_schema(config: Any, schema: dict) -> None:
     if not isinstance(config, dict):
         raise ConfigError(f"the configuration must be a mapping, got {type(config).__name__}")
     validator = jsonschema.Draft202012Validator(schema)
@@ -76,8 +75,7 @@ def _validate_schema(config: Any) -> None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(_format(e) for e in errors))
 
 
-def _apply_defaults(config: dict) -> dict:
-    schema = load_yaml(schema_path())
+def _apply_defaults(config: dict, schema: dict) -> dict:
     exp_props = schema["properties"]["experiments"]["additionalProperties"]["properties"]
     config = copy.deepcopy(config)
     config.setdefault("method_params", {})
@@ -103,8 +101,9 @@ def validate(config: Any) -> dict:
 
     Raises :class:`ConfigError` naming every bad value and the valid ones.
     """
-    _validate_schema(config)
-    config = _apply_defaults(config)
+    schema = load_yaml(schema_path())
+    _validate_schema(config, schema)
+    config = _apply_defaults(config, schema)
     problems: list[str] = []
     methods, datasets = available("method"), available("dataset")
     for m in config["methods"]:
