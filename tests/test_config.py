@@ -41,7 +41,7 @@ CASES = [
     (("experiments", "digits", "lr"), "1e-3", ["config.experiments.digits.lr is '1e-3'", "a number > 0", "write 1.0e-3"]),
     (("experiments", "digits", "epochs"), 0, ["config.experiments.digits.epochs is 0", "an integer >= 1"]),
     (("experiments", "digits", "batch_size"), "big", ["config.experiments.digits.batch_size is 'big'"]),
-    (("experiments", "digits", "model"), "resnet", ["unknown model 'resnet'", "have mlp, lenet5"]),
+    (("experiments", "digits", "model"), "resnet", ["unknown model 'resnet'", "have mlp, lenet5, vgg"]),
     (("experiments", "digits", "model_params"), {"hiden": [3]}, ["unknown option(s) 'hiden' for model 'mlp'", "valid: hidden"]),
     (("experiments", "digits", "dataset_params"), {"split": 1}, ["unknown option 'split' for data set 'digits'", "valid options: split_seed"]),
     (("experiments", "bad/name"), {"dataset": "digits", "model": "mlp", "epochs": 1, "batch_size": 1, "lr": 0.1},
@@ -51,6 +51,8 @@ CASES = [
     (("method_params", "magnitude", "scope"), "per-layer", ["option 'scope' of method 'magnitude' is 'per-layer'", "global, layerwise"]),
     (("method_params", "magnitude", "weight_decay"), "lots", ["option 'weight_decay' of method 'magnitude' must be float", "'lots'"]),
     (("method_params", "l1"), {}, ["config.method_params: unknown method 'l1'"]),
+    (("experiments", "digits", "methods"), ["dense", "l1"], ["config.experiments.digits.methods: unknown method 'l1'"]),
+    (("experiments", "digits", "seeds"), [], ["config.experiments.digits.seeds is []", "non-empty list"]),
 ]
 
 
@@ -67,3 +69,16 @@ def test_malformed_config_fails_with_clear_message(default_config, path, value, 
 def test_config_must_be_a_mapping():
     with pytest.raises(ConfigError, match="must be a mapping"):
         validate([1, 2])
+
+
+def test_experiment_seeds_and_methods_override_the_global_lists(default_config):
+    """An experiment may run its own seeds (e.g. 30 simulation replicates) and methods."""
+    default_config["experiments"]["digits"]["seeds"] = [5, 6, 7, 8]
+    default_config["experiments"]["digits"]["methods"] = ["dense", "spike_slab"]
+    cfg = validate(default_config)
+    specs = run_specs(cfg)
+    digits = [(s["method"], s["seed"]) for s in specs if s["experiment"] == "digits"]
+    assert sorted(digits) == sorted((m, s) for m in ("dense", "spike_slab") for s in (5, 6, 7, 8))
+    others = [s for s in specs if s["experiment"] != "digits"]
+    assert len(others) == (len(cfg["experiments"]) - 1) * len(cfg["methods"]) * len(cfg["seeds"])
+    assert all("seeds" not in s and "methods" not in s for s in specs)

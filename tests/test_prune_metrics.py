@@ -108,3 +108,38 @@ def test_predictive_metrics_by_hand():
 def test_selection_errors():
     e = M.selection_errors([0, 1, 2, 7], [0, 1, 2, 3, 4], 10)
     assert e == {"fnr": pytest.approx(0.4), "fpr": pytest.approx(0.2)}
+
+
+def test_vgg_counts_padding_and_method_layers():
+    """A two-conv VGG-like net on 3x8x8 inputs: literal weight and FLOP counts; every method's
+    training-time layers keep the 3x3 convolutions' padding (same output shape)."""
+    from slabbench.api import TrainContext, make_params
+    from slabbench.registry import method_class
+
+    spec = DatasetSpec(name="x", task="classification", input_shape=(3, 8, 8), outputs=10, sizes={})
+    net = build_model("vgg", spec, {"channels": [4, "M", 8, "M"]})
+    s = M.structure(net, spec.input_shape)
+    assert s["n_weights"] == 3 * 4 * 9 + 4 * 8 * 9 + 8 * 2 * 2 * 512 + 512 * 10
+    dense_flops = 108 * 8 * 8 + 288 * 4 * 4 + 32 * 512 + 5120
+    assert s["flops_kept"] == 1.0 and dense_flops > 0
+    x = torch.randn(5, 3, 8, 8)
+    net.eval()
+    assert net(x).shape == (5, 10)
+    assert build_model("vgg", spec, {"channels": [4, "M"], "width": 0.5}).conv1.out_channels == 2
+    for name in ("spike_slab", "sparse_vd", "l0"):
+        cls = method_class(name)
+        ctx = TrainContext("classification", 10, 1, 1, 1e-3, torch.device("cpu"), spec)
+        method = cls(make_params(cls.Params, {}, name), ctx)
+        model = method.build(build_model("vgg", spec, {"channels": [4, "M", 8, "M"]})).eval()
+        assert model(x).shape == (5, 10), name
+        assert method.export(model)(x).shape == (5, 10), name
+
+
+def test_vgg_rejects_bad_options():
+    spec = DatasetSpec(name="x", task="classification", input_shape=(3, 8, 8), outputs=10, sizes={})
+    with pytest.raises(ValueError, match="too many pools"):
+        build_model("vgg", spec, {"channels": [4, "M", "M", "M", "M"]})
+    with pytest.raises(ValueError, match="positive integers and 'M'"):
+        build_model("vgg", spec, {"channels": [4, "P"]})
+    with pytest.raises(ValueError, match="width must be > 0"):
+        build_model("vgg", spec, {"width": 0})

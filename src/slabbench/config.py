@@ -131,7 +131,10 @@ def validate(config: Any) -> dict:
         for m in exp["method_params"]:
             if m not in methods:
                 problems.append(f"{where}.method_params: unknown method {m!r}{_hint(m, methods)}; have {', '.join(methods)}")
-        for m in config["methods"]:
+        for m in exp.get("methods", []):
+            if m not in methods:
+                problems.append(f"{where}.methods: unknown method {m!r}{_hint(m, methods)}; have {', '.join(methods)}")
+        for m in experiment_methods(config, name):
             if m not in methods:
                 continue
             cls = method_class(m)
@@ -147,13 +150,23 @@ def validate(config: Any) -> dict:
     return config
 
 
+def experiment_methods(config: dict, experiment: str) -> list[str]:
+    """The experiment's own ``methods`` if it has them, else the global list."""
+    return list(config["experiments"][experiment].get("methods") or config["methods"])
+
+
+def experiment_seeds(config: dict, experiment: str) -> list[int]:
+    """The experiment's own ``seeds`` (e.g. 30 simulation replicates) if it has them, else the global list."""
+    return [int(s) for s in (config["experiments"][experiment].get("seeds") or config["seeds"])]
+
+
 def run_specs(config: dict) -> list[dict]:
     """Expand a validated config into one resolved spec per (experiment, method, seed)."""
     specs = []
     for name, exp in config["experiments"].items():
-        for method in config["methods"]:
-            for seed in config["seeds"]:
-                spec = {k: copy.deepcopy(v) for k, v in exp.items() if k != "method_params"}
+        for method in experiment_methods(config, name):
+            for seed in experiment_seeds(config, name):
+                spec = {k: copy.deepcopy(v) for k, v in exp.items() if k not in ("method_params", "methods", "seeds")}
                 spec.update(experiment=name, method=method, seed=int(seed), device=config["device"],
                             sparsities=[float(s) for s in config["sparsities"]],
                             method_params=method_options(config, name, method))

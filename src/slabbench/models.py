@@ -1,5 +1,6 @@
 """Architectures built from masked layers: MLP (LeNet-300-100 = ``mlp`` with hidden
-[300, 100]) and LeNet-5-Caffe.  The classifier layer is prunable like any other."""
+[300, 100]), LeNet-5-Caffe and a VGG-like CIFAR net.  The classifier layer is prunable
+like any other."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from torch import nn
 from slabbench.api import DatasetSpec
 from slabbench.layers import MaskedConv2d, MaskedLinear
 
-MODELS = ("mlp", "lenet5")
-MODEL_OPTIONS = {"mlp": ("hidden", "activation", "init"), "lenet5": ("init",)}
+MODELS = ("mlp", "lenet5", "vgg")
+MODEL_OPTIONS = {"mlp": ("hidden", "activation", "init"), "lenet5": ("init",), "vgg": ("channels", "width", "init")}
+#: VGG-16's convolution widths ("M" = 2x2 max-pool), the VGG-like CIFAR-10 net of sparse VD's
+#: experiments (Zagoruyko's cifar.torch VGG with batch norm and a 512-512-10 classifier)
+VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
@@ -35,8 +39,10 @@ def build_model(name: str, spec: DatasetSpec, options: dict[str, Any] | None = N
         raise ModelError(f"unknown option(s) {sorted(unknown)} for model {name!r}; valid: {', '.join(MODEL_OPTIONS[name])}")
     if name == "mlp":
         model = mlp(spec.n_features, list(options.get("hidden", [300, 100])), spec.outputs, options.get("activation", "relu"))
-    else:
+    elif name == "lenet5":
         model = lenet5_caffe(spec.input_shape, spec.outputs)
+    else:
+        model = vgg_like(spec.input_shape, spec.outputs, options.get("channels", list(VGG16)), float(options.get("width", 1.0)))
     _init(model, options.get("init", "default"))
     return model
 
@@ -66,6 +72,37 @@ def lenet5_caffe(input_shape: tuple[int, ...], outputs: int) -> nn.Sequential:
         ("fc1", MaskedLinear(50 * fh * fw, 500)), ("act3", nn.ReLU()),
         ("fc2", MaskedLinear(500, outputs)),
     ]))
+
+
+def vgg_like(input_shape: tuple[int, ...], outputs: int, channels: list, width: float = 1.0) -> nn.Sequential:
+    """VGG-like net for 32x32 images: 3x3 convolutions (padding 1) each followed by batch norm
+    and ReLU, 2x2 max-pools at "M", then fc(512) + BN + ReLU and fc(outputs).  ``width``
+    scales every conv width (sparse VD's experiments vary it); batch norm is not pruned."""
+    if len(input_shape) != 3:
+        raise ModelError(f"vgg needs image input (C, H, W); got input shape {tuple(input_shape)}")
+    if not (width > 0):
+        raise ModelError(f"vgg option width must be > 0, got {width!r}")
+    c, h, w = input_shape
+    layers: list[tuple[str, nn.Module]] = []
+    conv = pool = 0
+    for item in channels:
+        if item == "M":
+            pool += 1
+            h, w = h // 2, w // 2
+            if h < 1 or w < 1:
+                raise ModelError(f"vgg: too many pools for input shape {tuple(input_shape)}")
+            layers.append((f"pool{pool}", nn.MaxPool2d(2)))
+            continue
+        if not isinstance(item, int) or item < 1:
+            raise ModelError(f"vgg option channels takes positive integers and 'M'; got {item!r}")
+        conv += 1
+        out = max(1, round(item * width))
+        layers += [(f"conv{conv}", MaskedConv2d(c, out, 3, padding=1)), (f"bn{conv}", nn.BatchNorm2d(out)),
+                   (f"act{conv}", nn.ReLU())]
+        c = out
+    layers += [("flatten", nn.Flatten()), ("fc1", MaskedLinear(c * h * w, 512)), ("bnfc", nn.BatchNorm1d(512)),
+               ("actfc", nn.ReLU()), ("fc2", MaskedLinear(512, outputs))]
+    return nn.Sequential(OrderedDict(layers))
 
 
 def _init(model: nn.Module, init: str) -> None:

@@ -61,13 +61,13 @@ rule feature_table:
 rule pips:
     input:
         lambda wc: expand("results/runs/{experiment}/spike_slab/seed={seed}/artefacts.pt", experiment=wc.experiment,
-                          seed=CONFIG["seeds"]),
+                          seed=experiment_seeds(CONFIG, wc.experiment)),
     output:
         png=report("results/figures/pips/{experiment}.png", category="Inclusion probabilities",
                    caption="../report/pips.rst", subcategory="{experiment}"),
         pdf="results/figures/pips/{experiment}.pdf",
     params:
-        spec=lambda wc: SPECS[(wc.experiment, "spike_slab", str(CONFIG["seeds"][0]))],
+        spec=lambda wc: SPECS[(wc.experiment, "spike_slab", str(experiment_seeds(CONFIG, wc.experiment)[0]))],
     log:
         "results/logs/pips/{experiment}.log",
     conda:

@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("SLABBENCH_ROOT", workflow.basedir)
 
-from slabbench.config import ConfigError, run_dir, run_specs, validate
+from slabbench.config import ConfigError, experiment_methods, experiment_seeds, run_dir, run_specs, validate
 
 try:
     CONFIG = validate(config)
@@ -15,7 +15,7 @@ SPECS = {(s["experiment"], s["method"], str(s["seed"])): s for s in run_specs(CO
 EXPERIMENTS = list(CONFIG["experiments"])
 RUN_DIRS = [run_dir(s) for s in SPECS.values()]
 # experiments that get a figure of spike-and-slab inclusion probabilities
-PIP_EXPERIMENTS = EXPERIMENTS if "spike_slab" in CONFIG["methods"] else []
+PIP_EXPERIMENTS = [e for e in EXPERIMENTS if "spike_slab" in experiment_methods(CONFIG, e)]
 
 
 wildcard_constraints:
