@@ -6,7 +6,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The default grid, unless --configfile names another: Snakemake would otherwise merge the two
+# (the experiments of both would run).  `--config key=value` still overrides single keys.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

@@ -95,6 +95,14 @@ def test_rerun_does_only_what_is_missing(finished):
     assert victim.exists() and planned_jobs(finished) == {}
 
 
+def test_configfile_replaces_the_default_grid(tmp_path):
+    """`--configfile X` runs X's grid alone: the default config/config.yaml (read relative to
+    the working directory) is not merged into it."""
+    (tmp_path / "config").mkdir()
+    shutil.copy(ROOT / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
+    assert planned_jobs(tmp_path)["train"] == len(cfg_runs())
+
+
 def test_report(finished):
     snakemake(finished, "--report", "report.html")
     html = (finished / "report.html").read_text(errors="replace")
