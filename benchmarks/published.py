@@ -19,33 +19,10 @@ import pandas as pd
 
 from slabbench.aggregate import flatten
 from slabbench.config import load_yaml, run_specs, validate
+from slabbench.paper import published_comparison
 from slabbench.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
-#: (model, method, selection, published error %, published weights kept, source)
-PUBLISHED = [
-    ("mlp", "dense", "natural", 1.64, "100%", "Han et al. 2015"),
-    ("mlp", "magnitude", "target", 1.59, "8% (12×)", "Han et al. 2015"),
-    ("mlp", "sparse_vd", "natural", 1.92, "1.5% (68×)", "Molchanov et al. 2017"),
-    ("mlp", "l0", "natural", 1.6, "266-88-33 neurons", "Louizos et al. 2018"),
-    ("lenet5", "dense", "natural", 0.80, "100%", "Han et al. 2015"),
-    ("lenet5", "magnitude", "target", 0.77, "8% (12×)", "Han et al. 2015"),
-    ("lenet5", "sparse_vd", "natural", 0.75, "0.36% (280×)", "Molchanov et al. 2017"),
-    ("lenet5", "l0", "natural", 0.9, "20-25-45-462 neurons", "Louizos et al. 2018"),
-]
-
-
-def compare(runs: pd.DataFrame) -> str:
-    lines = ["| model | method | ours: error % | ours: weights kept | ours: nodes kept | epochs | published error % | published kept | source |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for model, method, selection, err, kept, source in PUBLISHED:
-        g = runs[(runs["model"] == model) & (runs["method"] == method) & (runs["selection"] == selection)]
-        if g.empty:
-            continue
-        r = g.iloc[0]
-        lines.append(f"| {model} | {method} | {100 * (1 - r['test_accuracy']):.2f} | {100 * (1 - r['sparsity']):.2f}% "
-                     f"({r['compression']:.1f}×) | {r['nodes_kept']} | {r.get('epochs', '')} | {err} | {kept} | {source} |")
-    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
@@ -70,13 +47,11 @@ def main(argv=None) -> None:
         for spec in run_specs(validate(cfg)):
             records, _ = run(spec, threads=args.threads)
             for rec in records:
-                row = flatten(rec)
-                row["epochs"] = spec["epochs"]
-                rows.append(row)
+                rows.append(flatten(rec))
         runs = pd.DataFrame(rows)
         print(f"{args.experiment}: {cfg['experiments'][args.experiment]['epochs']} epochs "
               f"({'shortened; the papers train 200' if args.epochs else 'the papers protocol'}), device {runs['device'].iloc[0]}\n")
-    print(compare(runs))
+    print(published_comparison(runs, None))
 
 
 if __name__ == "__main__":

@@ -25,12 +25,13 @@ def test_step_time_prints_a_ratio_per_method(capsys):
     assert dense.rstrip(" |").endswith("1.00")  # dense relative to itself
 
 
-def test_published_comparison_table():
+def test_published_prints_the_comparison_from_a_run_table(tmp_path, capsys):
     runs = pd.DataFrame([
-        {"model": "mlp", "method": "sparse_vd", "selection": "natural", "test_accuracy": 0.9808,
-         "sparsity": 0.985, "compression": 66.7, "nodes_kept": "250-60", "epochs": 200},
+        {"experiment": "m", "dataset": "mnist", "model": "mlp", "method": "sparse_vd", "seed": 0, "selection": "natural",
+         "target_sparsity": None, "test_accuracy": 0.9808, "sparsity": 0.985, "nodes_kept": "250-60", "epochs": 200},
     ])
-    table = load("published").compare(runs)
-    line = next(l for l in table.splitlines() if "sparse_vd" in l)
-    assert "| 1.92 |" in line  # ours: 100 * (1 - 0.9808) = 1.92, and published 1.92
-    assert "1.50% (66.7×)" in line and "Molchanov" in line
+    runs.to_csv(tmp_path / "runs.csv", index=False)
+    load("published").main(["--runs", str(tmp_path / "runs.csv")])
+    line = next(l for l in capsys.readouterr().out.splitlines() if "sparse_vd" in l)
+    assert "1.92 (natural, 1 seeds)" in line  # ours: 100 * (1 - 0.9808) = 1.92, and published 1.92
+    assert "1.50%" in line and "Molchanov" in line

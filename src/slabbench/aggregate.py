@@ -19,7 +19,7 @@ COLUMNS = KEYS + [
     "sparsity", "sparsity_all", "compression", "n_weights", "nonzero_weights", "n_biases", "nonzero_biases",
     "test_accuracy", "test_rmse", "test_nll", "ece", "val_accuracy", "val_rmse", "val_nll",
     "test_accuracy_bma", "test_rmse_bma", "test_nll_bma",
-    "flops_kept", "nodes_kept", "features_kept", "fnr", "fpr", "train_seconds", "finetune_epochs",
+    "flops_kept", "nodes_kept", "features_kept", "fnr", "fpr", "train_seconds", "epochs", "finetune_epochs",
     "device", "device_name", "git_commit", "git_dirty", "slabbench_version", "torch_version", "python_version",
     "method_params",
 ]
@@ -32,6 +32,7 @@ def flatten(rec: dict) -> dict:
     prov = rec.get("provenance", {})
     row = {k: rec.get(k) for k in COLUMNS}
     row["nodes_kept"] = "-".join(str(n) for n in rec.get("nodes_kept", []))
+    row["epochs"] = rec.get("spec", {}).get("epochs")
     row.update(device_name=prov.get("device_name"), git_commit=prov.get("git_commit"), git_dirty=prov.get("git_dirty"),
                slabbench_version=prov.get("slabbench"), torch_version=prov.get("torch"), python_version=prov.get("python"),
                method_params=json.dumps(rec.get("spec", {}).get("method_params", {}), sort_keys=True))

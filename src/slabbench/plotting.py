@@ -35,15 +35,19 @@ def metric_for(task: str) -> tuple[str, str]:
     return ("test_error", "test error (%)") if task == "classification" else ("test_rmse", "test RMSE")
 
 
-def plot_experiment(runs: pd.DataFrame, title: str | None = None):
+def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None):
     """Test metric vs target sparsity (logit axis); natural selections as points with
-    95% CI bars at their achieved sparsity; dense as a horizontal band."""
+    95% CI bars at their achieved sparsity; dense as a horizontal band.  Draws on ``ax``
+    when given (a panel of a larger figure), else on a new figure; returns the figure."""
     runs = runs.copy()
     task = runs["task"].iloc[0]
     metric, label = metric_for(task)
     if task == "classification":
         runs["test_error"] = 100 * (1 - runs["test_accuracy"])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 4))
+    else:
+        fig = ax.figure
     targets = runs[runs["selection"] == "target"]
     order = method_order(runs["method"].unique())
     if not targets.empty:
@@ -74,7 +78,8 @@ def plot_experiment(runs: pd.DataFrame, title: str | None = None):
     ax.set_title(title or f"{runs['experiment'].iloc[0]}: {runs['dataset'].iloc[0]}, {runs['model'].iloc[0]}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
-    fig.tight_layout()
+    if len(fig.axes) == 1:
+        fig.tight_layout()
     return fig
 
 

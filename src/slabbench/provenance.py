@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
 
@@ -15,7 +16,8 @@ from slabbench._plugins import repo_root
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> tuple[str, bool]:
-    """(commit, dirty) of the repository, or ("unknown", False) outside a git checkout."""
+    """(commit, dirty) of the repository.  Outside a git checkout (a copy of the tree sent to
+    another machine) the commit is taken from ``$SLABBENCH_GIT_COMMIT`` when set, else "unknown"."""
     root = repo_root()
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
@@ -23,7 +25,7 @@ def git_commit() -> tuple[str, bool]:
                                 capture_output=True, text=True, check=True).stdout
         return commit, bool(status.strip())
     except (OSError, subprocess.CalledProcessError, TypeError):
-        return "unknown", False
+        return os.environ.get("SLABBENCH_GIT_COMMIT", "unknown"), False
 
 
 def provenance(device: torch.device) -> dict:

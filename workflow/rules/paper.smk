@@ -1,0 +1,20 @@
+# `snakemake paper`: redraw every paper figure and table from the frozen run table
+# paper/data/runs.csv (no training).  The rule has no output files, so it always runs.
+# One script per figure / table in paper/, named after its output.
+
+import sys
+
+PAPER_SCRIPTS = ["error_vs_sparsity", "published_comparison", "natural_sparsity", "results", "feature_selection"]
+
+
+rule paper:
+    input:
+        data="paper/data/runs.csv",
+        provenance="paper/data/provenance.json",
+        scripts=expand(f"{workflow.basedir}/paper/{{script}}.py", script=PAPER_SCRIPTS),
+    params:
+        python=sys.executable,
+    log:
+        "results/logs/paper.log",
+    shell:
+        "for s in {input.scripts:q}; do {params.python:q} $s paper || exit 1; done > {log:q} 2>&1"
