@@ -35,3 +35,11 @@ def test_published_prints_the_comparison_from_a_run_table(tmp_path, capsys):
     line = next(l for l in capsys.readouterr().out.splitlines() if "sparse_vd" in l)
     assert "1.92 (natural, 1 seeds)" in line  # ours: 100 * (1 - 0.9808) = 1.92, and published 1.92
     assert "1.50%" in line and "Molchanov" in line
+
+
+def test_reproducibility_reports_zero_difference_on_cpu(capsys):
+    worst = load("reproducibility").main(["--config", str(ROOT / ".test" / "config.yaml"), "--experiment", "sim-tiny",
+                                          "--method", "spike_slab", "--epochs", "2", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert worst == 0.0 and "largest absolute difference: 0" in out
+    assert "| natural | None | test_rmse |" in out
