@@ -16,5 +16,7 @@ rule paper:
         python=sys.executable,
     log:
         "results/logs/paper.log",
+    conda:
+        "../../environment.yml"
     shell:
         "for s in {input.scripts:q}; do {params.python:q} $s paper || exit 1; done > {log:q} 2>&1"
