@@ -7,6 +7,9 @@ rule aggregate:
     output:
         runs="results/summary/runs.csv",
         summary="results/summary/summary.csv",
+    resources:
+        mem_mb=2000,
+        runtime=15,
     log:
         "results/logs/aggregate.log",
     conda:
@@ -21,6 +24,9 @@ rule tables:
     output:
         md=report("results/tables/summary.md", category="Tables", caption="../report/tables.rst"),
         tex="results/tables/summary.tex",
+    resources:
+        mem_mb=2000,
+        runtime=15,
     log:
         "results/logs/tables.log",
     conda:
@@ -36,6 +42,9 @@ rule figure:
         png=report("results/figures/{experiment}.png", category="Figures", caption="../report/figure.rst",
                    subcategory="{experiment}"),
         pdf="results/figures/{experiment}.pdf",
+    resources:
+        mem_mb=2000,
+        runtime=15,
     log:
         "results/logs/figure/{experiment}.log",
     conda:
@@ -50,6 +59,9 @@ rule feature_table:
     output:
         md=report("results/tables/feature_selection.md", category="Tables", caption="../report/feature_selection.rst"),
         tex="results/tables/feature_selection.tex",
+    resources:
+        mem_mb=2000,
+        runtime=15,
     log:
         "results/logs/feature_table.log",
     conda:
@@ -68,6 +80,9 @@ rule pips:
         pdf="results/figures/pips/{experiment}.pdf",
     params:
         spec=lambda wc: SPECS[(wc.experiment, "spike_slab", str(experiment_seeds(CONFIG, wc.experiment)[0]))],
+    resources:
+        mem_mb=2000,
+        runtime=15,
     log:
         "results/logs/pips/{experiment}.log",
     conda:

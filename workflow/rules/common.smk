@@ -48,3 +48,8 @@ GPU_PER_JOB = 1 if _uses_gpu(CONFIG["device"]) else 0
 
 def gpu_count(wildcards):
     return GPU_PER_JOB
+
+
+# memory (MB) a training job asks of a cluster: a CUDA process maps about 2 GB of host memory
+def train_mem_mb(wildcards):
+    return 6000 if GPU_PER_JOB else 2000

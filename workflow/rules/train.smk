@@ -12,6 +12,8 @@ rule train:
     threads: 1
     resources:
         gpu=gpu_count,
+        mem_mb=train_mem_mb,
+        runtime=120,
     log:
         "results/logs/train/{experiment}/{method}/seed={seed}.log",
     conda:
