@@ -4,6 +4,11 @@
 
 import sys
 
+# seconds of plotting on the frozen table: never sent to a cluster
+localrules:
+    paper,
+
+
 PAPER_SCRIPTS = ["error_vs_sparsity", "published_comparison", "natural_sparsity", "results", "feature_selection"]
 
 
