@@ -68,49 +68,51 @@ class SampledWeight(Function):
 
 
 class LRTWeights(Function):
-    """Moments of a spike-and-slab weight with edge / input gates, masked:
-    E = m φμ,  V = m [φσ² + φ(1 − φ)μ²]  (m the 0/1 weight mask, so m² = m),
-    with σ = softplus(ρ), φ = sigmoid(θ) viewed as ``gate_view`` (broadcasts to the weight).
-    Also returns σ and φ (no gradient) so that the backward pass need not recompute them."""
+    """Moments of a spike-and-slab weight with edge / input gates, masked by the 0/1 weight
+    mask m.  With p = φ m (φ = sigmoid(θ) viewed as ``gate_view``, σ = softplus(ρ)):
+        E = p μ,   V = p σ² + E (μ − E)   (= m[φσ² + φ(1 − φ)μ²] since m² = m),
+    and, because m φ(1 − φ) = p(1 − p) for m ∈ {0, 1}, the backward pass needs p only
+    (the mask drops out of it):
+        ∂/∂μ = p g_E + 2p(1 − p) μ g_V,   ∂/∂ρ = 2pσ sigmoid(ρ) g_V,
+        ∂/∂θ = p(1 − p) [μ g_E + (σ² + (1 − 2p) μ²) g_V]   (summed over each gate's group).
+    Also returns p, σ and σ² (no gradient) so that the backward pass need not recompute them."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(mu, rho, theta, mask, gate_view):
         sigma = F.softplus(rho)
-        phi = torch.sigmoid(theta).reshape(gate_view)
-        e = torch.mul(mu, phi).mul_(mask)
-        v = torch.mul(mu, mu).mul_(phi - phi * phi)  # φ(1 − φ)μ²
-        v.addcmul_(torch.mul(sigma, sigma), phi).mul_(mask)  # + φσ²
-        return e, v, sigma, phi
+        p = torch.sigmoid(theta).reshape(gate_view)
+        p = p.mul_(mask) if p.shape == mask.shape else p * mask  # edge gates: in place
+        e = torch.mul(mu, p)
+        v = torch.sub(mu, e).mul_(e)  # E(μ − E) = p(1 − p)μ²
+        s2 = torch.mul(sigma, sigma)
+        v.addcmul_(p, s2)  # + pσ²
+        return e, v, p, sigma, s2
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         mu, rho, theta, mask, gate_view = inputs
-        _, _, sigma, phi = output
-        ctx.gate_shape = theta.shape
-        ctx.mark_non_differentiable(sigma, phi)
-        ctx.set_materialize_grads(False)  # no zero-filled weight-sized grads for σ, φ
-        ctx.save_for_backward(mu, rho, mask, sigma, phi)
+        _, _, p, sigma, s2 = output
+        ctx.gate_view, ctx.gate_shape = theta.reshape(gate_view).shape, theta.shape
+        ctx.mark_non_differentiable(p, sigma, s2)
+        ctx.set_materialize_grads(False)  # no zero-filled weight-sized grads for p, σ, σ²
+        ctx.save_for_backward(mu, rho, p, sigma, s2)
 
     @staticmethod
-    def backward(ctx, g_e, g_v, _sigma, _phi):
-        mu, rho, mask, sigma, phi = ctx.saved_tensors
+    def backward(ctx, g_e, g_v, _p, _sigma, _s2):
+        mu, rho, p, sigma, s2 = ctx.saved_tensors
         g_e = torch.zeros_like(mu) if g_e is None else g_e  # only one moment used downstream
         g_v = torch.zeros_like(mu) if g_v is None else g_v
-        q = phi - phi * phi  # φ(1 − φ), gate view
-        ge = g_e * mask
-        gv = g_v * mask
-        gv_mu = gv * mu  # shared by ∂/∂μ and ∂/∂θ
-        g_mu = torch.mul(ge, phi).addcmul_(gv_mu, q, value=2.0)  # φ g_E + 2φ(1 − φ)μ g_V
+        a = torch.addcmul(p, p, p, value=-1.0)  # p(1 − p)
+        h = torch.mul(g_v, mu)  # μ g_V, shared by ∂/∂μ and ∂/∂θ
+        g_mu = torch.mul(g_e, p).addcmul_(h, a, value=2.0)
         g_rho = g_theta = None
-        if ctx.needs_input_grad[1]:  # 2φσ sigmoid(ρ) g_V
-            g_rho = torch.mul(gv, sigma).mul_(torch.sigmoid(rho)).mul_(phi).mul_(2.0)
-        if ctx.needs_input_grad[2]:  # φ(1 − φ) [μ g_E + (σ² + (1 − 2φ)μ²) g_V]
-            t = torch.mul(ge, mu)
-            t.addcmul_(torch.mul(sigma, sigma), gv)  # + σ² g_V
-            t.addcmul_(gv_mu.mul_(mu), 1.0 - 2.0 * phi)  # + (1 − 2φ)μ² g_V
-            g_theta = _group_sum(t.mul_(q), phi.shape, ctx.gate_shape)
+        if ctx.needs_input_grad[1]:
+            g_rho = torch.mul(g_v, sigma).mul_(p).mul_(torch.sigmoid(rho)).mul_(2.0)
+        if ctx.needs_input_grad[2]:  # μ g_E + (σ² + (1 − 2p)μ²) g_V = μ (g_E + h − 2p h) + σ² g_V
+            t = torch.add(g_e, h).addcmul_(p, h, value=-2.0).mul_(mu).addcmul_(s2, g_v).mul_(a)
+            g_theta = _group_sum(t, ctx.gate_view, ctx.gate_shape)
         return g_mu, g_rho, g_theta, None, None
 
 
@@ -149,7 +151,10 @@ class SlabKLFixedGate(Function):
     @staticmethod
     def forward(mu, rho, phi_w, sigma0):
         sigma = F.softplus(rho)
-        return torch.dot(phi_w.reshape(-1), _slab_terms(mu, sigma, sigma0).reshape(-1)), sigma
+        # Σ φ(σ² + μ²)/(2σ0²) − Σ φ log σ: the constant factor applied to a scalar, not a tensor
+        phi_flat = phi_w.reshape(-1)
+        quad = torch.dot(phi_flat, torch.mul(sigma, sigma).addcmul_(mu, mu).reshape(-1))
+        return quad * (0.5 / sigma0 ** 2) - torch.dot(phi_flat, torch.log(sigma).reshape(-1)), sigma
 
     @staticmethod
     def setup_context(ctx, inputs, output):
