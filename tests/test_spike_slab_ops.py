@@ -122,3 +122,29 @@ def test_float32_fast_path_close_to_reference():
     assert torch.allclose(fast, ref, rtol=1e-5)
     for a, b in zip(gf, gr):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # addcmul_ has no batching rule yet
+def test_functions_vmap_over_stacked_runs():
+    """The fused functions keep the door open for training several runs at once with
+    torch.func (DESIGN.md): under vmap (and grad inside vmap) they give the per-run results."""
+    from slabbench.layers import spike_slab_ops as ops
+    torch.manual_seed(0)
+    n, shape = 3, (5, 6)
+    mu, rho, theta = torch.randn(n, *shape), torch.randn(n, *shape) - 2, torch.randn(n, *shape)
+    mask = (torch.rand(shape) > 0.2).float()
+    for view in (shape, (-1, 1), (1, -1)):
+        th = theta if view == shape else theta[:, :, 0] if view == (-1, 1) else theta[:, 0, :]
+
+        def loss(m, r, t, view=view):
+            e, v = ops.lrt_weights(m, r, t, mask, view)
+            return (e * e).sum() + v.sum() + ops.spike_slab_kl(m, r, t, view, LOGIT_LAM, SIGMA0)
+
+        batched = torch.func.vmap(torch.func.grad(loss, argnums=(0, 1, 2)))(mu, rho, th)
+        for i in range(n):
+            single = torch.func.grad(loss, argnums=(0, 1, 2))(mu[i], rho[i], th[i])
+            for a, b in zip(batched, single):
+                assert torch.allclose(a[i], b, rtol=1e-5, atol=1e-6)
+    phi_w = torch.rand(shape)
+    batched = torch.func.vmap(lambda m, r: ops.slab_kl_fixed_gate(m, r, phi_w, SIGMA0))(mu, rho)
+    assert torch.allclose(batched, torch.stack([ops.slab_kl_fixed_gate(mu[i], rho[i], phi_w, SIGMA0) for i in range(n)]))

@@ -189,8 +189,10 @@ class _SpikeSlab(nn.Module):
             # closed_form: φ cached per update; the weight and its gradient by the fused function.
             phi = self._fixed_gate()[0] if self.mode == "closed_form" else self.phi.detach()
             # z ~ Bernoulli(φ) drawn as 1[u < φ], u ~ U[0, 1): torch.bernoulli does exactly this
-            # on CPU (bit-identical gates and generator state for a seed), but its per-element
-            # kernel takes about twice as long as rand_like + lt (~2 ms a step for LeNet-300-100).
+            # on CPU (bit-identical gates and generator state for a seed, checked in
+            # tests/test_spike_slab_ops.py), but its per-element kernel takes about twice as long
+            # as rand_like + lt (~2 ms a step for LeNet-300-100 on one CPU thread).  On CUDA both
+            # are Bernoulli(φ) draws from torch's generator (bit-equality there not checked).
             u = torch.rand_like(phi)
             z = torch.lt(u, phi, out=u)  # in place: 0./1. in φ's dtype
             zm = z.mul_(self.weight_mask) if self.granularity == "edge" else self.expand(z) * self.weight_mask
@@ -205,8 +207,9 @@ class _SpikeSlab(nn.Module):
         Edge / input gates (independent per weight): E[w] = φμ, Var[w] = φ(σ² + μ²) − φ²μ²,
         mean = x·E[w] + b, var = x²·Var[w].  Node gates (one γ per output, bias included):
         with m = x·μ + b and v = x²·σ², mean = φm, var = φ(v + m²) − φ²m².
-        Both variances are evaluated as φ(·) + φ(1 − φ)(·)², the same value as a sum of
-        non-negative terms (no cancellation).
+        The variances are evaluated as Var[w] = φσ² + E[w](μ − E[w]) = φσ² + φ(1 − φ)μ² and
+        var = φv + φ(1 − φ)m²: the same values, as sums of non-negative terms (no cancellation,
+        never negative in floating point either).
         """
         x2 = x * x
         if self.granularity == "node":
