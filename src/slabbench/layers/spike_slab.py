@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slabbench.layers import spike_slab_ops as ops
 from slabbench.layers.masked import MaskedConv2d, MaskedLinear, make_plain
 
 GRANULARITIES = ("edge", "node", "input")
@@ -69,7 +70,7 @@ class _SpikeSlab(nn.Module):
         else:
             self.theta = nn.Parameter(theta)
         self.register_buffer("weight_mask", torch.ones_like(w))
-        self._kl_cache = None  # closed_form: (key, expanded φ, constant part of the KL)
+        self._gate_cache = None  # closed_form: φ and the KL's constant part, see _fixed_gate
         # view that broadcasts a gate-shaped tensor to the weight's shape
         nd = w.dim()
         self._gate_view = {"edge": tuple(w.shape), "node": (-1,) + (1,) * (nd - 1), "input": (1, -1) + (1,) * (nd - 2)}[granularity]
@@ -123,26 +124,39 @@ class _SpikeSlab(nn.Module):
         log_lam, log1m_lam = -math.log1p(math.exp(-logit_lam)), -math.log1p(math.exp(logit_lam))
         return (phi * (F.logsigmoid(theta) - log_lam) + (1 - phi) * (F.logsigmoid(-theta) - log1m_lam)).sum()
 
+    @torch.no_grad()
+    def _fixed_gate(self, logit_lam: float | None = None, sigma0: float | None = None):
+        """``closed_form``: θ is a buffer that changes only at an update, so everything that
+        depends on θ alone is computed once per update instead of every step: φ (gate shape),
+        φ broadcast to the weight (contiguous) and, per (λ, σ0), the KL's constant part
+        Σ_g [φ log(φ/λ) + (1−φ) log((1−φ)/(1−λ))] + (log σ0 − ½) Σ_i φ_i.
+        The cache is keyed on the θ tensor itself and its version counter (an in-place write
+        such as ``closed_form_update`` or ``load_state_dict`` bumps it; ``.to()`` makes a new
+        tensor), so a stale φ is never used.  Returns (φ, φ_w, const or None)."""
+        c = self._gate_cache
+        if c is None or c[0] is not self.theta or c[1] != self.theta._version:
+            phi = self.phi
+            c = self._gate_cache = (self.theta, self.theta._version, phi, self.expand(phi).contiguous(), {})
+        consts = c[4]
+        if logit_lam is None:
+            return c[2], c[3], None
+        key = (logit_lam, sigma0)
+        if key not in consts:
+            consts[key] = self._gate_kl(logit_lam) + (math.log(sigma0) - 0.5) * c[3].sum()
+        return c[2], c[3], consts[key]
+
     def kl(self, logit_lam: float, sigma0: float) -> torch.Tensor:
         """KL(q ‖ p) in nats for this layer (exact; the spike cancels), SCIENCE.md §1:
         Σ_g [φ log(φ/λ) + (1−φ) log((1−φ)/(1−λ))] + Σ_g φ_g Σ_{i∈g} [log(σ0/σ_i) + (σ_i² + μ_i²)/(2σ0²) − ½].
 
+        Computed by the fused functions of :mod:`spike_slab_ops` (hand-written backward).
         Under ``closed_form`` θ is a constant between updates, so the gate term and the
-        slab's constant part are computed once per update (same value, fewer operations).
+        slab's constant part come from :meth:`_fixed_gate` (same value, fewer operations).
         """
-        sigma = self.sigma
-        varying = (sigma * sigma + self.mu * self.mu) * (0.5 / sigma0 ** 2) - torch.log(sigma)
         if self.mode == "closed_form":
-            key = (logit_lam, sigma0, self.theta._version)  # θ changed in place -> recompute
-            if self._kl_cache is None or self._kl_cache[0] != key:
-                with torch.no_grad():
-                    phi_w = self.expand(self.phi).contiguous()
-                    const = self._gate_kl(logit_lam) + (math.log(sigma0) - 0.5) * phi_w.sum()
-                self._kl_cache = (key, phi_w, const)
-            _, phi_w, const = self._kl_cache
-            return const + (phi_w * varying).sum()
-        slab = varying + (math.log(sigma0) - 0.5)
-        return self._gate_kl(logit_lam) + (self.phi * self.group_sum(slab)).sum()
+            _, phi_w, const = self._fixed_gate(logit_lam, sigma0)
+            return const + ops.slab_kl_fixed_gate(self.mu, self.rho, phi_w, sigma0)
+        return ops.spike_slab_kl(self.mu, self.rho, self.theta, self._gate_view, logit_lam, sigma0)
 
     @torch.no_grad()
     def closed_form_update(self, logit_lam: float, sigma0: float) -> None:
@@ -151,7 +165,7 @@ class _SpikeSlab(nn.Module):
         sigma = self.sigma.clamp_min(1e-12)
         term = torch.log(sigma / sigma0) + self.mu ** 2 / (2 * sigma ** 2)
         self.theta.copy_(logit_lam + self.group_sum(term))
-        self._kl_cache = None
+        self._gate_cache = None
 
     # -- forward ------------------------------------------------------------------------
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -161,18 +175,28 @@ class _SpikeSlab(nn.Module):
         """Broadcast an (out,)-shaped tensor over a layer output (B, out, ...)."""
         return g.reshape((1, -1) + (1,) * (out.dim() - 2))
 
-    def _gates(self) -> torch.Tensor:
-        if self.training and self.mode == "gumbel":
+    def _sampled(self, x: torch.Tensor) -> torch.Tensor:
+        """One network drawn from q: z ~ Bernoulli(φ) (gumbel in training: a straight-through
+        binary-concrete sample), w = z (μ + σ ε) masked."""
+        b = self.bias
+        if self.training and self.mode == "gumbel":  # z carries a gradient to θ: plain autograd
             u = torch.rand_like(self.theta).clamp(1e-6, 1 - 1e-6)
             soft = torch.sigmoid((self.theta + torch.log(u) - torch.log1p(-u)) / self.tau)
             hard = (soft > 0.5).to(soft.dtype)
-            return hard + soft - soft.detach()  # straight-through
-        return torch.bernoulli(self.phi.detach())
-
-    def _sampled(self, x: torch.Tensor) -> torch.Tensor:
-        z = self._gates()
-        w = self.expand(z) * (self.mu + self.sigma * torch.randn_like(self.mu)) * self.weight_mask
-        b = self.bias
+            z = hard + soft - soft.detach()  # straight-through
+            w = self.expand(z) * (self.mu + self.sigma * torch.randn_like(self.mu)) * self.weight_mask
+        else:
+            # closed_form: φ cached per update; the weight and its gradient by the fused function.
+            phi = self._fixed_gate()[0] if self.mode == "closed_form" else self.phi.detach()
+            # z ~ Bernoulli(φ) drawn as 1[u < φ], u ~ U[0, 1): torch.bernoulli does exactly this
+            # on CPU (bit-identical gates and generator state for a seed, checked in
+            # tests/test_spike_slab_ops.py), but its per-element kernel takes about twice as long
+            # as rand_like + lt (~2 ms a step for LeNet-300-100 on one CPU thread).  On CUDA both
+            # are Bernoulli(φ) draws from torch's generator (bit-equality there not checked).
+            u = torch.rand_like(phi)
+            z = torch.lt(u, phi, out=u)  # in place: 0./1. in φ's dtype
+            zm = z.mul_(self.weight_mask) if self.granularity == "edge" else self.expand(z) * self.weight_mask
+            w = ops.SampledWeight.apply(self.mu, self.rho, zm, torch.randn_like(self.mu))
         if b is not None and self.granularity == "node":
             b = b * z
         return self._op(x, w, b)
@@ -183,21 +207,23 @@ class _SpikeSlab(nn.Module):
         Edge / input gates (independent per weight): E[w] = φμ, Var[w] = φ(σ² + μ²) − φ²μ²,
         mean = x·E[w] + b, var = x²·Var[w].  Node gates (one γ per output, bias included):
         with m = x·μ + b and v = x²·σ², mean = φm, var = φ(v + m²) − φ²m².
+        The variances are evaluated as Var[w] = φσ² + E[w](μ − E[w]) = φσ² + φ(1 − φ)μ² and
+        var = φv + φ(1 − φ)m²: the same values, as sums of non-negative terms (no cancellation,
+        never negative in floating point either).
         """
-        mu, s2 = self.mu * self.weight_mask, self.sigma ** 2 * self.weight_mask
+        x2 = x * x
         if self.granularity == "node":
-            m = self._op(x, mu, self.bias)
-            v = self._op(x * x, s2, None)
+            m = self._op(x, self.mu * self.weight_mask, self.bias)
+            v = self._op(x2, self.sigma ** 2 * self.weight_mask, None)
             phi = self._out_view(self.phi, m)
-            return phi * m, phi * (v + m * m) - phi * phi * m * m
-        phi = self.expand(self.phi)
-        mean = self._op(x, phi * mu, self.bias)
-        var = self._op(x * x, phi * (s2 + mu * mu) - phi * phi * mu * mu, None)
-        return mean, var
+            return phi * m, torch.addcmul(phi * v, phi - phi * phi, m * m)
+        # E[w], Var[w] and their gradients in one fused function
+        e, var_w = ops.lrt_weights(self.mu, self.rho, self.theta, self.weight_mask, self._gate_view)
+        return self._op(x, e, self.bias), self._op(x2, var_w, None)
 
     def _lrt(self, x: torch.Tensor) -> torch.Tensor:
         mean, var = self.lrt_moments(x)
-        return mean + torch.sqrt(var.clamp_min(0) + LRT_EPS) * torch.randn_like(mean)
+        return ops.lrt_noise(mean, var, torch.randn_like(mean), LRT_EPS)
 
     def mean_weight(self, kind: str = "posterior") -> tuple[torch.Tensor, torch.Tensor | None]:
         """Deterministic weight and bias: ``posterior`` E[w] = φμ (bias φ_node b under node
