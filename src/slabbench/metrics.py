@@ -104,9 +104,9 @@ def ece(probs: torch.Tensor, y: torch.Tensor, bins: int = ECE_BINS) -> float:
     correct = (pred == y).float()
     # bin b holds confidences in (b/bins, (b+1)/bins]; confidence 0 would fall in bin 0
     idx = torch.clamp(torch.ceil(conf * bins).long() - 1, 0, bins - 1)
-    total = torch.zeros(bins, dtype=torch.float64).index_add_(0, idx, torch.ones_like(conf, dtype=torch.float64))
-    acc = torch.zeros(bins, dtype=torch.float64).index_add_(0, idx, correct.double())
-    cnf = torch.zeros(bins, dtype=torch.float64).index_add_(0, idx, conf.double())
+    total = torch.zeros(bins, dtype=torch.float64, device=idx.device).index_add_(0, idx, torch.ones_like(conf, dtype=torch.float64))
+    acc = torch.zeros(bins, dtype=torch.float64, device=idx.device).index_add_(0, idx, correct.double())
+    cnf = torch.zeros(bins, dtype=torch.float64, device=idx.device).index_add_(0, idx, conf.double())
     nonempty = total > 0
     gap = (acc[nonempty] - cnf[nonempty]).abs()
     return float(gap.sum() / len(y))
