@@ -35,10 +35,14 @@ def metric_for(task: str) -> tuple[str, str]:
     return ("test_error", "test error (%)") if task == "classification" else ("test_rmse", "test RMSE")
 
 
-def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None):
+def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None, x_floor: float | None = None,
+                    log_y: bool = False):
     """Test metric vs target sparsity (logit axis); natural selections as points with
     95% CI bars at their achieved sparsity; dense as a horizontal band.  Draws on ``ax``
-    when given (a panel of a larger figure), else on a new figure; returns the figure."""
+    when given (a panel of a larger figure), else on a new figure; returns the figure.
+    ``x_floor``: a natural selection sparser than nothing but below this is drawn at the
+    floor as a left-pointing triangle labelled with its sparsity (keeps the axis on the
+    targets); ``log_y``: log-scaled metric axis."""
     runs = runs.copy()
     task = runs["task"].iloc[0]
     metric, label = metric_for(task)
@@ -60,11 +64,18 @@ def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None):
         if method == "dense" or x["mean"] == 0:
             ax.axhline(y["mean"], color=method_colour(method), ls="--", lw=1, label=f"{method}")
             ax.axhspan(y["ci_low"], y["ci_high"], color=method_colour(method), alpha=0.12, lw=0)
+        elif x_floor is not None and x["mean"] < x_floor:
+            ax.plot([x_floor], [y["mean"]], marker="<", ms=10, color=method_colour(method), mec="k", ls="none",
+                    label=f"{method} (natural, {100 * x['mean']:.1f}% sparse)")
         else:
             ax.errorbar([x["mean"]], [y["mean"]], yerr=[[y["mean"] - y["ci_low"]], [y["ci_high"] - y["mean"]]],
                         xerr=[[x["mean"] - x["ci_low"]], [x["ci_high"] - x["mean"]]], fmt="*", ms=11,
                         color=method_colour(method), mec="k", label=f"{method} (natural)")
-    xs = pd.concat([targets["target_sparsity"], natural.loc[natural["sparsity"] > 0, "sparsity"]]).dropna()
+    shown = natural.groupby("method")["sparsity"].transform("mean")
+    keep = (natural["sparsity"] > 0) & ((shown >= x_floor) if x_floor is not None else True)
+    xs = pd.concat([targets["target_sparsity"], natural.loc[keep, "sparsity"]]).dropna()
+    if x_floor is not None:
+        xs = pd.concat([xs, pd.Series([x_floor])])
     if not xs.empty and xs.min() > 0 and xs.max() < 1:
         from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
@@ -73,6 +84,11 @@ def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None):
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
+    if log_y:
+        ax.set_yscale("log")
+        from matplotlib.ticker import LogFormatter
+
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     ax.set_xlabel("sparsity (fraction of weights pruned)")
     ax.set_ylabel(label)
     ax.set_title(title or f"{runs['experiment'].iloc[0]}: {runs['dataset'].iloc[0]}, {runs['model'].iloc[0]}")

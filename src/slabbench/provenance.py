@@ -16,8 +16,13 @@ from slabbench._plugins import repo_root
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> tuple[str, bool]:
-    """(commit, dirty) of the repository.  Outside a git checkout (a copy of the tree sent to
-    another machine) the commit is taken from ``$SLABBENCH_GIT_COMMIT`` when set, else "unknown"."""
+    """(commit, dirty) of the repository, or ("unknown", False) outside a git checkout.
+
+    ``$SLABBENCH_GIT_COMMIT``, when set, names the commit instead (dirty False): for a copy of a
+    clean tree sent to another machine, whose ``.git`` may be missing or stale."""
+    env = os.environ.get("SLABBENCH_GIT_COMMIT")
+    if env:
+        return env, False
     root = repo_root()
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
@@ -25,7 +30,7 @@ def git_commit() -> tuple[str, bool]:
                                 capture_output=True, text=True, check=True).stdout
         return commit, bool(status.strip())
     except (OSError, subprocess.CalledProcessError, TypeError):
-        return os.environ.get("SLABBENCH_GIT_COMMIT", "unknown"), False
+        return "unknown", False
 
 
 def provenance(device: torch.device) -> dict:
