@@ -28,3 +28,17 @@ def tiny_spec(method: str = "dense", dataset: str = "simulation", **over) -> dic
     )
     spec.update(over)
     return spec
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """Job counts from the "Job stats" table of a Snakemake dry run ({} when nothing is to be done)."""
+    counts, table = {}, False
+    for line in dry_run_output.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            table = True
+        elif table and len(parts) == 2 and parts[1].isdigit():
+            if parts[0] == "total":
+                break
+            counts[parts[0]] = int(parts[1])
+    return counts

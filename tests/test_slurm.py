@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, job_counts
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 TEST_CONFIG = ROOT / ".test" / "config.yaml"
@@ -57,16 +57,7 @@ def planned_jobs(workdir: Path) -> dict[str, int]:
     """Job counts of a dry run ({} when nothing is to be done)."""
     proc = snakemake(workdir, "-n", "--cores", "1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    counts, table = {}, False
-    for line in proc.stdout.splitlines():
-        parts = line.split()
-        if parts[:2] == ["job", "count"]:
-            table = True
-        elif table and len(parts) == 2 and parts[1].isdigit():
-            if parts[0] == "total":
-                break
-            counts[parts[0]] = int(parts[1])
-    return counts
+    return job_counts(proc.stdout)
 
 
 def n_runs() -> int:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, job_counts
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 TEST_CONFIG = ROOT / ".test" / "config.yaml"
@@ -34,17 +34,7 @@ def snakemake(workdir: Path, *args: str, config: Path = TEST_CONFIG, check: bool
 
 def planned_jobs(workdir: Path) -> dict[str, int]:
     """Job counts of a dry run ({} when nothing is to be done)."""
-    out = snakemake(workdir, "-n", "--cores", "1").stdout
-    counts, table = {}, False
-    for line in out.splitlines():
-        parts = line.split()
-        if parts[:2] == ["job", "count"]:
-            table = True
-        elif table and len(parts) == 2 and parts[1].isdigit():
-            if parts[0] == "total":
-                break
-            counts[parts[0]] = int(parts[1])
-    return counts
+    return job_counts(snakemake(workdir, "-n", "--cores", "1").stdout)
 
 
 def cfg_runs():
