@@ -82,3 +82,15 @@ def test_experiment_seeds_and_methods_override_the_global_lists(default_config):
     others = [s for s in specs if s["experiment"] != "digits"]
     assert len(others) == (len(cfg["experiments"]) - 1) * len(cfg["methods"]) * len(cfg["seeds"])
     assert all("seeds" not in s and "methods" not in s for s in specs)
+
+
+def test_experiment_device_overrides_the_global_device(default_config):
+    """Tiny nets can train on the CPU while image nets use the GPU."""
+    default_config["device"] = "cuda"
+    default_config["experiments"]["simulation"]["device"] = "cpu"
+    specs = run_specs(validate(default_config))
+    assert {s["device"] for s in specs if s["experiment"] == "simulation"} == {"cpu"}
+    assert {s["device"] for s in specs if s["experiment"] != "simulation"} == {"cuda"}
+    default_config["experiments"]["simulation"]["device"] = "gpu"
+    with pytest.raises(ConfigError, match="config.experiments.simulation.device is 'gpu'"):
+        validate(default_config)

@@ -136,3 +136,23 @@ def test_killed_run_resumes_with_only_the_missing_jobs(tmp_path):
     snakemake(tmp_path, "--cores", "2")
     assert {p: p.stat().st_mtime_ns for p in done} == done  # finished runs were not redone
     assert len(list(runs.rglob("metrics.jsonl"))) == len(list(cfg_runs()))
+
+
+def test_train_jobs_ask_for_a_gpu_per_experiment_device(tmp_path):
+    """A train job asks for gpu=1 when its experiment trains on CUDA (the experiment's own
+    `device`, else the global one), and gpu=0 on the CPU."""
+    import re
+
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["device"] = "cuda"
+    cfg["experiments"]["sim-tiny"]["device"] = "cpu"
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text(yaml.safe_dump(cfg))
+    out = snakemake(tmp_path, "-n", "--cores", "1", config=mixed).stdout
+    gpus = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        exp = re.search(r"wildcards: experiment=([\w-]+)", block)
+        res = re.search(r"^\s+resources: .*\bgpu=(\d+)", block, re.M)
+        if block.lstrip().startswith("rule train:") and exp and res:
+            gpus.setdefault(exp.group(1), set()).add(int(res.group(1)))
+    assert gpus == {"sim-tiny": {0}, "digits-tiny": {1}}

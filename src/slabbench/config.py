@@ -166,8 +166,8 @@ def run_specs(config: dict) -> list[dict]:
     for name, exp in config["experiments"].items():
         for method in experiment_methods(config, name):
             for seed in experiment_seeds(config, name):
-                spec = {k: copy.deepcopy(v) for k, v in exp.items() if k not in ("method_params", "methods", "seeds")}
-                spec.update(experiment=name, method=method, seed=int(seed), device=config["device"],
+                spec = {k: copy.deepcopy(v) for k, v in exp.items() if k not in ("method_params", "methods", "seeds", "device")}
+                spec.update(experiment=name, method=method, seed=int(seed), device=exp.get("device") or config["device"],
                             sparsities=[float(s) for s in config["sparsities"]],
                             method_params=method_options(config, name, method))
                 specs.append(spec)

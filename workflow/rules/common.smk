@@ -1,5 +1,6 @@
 # Helpers: validate the configuration before any job starts and expand the grid.
 
+import functools
 import os
 
 os.environ.setdefault("SLABBENCH_ROOT", workflow.basedir)
@@ -34,6 +35,7 @@ def plugin_files(wildcards):
     return [f"{base}/methods/{spec['method']}.py", f"{base}/datasets/{spec['dataset']}.py"]
 
 
+@functools.lru_cache(maxsize=None)
 def _uses_gpu(device):
     if device == "auto":
         import torch
@@ -43,13 +45,11 @@ def _uses_gpu(device):
 
 
 # a training job on a GPU declares gpu=1; the profile's `resources: gpu` caps concurrent GPU jobs
-GPU_PER_JOB = 1 if _uses_gpu(CONFIG["device"]) else 0
-
-
+# (the device is the experiment's own `device`, else the global one: see run_specs)
 def gpu_count(wildcards):
-    return GPU_PER_JOB
+    return 1 if _uses_gpu(spec_of(wildcards)["device"]) else 0
 
 
 # memory (MB) a training job asks of a cluster: a CUDA process maps about 2 GB of host memory
 def train_mem_mb(wildcards):
-    return 6000 if GPU_PER_JOB else 2000
+    return 6000 if gpu_count(wildcards) else 2000
