@@ -51,7 +51,7 @@ PROTOCOL_NOTES = [
     "5,000 training images are held out for validation, so we train on 55,000 images, not 60,000.",
     "Sparsity counts weights only (biases apart); the papers differ (some count all parameters).",
     "Magnitude pruning is compared at our target nearest to Han et al.'s 8% of weights kept.",
-    "L0: per-weight gates (the paper: per input neuron), so its row shows weights kept, not neurons.",
+    "L0 with `gates: weight` (per-weight gates; the paper: per input neuron) reports weights kept, not neurons.",
 ]
 
 
@@ -81,6 +81,11 @@ def freeze(config_path: str | Path, out_dir: str | Path, *, runs_csv: str | Path
     if runs.empty:
         raise PaperError(f"no runs to freeze: {runs_csv or 'no metrics.jsonl of ' + str(config_path) + ' under ' + str(results_root)}")
     present = set(zip(runs["experiment"], runs["method"], runs["seed"].astype(int)))
+    extra = present - {(s["experiment"], s["method"], int(s["seed"])) for s in specs}
+    if extra:
+        shown = ", ".join(f"{e}/{m}/seed={sd}" for e, m, sd in sorted(extra)[:5])
+        raise PaperError(f"{len(extra)} run(s) in the table are not in {config_path}'s grid (e.g. {shown}); "
+                         "freeze with the config the runs were made with")
     missing = [f"{s['experiment']}/{s['method']}/seed={s['seed']}" for s in specs
                if (s["experiment"], s["method"], int(s["seed"])) not in present]
     is_full = full_grid is not None and config_path.resolve() == Path(full_grid).resolve() and not missing
@@ -142,6 +147,14 @@ def source_line(prov: dict) -> str:
             f"(sha256 {prov['config_sha256'][:12]}){extra}; commit {commits}; {devices}; frozen {prov['frozen_at']}")
 
 
+def source_tex(prov: dict) -> str:
+    """The source line as a typeset LaTeX paragraph (not a comment: it must show)."""
+    text = source_line(prov)
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
+        text = text.replace(a, b)
+    return f"\n\\noindent\\emph{{Source: {text}.}}\n"
+
+
 # --------------------------------------------------------------------------- figures
 
 def _experiment_title(g: pd.DataFrame) -> str:
@@ -171,7 +184,8 @@ def error_vs_sparsity(runs: pd.DataFrame, prov: dict, columns: int = 3):
         plot_experiment(g, title=_experiment_title(g), ax=ax, x_floor=X_FLOOR, log_y=True)
     for ax in list(axes.flat)[len(experiments):]:
         ax.set_visible(False)
-    fig.suptitle("Test error vs sparsity (95% bootstrap bands over seeds; log-scaled error)", fontsize=12)
+    label = "" if prov.get("label", "").startswith("full") else f"{prov['label']}: "
+    fig.suptitle(f"{label}test error vs sparsity (95% bootstrap bands over seeds)", fontsize=12)
     fig.text(0.5, 0.005, source_line(prov), ha="center", va="bottom", fontsize=6.5, wrap=True)
     fig.tight_layout(rect=(0, 0.03, 1, 0.97))
     return fig
@@ -190,6 +204,26 @@ def _mean_sd(x: pd.Series, scale: float = 1.0, digits: int = 2) -> str:
 
 def _error(g: pd.DataFrame) -> pd.Series:
     return 100 * (1 - g["test_accuracy"])
+
+
+def _run_notes(runs: pd.DataFrame) -> list[str]:
+    """What our compared runs did, read from the table: epochs, fine-tuning, method options."""
+    g = runs[runs["dataset"].isin({d for d, *_ in PUBLISHED}) & runs["model"].isin({m for _, m, *_ in PUBLISHED})]
+    if g.empty:
+        return []
+
+    def join(col: str, d: pd.DataFrame) -> str:
+        values = sorted(d[col].dropna().unique()) if col in d else []
+        return "/".join(str(int(v)) for v in values) or "?"
+
+    out = [f"Our runs: {join('epochs', g)} training epochs and {join('finetune_epochs', g[g['selection'] == 'target'])} "
+           "fine-tuning epoch(s) of the matched targets (the papers: 200, and 20 for magnitude's retraining)."]
+    if "method_params" in g:
+        for method in method_order(g["method"].unique()):
+            params = sorted(g.loc[g["method"] == method, "method_params"].dropna().unique())
+            if params and params != ["{}"]:
+                out.append(f"Our `{method}` options: `{'`, `'.join(params)}`.")
+    return out
 
 
 def published_comparison(runs: pd.DataFrame, prov: dict | None) -> str:
@@ -220,10 +254,10 @@ def published_comparison(runs: pd.DataFrame, prov: dict | None) -> str:
         rows.append([f"{dataset} {'LeNet-300-100' if model == 'mlp' else 'LeNet-5-Caffe'}", "spike_slab",
                      f"{_mean_sd(_error(g))} (natural, {g['seed'].nunique()} seeds)",
                      f"{_mean_sd(100 * (1 - g['sparsity']))}%", ep, str(g["nodes_kept"].iloc[0]), "–", "–",
-                     "no published number (the paper's full text was not available)"])
+                     "no published number to compare with (the paper's tables were not available to us)"])
     headers = ["data, net", "method", "ours: test error %", "ours: weights kept", "ours: epochs", "ours: nodes kept (seed 0)",
                "published error %", "published kept", "source"]
-    notes = "\n".join(f"- {n}" for n in PROTOCOL_NOTES)
+    notes = "\n".join(f"- {n}" for n in PROTOCOL_NOTES + _run_notes(runs))
     source = f"\n\nSource: {source_line(prov)}." if prov else ""
     return ("# Our numbers beside the published ones\n\n" + tabulate(rows, headers=headers, tablefmt="github")
             + f"{source}\n\nHow our protocol differs from the papers':\n\n{notes}\n")

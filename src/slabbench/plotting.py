@@ -84,12 +84,15 @@ def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None, x_flo
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
-    if log_y:
-        ax.set_yscale("log")
+    if log_y and task == "classification":  # errors span 1% to 90%; RMSEs stay linear
+        from matplotlib.ticker import FuncFormatter as _F
         from matplotlib.ticker import LogFormatter
 
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(_F(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
-    ax.set_xlabel("sparsity (fraction of weights pruned)")
+        label += ", log scale"
+    ax.set_xlabel("sparsity (fraction of weights pruned; logit scale)")
     ax.set_ylabel(label)
     ax.set_title(title or f"{runs['experiment'].iloc[0]}: {runs['dataset'].iloc[0]}, {runs['model'].iloc[0]}")
     ax.grid(alpha=0.3)
@@ -106,7 +109,8 @@ def save(fig, png: str, pdf: str | None = None) -> None:
     for path, fmt in ((png, "png"), (pdf, "pdf")):
         if path:
             with atomic_path(path) as tmp:
-                fig.savefig(tmp, format=fmt, dpi=150)
+                # no creation date in the PDF: the same figure gives the same bytes
+                fig.savefig(tmp, format=fmt, dpi=150, **({"metadata": {"CreationDate": None}} if fmt == "pdf" else {}))
     plt.close(fig)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import platform
 import subprocess
@@ -13,6 +14,8 @@ import torch
 import slabbench
 from slabbench._plugins import repo_root
 
+log = logging.getLogger(__name__)
+
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> tuple[str, bool]:
@@ -21,16 +24,20 @@ def git_commit() -> tuple[str, bool]:
     ``$SLABBENCH_GIT_COMMIT``, when set, names the commit instead (dirty False): for a copy of a
     clean tree sent to another machine, whose ``.git`` may be missing or stale."""
     env = os.environ.get("SLABBENCH_GIT_COMMIT")
-    if env:
-        return env, False
     root = repo_root()
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                 capture_output=True, text=True, check=True).stdout
-        return commit, bool(status.strip())
+        found = (commit, bool(status.strip()))
     except (OSError, subprocess.CalledProcessError, TypeError):
-        return "unknown", False
+        found = ("unknown", False)
+    if env:
+        if found[0] not in ("unknown", env):
+            log.warning("SLABBENCH_GIT_COMMIT=%s overrides the checkout's HEAD %s (dirty: %s) in the provenance",
+                        env, found[0], found[1])
+        return env, False
+    return found
 
 
 def provenance(device: torch.device) -> dict:

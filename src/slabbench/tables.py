@@ -13,9 +13,9 @@ from slabbench.plotting import method_order
 #: (column in runs.csv, header, scale, digits); a negative scale turns accuracy into error %
 COLUMNS = {
     "classification": [("sparsity", "sparsity %", 100, 2), ("test_accuracy", "test error %", -100, 2),
-                       ("test_nll", "NLL", 1, 3), ("ece", "ECE", 1, 3), ("compression", "compression ×", 1, 1),
+                       ("test_nll", "NLL (nats)", 1, 3), ("ece", "ECE", 1, 3), ("compression", "compression ×", 1, 1),
                        ("flops_kept", "FLOPs kept %", 100, 2)],
-    "regression": [("sparsity", "sparsity %", 100, 2), ("test_rmse", "test RMSE", 1, 3), ("test_nll", "NLL", 1, 3),
+    "regression": [("sparsity", "sparsity %", 100, 2), ("test_rmse", "test RMSE (units of y)", 1, 3), ("test_nll", "NLL (nats)", 1, 3),
                    ("compression", "compression ×", 1, 1), ("features_kept", "features", 1, 1),
                    ("fnr", "FNR", 1, 3), ("fpr", "FPR", 1, 3)],
 }
