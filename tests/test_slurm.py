@@ -2,7 +2,7 @@
 
 `test_jobs_declare_cluster_resources` always runs (a dry run, no cluster). The end-to-end tests
 start a single-node cluster on this machine (tests/slurm/start-cluster.sh: root, apt-get) and take
-about 14 minutes on 2 cores, so they run only when asked for:
+7 minutes on an idle 2-core machine (14-15 on a busy one), so they run only when asked for:
 
     .venv/bin/pip install -e ".[test,slurm]"
     SLABBENCH_SLURM_TEST=1 .venv/bin/python -m pytest tests/test_slurm.py
@@ -40,7 +40,7 @@ NOT_COMPARED = {"train_seconds", "device_name", "git_commit", "git_dirty", "slab
 RUN_KEY = ["experiment", "method", "seed", "selection", "target_sparsity"]
 OPT_IN = os.environ.get("SLABBENCH_SLURM_TEST") == "1"
 needs_cluster = pytest.mark.skipif(
-    not OPT_IN, reason="end-to-end SLURM test: opt in with SLABBENCH_SLURM_TEST=1 (needs root and apt-get; ~14 min)")
+    not OPT_IN, reason="end-to-end SLURM test: opt in with SLABBENCH_SLURM_TEST=1 (needs root and apt-get; 7-15 min on 2 cores)")
 
 
 def snakemake(workdir: Path, *args: str, config: Path = TEST_CONFIG, timeout: int = 1200) -> subprocess.CompletedProcess:
