@@ -143,3 +143,20 @@ def test_vgg_rejects_bad_options():
         build_model("vgg", spec, {"channels": [4, "P"]})
     with pytest.raises(ValueError, match="width must be > 0"):
         build_model("vgg", spec, {"width": 0})
+
+
+def test_features_need_a_path_to_the_output():
+    """An input counts as selected only if a chain of nonzero weights reaches an output: with
+    the last layer cut off from a hidden unit, that unit's inputs are not selected; with every
+    hidden unit cut off, no input is."""
+    spec = DatasetSpec(name="x", task="regression", input_shape=(3,), outputs=1, sizes={})
+    net = build_model("mlp", spec, {"hidden": [2]})
+    with torch.no_grad():
+        net.fc1.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 3.0]]))
+        net.fc2.weight.copy_(torch.tensor([[0.0, 1.0]]))  # unit 0 (fed by input 0) leads nowhere
+    s = M.structure(net, spec.input_shape)
+    assert s["selected_features"] == [1, 2] and s["features_kept"] == 2
+    with torch.no_grad():
+        net.fc2.weight.zero_()
+    s = M.structure(net, spec.input_shape)
+    assert s["selected_features"] == [] and s["features_kept"] == 0

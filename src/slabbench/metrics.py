@@ -67,8 +67,16 @@ def structure(net: nn.Module, input_shape: Sequence[int]) -> dict:
             incoming = incoming | (layer.bias.detach() != 0)
         outgoing = (w_next.reshape(w_next.shape[0], units, -1) != 0).any(dim=2).any(dim=0)
         nodes.append(int((incoming & outgoing).sum()))
-    w0 = layers[0][2]
-    selected = (w0.reshape(w0.shape[0], w0.shape[1], -1) != 0).any(dim=2).any(dim=0)
+    # an input is selected iff a nonzero weight leads from it to a unit with a path of nonzero
+    # weights to the outputs (Bai's rule, restricted to inputs that can still act: in a net
+    # whose hidden units are all cut off, no input is selected)
+    useful = torch.ones(layers[-1][2].shape[0], dtype=torch.bool, device=layers[-1][2].device)
+    for i in range(len(layers) - 1, -1, -1):
+        w = layers[i][2]
+        reach = (w.reshape(w.shape[0], w.shape[1], -1)[useful] != 0).any(dim=2).any(dim=0)  # (inputs of layer i,)
+        if i > 0:  # inputs of layer i -> units of layer i-1 (a flatten groups positions per unit)
+            useful = reach.reshape(layers[i - 1][2].shape[0], -1).any(dim=1)
+    selected = reach
     return {
         "n_weights": w_total,
         "nonzero_weights": w_nnz,
