@@ -40,8 +40,13 @@ def flatten(rec: dict) -> dict:
 
 
 def runs_table(paths: Iterable[str | Path]) -> pd.DataFrame:
-    rows = [flatten(rec) for p in paths for rec in read_jsonl(p)]
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    """The tidy table of every record in the metrics.jsonl files ``paths``."""
+    return records_table(rec for p in paths for rec in read_jsonl(p))
+
+
+def records_table(records: Iterable[dict]) -> pd.DataFrame:
+    """Run records -> the tidy table (one row per record, sorted)."""
+    df = pd.DataFrame([flatten(rec) for rec in records], columns=COLUMNS)
     return df.sort_values(["experiment", "method", "selection", "target_sparsity", "seed"], na_position="first", kind="stable").reset_index(drop=True)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from slabbench.aggregate import runs_table, write_csv
+from slabbench.aggregate import records_table, write_csv
 from slabbench.config import load_yaml, run_dir, run_specs, validate
 from slabbench.io import read_jsonl, write_text
 from slabbench.plotting import method_order, plot_experiment, plt
@@ -77,7 +77,7 @@ def freeze(config_path: str | Path, out_dir: str | Path, *, runs_csv: str | Path
     """
     config_path, out_dir = Path(config_path), Path(out_dir)
     specs = run_specs(validate(load_yaml(config_path)))
-    runs = pd.read_csv(runs_csv) if runs_csv else runs_table(_matching_runs(specs, Path(results_root)))
+    runs = pd.read_csv(runs_csv) if runs_csv else records_table(_matching_records(specs, Path(results_root)))
     if runs.empty:
         raise PaperError(f"no runs to freeze: {runs_csv or 'no metrics.jsonl of ' + str(config_path) + ' under ' + str(results_root)}")
     present = set(zip(runs["experiment"], runs["method"], runs["seed"].astype(int)))
@@ -112,9 +112,9 @@ def freeze(config_path: str | Path, out_dir: str | Path, *, runs_csv: str | Path
     return prov
 
 
-def _matching_runs(specs: list[dict], root: Path) -> list[Path]:
-    """The metrics.jsonl of ``specs`` that exist and were made with exactly that spec (a run
-    folder left by another configuration with the same experiment name is not taken)."""
+def _matching_records(specs: list[dict], root: Path) -> list[dict]:
+    """The records of ``specs`` whose metrics.jsonl exists and was made with exactly that spec
+    (a run folder left by another configuration with the same experiment name is not taken)."""
     out = []
     for spec in specs:
         path = root / run_dir(spec) / "metrics.jsonl"
@@ -122,7 +122,7 @@ def _matching_runs(specs: list[dict], root: Path) -> list[Path]:
             continue
         records = read_jsonl(path)
         if records and records[0].get("spec") == json.loads(json.dumps(spec)):
-            out.append(path)
+            out.extend(records)
         else:
             log.warning("skipping %s: made with another spec than %s", path, spec["experiment"])
     return out
