@@ -4,10 +4,10 @@ import sys
 from pathlib import Path
 
 from slabbench.io import write_text
-from slabbench.paper import load_frozen, source_line, source_tex
+from slabbench.paper import load_frozen, source_tex, with_source_md
 from slabbench.tables import render
 
 HERE = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent  # the paper/ folder
 runs, prov = load_frozen(HERE / "data")
-write_text(HERE / "tables" / "results.md", f"> {source_line(prov)}\n\n" + render(runs, "markdown") + f"\nSource: {source_line(prov)}.\n")
+write_text(HERE / "tables" / "results.md", with_source_md(render(runs, "markdown"), prov))
 write_text(HERE / "tables" / "results.tex", render(runs, "latex") + source_tex(prov))

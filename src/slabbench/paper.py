@@ -147,6 +147,11 @@ def source_line(prov: dict) -> str:
             f"(sha256 {prov['config_sha256'][:12]}){extra}; commit {commits}; {devices}; frozen {prov['frozen_at']}")
 
 
+def with_source_md(body: str, prov: dict) -> str:
+    """A markdown document with the source line above it (seen first) and below it."""
+    return f"> {source_line(prov)}\n\n{body}\nSource: {source_line(prov)}.\n"
+
+
 def source_tex(prov: dict) -> str:
     """The source line as a typeset LaTeX paragraph (not a comment: it must show)."""
     text = source_line(prov)
@@ -157,13 +162,23 @@ def source_tex(prov: dict) -> str:
 
 # --------------------------------------------------------------------------- figures
 
+def _net_name(dataset: str, model: str) -> str:
+    """The architecture's usual name (an MLP on 28x28 images is LeNet-300-100 in this suite)."""
+    if model == "mlp" and dataset in ("mnist", "fashion_mnist", "mnist5k"):
+        return "LeNet-300-100"
+    return {"mlp": "MLP", "lenet5": "LeNet-5-Caffe", "vgg": "VGG-like"}.get(model, model)
+
+
+def _joined(g: pd.DataFrame, col: str) -> str:
+    """The distinct integer values of ``col`` joined by "/" ("" when there are none)."""
+    values = sorted(g[col].dropna().unique()) if col in g else []
+    return "/".join(str(int(v)) for v in values)
+
+
 def _experiment_title(g: pd.DataFrame) -> str:
-    model = {"mlp": "MLP", "lenet5": "LeNet-5-Caffe", "vgg": "VGG-like"}.get(g["model"].iloc[0], g["model"].iloc[0])
-    if g["model"].iloc[0] == "mlp" and g["dataset"].iloc[0] in ("mnist", "fashion_mnist", "mnist5k"):
-        model = "LeNet-300-100"
-    epochs = sorted(g["epochs"].dropna().astype(int).unique()) if "epochs" in g else []
-    ep = f", {'/'.join(map(str, epochs))} epochs" if epochs else ""
-    return f"{g['dataset'].iloc[0]}, {model}{ep}"
+    epochs = _joined(g, "epochs")
+    ep = f", {epochs} epochs" if epochs else ""
+    return f"{g['dataset'].iloc[0]}, {_net_name(g['dataset'].iloc[0], g['model'].iloc[0])}{ep}"
 
 
 #: natural selections below this sparsity are drawn at it (marked "<"), so the logit axis
@@ -211,12 +226,8 @@ def _run_notes(runs: pd.DataFrame) -> list[str]:
     g = runs[runs["dataset"].isin({d for d, *_ in PUBLISHED}) & runs["model"].isin({m for _, m, *_ in PUBLISHED})]
     if g.empty:
         return []
-
-    def join(col: str, d: pd.DataFrame) -> str:
-        values = sorted(d[col].dropna().unique()) if col in d else []
-        return "/".join(str(int(v)) for v in values) or "?"
-
-    out = [f"Our runs: {join('epochs', g)} training epochs and {join('finetune_epochs', g[g['selection'] == 'target'])} "
+    epochs, finetune = _joined(g, "epochs") or "?", _joined(g[g["selection"] == "target"], "finetune_epochs") or "?"
+    out = [f"Our runs: {epochs} training epochs and {finetune} "
            "fine-tuning epoch(s) of the matched targets (the papers: 200, and 20 for magnitude's retraining)."]
     if "method_params" in g:
         for method in method_order(g["method"].unique()):
@@ -243,17 +254,15 @@ def published_comparison(runs: pd.DataFrame, prov: dict | None) -> str:
         if g.empty:
             ours = ["not run", "–", "–", "–"]
         else:
-            ep = "/".join(str(int(e)) for e in sorted(g["epochs"].dropna().unique())) if "epochs" in g else "?"
             ours = [f"{_mean_sd(_error(g))} ({label}, {g['seed'].nunique()} seeds)",
-                    f"{_mean_sd(100 * (1 - g['sparsity']), digits=2)}%", ep, str(g["nodes_kept"].iloc[0])]
-        rows.append([f"{dataset} {'LeNet-300-100' if model == 'mlp' else 'LeNet-5-Caffe'}", method, *ours, f"{err:g}", kept, source])
+                    f"{_mean_sd(100 * (1 - g['sparsity']), digits=2)}%", _joined(g, "epochs") or "?", str(g["nodes_kept"].iloc[0])]
+        rows.append([f"{dataset} {_net_name(dataset, model)}", method, *ours, f"{err:g}", kept, source])
     for (dataset, model), g in runs[(runs["method"] == "spike_slab") & (runs["selection"] == "natural")].groupby(["dataset", "model"]):
         if (dataset, model) not in {(d, m) for d, m, *_ in PUBLISHED}:
             continue
-        ep = "/".join(str(int(e)) for e in sorted(g["epochs"].dropna().unique()))
-        rows.append([f"{dataset} {'LeNet-300-100' if model == 'mlp' else 'LeNet-5-Caffe'}", "spike_slab",
+        rows.append([f"{dataset} {_net_name(dataset, model)}", "spike_slab",
                      f"{_mean_sd(_error(g))} (natural, {g['seed'].nunique()} seeds)",
-                     f"{_mean_sd(100 * (1 - g['sparsity']))}%", ep, str(g["nodes_kept"].iloc[0]), "–", "–",
+                     f"{_mean_sd(100 * (1 - g['sparsity']))}%", _joined(g, "epochs"), str(g["nodes_kept"].iloc[0]), "–", "–",
                      "no published number to compare with (the paper's tables were not available to us)"])
     headers = ["data, net", "method", "ours: test error %", "ours: weights kept", "ours: epochs", "ours: nodes kept (seed 0)",
                "published error %", "published kept", "source"]
