@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, NullFormatter  # noqa: E402
 
 from slabbench.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, describe  # noqa: E402
 
@@ -77,19 +78,14 @@ def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None, x_flo
     if x_floor is not None:
         xs = pd.concat([xs, pd.Series([x_floor])])
     if not xs.empty and xs.min() > 0 and xs.max() < 1:
-        from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
-
         ax.set_xscale("logit")  # stretches the region near 1 (extreme sparsity)
         ticks = sorted(set(targets["target_sparsity"].dropna().round(4))) or sorted(xs.round(3).unique())
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
     if log_y and task == "classification":  # errors span 1% to 90%; RMSEs stay linear
-        from matplotlib.ticker import FuncFormatter as _F
-        from matplotlib.ticker import LogFormatter
-
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(_F(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
         label += ", log scale"
     ax.set_xlabel("sparsity (fraction of weights pruned; logit scale)")
