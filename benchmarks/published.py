@@ -38,8 +38,8 @@ def main(argv=None) -> None:
         runs = pd.read_csv(args.runs)
     else:
         cfg = copy.deepcopy(load_yaml(args.config))
-        if args.device:
-            cfg["device"] = args.device
+        if args.device:  # on the experiment: an experiment's own device wins over the global one
+            cfg["experiments"][args.experiment]["device"] = args.device
         if args.epochs:
             cfg["experiments"][args.experiment]["epochs"] = args.epochs
         cfg["experiments"] = {args.experiment: cfg["experiments"][args.experiment]}

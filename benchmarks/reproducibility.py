@@ -30,14 +30,11 @@ def main(argv=None) -> float:
     ap.add_argument("--epochs", type=int, help="shorten training")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"])
     args = ap.parse_args(argv)
-    cfg = copy.deepcopy(load_yaml(args.config))
-    if args.device:
-        cfg["device"] = args.device
-    specs = [s for s in run_specs(validate(cfg))
+    specs = [s for s in run_specs(validate(load_yaml(args.config)))
              if (s["experiment"], s["method"], s["seed"]) == (args.experiment, args.method, args.seed)]
     if not specs:
         raise SystemExit(f"no run {args.experiment}/{args.method}/seed={args.seed} in {args.config}")
-    spec = dict(specs[0], **({"epochs": args.epochs} if args.epochs else {}))
+    spec = dict(specs[0], **({"epochs": args.epochs} if args.epochs else {}), **({"device": args.device} if args.device else {}))
     first, second = ([flatten(r) for r in run(copy.deepcopy(spec))[0]] for _ in range(2))
     worst = 0.0
     print(f"{args.experiment}/{args.method}/seed={args.seed}, {spec['epochs']} epochs, device {first[0]['device']}")
