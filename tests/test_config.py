@@ -53,6 +53,7 @@ CASES = [
     (("method_params", "l1"), {}, ["config.method_params: unknown method 'l1'"]),
     (("experiments", "digits", "methods"), ["dense", "l1"], ["config.experiments.digits.methods: unknown method 'l1'"]),
     (("experiments", "digits", "seeds"), [], ["config.experiments.digits.seeds is []", "non-empty list"]),
+    (("experiments", "digits", "sparsities"), [0.5, 1.0], ["config.experiments.digits.sparsities[1] is 1.0", "strictly between 0 and 1"]),
 ]
 
 
@@ -82,6 +83,14 @@ def test_experiment_seeds_and_methods_override_the_global_lists(default_config):
     others = [s for s in specs if s["experiment"] != "digits"]
     assert len(others) == (len(cfg["experiments"]) - 1) * len(cfg["methods"]) * len(cfg["seeds"])
     assert all("seeds" not in s and "methods" not in s for s in specs)
+
+
+def test_experiment_sparsities_override_the_global_targets(default_config):
+    """A small net (e.g. the 5-input simulation diagnostic) can have targets of its own."""
+    default_config["experiments"]["digits"]["sparsities"] = [0.3, 0.6]
+    specs = run_specs(validate(default_config))
+    assert {tuple(s["sparsities"]) for s in specs if s["experiment"] == "digits"} == {(0.3, 0.6)}
+    assert {tuple(s["sparsities"]) for s in specs if s["experiment"] != "digits"} == {tuple(default_config["sparsities"])}
 
 
 def test_experiment_device_overrides_the_global_device(default_config):

@@ -160,15 +160,20 @@ def experiment_seeds(config: dict, experiment: str) -> list[int]:
     return [int(s) for s in (config["experiments"][experiment].get("seeds") or config["seeds"])]
 
 
+def experiment_sparsities(config: dict, experiment: str) -> list[float]:
+    """The experiment's own sparsity ``targets`` if it has them, else the global list."""
+    return [float(s) for s in (config["experiments"][experiment].get("sparsities") or config["sparsities"])]
+
+
 def run_specs(config: dict) -> list[dict]:
     """Expand a validated config into one resolved spec per (experiment, method, seed)."""
     specs = []
     for name, exp in config["experiments"].items():
         for method in experiment_methods(config, name):
             for seed in experiment_seeds(config, name):
-                spec = {k: copy.deepcopy(v) for k, v in exp.items() if k not in ("method_params", "methods", "seeds", "device")}
+                spec = {k: copy.deepcopy(v) for k, v in exp.items() if k not in ("method_params", "methods", "seeds", "sparsities", "device")}
                 spec.update(experiment=name, method=method, seed=int(seed), device=exp.get("device") or config["device"],
-                            sparsities=[float(s) for s in config["sparsities"]],
+                            sparsities=experiment_sparsities(config, name),
                             method_params=method_options(config, name, method))
                 specs.append(spec)
     return specs
