@@ -149,3 +149,24 @@ def test_committed_tables_are_what_the_scripts_draw_from_the_committed_table():
     tables = ROOT / "paper" / "tables"
     assert (tables / "published_comparison.md").read_text() == published_comparison(runs, prov)
     assert (tables / "natural_sparsity.md").read_text() == natural_sparsity(runs, prov)
+
+
+def _pip_artefacts(n_inputs, seeds=2):
+    import torch
+    return [{"pip_input": torch.linspace(0, 1, n_inputs), "pip_weight": {"fc.weight": torch.rand(3, n_inputs)}}
+            for _ in range(seeds)]
+
+
+@pytest.mark.parametrize("support,labels", [((0, 1), ["noise features", "true features"]),
+                                            ((0, 1, 2, 3, 4), ["true features"]),
+                                            (None, ["noise features"])])
+def test_pip_figure_legend_names_only_the_groups_drawn(support, labels):
+    """With no noise inputs (the 5-input simulation diagnostic) the legend used to show a
+    'noise features' patch in the colour of the true ones and an empty 'true features' entry."""
+    from slabbench.plotting import plot_pips
+
+    fig = plot_pips(_pip_artefacts(5), true_support=support)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == labels
+    heights = sorted(round(p.get_height(), 6) for c in ax.containers for p in c)
+    assert heights == [0.0, 0.25, 0.5, 0.75, 1.0]  # one bar per input, mean over seeds
