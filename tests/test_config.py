@@ -67,6 +67,22 @@ def test_malformed_config_fails_with_clear_message(default_config, path, value, 
         assert fragment in message, f"{fragment!r} not in:\n{message}"
 
 
+def test_bad_global_method_option_is_reported_once_where_it_is_written(default_config):
+    """A typo under the global method_params used to be reported once per experiment, under
+    the experiments' names; an experiment's own override is reported under its own path."""
+    default_config["method_params"]["magnitude"]["wd"] = 0.1
+    with pytest.raises(ConfigError) as info:
+        validate(default_config)
+    lines = [l for l in str(info.value).splitlines() if "'wd'" in l]
+    assert len(lines) == 1 and lines[0].strip().startswith("config.method_params.magnitude: unknown option 'wd'"), lines
+    del default_config["method_params"]["magnitude"]["wd"]
+    default_config["experiments"]["digits"]["method_params"] = {"magnitude": {"scope": "per-layer"}}
+    with pytest.raises(ConfigError) as info:
+        validate(default_config)
+    lines = [l for l in str(info.value).splitlines() if "per-layer" in l]
+    assert len(lines) == 1 and lines[0].strip().startswith("config.experiments.digits.method_params.magnitude: option 'scope'"), lines
+
+
 def test_config_must_be_a_mapping():
     with pytest.raises(ConfigError, match="must be a mapping"):
         validate([1, 2])

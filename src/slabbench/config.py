@@ -96,6 +96,19 @@ def method_options(config: dict, experiment: str, method: str) -> dict:
     return opts
 
 
+def _method_error(method: str, options: dict, epochs: int, lr: float) -> str | None:
+    """Why ``options`` are not valid for ``method`` (unknown key, bad type or choice), or None."""
+    cls = method_class(method)
+    try:
+        params = make_params(cls.Params, options, f"method {method!r}")
+        ctx = TrainContext(task="classification", n_train=1, epochs=epochs, steps_per_epoch=1,
+                           lr=lr, device=torch.device("cpu"), spec=None)
+        cls(params, ctx)  # constructors check choices (scope, schedule, ...)
+    except PluginError as e:
+        return str(e)
+    return None
+
+
 def validate(config: Any) -> dict:
     """Validate ``config`` (schema, then plugins and options); return it with defaults filled.
 
@@ -112,6 +125,15 @@ def validate(config: Any) -> dict:
     for m in config["method_params"]:
         if m not in methods:
             problems.append(f"config.method_params: unknown method {m!r}{_hint(m, methods)}; have {', '.join(methods)}")
+    # The global options of each method are checked once, where they are written; an
+    # experiment then only adds errors of its own overrides (or of its epochs / lr).
+    bad_globals = set()
+    for m, options in config["method_params"].items():
+        if m in methods:
+            err = _method_error(m, options or {}, epochs=1, lr=1e-3)
+            if err:
+                problems.append(f"config.method_params.{m}: {err}")
+                bad_globals.add(m)
     for name, exp in config["experiments"].items():
         where = f"config.experiments.{name}"
         if exp["dataset"] not in datasets:
@@ -135,16 +157,11 @@ def validate(config: Any) -> dict:
             if m not in methods:
                 problems.append(f"{where}.methods: unknown method {m!r}{_hint(m, methods)}; have {', '.join(methods)}")
         for m in experiment_methods(config, name):
-            if m not in methods:
+            if m not in methods or m in bad_globals:
                 continue
-            cls = method_class(m)
-            try:
-                params = make_params(cls.Params, method_options(config, name, m), f"method {m!r}")
-                ctx = TrainContext(task="classification", n_train=1, epochs=exp["epochs"], steps_per_epoch=1,
-                                   lr=exp["lr"], device=torch.device("cpu"), spec=None)
-                cls(params, ctx)  # constructors check choices (scope, schedule, ...)
-            except PluginError as e:
-                problems.append(f"{where}: {e}")
+            err = _method_error(m, method_options(config, name, m), epochs=exp["epochs"], lr=exp["lr"])
+            if err:
+                problems.append(f"{where}{f'.method_params.{m}' if m in exp['method_params'] else ''}: {err}")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return config
