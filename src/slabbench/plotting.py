@@ -17,7 +17,8 @@ from slabbench.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, describe  # noqa:
 KNOWN_METHODS = ["dense", "magnitude", "spike_slab", "sparse_vd", "l0"]
 _PALETTE = sns.color_palette("colorblind", 10)
 METHOD_COLOURS = {"dense": "0.3", "magnitude": _PALETTE[0], "spike_slab": _PALETTE[3],
-                  "sparse_vd": _PALETTE[2], "l0": _PALETTE[1]}
+                  "sparse_vd": _PALETTE[2], "l0": _PALETTE[4]}  # l0 not orange: too near spike_slab's vermilion
+_FREE = [_PALETTE[i] for i in (1, 5, 6, 8, 9)]  # colours no known method uses
 
 
 def method_order(methods) -> list[str]:
@@ -29,7 +30,7 @@ def method_colour(method: str):
     """Fixed colour of a method; a new method gets a stable colour from its name."""
     if method in METHOD_COLOURS:
         return METHOD_COLOURS[method]
-    return _PALETTE[4 + sum(map(ord, method)) % (len(_PALETTE) - 4)]
+    return _FREE[sum(map(ord, method)) % len(_FREE)]
 
 
 def metric_for(task: str) -> tuple[str, str]:
@@ -71,7 +72,8 @@ def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None, x_flo
         else:
             ax.errorbar([x["mean"]], [y["mean"]], yerr=[[y["mean"] - y["ci_low"]], [y["ci_high"] - y["mean"]]],
                         xerr=[[x["mean"] - x["ci_low"]], [x["ci_high"] - x["mean"]]], fmt="*", ms=11,
-                        color=method_colour(method), mec="k", label=f"{method} (natural)")
+                        color=method_colour(method), mec="k",
+                        label=f"{method} (natural, {100 * x['mean']:.1f}% sparse)")  # often between the ticks
     shown = natural.groupby("method")["sparsity"].transform("mean")
     keep = (natural["sparsity"] > 0) & ((shown >= x_floor) if x_floor is not None else True)
     xs = pd.concat([targets["target_sparsity"], natural.loc[keep, "sparsity"]]).dropna()
@@ -90,10 +92,15 @@ def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None, x_flo
         label += ", log scale"
     ax.set_xlabel("sparsity (fraction of weights pruned; logit scale)")
     ax.set_ylabel(label)
-    ax.set_title(title or f"{runs['experiment'].iloc[0]}: {runs['dataset'].iloc[0]}, {runs['model'].iloc[0]}")
+    if title is None:
+        experiment, dataset, model = (runs[k].iloc[0] for k in ("experiment", "dataset", "model"))
+        title = f"{experiment}: {model}" if experiment == dataset else f"{experiment}: {dataset}, {model}"
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
-    if len(fig.axes) == 1:
+    alone = len(fig.axes) == 1  # a panel of a larger figure says this in its caption
+    ax.legend(fontsize=8, frameon=False, title_fontsize=8,
+              title=f"bands, bars: 95% bootstrap CI over {runs['seed'].nunique()} seeds" if alone else None)
+    if alone:
         fig.tight_layout()
     return fig
 
