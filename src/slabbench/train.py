@@ -66,8 +66,8 @@ def fit(model: nn.Module, method: Method, x: torch.Tensor, y: torch.Tensor, *, e
         for start in range(0, n, batch_size):
             idx = perm[start:start + batch_size]
             # index_select, not x[idx]: the same rows, but advanced indexing's general kernel
-            # takes ~6x longer on CPU (0.19 vs 0.03 ms for 500 x 200 floats), which is a third
-            # of a small net's training step.
+            # takes ~6x longer on CPU (0.19 vs 0.03 ms for 500 x 200 floats), a large share of
+            # a small net's training step.
             loss = M.nll_loss(model(x.index_select(0, idx)), y.index_select(0, idx), task, noise_sd)
             penalty = method.penalty(model)
             if penalty is not None and beta != 0.0:
