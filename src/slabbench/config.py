@@ -122,16 +122,16 @@ def validate(config: Any) -> dict:
     for m in config["methods"]:
         if m not in methods:
             problems.append(f"config.methods: unknown method {m!r}{_hint(m, methods)}; have {', '.join(methods)}")
-    for m in config["method_params"]:
-        if m not in methods:
-            problems.append(f"config.method_params: unknown method {m!r}{_hint(m, methods)}; have {', '.join(methods)}")
     # The global options of each method are checked once, where they are written (with the
     # epochs / lr of the first experiment that runs the method unchanged); an experiment then
     # only adds errors of its own overrides or of its epochs / lr.
     bad_globals = set()
     for m, options in config["method_params"].items():
+        if m not in methods:
+            problems.append(f"config.method_params: unknown method {m!r}{_hint(m, methods)}; have {', '.join(methods)}")
+            continue
         users = [e for n, e in config["experiments"].items() if m in experiment_methods(config, n) and m not in e["method_params"]]
-        if m in methods and users:
+        if users:
             err = _method_error(m, options or {}, epochs=users[0]["epochs"], lr=users[0]["lr"])
             if err:
                 problems.append(f"config.method_params.{m}: {err}")
