@@ -14,7 +14,8 @@ is clamped to [log 0.01, log 100] (``after_step``).  After training:
 
 * ``natural_mask``: keep a weight iff its test-time gate z_hat (paper eq. 13) is non-zero;
 * ``scores`` (matched sparsity): P(z != 0) of the weight's gate, broadcast to the weight's
-  shape (with ``gates: input`` the weights of a group tie; |theta| breaks the tie, ours);
+  shape, with |theta| as the second ranking key (with ``gates: input`` the weights of a group
+  tie on the first; ours);
 * ``export``: plain MaskedLinear / MaskedConv2d, same names, weight = theta * z_hat baked in.
 
 ``l0_lambda`` is per weight and in the core's convention (penalty / N): ``l0_lambda = 0.1``
@@ -115,11 +116,12 @@ class Method(_Base):
 
     @torch.no_grad()
     def scores(self, model):
-        """P(z != 0) of each weight's gate, keyed ``"<layer>.weight"``, the weight's shape
-        (float64).  Weights sharing a gate are ordered by |theta| (a 1e-9 tie-break, ours),
-        so a partly kept group keeps its largest weights rather than the first by index."""
-        return {f"{name}.weight": layer.expand(layer.prob_nonzero()).expand_as(layer.theta).double()
-                + 1e-9 * torch.tanh(layer.theta.abs()).double()
+        """(P(z != 0) of each weight's gate, |theta|), keyed ``"<layer>.weight"``, each the
+        weight's shape.  The core ranks the pair lexicographically: weights sharing a gate are
+        ordered by |theta| (ours), so a partly kept group keeps its largest weights rather
+        than the first by index."""
+        return {f"{name}.weight": (layer.expand(layer.prob_nonzero()).expand_as(layer.theta).clone(),
+                                   layer.theta.abs().detach())
                 for name, layer in l0_layers(model)}
 
     def natural_mask(self, model):

@@ -25,7 +25,8 @@ Options (``Params``):
   (E[w] = φμ, the posterior mean) or ``slab`` (E[w | γ = 1] = μ, Bai et al.'s choice).
 
 Scores for matched sparsity are the PIP logits θ (ranking by θ = ranking by φ, without
-float32 saturation at φ = 1); weights sharing a gate are ordered by |μ|/σ (a 1e-9 tie-break).
+float32 saturation at φ = 1); weights sharing a gate are ordered by |μ|/σ (a second ranking
+key, ours: the core sorts by (θ, |μ|/σ) lexicographically).
 Natural selection: φ > 0.5 (the median probability model).
 """
 
@@ -142,11 +143,10 @@ class Method(_Base):
 
     @torch.no_grad()
     def scores(self, model):
-        out = {}
-        for name, layer in self._layers(model):
-            snr = torch.tanh(layer.mu.abs() / layer.sigma).double()
-            out[f"{name}.weight"] = layer.expand(layer.theta).double() + 1e-9 * snr
-        return out
+        """(θ broadcast to the weight, |μ|/σ) per weight: rank by PIP logit, then, within a
+        shared gate, by the slab's signal-to-noise ratio (see :func:`slabbench.prune.topk_masks`)."""
+        return {f"{name}.weight": (layer.expand(layer.theta).clone(), (layer.mu.abs() / layer.sigma))
+                for name, layer in self._layers(model)}
 
     @torch.no_grad()
     def natural_mask(self, model):

@@ -69,7 +69,8 @@ def test_hooks_and_export(name, options):
     if scores is not None:
         assert set(scores) == {f"{n}.weight" for n in layers}
         for k, v in scores.items():
-            assert v.shape == layers[k.rsplit(".", 1)[0]].weight.shape
+            for part in (v if isinstance(v, tuple) else (v,)):
+                assert part.shape == layers[k.rsplit(".", 1)[0]].weight.shape
     natural = method.natural_mask(model)
     if natural is not None:
         assert set(natural) == {f"{n}.weight" for n in layers}

@@ -113,6 +113,22 @@ def test_init_from_drop_rates_input_layer_of_an_mlp_only():
     assert model[2].log_alpha.mean().item() == pytest.approx(math.log(0.7 / 0.3), abs=0.02)
 
 
+def test_tied_input_gates_keep_the_largest_weights_by_hand():
+    # every gate at the upper clamp: P(z != 0) ties everywhere, |theta| must decide (the
+    # shared pruning path once ranked float32 scores and kept the first weights by index)
+    from slabbench.prune import topk_masks
+    method = make_method({"gates": "input"})
+    model = method.build(torch.nn.Sequential(MaskedLinear(3, 2), torch.nn.ReLU(), MaskedLinear(2, 1)))
+    with torch.no_grad():
+        model[0].log_alpha.fill_(LOG_ALPHA_MAX)
+        model[2].log_alpha.fill_(LOG_ALPHA_MAX)
+        model[0].theta.copy_(torch.tensor([[0.1, -0.9, 0.2], [0.5, 0.3, -0.8]]))
+        model[2].theta.copy_(torch.tensor([[0.4, -0.7]]))
+    masks = topk_masks(method.scores(model), 0.5)  # 8 weights, keep 4: |theta| 0.9, 0.8, 0.7, 0.5
+    assert masks["0.weight"].tolist() == [[0, 1, 0], [1, 0, 1]]
+    assert masks["2.weight"].tolist() == [[0, 1]]
+
+
 def test_natural_mask_scores_and_export_bake_in_the_test_gate():
     for gates in ("input", "weight"):
         method = make_method({"gates": gates})
@@ -127,8 +143,8 @@ def test_natural_mask_scores_and_export_bake_in_the_test_gate():
         assert natural["1.weight"][:, 0].sum() == 0 and natural["1.weight"][:, 1:].min() == 1
         assert natural["3.weight"].min() == 1
         scores = method.scores(model)
-        assert scores["1.weight"].shape == (4, 6)
-        assert torch.allclose(scores["1.weight"][:, 1].float(), prob_nonzero(torch.tensor(0.0)).expand(4))
+        assert scores["1.weight"][0].shape == scores["1.weight"][1].shape == (4, 6)
+        assert torch.allclose(scores["1.weight"][0][:, 1].float(), prob_nonzero(torch.tensor(0.0)).expand(4))
         exported = method.export(model)
         layers = dict(prunable_layers(exported))
         assert all(type(l) is MaskedLinear for l in layers.values()) and list(layers) == ["1", "3"]

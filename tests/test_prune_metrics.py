@@ -78,6 +78,23 @@ def test_topk_global_and_layerwise():
         topk_masks(scores, 0.5, scope="local")
 
 
+def test_topk_ranks_pairs_lexicographically_and_keeps_float64_precision():
+    # two layers whose weights all share one primary score (e.g. one gate each, both at the
+    # clamp): the tie-break alone decides, across layers; kept by hand: 0.9, 0.8, 0.7
+    scores = {"a.weight": (torch.ones(2, 2), torch.tensor([[0.1, 0.9], [0.8, 0.2]])),
+              "b.weight": (torch.ones(1, 2), torch.tensor([[0.7, 0.3]]))}
+    g = topk_masks(scores, sparsity=0.5)
+    assert g["a.weight"].tolist() == [[0, 1], [1, 0]] and g["b.weight"].tolist() == [[1, 0]]
+    # the primary key dominates any tie-break
+    g = topk_masks({"w": (torch.tensor([2.0, 1.0]), torch.tensor([0.0, 100.0]))}, sparsity=0.5)
+    assert g["w"].tolist() == [1, 0]
+    # float64 scores are ranked in float64: a float32 cast would tie them and keep index 0
+    fine = topk_masks({"w": torch.tensor([1.0, 1.0 + 1e-12], dtype=torch.float64)}, sparsity=0.5)
+    assert fine["w"].tolist() == [0, 1]
+    with pytest.raises(ValueError, match="one shape"):
+        topk_masks({"w": (torch.ones(2), torch.ones(3))}, 0.5)
+
+
 def test_n_keep():
     assert n_keep(1000, 0.9) == 100
     assert n_keep(10, 0.995) == 1  # never prune everything

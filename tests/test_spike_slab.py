@@ -176,9 +176,9 @@ def test_natural_mask_scores_and_export():
         model[0].theta.copy_(torch.tensor([[3.0, -1.0], [0.5, -4.0]]))
         model[0].mu.copy_(torch.tensor([[2.0, 1.0], [1.0, 1.0]]))
     assert method.natural_mask(model)["0.weight"].tolist() == [[1, 0], [1, 0]]
-    scores = method.scores(model)["0.weight"]
-    assert scores.argsort(descending=True).flatten().tolist() != []  # ranks by θ
-    assert torch.allclose(scores.float(), model[0].theta, atol=1e-6)
+    scores, tiebreak = method.scores(model)["0.weight"]
+    assert torch.equal(scores, model[0].theta)  # ranks by θ, then by |μ|/σ
+    assert torch.allclose(tiebreak, model[0].mu.abs() / model[0].sigma)
     plain = method.export(model)
     assert isinstance(plain[0], MaskedLinear)
     assert torch.allclose(plain[0].weight, torch.sigmoid(model[0].theta) * model[0].mu)  # posterior mean φμ

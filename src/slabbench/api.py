@@ -236,7 +236,9 @@ class Method:
 
     def scores(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
         """Importance per prunable weight, keyed by the exported network's parameter names
-        (``"fc1.weight"``), each of that weight's shape; ``None`` = the method never prunes."""
+        (``"fc1.weight"``), each of that weight's shape; ``None`` = the method never prunes.
+        A value may be a pair ``(primary, tiebreak)`` of such tensors: the core then ranks
+        lexicographically (ties in ``primary``, e.g. weights sharing a gate, by ``tiebreak``)."""
         return None
 
     def natural_mask(self, model: nn.Module) -> dict[str, torch.Tensor] | None:

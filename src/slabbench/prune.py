@@ -4,6 +4,11 @@ Every method reaches a sparsity target ``s`` the same way: it supplies one score
 prunable weight (higher = more important) and :func:`topk_masks` keeps the top
 ``1 - s`` fraction, either over all prunable weights at once (``scope="global"``) or
 layer by layer (``scope="layerwise"``).
+
+A score may be a pair ``(primary, tiebreak)`` of tensors of the weight's shape: weights are
+then ranked lexicographically, by ``primary`` first and, among equal primaries (weights that
+share a gate), by ``tiebreak``; remaining ties go to the lower flat index (first layer first,
+row by row).  Scores are ranked in their own dtype: nothing is cast, so no precision is lost.
 """
 
 from __future__ import annotations
@@ -25,30 +30,49 @@ def n_keep(total: int, sparsity: float) -> int:
     return max(1, int(math.floor((1.0 - sparsity) * total + 0.5)))
 
 
-def _top(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of the ``k`` largest entries of ``flat``; ties broken by index (stable)."""
-    order = torch.argsort(flat, descending=True, stable=True)
-    keep = torch.zeros_like(flat, dtype=torch.bool)
+Score = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def _top(keys: list[torch.Tensor], k: int) -> torch.Tensor:
+    """Boolean mask of the ``k`` largest entries in the lexicographic order of ``keys``
+    (flat tensors of one length, most significant first); remaining ties by index."""
+    order = torch.arange(keys[0].numel(), device=keys[0].device)
+    for key in reversed(keys):  # stable sorts from the least significant key up
+        order = order[torch.argsort(key[order], descending=True, stable=True)]
+    keep = torch.zeros(keys[0].numel(), dtype=torch.bool, device=keys[0].device)
     keep[order[:k]] = True
     return keep
 
 
-def topk_masks(scores: dict[str, torch.Tensor], sparsity: float, scope: str = "global") -> dict[str, torch.Tensor]:
-    """Keep-masks (float 0/1, each of its score's shape) at ``sparsity`` in ``scope``.
+def _keys(score: Score) -> list[torch.Tensor]:
+    """A score or a (primary, tiebreak) pair -> its ranking keys, NaN ranked last."""
+    parts = list(score) if isinstance(score, (tuple, list)) else [score]
+    if any(p.shape != parts[0].shape for p in parts):
+        raise ValueError(f"a score pair must have one shape, got {[tuple(p.shape) for p in parts]}")
+    return [torch.nan_to_num(p.detach(), nan=-math.inf) for p in parts]
 
-    NaN scores rank last.  Global: exactly ``n_keep(total, s)`` weights survive.
+
+def topk_masks(scores: dict[str, Score], sparsity: float, scope: str = "global") -> dict[str, torch.Tensor]:
+    """Keep-masks (float32 0/1, each of its score's shape) at ``sparsity`` in ``scope``.
+
+    ``scores`` maps ``"<layer>.weight"`` to a tensor or a ``(primary, tiebreak)`` pair (see the
+    module docstring).  NaN scores rank last.  Global: exactly ``n_keep(total, s)`` weights survive.
     """
     if scope not in SCOPES:
         raise ValueError(f"unknown prune scope {scope!r}; valid: {', '.join(SCOPES)}")
-    clean = {k: torch.nan_to_num(v.detach().float(), nan=-math.inf) for k, v in scores.items()}
+    keys = {k: _keys(v) for k, v in scores.items()}
+    depth = {len(v) for v in keys.values()}
+    if len(depth) > 1:
+        raise ValueError("scores mix plain tensors and (primary, tiebreak) pairs; give every layer the same form")
     if scope == "layerwise":
-        return {k: _top(v.flatten(), n_keep(v.numel(), sparsity)).view_as(v).float() for k, v in clean.items()}
-    flat = torch.cat([v.flatten() for v in clean.values()])
-    keep = _top(flat, n_keep(flat.numel(), sparsity))
+        return {k: _top([p.flatten() for p in v], n_keep(v[0].numel(), sparsity)).view_as(v[0]).float()
+                for k, v in keys.items()}
+    flat = [torch.cat([v[i].flatten() for v in keys.values()]) for i in range(depth.pop())]
+    keep = _top(flat, n_keep(flat[0].numel(), sparsity))
     masks, start = {}, 0
-    for k, v in clean.items():
-        masks[k] = keep[start:start + v.numel()].view_as(v).float()
-        start += v.numel()
+    for k, v in keys.items():
+        masks[k] = keep[start:start + v[0].numel()].view_as(v[0]).float()
+        start += v[0].numel()
     return masks
 
 

@@ -170,7 +170,7 @@ def run(cfg: dict, threads: int = 1) -> tuple[list[dict], dict[str, Any]]:
         if train_target is None:
             artefacts.update(method.extra_artifacts(model))
             if scores is not None:
-                artefacts["scores"] = {k: v.detach().cpu() for k, v in scores.items()}
+                artefacts["scores"] = {k: (v[0] if isinstance(v, tuple) else v).detach().cpu() for k, v in scores.items()}
             if natural is not None:
                 artefacts["natural_mask"] = {k: v.detach().cpu() for k, v in natural.items()}
         if scores is None:
