@@ -1,31 +1,41 @@
-"""The core training and evaluation of one run: (experiment, method, seed) -> records.
+"""The core training and evaluation of runs: (experiment, method, seeds) -> records per seed.
 
-For a run the core loads the data once onto the device, builds the architecture, lets the
-method build its training-time model and trains it with
+For the seeds of one experiment x method the core loads each seed's data once onto the device,
+builds one architecture per seed (and per target, for methods that train per target), lets the
+method build its training-time model and trains every run with
 
     loss = mean NLL over the minibatch + beta(epoch) * penalty / N_train
 
-then, on the exported network, for every sparsity target ``s``: scores -> global top-k mask
--> optional fine-tune -> evaluate; plus the method's natural selection.  Metrics are always
-measured here, on the exported (plain, masked) network.
+then, on each run's exported network, for every sparsity target ``s``: scores -> global top-k
+mask -> optional fine-tune -> evaluate; plus the method's natural selection.  Metrics are
+always measured here, on the exported (plain, masked) network.
+
+Runs that stack (:mod:`slabbench.stack`) train as one model with a leading run dimension, and
+so do their fine-tunings; the rest train one after another in the same process.  Either way
+each run draws its initialisation, data order and noise from its own seed only, so its records
+do not depend on which runs share its job.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from slabbench import metrics as M
 from slabbench.api import Method, TrainContext, make_params
+from slabbench.layers.stacked import run_generators
 from slabbench.models import build_model
 from slabbench.prune import apply_masks, topk_masks
 from slabbench.provenance import provenance
 from slabbench.registry import dataset_class, method_class
+from slabbench.stack import run_views, stack_modules, unstack, unstackable_modules
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
@@ -50,25 +60,140 @@ def set_threads(threads: int) -> None:
         pass
 
 
-def fit(model: nn.Module, method: Method, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int,
-        lr: float, task: str, noise_sd: float, generator: torch.Generator) -> None:
-    """Minibatch training with the core's loss convention (see module docstring).
+class TrainingDiverged(RuntimeError):
+    """A run's training loss or parameters became NaN or infinite."""
 
-    ``x``, ``y`` live on the model's device; shuffling draws from ``generator`` (CPU).
-    """
+
+@dataclass
+class Member:
+    """One training run inside a job: its label (for messages), seed and (per-target
+    training) target, its method instance and, once built, its model."""
+
+    label: str
+    seed: int
+    target: float | None
+    method: Method
+    model: nn.Module | None = None
+    diverged: str | None = None  #: why the run diverged ("epoch 3: loss nan"), if it did
+
+
+def _nll_per_run(out: torch.Tensor, y: torch.Tensor, task: str, noise_sd: float) -> torch.Tensor:
+    """Mean NLL per run (S,) of stacked outputs ``out`` (S, B, C or 1) against ``y`` (S, B)."""
+    s, b = y.shape
+    if task == "classification":
+        return torch.nn.functional.cross_entropy(out.reshape(s * b, -1), y.reshape(-1), reduction="none").view(s, b).mean(1)
+    return M.gaussian_nll(out.squeeze(-1), y, noise_sd).mean(1)
+
+
+def _check_finite(members: Sequence[Member], nll_sums: torch.Tensor, params: list[torch.Tensor], epoch: int,
+                  epochs: int, lr: float, stop: bool) -> None:
+    """Once per epoch (one host synchronisation): every run's summed NLL and parameters must be
+    finite.  A run that is not either stops the job (``stop``) or is marked diverged."""
+    ok = torch.isfinite(nll_sums)
+    for p in params:
+        ok = ok & torch.isfinite(p.detach().flatten(1)).all(1)
+    if bool(ok.all()):
+        return
+    for member, fine, value in zip(members, ok.tolist(), nll_sums.tolist()):
+        if fine or member.diverged:
+            continue
+        member.diverged = f"epoch {epoch + 1}/{epochs}: summed training NLL {value}"
+        msg = (f"{member.label}: training diverged at epoch {epoch + 1} of {epochs} (summed NLL of the epoch "
+               f"{value}, or a parameter became NaN/inf). Lower the learning rate (lr = {lr:g}), shorten a "
+               f"warm-up or check the method's options; set on_divergence: record in the config to keep "
+               f"the other runs and report this one as diverged.")
+        if stop:
+            raise TrainingDiverged(msg)
+        log.warning(msg)
+
+
+def _batches(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]):
+    """One data tensor for every run: shared when all runs use the same tensors (fixed
+    splits), else concatenated with per-run row offsets (simulation replicates)."""
+    if all(x is xs[0] for x in xs) and all(y is ys[0] for y in ys):
+        return xs[0], ys[0], torch.zeros(len(xs), dtype=torch.long)
+    n = len(ys[0])
+    if any(len(y) != n for y in ys):
+        raise ValueError(f"runs of one stack need training sets of one size, got {[len(y) for y in ys]}")
+    return torch.cat(list(xs)), torch.cat(list(ys)), torch.arange(len(xs)) * n
+
+
+def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], *,
+                epochs: int, batch_size: int, lr: float, task: str, noise_sd: float,
+                data_gens: Sequence[torch.Generator], noise_gens: Sequence[torch.Generator],
+                stop_on_divergence: bool = True) -> None:
+    """Train the stacked ``model`` (S runs, see :mod:`slabbench.stack`) with the core's loss
+    convention: the sum over runs of [mean NLL_s + beta * penalty_s / N].  Run ``s`` sees its
+    own data ``xs[s]``, ``ys[s]`` in the order drawn from ``data_gens[s]`` and its noise from
+    ``noise_gens[s]``.  The method's hooks are called once on the stacked model when its class
+    declares ``stackable = True``, else ``after_step`` / ``after_epoch`` once per run on views
+    of the run's slice (its own method instance, e.g. its own target)."""
+    lead = members[0].method
+    opt = lead.optimizer(model, lr)
+    per_run_hooks = not type(lead).__dict__.get("stackable", False)
+    views = run_views(model) if per_run_hooks else None
+    x_all, y_all, offsets = _batches(xs, ys)
+    n, s_runs = len(ys[0]), len(members)
+    params = [p for p in model.parameters()]
+    model.train()
+    step = 0
+    for epoch in range(epochs):
+        beta = lead.beta(epoch)
+        perm = (torch.stack([torch.randperm(n, generator=g) for g in data_gens]) + offsets[:, None]).to(x_all.device)
+        nll_sums = torch.zeros(s_runs, device=x_all.device)
+        for start in range(0, n, batch_size):
+            idx = perm[:, start:start + batch_size]
+            flat = idx.reshape(-1)
+            # index_select, not x[idx]: the same rows, but advanced indexing's general kernel
+            # takes ~6x longer on CPU (0.19 vs 0.03 ms for 500 x 200 floats)
+            xb = x_all.index_select(0, flat).view(s_runs, idx.shape[1], *x_all.shape[1:])
+            yb = y_all.index_select(0, flat).view(s_runs, idx.shape[1])
+            with run_generators(noise_gens):
+                out = model(xb)
+            nll = _nll_per_run(out, yb, task, noise_sd)
+            loss = nll.sum()
+            penalty = lead.penalty(model)
+            if penalty is not None and beta != 0.0:
+                loss = loss + beta * penalty / n
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if per_run_hooks:
+                for m, view in zip(members, views):
+                    m.method.after_step(view, step, epoch)
+            else:
+                lead.after_step(model, step, epoch)
+            nll_sums += nll.detach()
+            step += 1
+        if per_run_hooks:
+            for m, view in zip(members, views):
+                m.method.after_epoch(view, epoch)
+        else:
+            lead.after_epoch(model, epoch)
+        _check_finite(members, nll_sums, params, epoch, epochs, lr, stop_on_divergence)
+    model.eval()
+
+
+def fit(model: nn.Module, method: Method, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int,
+        lr: float, task: str, noise_sd: float, generator: torch.Generator, member: Member | None = None,
+        stop_on_divergence: bool = True) -> None:
+    """Minibatch training of one (unstacked) model with the core's loss convention (see the
+    module docstring); ``x``, ``y`` live on the model's device; shuffling draws from
+    ``generator`` (CPU), noise from torch's global generator.  NaN / inf checked once per epoch."""
     opt = method.optimizer(model, lr)
     n = len(y)
+    member = member or Member(label="run", seed=0, target=None, method=method)
+    params = [p for p in model.parameters()]
     model.train()
     step = 0
     for epoch in range(epochs):
         beta = method.beta(epoch)
         perm = torch.randperm(n, generator=generator).to(x.device)
+        nll_sum = torch.zeros(1, device=x.device)
         for start in range(0, n, batch_size):
             idx = perm[start:start + batch_size]
-            # index_select, not x[idx]: the same rows, but advanced indexing's general kernel
-            # takes ~6x longer on CPU (0.19 vs 0.03 ms for 500 x 200 floats), a large share of
-            # a small net's training step.
-            loss = M.nll_loss(model(x.index_select(0, idx)), y.index_select(0, idx), task, noise_sd)
+            nll = M.nll_loss(model(x.index_select(0, idx)), y.index_select(0, idx), task, noise_sd)
+            loss = nll
             penalty = method.penalty(model)
             if penalty is not None and beta != 0.0:
                 loss = loss + beta * penalty / n
@@ -76,8 +201,10 @@ def fit(model: nn.Module, method: Method, x: torch.Tensor, y: torch.Tensor, *, e
             loss.backward()
             opt.step()
             method.after_step(model, step, epoch)
+            nll_sum += nll.detach()
             step += 1
         method.after_epoch(model, epoch)
+        _check_finite([member], nll_sum, [p[None] for p in params], epoch, epochs, lr, stop_on_divergence)
     model.eval()
 
 
@@ -105,69 +232,211 @@ def _bma_metrics(method: Method, model: nn.Module, masks, data, task: str, noise
     return out
 
 
-def _finetune(net: nn.Module, masks: dict, data, cfg: dict, task: str, device, seed: int) -> nn.Module:
-    """Fine-tune the surviving weights of ``net`` (masks fixed), NLL only, Adam at
-    ``lr * finetune_lr_factor`` for ``finetune_epochs`` epochs (the same for every method)."""
-    net = apply_masks(copy.deepcopy(net), masks)
+
+
+# --------------------------------------------------------------------------- runs of one job
+
+#: fraction of the device's free memory a stack may plan to use before it is split
+MEMORY_FRACTION = 0.5
+
+
+def noise_seed(seed: int) -> int:
+    """Seed of a run's noise generator (layer noise, model averages), distinct from its data
+    order's (``seed``) and fine-tuning's (``seed + 7919``) and a function of the seed only."""
+    return (int(seed) * 1_000_003 + 104_729) % (2 ** 62)
+
+
+def _generator(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def stack_refusal(method: Method, model: nn.Module) -> str | None:
+    """Why the runs of ``method`` with built model ``model`` cannot share one stacked model,
+    or ``None`` when they can (see :mod:`slabbench.stack` and the README)."""
+    bad = unstackable_modules(model)
+    if bad:
+        return f"its model has layers that do not stack ({', '.join(bad)})"
+    cls = type(method)
+    if not cls.__dict__.get("stackable", False) and cls.penalty is not Method.penalty:
+        return "it overrides penalty() without declaring stackable = True"
+    return None
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import os
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 34
+
+
+def plan_chunks(n_runs: int, bytes_per_run: int, free_bytes: int, fraction: float = MEMORY_FRACTION) -> list[range]:
+    """Split ``n_runs`` stacked runs into consecutive chunks that each fit ``fraction`` of
+    ``free_bytes`` at ``bytes_per_run`` (at least one run per chunk)."""
+    per_chunk = max(1, int(fraction * free_bytes // max(1, bytes_per_run)))
+    return [range(i, min(i + per_chunk, n_runs)) for i in range(0, n_runs, per_chunk)]
+
+
+def _bytes_per_run(model: nn.Module, batch_size: int, x: torch.Tensor) -> int:
+    """Rough training footprint of one run: parameters and buffers x 8 (value, gradient, two
+    Adam moments, noise and temporaries) plus the minibatch's activations through the widest
+    layer x 8 (forward, backward, local-reparameterisation means and variances)."""
+    tensors = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    widest = max([x[0].numel()] + [getattr(m, "out_features", 0) for m in model.modules()])
+    return 8 * tensors + 8 * batch_size * widest * x.element_size()
+
+
+def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: float, task: str, noise_sd: float,
+           device: torch.device, data_seeds: Sequence[int], stop: bool, what: str) -> list[float]:
+    """Train every member's model (stacked where possible, else one after another); returns
+    each member's share of the wall time in seconds."""
+    refusal = stack_refusal(members[0].method, members[0].model)
+    seconds = [0.0] * len(members)
+    kw = dict(epochs=epochs, batch_size=batch_size, lr=lr, task=task, noise_sd=noise_sd, stop_on_divergence=stop)
+    if refusal is not None:
+        log.info("%s: %d runs train one after another (not stacked: %s)", what, len(members), refusal)
+        for i, m in enumerate(members):
+            torch.manual_seed(noise_seed(m.seed))
+            t0 = time.perf_counter()
+            fit(m.model, m.method, xs[i], ys[i], generator=torch.Generator().manual_seed(int(data_seeds[i])),
+                member=m, **kw)
+            _sync(device)
+            seconds[i] = time.perf_counter() - t0
+        return seconds
+    chunks = plan_chunks(len(members), _bytes_per_run(members[0].model, batch_size, xs[0]), _free_bytes(device))
+    log.info("%s: %d runs train stacked in %d stack(s) of up to %d", what, len(members), len(chunks), len(chunks[0]))
+    for chunk in chunks:
+        group = [members[i] for i in chunk]
+        stacked = stack_modules([m.model for m in group])
+        t0 = time.perf_counter()
+        fit_stacked(stacked, group, [xs[i] for i in chunk], [ys[i] for i in chunk],
+                    data_gens=[torch.Generator().manual_seed(int(data_seeds[i])) for i in chunk],
+                    noise_gens=[_generator(noise_seed(m.seed), device) for m in group], **kw)
+        _sync(device)
+        share = (time.perf_counter() - t0) / len(group)
+        for j, (i, m) in enumerate(zip(chunk, group)):
+            m.model = unstack(stacked, j)
+            seconds[i] = share
+    return seconds
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _finetune_all(jobs: list[tuple[nn.Module, dict, int, dict]], cfg: dict, task: str, device, label: str) -> list[nn.Module]:
+    """Masked copies of the networks of ``jobs`` = [(net, masks, seed, data)], fine-tuned with
+    NLL only, Adam at ``lr * finetune_lr_factor`` for ``finetune_epochs`` epochs (the same for
+    every method), all targets x seeds in one stack where the network stacks."""
+    nets = [apply_masks(copy.deepcopy(net), masks) for net, masks, _, _ in jobs]
     epochs = int(cfg.get("finetune_epochs", 0))
-    if epochs <= 0:
-        return net
-    for p in net.parameters():
-        p.requires_grad_(True)
-    ctx = TrainContext(task=task, n_train=len(data["train"][1]), epochs=epochs, steps_per_epoch=0,
-                       lr=cfg["lr"] * cfg["finetune_lr_factor"], device=device, spec=None)
-    gen = torch.Generator().manual_seed(int(seed) + 7919)
-    fit(net, Method(None, ctx), *data["train"], epochs=epochs, batch_size=cfg["batch_size"], lr=ctx.lr,
-        task=task, noise_sd=cfg["noise_sd"], generator=gen)
-    with torch.no_grad():  # Adam moments may move masked weights; they never act, zero them
-        apply_masks(net, masks)
-    return net
+    if epochs <= 0 or not jobs:
+        return nets
+    lr = cfg["lr"] * cfg["finetune_lr_factor"]
+    members = []
+    for net, (_, _, seed, data) in zip(nets, jobs):
+        for p in net.parameters():
+            p.requires_grad_(True)
+        ctx = TrainContext(task=task, n_train=len(data["train"][1]), epochs=epochs, steps_per_epoch=0, lr=lr,
+                           device=device, spec=None)
+        members.append(Member(label=f"{label} seed={seed} (fine-tuning)", seed=seed, target=None,
+                              method=Method(None, ctx), model=net))
+    _train(members, [j[3]["train"][0] for j in jobs], [j[3]["train"][1] for j in jobs], epochs=epochs,
+           batch_size=cfg["batch_size"], lr=lr, task=task, noise_sd=cfg["noise_sd"], device=device,
+           data_seeds=[j[2] + 7919 for j in jobs], stop=cfg.get("on_divergence", "stop") == "stop",
+           what=f"{label} fine-tuning")
+    out = []
+    for m, (_, masks, _, _) in zip(members, jobs):
+        with torch.no_grad():  # Adam moments may move masked weights; they never act, zero them
+            apply_masks(m.model, masks)
+        out.append(m.model)
+    return out
 
 
-def run(cfg: dict, threads: int = 1) -> tuple[list[dict], dict[str, Any]]:
-    """Train and evaluate one run described by ``cfg`` (a resolved run spec, see
-    :func:`slabbench.config.run_specs`).  Returns the records (one per target plus the
-    natural selection) and artefacts (scores, natural masks) for figures."""
-    set_threads(threads)
-    device = resolve_device(cfg["device"])
-    seed = int(cfg["seed"])
-    ds_cls, m_cls = dataset_class(cfg["dataset"]), method_class(cfg["method"])
-    dataset = ds_cls(make_params(ds_cls.Params, cfg.get("dataset_params"), f"dataset {cfg['dataset']!r}"), seed)
+def _load_data(cfg: dict, device: torch.device, cache: dict) -> tuple[Any, dict]:
+    """(spec, {split: (x, y)}) of a run's data set on ``device``; runs whose data set ignores
+    the seed (fixed splits) share one copy."""
+    ds_cls = dataset_class(cfg["dataset"])
+    dataset = ds_cls(make_params(ds_cls.Params, cfg.get("dataset_params"), f"dataset {cfg['dataset']!r}"), int(cfg["seed"]))
     dataset.prepare()
     spec = dataset.spec()
     data = {s: tuple(t.to(device) for t in dataset.load(s)) for s in ("train", "val", "test")}
-    task, noise_sd = spec.task, float(cfg["noise_sd"])
-    n_train = len(data["train"][1])
-    m_params = make_params(m_cls.Params, cfg.get("method_params"), f"method {cfg['method']!r}")
-    base = {k: cfg[k] for k in ("experiment", "dataset", "model", "method", "seed")}
-    base.update(task=task, device=str(device), spec=cfg, provenance=provenance(device))
-    targets = [float(s) for s in cfg["sparsities"]]
-    records: list[dict] = []
-    artefacts: dict[str, Any] = {}
-    for train_target in (targets if m_cls.trains_per_target(m_params) else [None]):
-        torch.manual_seed(seed)
-        arch = build_model(cfg["model"], spec, cfg.get("model_params"))
-        ctx = TrainContext(task=task, n_train=n_train, epochs=int(cfg["epochs"]),
-                           steps_per_epoch=-(-n_train // int(cfg["batch_size"])), lr=float(cfg["lr"]),
-                           device=device, spec=spec, target=train_target)
-        method = m_cls(m_params, ctx)
-        model = method.build(arch).to(device)
-        t0 = time.perf_counter()
-        fit(model, method, *data["train"], epochs=ctx.epochs, batch_size=int(cfg["batch_size"]), lr=ctx.lr,
-            task=task, noise_sd=noise_sd, generator=torch.Generator().manual_seed(seed))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        train_seconds = time.perf_counter() - t0
+    for known in cache.values():
+        if all(torch.equal(data[s][i], known[s][i]) for s in data for i in (0, 1)):
+            return spec, known
+    cache[int(cfg["seed"])] = data
+    return spec, data
+
+
+def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], dict[str, Any]]]:
+    """Train and evaluate the runs ``cfgs`` (resolved run specs of one experiment x method
+    that differ in their seed only, see :func:`slabbench.config.run_specs`) in one process.
+    Returns, per spec, its records (one per target plus the natural selection) and its
+    artefacts (scores, natural masks) for figures."""
+    if not cfgs:
+        return []
+    same = [{k: v for k, v in c.items() if k != "seed"} for c in cfgs]
+    if any(s != same[0] for s in same):
+        raise ValueError("run_stack: the specs of one job must differ in their seed only")
+    cfg0 = cfgs[0]
+    set_threads(threads)
+    device = resolve_device(cfg0["device"])
+    m_cls = method_class(cfg0["method"])
+    m_params = make_params(m_cls.Params, cfg0.get("method_params"), f"method {cfg0['method']!r}")
+    stop = cfg0.get("on_divergence", "stop") == "stop"
+    label = f"{cfg0['experiment']}/{cfg0['method']}"
+    cache: dict = {}
+    loaded = [_load_data(c, device, cache) for c in cfgs]
+    spec = loaded[0][0]
+    task, noise_sd = spec.task, float(cfg0["noise_sd"])
+    n_train = len(loaded[0][1]["train"][1])
+    targets = [float(s) for s in cfg0["sparsities"]]
+    per_target = m_cls.trains_per_target(m_params)
+
+    members, member_run = [], []
+    for r, c in enumerate(cfgs):
+        seed = int(c["seed"])
+        for train_target in (targets if per_target else [None]):
+            torch.manual_seed(seed)
+            arch = build_model(c["model"], spec, c.get("model_params"))
+            ctx = TrainContext(task=task, n_train=n_train, epochs=int(c["epochs"]),
+                               steps_per_epoch=-(-n_train // int(c["batch_size"])), lr=float(c["lr"]),
+                               device=device, spec=spec, target=train_target)
+            method = m_cls(m_params, ctx)
+            tag = f"{label} seed={seed}" + (f" target={train_target}" if train_target is not None else "")
+            member = Member(label=tag, seed=seed, target=train_target, method=method)
+            member.model = method.build(arch).to(device)
+            members.append(member)
+            member_run.append(r)
+    seconds = _train(members, [loaded[r][1]["train"][0] for r in member_run], [loaded[r][1]["train"][1] for r in member_run],
+                     epochs=int(cfg0["epochs"]), batch_size=int(cfg0["batch_size"]), lr=float(cfg0["lr"]), task=task,
+                     noise_sd=noise_sd, device=device, data_seeds=[m.seed for m in members], stop=stop, what=label)
+
+    prov = provenance(device)
+    results: list[tuple[list[dict], dict[str, Any]]] = [([], {}) for _ in cfgs]
+    pending = []  # (run, member, target, masks, common) awaiting fine-tuning
+    for m, r, secs in zip(members, member_run, seconds):
+        c, data = cfgs[r], loaded[r][1]
+        records, artefacts = results[r]
+        method, model = m.method, m.model
+        common = {k: c[k] for k in ("experiment", "dataset", "model", "method", "seed")}
+        common.update(task=task, device=str(device), spec=dict(c), provenance=prov, train_seconds=secs,
+                      stack_runs=len(members))
+        if m.diverged:
+            common["diverged"] = m.diverged
         exported = method.export(model).to(device).eval()
         scores = method.scores(model)
-        common = dict(base, train_seconds=train_seconds)
-        natural = method.natural_mask(model) if train_target is None else None
-        if train_target is None and (natural is not None or scores is None):
-            net = apply_masks(copy.deepcopy(exported), natural) if natural is not None else exported
-            rec = dict(common, selection="natural", target_sparsity=None, finetune_epochs=0,
-                       **evaluate(net, data, spec, task, noise_sd), **_bma_metrics(method, model, natural, data, task, noise_sd))
-            records.append(rec)
-        if train_target is None:
+        torch.manual_seed(noise_seed(m.seed) + 1)  # model averages: the run's own draws
+        if m.target is None:
+            natural = method.natural_mask(model)
+            if natural is not None or scores is None:
+                net = apply_masks(copy.deepcopy(exported), natural) if natural is not None else exported
+                records.append(dict(common, selection="natural", target_sparsity=None, finetune_epochs=0,
+                                    **evaluate(net, data, spec, task, noise_sd),
+                                    **_bma_metrics(method, model, natural, data, task, noise_sd)))
             artefacts.update(method.extra_artifacts(model))
             if scores is not None:
                 artefacts["scores"] = {k: (v[0] if isinstance(v, tuple) else v).detach().cpu() for k, v in scores.items()}
@@ -175,12 +444,21 @@ def run(cfg: dict, threads: int = 1) -> tuple[list[dict], dict[str, Any]]:
                 artefacts["natural_mask"] = {k: v.detach().cpu() for k, v in natural.items()}
         if scores is None:
             continue
-        for target in ([train_target] if train_target is not None else targets):
+        for target in ([m.target] if m.target is not None else targets):
             masks = topk_masks(scores, target, method.prune_scope)
-            net = _finetune(exported, masks, data, cfg, task, device, seed)
-            bma = _bma_metrics(method, model, masks, data, task, noise_sd) if not cfg.get("finetune_epochs") else {}
-            records.append(dict(common, selection="target", target_sparsity=target,
-                                finetune_epochs=int(cfg.get("finetune_epochs", 0)),
-                                **evaluate(net, data, spec, task, noise_sd), **bma))
-        log.info("%s/%s seed=%d: %d records in %.1fs", cfg["experiment"], cfg["method"], seed, len(records), train_seconds)
-    return records, artefacts
+            bma = _bma_metrics(method, model, masks, data, task, noise_sd) if not c.get("finetune_epochs") else {}
+            pending.append((r, exported, masks, m.seed, data, common, bma, target))
+    tuned = _finetune_all([(net, masks, seed, data) for _, net, masks, seed, data, *_ in pending], cfg0, task, device, label)
+    for (r, _, _, _, data, common, bma, target), net in zip(pending, tuned):
+        results[r][0].append(dict(common, selection="target", target_sparsity=target,
+                                  finetune_epochs=int(cfg0.get("finetune_epochs", 0)),
+                                  **evaluate(net, data, spec, task, noise_sd), **bma))
+    for (records, _), c in zip(results, cfgs):
+        records.sort(key=lambda rec: (rec["selection"] != "natural", rec["target_sparsity"] or 0.0))
+        log.info("%s seed=%s: %d records", label, c["seed"], len(records))
+    return results
+
+
+def run(cfg: dict, threads: int = 1) -> tuple[list[dict], dict[str, Any]]:
+    """Train and evaluate one run (a job of one seed); see :func:`run_stack`."""
+    return run_stack([cfg], threads)[0]

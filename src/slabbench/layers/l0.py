@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slabbench.layers import stacked
 from slabbench.layers.masked import MaskedConv2d, MaskedLinear, make_plain, prunable_layers
 
 BETA = 2.0 / 3.0  #: temperature of the hard concrete (paper's experiments and official code: 2/3)
@@ -93,6 +94,7 @@ class _L0Mixin:
     gates: str
     group_size: int
     beta: float
+    stack = 0  #: runs held along a leading dimension (Linear only; see slabbench.layers.stacked)
 
     def _init_l0(self, weight: torch.Tensor, bias: torch.Tensor | None, gates: str, gate_shape: tuple[int, ...],
                  group_size: int, droprate: float, beta: float) -> None:
@@ -112,7 +114,7 @@ class _L0Mixin:
 
     def sample_gates(self) -> torch.Tensor:
         """One hard-concrete sample per gate (the gate shape), u ~ U(1e-6, 1 - 1e-6)."""
-        u = torch.rand_like(self.log_alpha) * (1.0 - 2.0 * U_EPS) + U_EPS
+        u = stacked.rand_like(self.log_alpha, self.stack) * (1.0 - 2.0 * U_EPS) + U_EPS
         return hard_concrete(self.log_alpha, u, self.beta)
 
     def gate_values(self) -> torch.Tensor:
@@ -171,11 +173,13 @@ class L0Linear(_L0Mixin, nn.Module):
     def from_plain(cls, layer: nn.Linear, **kw) -> "L0Linear":
         return cls(layer.weight * getattr(layer, "weight_mask", 1.0), layer.bias, **kw)
 
+    stackable = True
+
     def expand(self, g):
-        return g.unsqueeze(0) if self.gates == "input" else g
+        return g.unsqueeze(-2) if self.gates == "input" else g  # (S,) in -> (S,) 1, in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.masked_weight(self.gate_values()), self.bias)
+        return stacked.linear(x, self.masked_weight(self.gate_values()), self.bias, self.stack)
 
     def to_masked(self) -> MaskedLinear:
         """Plain :class:`MaskedLinear`: weight = theta * z_hat (baked in), same bias, mask ones."""

@@ -13,16 +13,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slabbench.layers import stacked
+
 
 class MaskedLinear(nn.Linear):
-    """``nn.Linear`` whose weight is multiplied by the buffer ``weight_mask`` (out, in)."""
+    """``nn.Linear`` whose weight is multiplied by the buffer ``weight_mask`` (out, in).
+
+    Stackable (:mod:`slabbench.layers.stacked`): with ``stack = S`` every tensor has a leading
+    run dimension, input ``(S, B, in)``, output ``(S, B, out)``."""
+
+    stackable = True
+    stack = 0
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, **kw):
         super().__init__(in_features, out_features, bias=bias, **kw)
         self.register_buffer("weight_mask", torch.ones_like(self.weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight * self.weight_mask, self.bias)
+        return stacked.linear(x, self.weight * self.weight_mask, self.bias, self.stack)
 
 
 class MaskedConv2d(nn.Conv2d):

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slabbench.layers import stacked
 from slabbench.layers.masked import MaskedConv2d, MaskedLinear, make_plain, prunable_layers
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695  #: constants of the KL approximation (paper eq. 14)
@@ -112,7 +113,11 @@ class _SVDOMixin:
 
 class LinearSVDO(_SVDOMixin, nn.Module):
     """Sparse-VD Linear layer.  Input ``(n, in)``, output ``(n, out)``; ``theta`` and
-    ``log_sigma2`` ``(out, in)``, ``bias`` ``(out,)``."""
+    ``log_sigma2`` ``(out, in)``, ``bias`` ``(out,)``.  Stackable: with ``stack = S`` every
+    tensor has a leading run dimension (:mod:`slabbench.layers.stacked`)."""
+
+    stackable = True
+    stack = 0
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
                  log_sigma2_init: float = LOG_SIGMA2_INIT, threshold: float = THRESHOLD, train_clip: bool = False):
@@ -128,11 +133,11 @@ class LinearSVDO(_SVDOMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            return F.linear(x, self.theta * self.keep_mask(), self.bias)
+            return stacked.linear(x, self.theta * self.keep_mask(), self.bias, self.stack)
         theta, var_w = self._train_weights()
-        mean = F.linear(x, theta, self.bias)
-        var = F.linear(x * x, var_w)
-        return mean + torch.sqrt(var + EPS) * torch.randn_like(mean)
+        mean = stacked.linear(x, theta, self.bias, self.stack)
+        var = stacked.linear(x * x, var_w, None, self.stack)
+        return mean + torch.sqrt(var + EPS) * stacked.randn_like(mean, self.stack)
 
     def to_masked(self) -> MaskedLinear:
         """A plain :class:`MaskedLinear` with weight = theta, the same bias, mask all ones."""

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slabbench.layers import spike_slab_ops as ops
+from slabbench.layers import stacked
 from slabbench.layers.masked import MaskedConv2d, MaskedLinear, make_plain
 
 GRANULARITIES = ("edge", "node", "input")
@@ -46,7 +47,12 @@ def logit(p: float) -> float:
 
 
 class _SpikeSlab(nn.Module):
-    """Shared machinery of :class:`SpikeSlabLinear` and :class:`SpikeSlabConv2d`."""
+    """Shared machinery of :class:`SpikeSlabLinear` and :class:`SpikeSlabConv2d`.
+
+    With ``stack = S`` (the Linear layer only, see :mod:`slabbench.layers.stacked`) every
+    parameter and buffer has a leading run dimension S; shapes below are then per run."""
+
+    stack = 0
 
     def _setup(self, plain: nn.Module, granularity: str, mode: str, phi_init: float, rho_init: float, tau: float,
                lrt_forward: bool = False) -> None:
@@ -71,9 +77,19 @@ class _SpikeSlab(nn.Module):
             self.theta = nn.Parameter(theta)
         self.register_buffer("weight_mask", torch.ones_like(w))
         self._gate_cache = None  # closed_form: φ and the KL's constant part, see _fixed_gate
-        # view that broadcasts a gate-shaped tensor to the weight's shape
-        nd = w.dim()
-        self._gate_view = {"edge": tuple(w.shape), "node": (-1,) + (1,) * (nd - 1), "input": (1, -1) + (1,) * (nd - 2)}[granularity]
+
+    def restack(self, stack: int) -> None:
+        """Called when the layer's tensors gain (``stack = S``) or lose (0) the run dimension."""
+        self.stack = stack
+        self._gate_cache = None
+
+    @property
+    def _gate_view(self) -> tuple[int, ...]:
+        """View that broadcasts a gate-shaped tensor to the weight's shape."""
+        shape = tuple(self.mu.shape)
+        lead, nd = shape[:1] if self.stack else (), len(shape) - (1 if self.stack else 0)
+        return {"edge": shape, "node": lead + (-1,) + (1,) * (nd - 1),
+                "input": lead + (1, -1) + (1,) * (nd - 2)}[self.granularity]
 
     # -- derived quantities (shapes: gate shape unless noted) --------------------------
     @property
@@ -94,9 +110,10 @@ class _SpikeSlab(nn.Module):
         """Sum a weight-shaped tensor over each gate's group -> gate shape."""
         if self.granularity == "edge":
             return t
+        d = 1 if self.stack else 0  # the run dimension, if any, stays
         if self.granularity == "node":
-            return t.flatten(1).sum(1)
-        return t.transpose(0, 1).flatten(1).sum(1)
+            return t.flatten(d + 1).sum(d + 1)
+        return t.transpose(d, d + 1).flatten(d + 1).sum(d + 1)
 
     def node_pip(self) -> torch.Tensor:
         """P(output unit has at least one included incoming weight), shape (out,).
@@ -172,7 +189,10 @@ class _SpikeSlab(nn.Module):
         raise NotImplementedError
 
     def _out_view(self, g: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Broadcast an (out,)-shaped tensor over a layer output (B, out, ...)."""
+        """Broadcast an (out,)-shaped tensor over a layer output (B, out, ...); stacked:
+        (S, out) over (S, B, out)."""
+        if self.stack:
+            return g.reshape((self.stack, 1, -1) + (1,) * (out.dim() - 3))
         return g.reshape((1, -1) + (1,) * (out.dim() - 2))
 
     def _sampled(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,11 +200,11 @@ class _SpikeSlab(nn.Module):
         binary-concrete sample), w = z (μ + σ ε) masked."""
         b = self.bias
         if self.training and self.mode == "gumbel":  # z carries a gradient to θ: plain autograd
-            u = torch.rand_like(self.theta).clamp(1e-6, 1 - 1e-6)
+            u = stacked.rand_like(self.theta, self.stack).clamp(1e-6, 1 - 1e-6)
             soft = torch.sigmoid((self.theta + torch.log(u) - torch.log1p(-u)) / self.tau)
             hard = (soft > 0.5).to(soft.dtype)
             z = hard + soft - soft.detach()  # straight-through
-            w = self.expand(z) * (self.mu + self.sigma * torch.randn_like(self.mu)) * self.weight_mask
+            w = self.expand(z) * (self.mu + self.sigma * stacked.randn_like(self.mu, self.stack)) * self.weight_mask
         else:
             # closed_form: φ cached per update; the weight and its gradient by the fused function.
             phi = self._fixed_gate()[0] if self.mode == "closed_form" else self.phi.detach()
@@ -193,10 +213,10 @@ class _SpikeSlab(nn.Module):
             # tests/test_spike_slab_ops.py), but its per-element kernel takes about twice as long
             # as rand_like + lt (~2 ms a step for LeNet-300-100 on one CPU thread).  On CUDA both
             # are Bernoulli(φ) draws from torch's generator (bit-equality there not checked).
-            u = torch.rand_like(phi)
+            u = stacked.rand_like(phi, self.stack)
             z = torch.lt(u, phi, out=u)  # in place: 0./1. in φ's dtype
             zm = z.mul_(self.weight_mask) if self.granularity == "edge" else self.expand(z) * self.weight_mask
-            w = ops.SampledWeight.apply(self.mu, self.rho, zm, torch.randn_like(self.mu))
+            w = ops.SampledWeight.apply(self.mu, self.rho, zm, stacked.randn_like(self.mu, self.stack))
         if b is not None and self.granularity == "node":
             b = b * z
         return self._op(x, w, b)
@@ -223,7 +243,7 @@ class _SpikeSlab(nn.Module):
 
     def _lrt(self, x: torch.Tensor) -> torch.Tensor:
         mean, var = self.lrt_moments(x)
-        return ops.lrt_noise(mean, var, torch.randn_like(mean), LRT_EPS)
+        return ops.lrt_noise(mean, var, stacked.randn_like(mean, self.stack), LRT_EPS)
 
     def mean_weight(self, kind: str = "posterior") -> tuple[torch.Tensor, torch.Tensor | None]:
         """Deterministic weight and bias: ``posterior`` E[w] = φμ (bias φ_node b under node
@@ -246,6 +266,8 @@ class _SpikeSlab(nn.Module):
 
 
 class SpikeSlabLinear(_SpikeSlab):
+    stackable = True
+
     def __init__(self, plain: nn.Linear, granularity: str = "edge", mode: str = "closed_form",
                  phi_init: float = 0.99, rho_init: float = -6.0, tau: float = 0.5, lrt_forward: bool = False):
         super().__init__()
@@ -253,7 +275,7 @@ class SpikeSlabLinear(_SpikeSlab):
         self._setup(plain, granularity, mode, phi_init, rho_init, tau, lrt_forward)
 
     def _op(self, x, w, b):
-        return F.linear(x, w, b)
+        return stacked.linear(x, w, b, self.stack)
 
     def to_plain(self, kind: str = "posterior") -> MaskedLinear:
         w, b = self.mean_weight(kind)

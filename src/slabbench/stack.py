@@ -1,0 +1,110 @@
+"""Many runs, one model: stack S built models of one architecture along a leading run dimension.
+
+Small networks are bound by per-step overhead, not arithmetic, so the core trains the runs of
+one experiment x method (seeds, per-target trainings, fine-tunings) as one stacked model: every
+parameter and buffer gains a leading dimension S, layers run one batched matmul for all runs
+(:mod:`slabbench.layers.stacked`), the loss is the sum of the runs' losses (each run's gradient
+is its own: no term couples runs) and Adam, being elementwise, updates each run exactly as it
+would alone.
+
+A model stacks when every module in it is a type that declares ``stackable = True`` in its own
+class body (the built-in Linear layers), or a parameter-free container / activation listed in
+:data:`NEUTRAL`.  Anything else (conv layers today, a plugin's own layer) trains run by run.
+
+Plugins stay unaware of stacking: hooks that read or write parameters after training (export,
+scores, natural masks, the model average, artefacts) are called on each run's own unstacked
+copy (:func:`unstack`).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from torch import nn
+
+#: parameter-free modules that act elementwise or on the trailing dimensions
+NEUTRAL = (nn.Sequential, nn.ReLU, nn.Tanh, nn.Identity, nn.Flatten)
+
+
+def unstackable_modules(model: nn.Module) -> list[str]:
+    """Names of the module types in ``model`` that cannot be stacked (empty: it stacks)."""
+    bad = set()
+    for module in model.modules():
+        kind = type(module)
+        if kind in NEUTRAL or kind.__dict__.get("stackable", False):
+            continue
+        bad.add(kind.__name__)
+    return sorted(bad)
+
+
+def _restack(model: nn.Module, stack: int, flatten_shift: int) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Flatten):
+            module.start_dim += flatten_shift
+        elif hasattr(module, "restack"):
+            module.restack(stack)
+        elif type(module).__dict__.get("stackable", False) or "stack" in vars(module):
+            module.stack = stack
+
+
+def _tensors(model: nn.Module):
+    """(module, kind, name, tensor) of every parameter and buffer held directly by a module."""
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None:
+                yield module, "p", name, p
+        for name, b in module._buffers.items():
+            if b is not None:
+                yield module, "b", name, b
+
+
+def stack_modules(models: Sequence[nn.Module]) -> nn.Module:
+    """One model holding ``models`` (same architecture, e.g. one per seed) along a leading run
+    dimension S = len(models).  Input ``(S, B, ...)``, output ``(S, B, ...)``.  The models are
+    not changed; the stacked model owns copies of their tensors."""
+    if not models:
+        raise ValueError("stack_modules needs at least one model")
+    bad = unstackable_modules(models[0])
+    if bad:
+        raise TypeError(f"cannot stack modules of type {', '.join(bad)}")
+    memo: dict[int, torch.Tensor] = {}
+    per_model = [list(_tensors(m)) for m in models]
+    for entries in zip(*per_model, strict=True):
+        _, kind, name, first = entries[0]
+        if any(e[2] != name or e[3].shape != first.shape for e in entries):
+            raise ValueError(f"models differ at {name!r}: cannot stack")
+        data = torch.stack([e[3].detach() for e in entries])
+        memo[id(first)] = nn.Parameter(data, requires_grad=first.requires_grad) if kind == "p" else data
+    stacked = copy.deepcopy(models[0], memo)
+    _restack(stacked, len(models), +1)
+    return stacked
+
+
+def _copy_run(stacked: nn.Module, s: int, share: bool) -> nn.Module:
+    memo: dict[int, torch.Tensor] = {}
+    for _, kind, _, t in _tensors(stacked):
+        part = t.detach()[s] if share else t.detach()[s].clone()
+        memo[id(t)] = nn.Parameter(part, requires_grad=t.requires_grad) if kind == "p" else part
+    single = copy.deepcopy(stacked, memo)
+    _restack(single, 0, -1)
+    return single
+
+
+def unstack(stacked: nn.Module, s: int) -> nn.Module:
+    """Run ``s`` of a stacked model as an ordinary model with its own copies of the tensors."""
+    return _copy_run(stacked, s, share=False)
+
+
+def run_views(stacked: nn.Module) -> list[nn.Module]:
+    """One ordinary model per run whose tensors share storage with the stacked model's slices:
+    an in-place change through a view (a clamp, a new mask) changes that run in the stack.
+    For hooks that change state in place; not for gradients (views are leaves of their own)."""
+    n = next(t for _, _, _, t in _tensors(stacked)).shape[0]
+    return [_copy_run(stacked, s, share=True) for s in range(n)]
+
+
+def stacked_runs(model: nn.Module) -> int:
+    """S for a stacked model, 0 for an ordinary one."""
+    return max((getattr(m, "stack", 0) for m in model.modules()), default=0)
