@@ -65,6 +65,7 @@ class Params:
 
 class Method(_Base):
     Params = Params
+    stackable = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
 
     def __init__(self, params: Params, ctx):
         super().__init__(params, ctx)

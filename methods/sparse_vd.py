@@ -69,6 +69,7 @@ def warmup_weight(epoch: float, start: float, end: float) -> float:
 
 class Method(_Base):
     Params = Params
+    stackable = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
 
     def __init__(self, params: Params, ctx):
         super().__init__(params, ctx)

@@ -72,6 +72,7 @@ def bai_prior_inclusion(n_coef: int, hidden_layers: int, width: int, n: int, p: 
 
 class Method(_Base):
     Params = Params
+    stackable = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
 
     def __init__(self, params: Params, ctx):
         super().__init__(params, ctx)

@@ -1,6 +1,7 @@
 """The real workflow on the tiny grid of .test/config.yaml: outputs, report, lint,
 fail-fast on a bad config, and resume after a kill."""
 
+import json
 import os
 import shutil
 import signal
@@ -42,6 +43,12 @@ def cfg_runs():
     return [(e, m, s) for e in cfg["experiments"] for m in cfg["methods"] for s in cfg["seeds"]]
 
 
+def cfg_stacks():
+    """One training job per experiment x method: every seed of the tiny grid fits one stack."""
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    return [(e, m) for e in cfg["experiments"] for m in cfg["methods"]]
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("wf")
@@ -76,13 +83,16 @@ def test_outputs(finished):
 
 def test_rerun_does_only_what_is_missing(finished):
     assert planned_jobs(finished) == {}
-    victim = finished / "results" / "runs" / "sim-tiny" / "dense" / "seed=0" / "metrics.jsonl"
-    victim.unlink()
+    stack = finished / "results" / "runs" / "sim-tiny" / "dense" / "stack-0.json"
+    seeds = [finished / "results" / "runs" / "sim-tiny" / "dense" / f"seed={s}" / "metrics.jsonl" for s in (0, 1)]
+    assert json.loads(stack.read_text())["runs"][1]["metrics"].endswith("dense/seed=1/metrics.jsonl")
+    stack.unlink()
+    seeds[0].unlink()
     # (Snakemake does not redo a missing intermediate file while what depends on it is up to date)
     (finished / "results" / "summary" / "runs.csv").unlink()
     assert planned_jobs(finished) == {"train": 1, "aggregate": 1, "tables": 1, "feature_table": 1, "figure": 2, "all": 1}
     snakemake(finished, "--cores", "1")
-    assert victim.exists() and planned_jobs(finished) == {}
+    assert stack.exists() and all(p.exists() for p in seeds) and planned_jobs(finished) == {}
 
 
 def test_configfile_replaces_the_default_grid(tmp_path):
@@ -90,7 +100,8 @@ def test_configfile_replaces_the_default_grid(tmp_path):
     the working directory) is not merged into it."""
     (tmp_path / "config").mkdir()
     shutil.copy(ROOT / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
-    assert planned_jobs(tmp_path)["train"] == len(cfg_runs())
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    assert planned_jobs(tmp_path)["train"] == sum(len(e.get("methods") or cfg["methods"]) for e in cfg["experiments"].values())
 
 
 def test_report(finished):
@@ -122,19 +133,18 @@ def test_killed_run_resumes_with_only_the_missing_jobs(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs = tmp_path / "results" / "runs"
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(runs.rglob("metrics.jsonl"))) < 2:
+    while time.time() < deadline and len(list(runs.rglob("stack-*.json"))) < 2:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
-    done = {p: p.stat().st_mtime_ns for p in runs.rglob("metrics.jsonl")}
-    assert 2 <= len(done) < len(list(cfg_runs())), "the kill should land mid-run"
+    done = {p: p.stat().st_mtime_ns for p in runs.rglob("stack-*.json")}
+    assert 2 <= len(done) < len(cfg_stacks()), "the kill should land mid-run"
     # nothing half-written is left behind: every record file parses
-    for p in done:
+    for p in runs.rglob("metrics.jsonl"):
         assert all(line.startswith("{") for line in p.read_text().splitlines())
-    n_runs = len(list(cfg_runs()))
-    assert planned_jobs(tmp_path)["train"] == n_runs - len(done)
+    assert planned_jobs(tmp_path)["train"] == len(cfg_stacks()) - len(done)
     snakemake(tmp_path, "--cores", "2")
-    assert {p: p.stat().st_mtime_ns for p in done} == done  # finished runs were not redone
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # finished stacks were not redone
     assert len(list(runs.rglob("metrics.jsonl"))) == len(list(cfg_runs()))
 
 

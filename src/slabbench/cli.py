@@ -21,20 +21,66 @@ def setup_logging(path: str | None = None) -> None:
 
 def train_job(spec: dict, metrics_path: str, artefacts_path: str, threads: int = 1) -> None:
     """Train one run and write ``metrics.jsonl`` and ``artefacts.pt`` atomically."""
-    import torch
-
-    from slabbench.io import atomic_path, write_jsonl
     from slabbench.train import run
 
     records, artefacts = run(dict(spec), threads=threads)
+    _write_run(records, artefacts, metrics_path, artefacts_path)
+
+
+def _write_run(records: list[dict], artefacts: dict, metrics_path: str | Path, artefacts_path: str | Path) -> None:
+    import torch
+
+    from slabbench.io import atomic_path, write_jsonl
+
     with atomic_path(artefacts_path) as tmp:
         torch.save(artefacts, tmp)
     write_jsonl(metrics_path, records)
 
 
+def train_stack_job(specs: list[dict], stack_path: str, threads: int = 1) -> None:
+    """Train the runs ``specs`` (one experiment x method, several seeds) together and write,
+    per seed, ``seed={seed}/metrics.jsonl`` and ``artefacts.pt`` beside ``stack_path``; then the
+    stack file itself (JSON: the seeds and their files), atomically and last."""
+    import json
+
+    from slabbench.io import write_text
+    from slabbench.train import run_stack
+
+    folder = Path(stack_path).parent
+    results = run_stack([dict(s) for s in specs], threads=threads)
+    runs = []
+    for spec, (records, artefacts) in zip(specs, results):
+        run = folder / f"seed={spec['seed']}"
+        _write_run(records, artefacts, run / "metrics.jsonl", run / "artefacts.pt")
+        runs.append({"seed": int(spec["seed"]), "metrics": str(run / "metrics.jsonl"), "artefacts": str(run / "artefacts.pt")})
+    write_text(stack_path, json.dumps({"experiment": specs[0]["experiment"], "method": specs[0]["method"], "runs": runs},
+                                      indent=1) + "\n")
+
+
+def stack_outputs(paths: list[str], kind: str) -> list[str]:
+    """The per-seed files (``kind``: ``metrics`` or ``artefacts``) that the stack files
+    ``paths`` list; other paths (a ``metrics.jsonl`` itself) pass through.  A listed file that
+    is missing is an error naming it (delete the stack file to retrain its runs)."""
+    import json
+
+    out = []
+    for p in paths:
+        if not str(p).endswith(".json"):
+            out.append(str(p))
+            continue
+        with open(p) as fh:
+            listed = [run[kind] for run in json.load(fh)["runs"]]
+        missing = [f for f in listed if not Path(f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{p} lists {', '.join(missing)}, which is missing; delete {p} and rerun to retrain its runs")
+        out.extend(listed)
+    return out
+
+
 def aggregate_job(metrics_paths: list[str], runs_csv: str, summary_csv: str) -> None:
     from slabbench.aggregate import runs_table, summary_table, write_csv
 
+    metrics_paths = stack_outputs(metrics_paths, "metrics")
     runs = runs_table(metrics_paths)
     write_csv(runs, runs_csv)
     write_csv(summary_table(runs), summary_csv)
@@ -71,7 +117,7 @@ def pips_job(artefact_paths: list[str], spec: dict, png: str, pdf: str) -> None:
 
     ds_cls = dataset_class(spec["dataset"])
     dspec = ds_cls(make_params(ds_cls.Params, spec.get("dataset_params"), spec["dataset"]), 0).spec()
-    arts = [torch.load(p, weights_only=True) for p in artefact_paths]
+    arts = [torch.load(p, weights_only=True) for p in stack_outputs(artefact_paths, "artefacts")]
     title = f"{spec['experiment']}: spike-and-slab PIPs ({len(arts)} seeds)"
     save(plot_pips(arts, dspec.feature_shape, dspec.true_support, title), png, pdf)
 

@@ -21,6 +21,8 @@ from slabbench.registry import available, dataset_class, method_class
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 RUN_DIR = "results/runs/{experiment}/{method}/seed={seed}"
+#: the marker a training job writes last: which seeds it trained and where their records are
+STACK_FILE = "results/runs/{experiment}/{method}/stack-{stack}.json"
 
 
 class ConfigError(ValueError):
@@ -190,12 +192,39 @@ def run_specs(config: dict) -> list[dict]:
     for name, exp in config["experiments"].items():
         for method in experiment_methods(config, name):
             for seed in experiment_seeds(config, name):
-                spec = {k: copy.deepcopy(v) for k, v in exp.items() if k not in ("method_params", "methods", "seeds", "sparsities", "device")}
+                spec = {k: copy.deepcopy(v) for k, v in exp.items()
+                        if k not in ("method_params", "methods", "seeds", "sparsities", "device", "stack_size")}
                 spec.update(experiment=name, method=method, seed=int(seed), device=exp.get("device") or config["device"],
                             sparsities=experiment_sparsities(config, name),
                             method_params=method_options(config, name, method))
+                if config.get("on_divergence", "stop") != "stop":  # the default stays out of the spec
+                    spec["on_divergence"] = config["on_divergence"]
                 specs.append(spec)
     return specs
+
+
+DEFAULT_STACK_SIZE = 32
+
+
+def experiment_stack_size(config: dict, experiment: str) -> int:
+    """The most runs one training job of ``experiment`` stacks (its own ``stack_size``, else
+    the global one, else :data:`DEFAULT_STACK_SIZE`)."""
+    exp = config["experiments"][experiment]
+    return int(exp.get("stack_size") or config.get("stack_size") or DEFAULT_STACK_SIZE)
+
+
+def stack_jobs(config: dict) -> dict[tuple[str, str, int], list[dict]]:
+    """The training jobs of a validated config: (experiment, method, stack index) -> the run
+    specs that job trains, consecutive seeds in chunks of the experiment's ``stack_size``."""
+    by_key: dict[tuple[str, str], list[dict]] = {}
+    for spec in run_specs(config):
+        by_key.setdefault((spec["experiment"], spec["method"]), []).append(spec)
+    jobs = {}
+    for (experiment, method), specs in by_key.items():
+        k = experiment_stack_size(config, experiment)
+        for i in range(0, len(specs), k):
+            jobs[(experiment, method, i // k)] = specs[i:i + k]
+    return jobs
 
 
 def run_dir(spec: dict) -> str:

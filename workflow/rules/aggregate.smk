@@ -3,7 +3,7 @@
 
 rule aggregate:
     input:
-        expand("{run}/metrics.jsonl", run=RUN_DIRS),
+        STACK_FILES,
     output:
         runs="results/summary/runs.csv",
         summary="results/summary/summary.csv",
@@ -72,14 +72,13 @@ rule feature_table:
 
 rule pips:
     input:
-        lambda wc: expand("results/runs/{experiment}/spike_slab/seed={seed}/artefacts.pt", experiment=wc.experiment,
-                          seed=experiment_seeds(CONFIG, wc.experiment)),
+        lambda wc: stacks_of(wc.experiment, "spike_slab"),
     output:
         png=report("results/figures/pips/{experiment}.png", category="Inclusion probabilities",
                    caption="../report/pips.rst", subcategory="{experiment}"),
         pdf="results/figures/pips/{experiment}.pdf",
     params:
-        spec=lambda wc: SPECS[(wc.experiment, "spike_slab", str(experiment_seeds(CONFIG, wc.experiment)[0]))],
+        spec=lambda wc: JOBS[(wc.experiment, "spike_slab", "0")][0],
     resources:
         mem_mb=2000,
         runtime=15,

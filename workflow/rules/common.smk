@@ -5,16 +5,18 @@ import os
 
 os.environ.setdefault("SLABBENCH_ROOT", workflow.basedir)
 
-from slabbench.config import ConfigError, experiment_methods, experiment_seeds, run_dir, run_specs, validate
+from slabbench.config import STACK_FILE, ConfigError, experiment_methods, experiment_seeds, run_dir, stack_jobs, validate
 
 try:
     CONFIG = validate(config)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
-SPECS = {(s["experiment"], s["method"], str(s["seed"])): s for s in run_specs(CONFIG)}
+# training jobs: (experiment, method, stack index) -> the run specs that job trains
+JOBS = {(e, m, str(i)): specs for (e, m, i), specs in stack_jobs(CONFIG).items()}
 EXPERIMENTS = list(CONFIG["experiments"])
-RUN_DIRS = [run_dir(s) for s in SPECS.values()]
+STACK_FILES = [STACK_FILE.format(experiment=e, method=m, stack=i) for e, m, i in JOBS]
+RUN_DIRS = [run_dir(s) for specs in JOBS.values() for s in specs]
 # experiments that get a figure of spike-and-slab inclusion probabilities
 PIP_EXPERIMENTS = [e for e in EXPERIMENTS if "spike_slab" in experiment_methods(CONFIG, e)]
 
@@ -22,11 +24,20 @@ PIP_EXPERIMENTS = [e for e in EXPERIMENTS if "spike_slab" in experiment_methods(
 wildcard_constraints:
     experiment="[A-Za-z0-9][A-Za-z0-9_-]*",
     method="[a-z][a-z0-9_]*",
-    seed="[0-9]+",
+    stack="[0-9]+",
+
+
+def stack_specs(wildcards):
+    return JOBS[(wildcards.experiment, wildcards.method, wildcards.stack)]
 
 
 def spec_of(wildcards):
-    return SPECS[(wildcards.experiment, wildcards.method, wildcards.seed)]
+    return stack_specs(wildcards)[0]
+
+
+def stacks_of(experiment, method):
+    """The stack files of one experiment x method."""
+    return [STACK_FILE.format(experiment=e, method=m, stack=i) for e, m, i in JOBS if (e, m) == (experiment, method)]
 
 
 def plugin_files(wildcards):

@@ -1,21 +1,23 @@
-# One job per (experiment, method, seed): train, prune to every target, evaluate.
+# One job per (experiment, method, stack): the stack's seeds train as one stacked model, then
+# each is pruned to every target and evaluated.  The job writes one folder per seed,
+# results/runs/{experiment}/{method}/seed={seed}/ (metrics.jsonl, artefacts.pt), and last the
+# stack file naming them: downstream rules depend on the stack files.
 
 
 rule train:
     input:
         plugin_files,
     output:
-        metrics="results/runs/{experiment}/{method}/seed={seed}/metrics.jsonl",
-        artefacts="results/runs/{experiment}/{method}/seed={seed}/artefacts.pt",
+        stack="results/runs/{experiment}/{method}/stack-{stack}.json",
     params:
-        spec=spec_of,
+        specs=stack_specs,
     threads: 1
     resources:
         gpu=gpu_count,
         mem_mb=train_mem_mb,
         runtime=120,
     log:
-        "results/logs/train/{experiment}/{method}/seed={seed}.log",
+        "results/logs/train/{experiment}/{method}/stack-{stack}.log",
     conda:
         "../../environment.yml"
     script:

@@ -1,7 +1,6 @@
-"""Snakemake adapter: train one run (experiment, method, seed) and write its records."""
+"""Snakemake adapter: train the runs of one stack (experiment, method, seeds) and write their records."""
 
-from slabbench.cli import setup_logging, train_job
+from slabbench.cli import setup_logging, train_stack_job
 
 setup_logging(snakemake.log[0])  # noqa: F821
-train_job(snakemake.params.spec, snakemake.output.metrics, snakemake.output.artefacts,  # noqa: F821
-          threads=snakemake.threads)  # noqa: F821
+train_stack_job(snakemake.params.specs, snakemake.output.stack, threads=snakemake.threads)  # noqa: F821
