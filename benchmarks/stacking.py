@@ -1,0 +1,99 @@
+"""Wall time per run of S stacked runs against one run alone, every method, measured in one run.
+
+    .venv/bin/python benchmarks/stacking.py [--device cpu|cuda|auto] [--stacks 1 3 10 30]
+        [--sim-epochs 20] [--lenet-n 1000] [--lenet-epochs 1] [--methods dense spike_slab ...]
+
+Two workloads, each timed through the core's own training path (``slabbench.train._train``:
+the stacked loop when the runs stack, the same code the pipeline runs):
+
+(a) Bai et al.'s simulation at the paper's size: p = 200 inputs, n = 3,000, 200-7-7-7-1,
+    batch 500 (6 steps per epoch), ``--sim-epochs`` epochs;
+(b) LeNet-300-100 (784-300-100-10) on MNIST-shaped random data held on the device, batch 100,
+    ``--lenet-n`` training points for ``--lenet-epochs`` epochs.
+
+For every method and S it prints the wall time per run and per epoch (ms) and the ratio to
+S = 1 measured in the same run: the cost of one run inside a stack of S relative to alone.
+Ratios, not absolute times, are the result (the machine may be shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from slabbench.api import DatasetSpec, TrainContext, make_params
+from slabbench.models import build_model
+from slabbench.registry import method_class
+from slabbench.train import Member, _train, resolve_device, set_threads
+
+METHODS = [("dense", {}), ("magnitude", {}), ("spike_slab", {}), ("spike_slab", {"phi_update": "lrt"}),
+           ("spike_slab", {"phi_update": "gumbel"}), ("sparse_vd", {}), ("l0", {})]
+
+
+def workload(name: str, args) -> dict:
+    if name == "simulation":
+        spec = DatasetSpec("sim", "regression", (200,), 1, {"train": 3000})
+        x, y = torch.rand(3000, 200) * 2 - 1, torch.randn(3000)
+        return dict(spec=spec, x=x, y=y, hidden=[7, 7, 7], init="uniform:0.6", batch=500, epochs=args.sim_epochs,
+                    lr=5e-3)
+    n = args.lenet_n
+    spec = DatasetSpec("mnist", "classification", (1, 28, 28), 10, {"train": n})
+    return dict(spec=spec, x=torch.rand(n, 1, 28, 28), y=torch.randint(0, 10, (n,)), hidden=[300, 100], init="default",
+                batch=100, epochs=args.lenet_epochs, lr=1e-3)
+
+
+def time_stack(method: str, options: dict, w: dict, s_runs: int, device: torch.device) -> float:
+    """Seconds of wall time to train ``s_runs`` runs of ``method`` together."""
+    cls = method_class(method)
+    params = make_params(cls.Params, options, method)
+    x, y = w["x"].to(device), w["y"].to(device)
+    n = len(y)
+    members = []
+    for seed in range(s_runs):
+        torch.manual_seed(seed)
+        ctx = TrainContext(w["spec"].task, n, w["epochs"], -(-n // w["batch"]), w["lr"], device, w["spec"], target=0.9)
+        m = cls(params, ctx)
+        members.append(Member(label=f"bench seed={seed}", seed=seed, target=0.9 if cls.trains_per_target(params) else None,
+                              method=m, model=m.build(build_model("mlp", w["spec"], {"hidden": w["hidden"], "init": w["init"]})).to(device)))
+    t0 = time.perf_counter()
+    _train(members, [x] * s_runs, [y] * s_runs, epochs=w["epochs"], batch_size=w["batch"], lr=w["lr"], task=w["spec"].task,
+           noise_sd=1.0, device=device, data_seeds=list(range(s_runs)), stop=False, what="bench")
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--stacks", type=int, nargs="+", default=[1, 3, 10, 30])
+    ap.add_argument("--sim-epochs", type=int, default=20)
+    ap.add_argument("--lenet-n", type=int, default=1000)
+    ap.add_argument("--lenet-epochs", type=int, default=1)
+    ap.add_argument("--workloads", nargs="+", default=["simulation", "lenet300"], choices=["simulation", "lenet300"])
+    ap.add_argument("--methods", nargs="+", default=None, help="method names (default: all built-in variants)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
+    variants = [v for v in METHODS if args.methods is None or v[0] in args.methods]
+    for wname in args.workloads:
+        w = workload(wname, args)
+        print(f"\n{wname} on {name}: {w['epochs']} epoch(s) of {len(w['y'])} points, batch {w['batch']}; "
+              "ms per run per epoch (x S = 1 in this run)")
+        header = "| method | " + " | ".join(f"S = {s}" for s in args.stacks) + " |"
+        print(header + "\n|" + "---|" * (len(args.stacks) + 1))
+        for method, options in variants:
+            time_stack(method, options, w, 1, device)  # warm-up: allocations, kernels
+            per_run = {}
+            for s in args.stacks:
+                per_run[s] = time_stack(method, options, w, s, device) / s / w["epochs"] * 1e3
+            base = per_run[args.stacks[0]]
+            label = method + "".join(f" {k}={v}" for k, v in options.items())
+            cells = [f"{per_run[s]:.1f} ({per_run[s] / base:.2f}x)" for s in args.stacks]
+            print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
