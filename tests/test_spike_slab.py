@@ -182,3 +182,25 @@ def test_natural_mask_scores_and_export():
     plain = method.export(model)
     assert isinstance(plain[0], MaskedLinear)
     assert torch.allclose(plain[0].weight, torch.sigmoid(model[0].theta) * model[0].mu)  # posterior mean φμ
+
+
+def test_sampled_predict_averages_unmasked_sampled_networks():
+    """Bai et al.'s test predictor: the mean of networks drawn from q over every weight, whatever
+    its PIP or mask.  x = (1, 1), μ = (2, 4), φ = (0.75, 0.25), σ ≈ 0: E = 0.75·2 + 0.25·4 = 2.5;
+    the natural-masked average keeps only the first weight: 0.75·2 = 1.5."""
+    cls = method_class("spike_slab")
+    params = make_params(cls.Params, {"prior_inclusion": 0.5, "bma_samples": 4000}, "spike_slab")
+    method = cls(params, TrainContext("regression", 10, 1, 1, 0.1, torch.device("cpu"), None))
+    model = method.build(nn.Sequential(MaskedLinear(2, 1, bias=False)))
+    with torch.no_grad():
+        model[0].mu.copy_(torch.tensor([[2.0, 4.0]]))
+        model[0].rho.fill_(-30.0)
+        model[0].theta.copy_(torch.tensor([[logit(0.75), logit(0.25)]]))
+        model[0].weight_mask.copy_(torch.tensor([[1.0, 0.0]]))  # a mask left on the layer is ignored ...
+    x = torch.ones(1, 2)
+    torch.manual_seed(0)
+    sd = math.sqrt((0.75 * 0.25 * 4 + 0.25 * 0.75 * 16) / 4000)  # sd of the 4000-sample mean: 0.031
+    assert float(method.sampled_predict(model, x)) == pytest.approx(2.5, abs=4 * sd)
+    assert model[0].weight_mask.tolist() == [[1.0, 0.0]]  # ... and left as it was
+    natural = method.bma_predict(model, method.natural_mask(model), x)
+    assert float(natural) == pytest.approx(1.5, abs=4 * sd)
