@@ -19,7 +19,9 @@ Options (``Params``):
   −log λ = log T + δ[(L+1) log N + log(√n · p)] with δ = ``bai_delta``, T = weights + biases,
   L hidden layers of width N (the widest, for unequal widths — ours), n training points,
   p inputs), ``phi_init`` (0.99), ``rho_init`` (−6).
-* ``kl_warmup_epochs``: β(t) rises linearly 0 → 1 over this many epochs (0 = off).
+* ``kl_warmup_epochs``: β(t) rises linearly 0 → 1 over this many epochs (0 = off).  The
+  closed-form update needs no β: it is the stationary point of NLL + β KL in φ for every β,
+  given the slab trained on that same objective (see ``closed_form_update``).
 * ``bma_samples``: MC samples for the Bayesian model average (None: 30 regression, 10 images).
 * ``export_mean``: the deterministic network whose metrics are reported: ``posterior``
   (E[w] = φμ, the posterior mean) or ``slab`` (E[w | γ = 1] = μ, ours).  Bai et al. report
