@@ -33,6 +33,10 @@ window (or the fraction unit) for short runs.
 ``train_clip`` defaults to true: the official LeNet-300-100 and LeNet-5 scripts
 (``run_experiment(..., train_clip=True)``) zero the weights with log alpha > 3 in the
 training forward as well.  Their PyTorch demo (``LinearSVDO``) does not; set it false for that.
+Where the official layers zero them differs by layer type (``nets/layers.py``): the dense
+layer in the mean only (the weight's noise x^2 alpha theta^2 stays in the variance), the
+convolution in the mean and the variance.  ``train_clip_variance: null`` (the default) does
+the same per layer type; ``true`` / ``false`` zero them in the variance of every / no layer.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ WARMUP_UNITS = ("epochs", "fraction")
 class Params:
     threshold: float = THRESHOLD  #: natural rule: drop log alpha > threshold (paper: 3)
     train_clip: bool = True  #: zero log alpha > threshold weights in the training forward too (official scripts)
+    train_clip_variance: bool | None = None  #: ... in the variance too; None = official: Linear no, Conv2d yes
     log_sigma2_init: float = LOG_SIGMA2_INIT  #: initial log sigma^2 (official code: -10)
     kl_warmup_start: float = 5.0  #: beta = 0 before this epoch (or fraction of the run)
     kl_warmup_end: float = 20.0  #: beta = 1 from this epoch (or fraction of the run) on
@@ -84,7 +89,7 @@ class Method(_Base):
             start, end = start * ctx.epochs, end * ctx.epochs
         self._window = (start, end)
         self._layer_kw = dict(log_sigma2_init=float(params.log_sigma2_init), threshold=float(params.threshold),
-                              train_clip=bool(params.train_clip))
+                              train_clip=bool(params.train_clip), clip_variance=params.train_clip_variance)
 
     def build(self, model):
         return replace_layers(model, lambda name, layer: to_svdo(layer, **self._layer_kw))

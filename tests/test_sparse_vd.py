@@ -107,17 +107,42 @@ def test_conv_training_variance_is_a_convolution_of_x_squared():
     assert torch.allclose(out.mean(0), expected_mean, atol=0.01)
 
 
-def test_train_clip_zeroes_high_alpha_weights_in_training():
-    theta = torch.tensor([[1.0, 1.0]])
-    for clip in (True, False):
-        layer = LinearSVDO(theta, None, log_sigma2_init=-30.0, train_clip=clip).train()
-        with torch.no_grad():
-            layer.log_sigma2[0, 1] = 5.0  # log alpha = 5 > 3 (variance e^5: visible if not clipped)
-            out = layer(torch.tensor([[0.0, 1.0]]).expand(20_000, 2))
-        if clip:
-            assert out.abs().max().item() < 1e-3  # the weight neither adds mean nor noise
-        else:
-            assert out.var().item() > 10.0  # e^5 * theta^2 = 148
+def _clip_case(layer_type, **kw):
+    """One kept weight (log alpha = -30) and one with log alpha = 5 > 3 (variance e^5 = 148.4),
+    input 1 on the second only: the output's mean and variance show what the clipped weight adds."""
+    if layer_type == "linear":
+        layer = LinearSVDO(torch.tensor([[1.0, 1.0]]), None, log_sigma2_init=-30.0, **kw)
+        x = torch.tensor([[0.0, 1.0]]).expand(40_000, 2)
+    else:  # a 1x1 convolution over two channels
+        layer = Conv2dSVDO(torch.ones(1, 2, 1, 1), None, log_sigma2_init=-30.0, **kw)
+        x = torch.tensor([0.0, 1.0]).reshape(1, 2, 1, 1).expand(40_000, 2, 1, 1)
+    with torch.no_grad():
+        layer.log_sigma2.view(-1)[1] = 5.0
+        torch.manual_seed(3)
+        out = layer.train()(x).flatten()
+    return float(out.mean()), float(out.var())
+
+
+@pytest.mark.parametrize("layer_type, clip_variance, mean, var", [
+    ("linear", None, 0.0, math.exp(5)),  # official dense layer: the clipped weight leaves the mean only
+    ("conv", None, 0.0, 0.0),            # official conv layer: it leaves mean and variance
+    ("linear", True, 0.0, 0.0),
+    ("conv", False, 0.0, math.exp(5)),
+])
+def test_train_clip_per_layer_type_as_the_official_code(layer_type, clip_variance, mean, var):
+    m, v = _clip_case(layer_type, train_clip=True, clip_variance=clip_variance)
+    assert abs(m - mean) < 4 * math.sqrt(var / 40_000) + 1e-3
+    assert v == pytest.approx(var, rel=0.03, abs=1e-3)
+    m, v = _clip_case(layer_type, train_clip=False, clip_variance=clip_variance)  # no clip: mean 1, variance e^5
+    assert abs(m - 1.0) < 4 * math.sqrt(math.exp(5) / 40_000) and v == pytest.approx(math.exp(5), rel=0.03)
+
+
+def test_train_clip_variance_option_reaches_the_layers():
+    net = torch.nn.Sequential(MaskedConv2d(1, 2, 3), torch.nn.Flatten(), MaskedLinear(2, 2))
+    official = [l.clip_variance for _, l in svdo_layers(make_method().build(net))]
+    assert official == [True, False]  # Conv2d, Linear
+    assert [l.clip_variance for _, l in svdo_layers(make_method({"train_clip_variance": True}).build(net))] == [True, True]
+    assert [l.clip_variance for _, l in svdo_layers(make_method({"train_clip_variance": False}).build(net))] == [False, False]
 
 
 def test_eval_forward_is_deterministic_masked_mean_and_export_matches():

@@ -182,3 +182,63 @@ def test_natural_mask_scores_and_export():
     plain = method.export(model)
     assert isinstance(plain[0], MaskedLinear)
     assert torch.allclose(plain[0].weight, torch.sigmoid(model[0].theta) * model[0].mu)  # posterior mean φμ
+
+
+def test_sampled_predict_averages_unmasked_sampled_networks():
+    """Bai et al.'s test predictor: the mean of networks drawn from q over every weight, whatever
+    its PIP or mask.  x = (1, 1), μ = (2, 4), φ = (0.75, 0.25), σ ≈ 0: E = 0.75·2 + 0.25·4 = 2.5;
+    the natural-masked average keeps only the first weight: 0.75·2 = 1.5."""
+    cls = method_class("spike_slab")
+    params = make_params(cls.Params, {"prior_inclusion": 0.5, "bma_samples": 4000}, "spike_slab")
+    method = cls(params, TrainContext("regression", 10, 1, 1, 0.1, torch.device("cpu"), None))
+    model = method.build(nn.Sequential(MaskedLinear(2, 1, bias=False)))
+    with torch.no_grad():
+        model[0].mu.copy_(torch.tensor([[2.0, 4.0]]))
+        model[0].rho.fill_(-30.0)
+        model[0].theta.copy_(torch.tensor([[logit(0.75), logit(0.25)]]))
+        model[0].weight_mask.copy_(torch.tensor([[1.0, 0.0]]))  # a mask left on the layer is ignored ...
+    x = torch.ones(1, 2)
+    torch.manual_seed(0)
+    sd = math.sqrt((0.75 * 0.25 * 4 + 0.25 * 0.75 * 16) / 4000)  # sd of the 4000-sample mean: 0.031
+    assert float(method.sampled_predict(model, x)) == pytest.approx(2.5, abs=4 * sd)
+    assert model[0].weight_mask.tolist() == [[1.0, 0.0]]  # ... and left as it was
+    natural = method.bma_predict(model, method.natural_mask(model), x)
+    assert float(natural) == pytest.approx(1.5, abs=4 * sd)
+
+
+def _beta_objective(phi, mu, sigma, g, h, beta, lam, sigma0):
+    """Per-coefficient objective actually trained, NLL + β KL (times N), under the quadratic
+    model log p(y | w) = c + g w − ½ h w² in this coefficient: E_q[log p] − c = φ (gμ − ½h(μ² + σ²))."""
+    gate_kl = phi * np.log(phi / lam) + (1 - phi) * np.log((1 - phi) / (1 - lam))
+    slab_kl = np.log(sigma0 / sigma) + (sigma ** 2 + mu ** 2) / (2 * sigma0 ** 2) - 0.5
+    return -phi * (g * mu - 0.5 * h * (mu ** 2 + sigma ** 2)) + beta * (gate_kl + phi * slab_kl)
+
+
+@pytest.mark.parametrize("beta", [0.05, 0.25, 1.0])
+def test_closed_form_update_is_the_argmin_of_the_beta_weighted_objective(beta):
+    """Under KL warm-up (β < 1) the slab is trained on NLL + β KL too, so it sits at
+    σ² = β / (h + β/σ0²), μ = g / (h + β/σ0²); the φ that minimises the same objective is then
+    logit λ + log(σ/σ0) + μ²/(2σ²), the update as it is: β cancels (README, "KL warm-up").
+    Slab optimum by numerical minimisation, φ by brute force over a grid of logits."""
+    from scipy.optimize import minimize
+
+    g, h, lam, sigma0 = 2.0, 3.75, 0.1, 1.0
+    slab = minimize(lambda v: _beta_objective(1.0 - 1e-12, v[0], math.exp(v[1]), g, h, beta, lam, sigma0),
+                    x0=[0.0, 0.0], method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 20_000})
+    mu, sigma = slab.x[0], math.exp(slab.x[1])
+    grid = np.arange(-12.0, 30.0, 1e-4)
+    brute = grid[np.argmin(_beta_objective(1 / (1 + np.exp(-grid)), mu, sigma, g, h, beta, lam, sigma0))]
+
+    layer = SpikeSlabLinear(MaskedLinear(1, 1, bias=False), granularity="edge")
+    with torch.no_grad():
+        layer.mu.fill_(mu)
+        layer.rho.fill_(math.log(math.expm1(sigma)))  # σ = softplus(ρ)
+    layer.closed_form_update(logit(lam), sigma0)
+    assert float(layer.theta) == pytest.approx(brute, abs=2e-3)
+    if beta == 0.25:  # by hand: h + β/σ0² = 4, σ = 1/4, μ = 1/2: logit λ + log(1/4) + 2
+        assert (mu, sigma) == (pytest.approx(0.5, abs=1e-5), pytest.approx(0.25, abs=1e-5))
+        assert brute == pytest.approx(logit(0.1) - math.log(4) + 2, abs=2e-4)
+    # dividing the β = 1 signal term by β (the likelihood weighted 1, the KL β) misses it
+    naive = logit(lam) + (mu ** 2 / (2 * sigma ** 2) - 0.5 + (mu ** 2 + sigma ** 2) / (2 * sigma0 ** 2)) / beta \
+        - (math.log(sigma0 / sigma) + (sigma ** 2 + mu ** 2) / (2 * sigma0 ** 2) - 0.5)
+    assert beta == 1.0 or abs(naive - brute) > 0.5

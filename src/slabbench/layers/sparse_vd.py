@@ -22,8 +22,13 @@ sigma^2 * theta^2 / (theta^2 + 1e-8), i.e. sigma^2 up to the 1e-8 guard; outside
 variance follows the clipped alpha, which is what "log alpha is clipped in training" means
 in the official (Lasagne) layers.  For Conv2d, ``x theta`` and ``x^2 sigma_c^2`` are
 convolutions.  With ``train_clip`` the weights with log alpha > ``threshold`` are zeroed in
-the training forward (in the mean and in the variance).  Eval forward (``not
-self.training``): the deterministic means, theta masked by log alpha <= ``threshold``.
+the training forward: in the mean always, in the variance only when ``clip_variance``.
+Its default (``None``) follows the official code per layer type: the dense layer
+(``DenseVarDropOutARD``, the LeNet-300-100 script) zeroes them in the mean only, so a clipped
+weight still adds noise x^2 sigma_c^2; the convolution (``Conv2DVarDropOutARD``) zeroes them in
+both (``nets/layers.py`` of ars-ashuha/variational-dropout-sparsifies-dnn).  Eval forward
+(``not self.training``, with or without ``train_clip``): the deterministic means, theta masked
+by log alpha <= ``threshold``.
 
 KL(q || p) to the log-uniform prior p(|w|) ∝ 1/|w|, per weight, in nats (paper eq. 14):
 
@@ -72,9 +77,11 @@ class _SVDOMixin:
     bias: nn.Parameter | None
     threshold: float
     train_clip: bool
+    clip_variance: bool
+    CLIP_VARIANCE: bool  #: the official code's choice for this layer type (``clip_variance=None``)
 
     def _init_svdo(self, weight: torch.Tensor, bias: torch.Tensor | None, log_sigma2_init: float,
-                   threshold: float, train_clip: bool) -> None:
+                   threshold: float, train_clip: bool, clip_variance: bool | None = None) -> None:
         self.theta = nn.Parameter(weight.detach().clone())
         self.log_sigma2 = nn.Parameter(torch.full_like(self.theta, float(log_sigma2_init)))
         if bias is not None:
@@ -83,6 +90,7 @@ class _SVDOMixin:
             self.register_parameter("bias", None)
         self.threshold = float(threshold)
         self.train_clip = bool(train_clip)
+        self.clip_variance = self.CLIP_VARIANCE if clip_variance is None else bool(clip_variance)
 
     def log_alpha(self) -> torch.Tensor:
         """Unclipped log alpha, the weight's shape."""
@@ -103,27 +111,34 @@ class _SVDOMixin:
         return -neg_kl(self.clipped_log_alpha()).sum()
 
     def _train_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean weight, variance weight sigma_c^2) of the training forward, each the weight's shape."""
+        """(mean weight, variance weight sigma_c^2) of the training forward, each the weight's
+        shape; with ``train_clip`` theta is masked in the mean, and in the variance too when
+        ``clip_variance`` (see the module docstring)."""
         la = self.clipped_log_alpha()
-        theta = self.theta
-        if self.train_clip:  # a configuration flag, not a tensor value
+        theta = var_theta = self.theta
+        if self.train_clip:  # configuration flags, not tensor values
             theta = theta * self.keep_mask()
-        return theta, torch.exp(la) * theta * theta
+            if self.clip_variance:
+                var_theta = theta
+        return theta, torch.exp(la) * var_theta * var_theta
 
 
 class LinearSVDO(_SVDOMixin, nn.Module):
     """Sparse-VD Linear layer.  Input ``(n, in)``, output ``(n, out)``; ``theta`` and
-    ``log_sigma2`` ``(out, in)``, ``bias`` ``(out,)``.  Stackable: with ``stack = S`` every
-    tensor has a leading run dimension (:mod:`slabbench.layers.stacked`)."""
+    ``log_sigma2`` ``(out, in)``, ``bias`` ``(out,)``.  With ``train_clip`` the clipped weights
+    leave the mean only (``clip_variance=None``: the official dense layer).  Stackable: with
+    ``stack = S`` every tensor has a leading run dimension (:mod:`slabbench.layers.stacked`)."""
 
+    CLIP_VARIANCE = False
     stackable = True
     stack = 0
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                 log_sigma2_init: float = LOG_SIGMA2_INIT, threshold: float = THRESHOLD, train_clip: bool = False):
+                 log_sigma2_init: float = LOG_SIGMA2_INIT, threshold: float = THRESHOLD, train_clip: bool = False,
+                 clip_variance: bool | None = None):
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self._init_svdo(weight, bias, log_sigma2_init, threshold, train_clip)
+        self._init_svdo(weight, bias, log_sigma2_init, threshold, train_clip, clip_variance)
 
     @classmethod
     def from_plain(cls, layer: nn.Linear, **kw) -> "LinearSVDO":
@@ -144,23 +159,28 @@ class LinearSVDO(_SVDOMixin, nn.Module):
         return make_plain(MaskedLinear, self.in_features, self.out_features, weight=self.theta, bias=self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, threshold={self.threshold}, train_clip={self.train_clip}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, threshold={self.threshold}, "
+                f"train_clip={self.train_clip}, clip_variance={self.clip_variance}")
 
 
 class Conv2dSVDO(_SVDOMixin, nn.Module):
     """Sparse-VD Conv2d layer.  Input ``(n, c_in, h, w)``, output ``(n, c_out, h', w')``;
     ``theta`` and ``log_sigma2`` ``(c_out, c_in / groups, kh, kw)``, ``bias`` ``(c_out,)``.
-    The variance is ``conv2d(x^2, sigma_c^2)`` with the same stride / padding / dilation."""
+    The variance is ``conv2d(x^2, sigma_c^2)`` with the same stride / padding / dilation.
+    With ``train_clip`` the clipped weights leave the mean and the variance
+    (``clip_variance=None``: the official convolution layer)."""
+
+    CLIP_VARIANCE = True
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, stride=1, padding=0, dilation=1,
                  groups: int = 1, log_sigma2_init: float = LOG_SIGMA2_INIT, threshold: float = THRESHOLD,
-                 train_clip: bool = False):
+                 train_clip: bool = False, clip_variance: bool | None = None):
         super().__init__()
         self.out_channels = weight.shape[0]
         self.in_channels = weight.shape[1] * groups
         self.kernel_size = tuple(weight.shape[2:])
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
-        self._init_svdo(weight, bias, log_sigma2_init, threshold, train_clip)
+        self._init_svdo(weight, bias, log_sigma2_init, threshold, train_clip, clip_variance)
 
     @classmethod
     def from_plain(cls, layer: nn.Conv2d, **kw) -> "Conv2dSVDO":
@@ -190,7 +210,7 @@ class Conv2dSVDO(_SVDOMixin, nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"threshold={self.threshold}, train_clip={self.train_clip}")
+                f"threshold={self.threshold}, train_clip={self.train_clip}, clip_variance={self.clip_variance}")
 
 
 SVDO_LAYERS = (LinearSVDO, Conv2dSVDO)

@@ -178,7 +178,14 @@ class _SpikeSlab(nn.Module):
     @torch.no_grad()
     def closed_form_update(self, logit_lam: float, sigma0: float) -> None:
         """θ ← logit λ + Σ_{i∈g} [log(σ_i/σ0) + μ_i²/(2σ_i²)]  (SCIENCE.md §1; the group
-        form sums the per-weight terms)."""
+        form sums the per-weight terms).
+
+        Also the stationary point of the objective trained under KL warm-up, NLL + β KL
+        (β ≤ 1): in φ it is logit φ = logit λ − KL_slab + (A − B)/β, and with the log-likelihood
+        quadratic in w_i (gradient g, curvature h) the slab trained on the same objective sits
+        at σ² = β/(h + β/σ0²), μ = g/(h + β/σ0²), where (A − B)/β − KL_slab reduces to
+        log(σ/σ0) + μ²/(2σ²) for every β: β acts through σ, not as a factor here (README,
+        "KL warm-up and the closed-form update")."""
         sigma = self.sigma.clamp_min(1e-12)
         term = torch.log(sigma / sigma0) + self.mu ** 2 / (2 * sigma ** 2)
         self.theta.copy_(logit_lam + self.group_sum(term))
