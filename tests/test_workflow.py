@@ -100,8 +100,7 @@ def test_configfile_replaces_the_default_grid(tmp_path):
     the working directory) is not merged into it."""
     (tmp_path / "config").mkdir()
     shutil.copy(ROOT / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    assert planned_jobs(tmp_path)["train"] == sum(len(e.get("methods") or cfg["methods"]) for e in cfg["experiments"].values())
+    assert planned_jobs(tmp_path)["train"] == len(cfg_stacks())
 
 
 def test_report(finished):
