@@ -19,11 +19,15 @@ import dataclasses
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
+import yaml
 
 import slabbench.datasets as datasets_pkg
+from conftest import ROOT
 from slabbench.api import SPLITS, TASKS, Dataset, DatasetSpec, PluginError, make_params
+from slabbench.config import run_specs, validate
 from slabbench.data import DatasetFilesMissing
 from slabbench.registry import available, dataset_class
 
@@ -257,3 +261,31 @@ def test_missing_files_skip_with_their_own_message(plugin_folder):
     cls = plugin_folder("toy_files", source)
     with pytest.raises(pytest.skip.Exception, match=r"toy_files: files not on this machine: toy_files: put a.csv in resources/toy/"):
         check_or_skip(cls, "toy_files")
+
+
+def _readme_recipe() -> tuple[str, str]:
+    """The python and yaml code blocks of the README's "Add your own data set" section."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Add your own data set: one file", 1)[1].split("\n## ", 1)[0]
+    python = section.split("```python\n", 1)[1].split("```", 1)[0]
+    yaml_block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    return python, yaml_block
+
+
+def test_the_readme_recipe_keeps_the_contract_and_joins_a_grid(plugin_folder, tmp_path, monkeypatch, default_config):
+    """A data set written from the README's recipe alone: skipped with its own message while
+    its file is missing, keeps the contract once the file is there, joins a grid with the
+    README's one config entry."""
+    python, yaml_block = _readme_recipe()
+    cls = plugin_folder("my_data", python)
+    monkeypatch.setenv("SLABBENCH_RESOURCES", str(tmp_path / "resources"))
+    with pytest.raises(pytest.skip.Exception, match=r"my_data: files not on this machine: data set 'my_data': .*my_data.csv not found"):
+        check_or_skip(cls, "my_data")
+    rng = np.random.default_rng(0)
+    table = np.column_stack([rng.normal(size=(50, 3)), rng.normal(size=50)])
+    (tmp_path / "resources" / "my_data").mkdir(parents=True)
+    np.savetxt(tmp_path / "resources" / "my_data" / "my_data.csv", table, delimiter=",")
+    check_dataset(cls, "my_data")
+    default_config["experiments"].update(yaml.safe_load(yaml_block)["experiments"])
+    specs = [s for s in run_specs(validate(default_config)) if s["experiment"] == "my_data"]
+    assert {s["dataset"] for s in specs} == {"my_data"} and len(specs) == len(default_config["methods"]) * len(default_config["seeds"])

@@ -164,3 +164,33 @@ def test_mnist_checksum_mismatch_is_reported(tmp_path):
     ds = make("mnist", root=str(tmp_path), download=False, val_size=10)
     with pytest.raises(ValueError, match="decodes to SHA-256 .* expected"):
         ds.prepare()
+
+
+def test_both_simulations_reach_the_feature_selection_table_and_pip_figure():
+    """Every data set with a true support gets FNR / FPR, a feature-selection section and a PIP
+    figure with its true features marked: nothing in the tables or figures names the simulation."""
+    import matplotlib.pyplot as plt
+
+    from conftest import tiny_spec
+    from slabbench.aggregate import records_table
+    from slabbench.plotting import plot_pips
+    from slabbench.tables import render_feature_selection
+    from slabbench.train import run
+
+    small = {"p": 8, "n_train": 64, "n_val": 32, "n_test": 64}
+    records, artefacts = [], []
+    for dataset in ("simulation", "friedman"):
+        for seed in (0, 1):
+            recs, arts = run(tiny_spec(method="spike_slab", dataset=dataset, experiment=f"{dataset}-tiny",
+                                       dataset_params=small, seed=seed))
+            records += recs
+            artefacts += [arts] if dataset == "friedman" else []
+    runs = records_table(records)
+    assert runs.groupby("experiment")["fnr"].count().to_dict() == {"friedman-tiny": 6, "simulation-tiny": 6}
+    for fmt in ("markdown", "latex"):
+        table = render_feature_selection(runs, fmt)
+        assert "friedman-tiny: feature selection" in table and "simulation-tiny: feature selection" in table
+    fig = plot_pips(artefacts, None, make("friedman", **small).spec().true_support, "friedman-tiny")
+    assert len(fig.axes[0].patches) == 8  # one bar per input
+    assert fig.axes[0].get_legend_handles_labels()[1] == ["noise features", "true features"]
+    plt.close(fig)
