@@ -55,7 +55,7 @@ class Dataset(_Base):
         return DatasetSpec(
             name="simulation", task="regression", input_shape=(p.p,), outputs=1,
             sizes={"train": p.n_train, "val": p.n_val, "test": p.n_test},
-            true_support=TRUE_SUPPORT,
+            true_support=TRUE_SUPPORT, replicate_per_seed=True,
         )
 
     def load(self, split: str):

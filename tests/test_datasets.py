@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import math
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ def make(name, seed=0, **opts):
     ("digits", (1, 8, 8), "classification", 10),
     ("diabetes", (10,), "regression", 1),
     ("mnist5k", (1, 28, 28), "classification", 10),
+    ("friedman", (100,), "regression", 1),
 ])
 def test_offline_datasets(name, shape, task, outputs):
     ds = make(name)
@@ -32,7 +34,7 @@ def test_offline_datasets(name, shape, task, outputs):
         x, y = ds.load(split)
         assert x.dtype == torch.float32 and x.shape[1:] == shape and len(x) == len(y) == spec.sizes[split] > 0
         assert y.dtype == (torch.int64 if task == "classification" else torch.float32)
-        rows[split] = {tuple(r) for r in x.reshape(len(x), -1)[:, :].numpy().round(6).tolist()} if name != "simulation" else None
+        rows[split] = {tuple(r) for r in x.reshape(len(x), -1)[:, :].numpy().round(6).tolist()} if name not in ("simulation", "friedman") else None
         x2, y2 = make(name).load(split)  # deterministic
         assert torch.equal(x, x2) and torch.equal(y, y2)
     if name in ("digits", "mnist5k"):  # no image shared between train and test
@@ -61,6 +63,41 @@ def test_simulation_follows_bai_design():
 def test_simulation_rejects_small_p():
     with pytest.raises(ValueError, match="p >= 5"):
         make("simulation", p=3)
+
+
+def test_friedman_follows_friedman1():
+    ds = make("friedman", seed=3, p=8, n_train=50, n_val=10, n_test=20, noise_sd=0.0, center=False)
+    x, y = ds.load("train")
+    assert x.shape == (50, 8) and x.min() >= 0 and x.max() <= 1
+    x1, x2, x3, x4, x5 = (x[:, i].double() for i in range(5))
+    expected = 10 * torch.sin(torch.pi * x1 * x2) + 20 * (x3 - 0.5) ** 2 + 10 * x4 + 5 * x5
+    assert torch.allclose(y.double(), expected, atol=1e-4)  # x stored as float32
+    assert ds.spec().true_support == (0, 1, 2, 3, 4) and ds.spec().replicate_per_seed
+    centred = make("friedman", seed=3, p=8, n_train=50, n_val=10, n_test=20, noise_sd=0.0)
+    assert torch.equal(centred.load("train")[0], x)  # centring shifts y only, by a constant
+    assert torch.allclose(centred.load("train")[1], y - 14.413297, atol=1e-4)
+    other = make("friedman", seed=4, p=8, n_train=50, n_val=10, n_test=20)
+    assert not torch.equal(other.load("train")[0], x)  # each seed is a new replicate
+
+
+def test_friedman_target_scale_as_stated():
+    """The docstring's scale: f(x) has mean 14.413 and sd 4.881 (closed form), so a centred y
+    has mean 0 and sd sqrt(4.881² + noise_sd²); the noise is what is left after f."""
+    import slabbench.datasets.friedman as mod
+
+    assert abs(mod.SIGNAL_MEAN - 14.4133) < 1e-3 and abs(mod.SIGNAL_SD - 4.8812) < 1e-3
+    ds = make("friedman", seed=0, p=5, n_train=100, n_val=10, n_test=200_000, noise_sd=2.0)
+    x, y = ds.load("test")
+    assert abs(float(y.mean())) < 0.05 and abs(float(y.std()) - math.hypot(4.8812, 2.0)) < 0.05
+    signal = 10 * torch.sin(torch.pi * x[:, 0] * x[:, 1]) + 20 * (x[:, 2] - 0.5) ** 2 + 10 * x[:, 3] + 5 * x[:, 4]
+    assert abs(float((y - (signal - mod.SIGNAL_MEAN)).std()) - 2.0) < 0.02  # the test-RMSE floor is noise_sd
+
+
+@pytest.mark.parametrize("opts,fragment", [({"p": 4}, "p >= 5"), ({"n_val": 0}, "n_val must be >= 1"),
+                                           ({"noise_sd": -1.0}, "noise_sd must be >= 0")])
+def test_friedman_rejects_bad_options(opts, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        make("friedman", **opts)
 
 
 def test_stratified_split_is_a_partition():
@@ -127,3 +164,33 @@ def test_mnist_checksum_mismatch_is_reported(tmp_path):
     ds = make("mnist", root=str(tmp_path), download=False, val_size=10)
     with pytest.raises(ValueError, match="decodes to SHA-256 .* expected"):
         ds.prepare()
+
+
+def test_both_simulations_reach_the_feature_selection_table_and_pip_figure():
+    """Every data set with a true support gets FNR / FPR, a feature-selection section and a PIP
+    figure with its true features marked: nothing in the tables or figures names the simulation."""
+    import matplotlib.pyplot as plt
+
+    from conftest import tiny_spec
+    from slabbench.aggregate import records_table
+    from slabbench.plotting import plot_pips
+    from slabbench.tables import render_feature_selection
+    from slabbench.train import run
+
+    small = {"p": 8, "n_train": 64, "n_val": 32, "n_test": 64}
+    records, artefacts = [], []
+    for dataset in ("simulation", "friedman"):
+        for seed in (0, 1):
+            recs, arts = run(tiny_spec(method="spike_slab", dataset=dataset, experiment=f"{dataset}-tiny",
+                                       dataset_params=small, seed=seed))
+            records += recs
+            artefacts += [arts] if dataset == "friedman" else []
+    runs = records_table(records)
+    assert runs.groupby("experiment")["fnr"].count().to_dict() == {"friedman-tiny": 6, "simulation-tiny": 6}
+    for fmt in ("markdown", "latex"):
+        table = render_feature_selection(runs, fmt)
+        assert "friedman-tiny: feature selection" in table and "simulation-tiny: feature selection" in table
+    fig = plot_pips(artefacts, None, make("friedman", **small).spec().true_support, "friedman-tiny")
+    assert len(fig.axes[0].patches) == 8  # one bar per input
+    assert fig.axes[0].get_legend_handles_labels()[1] == ["noise features", "true features"]
+    plt.close(fig)

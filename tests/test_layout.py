@@ -20,7 +20,7 @@ def test_discovery_matches_files(root):
     assert available("dataset") == sorted(p.stem for p in (root / "datasets").glob("*.py"))
     for name in ("dense", "magnitude"):
         assert method_class(name).name == name
-    for name in ("simulation", "digits", "diabetes", "mnist5k", "mnist", "fashion_mnist", "cifar10"):
+    for name in ("simulation", "friedman", "digits", "diabetes", "mnist5k", "mnist", "fashion_mnist", "cifar10"):
         assert dataset_class(name).name == name
 
 

@@ -105,8 +105,14 @@ class DatasetSpec:
 
     ``input_shape`` excludes the batch dimension, e.g. ``(1, 28, 28)`` or ``(200,)``.
     ``outputs`` is the number of classes (classification) or 1 (regression).
-    ``true_support`` holds the indices of the relevant input features when known
-    (simulations), else ``None``.
+    ``sizes`` maps each split ("train", "val", "test") to its number of examples.
+    ``true_support`` holds the indices (0-based, into the flattened input) of the relevant
+    input features when known (simulations), else ``None``; FNR / FPR are reported from it.
+    ``feature_shape``: the input features as an image (e.g. ``(28, 28)``) for PIP maps, else
+    ``None`` (one bar per feature).
+    ``replicate_per_seed``: ``True`` when each run seed draws a new data set (a simulation's
+    replicate); ``False`` (the default, real data) when every seed gets the same fixed splits.
+    The dataset contract test (``tests/test_dataset_contract.py``) checks either promise.
     """
 
     name: str
@@ -116,6 +122,7 @@ class DatasetSpec:
     sizes: Mapping[str, int]
     true_support: tuple[int, ...] | None = None
     feature_shape: tuple[int, ...] | None = None
+    replicate_per_seed: bool = False
 
     @property
     def n_features(self) -> int:
@@ -129,8 +136,8 @@ class Dataset:
     """Base class of a dataset plugin.
 
     Subclasses set ``Params`` and implement :meth:`spec` and :meth:`load`.  ``seed`` is
-    the run seed: simulations draw a replicate data set from it; real data sets keep a
-    fixed split and ignore it.
+    the run seed: simulations draw a replicate data set from it (and declare
+    ``replicate_per_seed=True`` in their spec); real data sets keep a fixed split and ignore it.
     """
 
     Params: ClassVar[type] = NoParams

@@ -116,7 +116,9 @@ def pips_job(artefact_paths: list[str], spec: dict, png: str, pdf: str) -> None:
     from slabbench.registry import dataset_class
 
     ds_cls = dataset_class(spec["dataset"])
-    dspec = ds_cls(make_params(ds_cls.Params, spec.get("dataset_params"), spec["dataset"]), 0).spec()
+    dataset = ds_cls(make_params(ds_cls.Params, spec.get("dataset_params"), spec["dataset"]), 0)
+    dataset.prepare()  # the dataset contract: prepare() before spec() (a spec may need the files)
+    dspec = dataset.spec()
     arts = [torch.load(p, weights_only=True) for p in stack_outputs(artefact_paths, "artefacts")]
     title = f"{spec['experiment']}: spike-and-slab PIPs ({len(arts)} seeds)"
     save(plot_pips(arts, dspec.feature_shape, dspec.true_support, title), png, pdf)
