@@ -87,11 +87,11 @@ def freeze(config_path: str | Path, out_dir: str | Path, *, runs_csv: str | Path
         shown = ", ".join(f"{e}/{m}/seed={sd}" for e, m, sd in sorted(extra)[:5])
         raise PaperError(f"{len(extra)} run(s) in the table are not in {config_path}'s grid (e.g. {shown}); "
                          "freeze with the config the runs were made with")
-    check_runs(runs)
     mismatched = spec_mismatches(runs, specs)
     if mismatched:
         raise PaperError(f"{len(mismatched)} run(s) in the table were not made with {config_path}'s spec: "
                          + "; ".join(mismatched[:5]) + "; freeze with the config the runs were made with")
+    check_runs(runs)
     missing = [f"{s['experiment']}/{s['method']}/seed={s['seed']}" for s in specs
                if (s["experiment"], s["method"], int(s["seed"])) not in present]
     is_full = full_grid is not None and config_path.resolve() == Path(full_grid).resolve() and not missing
