@@ -179,3 +179,18 @@ def test_freeze_checks_each_run_against_its_configured_spec(tmp_path):
     pd.DataFrame(rows).to_csv(tmp_path / "bad2.csv", index=False)
     with pytest.raises(PaperError, match="sim/dense/seed=1: setting 000000000000 != "):
         freeze(cfg, tmp_path / "c", runs_csv=tmp_path / "bad2.csv")
+
+
+def test_a_diverged_classifier_is_counted_in_the_figure(tmp_path):
+    """Accuracy NaN for a diverged seed (never argmax-of-NaN's class 0): the figure draws the
+    other seeds and names the diverged run in the legend (table read back from a CSV)."""
+    rows = [dict(_classification_row("mnist", "magnitude", s, 0.9 if s else math.nan, 10), selection="target",
+                 target_sparsity=t, sparsity=t, nan_metrics="test_accuracy;test_nll" if s == 0 else "")
+            for t in (0.5, 0.9) for s in (0, 1, 2)]
+    pd.DataFrame(rows).to_csv(tmp_path / "runs.csv", index=False)
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    fig = plot_experiment(runs)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "magnitude (2 diverged runs not drawn)" in labels
+    ok = runs.assign(nan_metrics=math.nan, test_accuracy=0.9)  # no name at all: an all-NaN float column
+    assert "magnitude" in [t.get_text() for t in plot_experiment(ok).axes[0].get_legend().get_texts()]

@@ -56,9 +56,9 @@ def _with_error(runs: pd.DataFrame) -> pd.DataFrame:
     """``runs`` with ``test_error`` = 100 (1 - accuracy); a diverged accuracy stays diverged."""
     runs = runs.copy()
     runs["test_error"] = 100 * (1 - runs["test_accuracy"].astype(float))
-    if "nan_metrics" in runs:
-        named = runs["nan_metrics"].fillna("").astype(str).str.split(";").apply(lambda n: "test_accuracy" in n)
-        runs.loc[named, "nan_metrics"] = runs.loc[named, "nan_metrics"].astype(str) + ";test_error"
+    if "nan_metrics" in runs:  # read from a CSV, a column without a name is all NaN (float)
+        names = runs["nan_metrics"].fillna("").astype(str)
+        runs["nan_metrics"] = names.where(~names.str.split(";").apply(lambda n: "test_accuracy" in n), names + ";test_error")
     return runs
 
 
