@@ -134,23 +134,26 @@ def check_runs(runs: pd.DataFrame) -> None:
                            "setting its own experiment name):\n  " + "\n  ".join(problems))
 
 
+def nan_metric_names(g: pd.DataFrame) -> pd.Series:
+    """The ``nan_metrics`` column as strings ("" where none; a CSV column without any name
+    reads back as all-NaN floats)."""
+    if "nan_metrics" not in g:
+        return pd.Series("", index=g.index, dtype=object)
+    return g["nan_metrics"].map(lambda v: v if isinstance(v, str) else "")
+
+
 def metric_values(g: pd.DataFrame, metric: str) -> pd.Series:
     """The values of ``metric`` over the rows of ``g`` that measured it: finite values, ±inf,
     and NaN for a run named in ``nan_metrics`` (diverged); rows that never measured the
     metric (empty, not named) are left out."""
     x = g[metric].astype(float)
-    if "nan_metrics" in g:
-        diverged = g["nan_metrics"].fillna("").astype(str).str.split(";").apply(lambda names: metric in names)
-    else:
-        diverged = pd.Series(False, index=g.index)
+    diverged = nan_metric_names(g).str.split(";").apply(lambda names: metric in names).astype(bool)
     return x[x.notna() | diverged]
 
 
 def diverged_runs(g: pd.DataFrame) -> int:
     """Rows of ``g`` with at least one NaN metric."""
-    if "nan_metrics" not in g:
-        return 0
-    return int((g["nan_metrics"].fillna("").astype(str) != "").sum())
+    return int((nan_metric_names(g) != "").sum())
 
 
 def compression_of_means(g: pd.DataFrame) -> float:

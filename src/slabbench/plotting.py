@@ -12,7 +12,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, NullFormatter  # noqa: E402
 
-from slabbench.aggregate import check_runs, metric_values  # noqa: E402
+from slabbench.aggregate import check_runs, metric_values, nan_metric_names  # noqa: E402
 from slabbench.stats import CI_NAME, describe  # noqa: E402
 
 #: the fixed method order and colours (methods not listed get the remaining palette colours)
@@ -57,7 +57,7 @@ def _with_error(runs: pd.DataFrame) -> pd.DataFrame:
     runs = runs.copy()
     runs["test_error"] = 100 * (1 - runs["test_accuracy"].astype(float))
     if "nan_metrics" in runs:  # read from a CSV, a column without a name is all NaN (float)
-        names = runs["nan_metrics"].fillna("").astype(str)
+        names = nan_metric_names(runs)
         runs["nan_metrics"] = names.where(~names.str.split(";").apply(lambda n: "test_accuracy" in n), names + ";test_error")
     return runs
 
