@@ -56,7 +56,7 @@ def test_a_diverged_run_is_counted_and_shown_not_averaged_away(tmp_path):
     md = render(runs, "markdown")
     assert "1.100 ± 0.141 (n = 2; 1 of 3 diverged)" in md
     all_bad = runs.assign(test_rmse=math.nan, nan_metrics="test_rmse")
-    assert "| diverged " in render(all_bad, "markdown")
+    assert "| diverged (3 of 3) " in render(all_bad, "markdown")
 
 
 def test_records_are_checked_against_the_schema_when_written(tmp_path):

@@ -49,8 +49,10 @@ def _cell(g: pd.DataFrame, col: str, scale: float, digits: int, pm: str) -> str:
         return "–"
     d = describe(((1 - values) * -scale if scale < 0 else values * scale).tolist())
     rows = len(g)
+    if d["n"] == 0 and d["n_nan"]:
+        return f"diverged ({d['n_nan']} of {rows})"
     if d["n"] == 0:
-        text = "diverged" if d["n_nan"] else "∞"
+        text = "∞"
     elif d["n"] == 1:
         text = _number(d["mean"], digits)
     else:
