@@ -170,12 +170,13 @@ class Method(_Base):
                 layer.bma = True
                 if masks is not None:
                     layer.weight_mask.copy_(masks[f"{name}.weight"])
-            total = None
+            outs = []
             for _ in range(n):
                 out = torch.cat([model(x[i:i + 4096]) for i in range(0, len(x), 4096)])
-                out = F.softmax(out, dim=1) if self.ctx.task == "classification" else out.reshape(-1)
-                total = out if total is None else total + out
-            return total / n
+                outs.append(F.softmax(out, dim=1) if self.ctx.task == "classification" else out.reshape(-1))
+            # classification: the averaged probabilities (n, C); regression: every sample's
+            # means (n_samples, n), so the core scores the mixture's density, not its mean's
+            return torch.stack(outs).mean(0) if self.ctx.task == "classification" else torch.stack(outs)
         finally:
             for (_, layer), m in zip(layers, saved):
                 layer.bma = False

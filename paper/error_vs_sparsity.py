@@ -1,5 +1,5 @@
 """paper/figures/error_vs_sparsity.{png,pdf}: test error (RMSE) vs sparsity for every data set
-and method, 95% bootstrap bands over seeds, logit sparsity axis; from paper/data/."""
+and method, Student-t 95% CI bands of the mean over seeds, logit sparsity axis; from paper/data/."""
 
 import sys
 from pathlib import Path

@@ -119,3 +119,19 @@ def test_experiment_device_overrides_the_global_device(default_config):
     default_config["experiments"]["simulation"]["device"] = "gpu"
     with pytest.raises(ConfigError, match="config.experiments.simulation.device is 'gpu'"):
         validate(default_config)
+
+
+def test_data_noise_sd_and_likelihood_noise_sd_are_compared(default_config, caplog):
+    import logging
+
+    from slabbench.config import validate
+
+    exp = next(n for n, e in default_config["experiments"].items() if e["dataset"] == "simulation")
+    with caplog.at_level(logging.WARNING, logger="slabbench.config"):
+        validate(default_config)
+    assert "draws noise" not in caplog.text
+    default_config["experiments"][exp]["dataset_params"]["noise_sd"] = 0.5
+    default_config["experiments"][exp]["noise_sd"] = 1.0
+    with caplog.at_level(logging.WARNING, logger="slabbench.config"):
+        validate(default_config)
+    assert f"config.experiments.{exp}: the data set draws noise with sd 0.5" in caplog.text and "noise_sd 1" in caplog.text

@@ -194,3 +194,18 @@ def test_both_simulations_reach_the_feature_selection_table_and_pip_figure():
     assert len(fig.axes[0].patches) == 8  # one bar per input
     assert fig.axes[0].get_legend_handles_labels()[1] == ["noise features", "true features"]
     plt.close(fig)
+
+
+def test_diabetes_is_standardised_with_training_rows_only():
+    """Features and target: mean 0 and sd 1 over the training split exactly (not over all
+    rows); the test split's own statistics are left as they fall."""
+    from slabbench.api import make_params
+    from slabbench.registry import dataset_class
+
+    cls = dataset_class("diabetes")
+    ds = cls(make_params(cls.Params, {}, "diabetes"), 0)
+    x, y = ds.load("train")
+    assert x.double().mean(0).abs().max() < 1e-5 and (x.double().std(0, unbiased=False) - 1).abs().max() < 1e-5
+    assert abs(float(y.double().mean())) < 1e-6 and abs(float(y.double().std(unbiased=False)) - 1) < 1e-5
+    xt, _ = ds.load("test")
+    assert xt.double().mean(0).abs().max() > 1e-3  # test rows did not set the centring

@@ -61,7 +61,64 @@ def test_lenet5_counts_and_conv_flops():
     s = M.structure(net, spec.input_shape)
     assert s["flops_kept"] == pytest.approx((dense_flops - 250 * 576) / dense_flops)
     assert s["nodes_kept"][0] == 10  # conv1 channels still in use
-    assert s["features_kept"] == 1  # the single input channel
+    assert s["features_kept"] == 784  # pixels, as for an MLP on the same images (not 1 input channel)
+
+
+def test_conv_features_are_the_pixels_a_kept_kernel_reads():
+    """A 2x2 convolution with stride 2 over a 1x4x4 input whose only kept weight is the kernel's
+    top-left corner reads the pixels (0,0), (0,2), (2,0), (2,2): 4 features, flattened (c, h, w)."""
+    from slabbench.layers import MaskedConv2d
+
+    net = nn.Sequential(OrderedDict(conv=MaskedConv2d(1, 1, 2, stride=2), act=nn.ReLU(), flat=nn.Flatten(),
+                                    fc=MaskedLinear(4, 1)))
+    apply_masks(net, {"conv.weight": torch.tensor([[[[1., 0.], [0., 0.]]]]), "fc.weight": torch.ones(1, 4)})
+    s = M.structure(net, (1, 4, 4))
+    assert s["features_kept"] == 4 and s["selected_features"] == [0, 2, 8, 10]
+    apply_masks(net, {"conv.weight": torch.ones(1, 1, 2, 2), "fc.weight": torch.zeros(1, 4)})
+    assert M.structure(net, (1, 4, 4))["features_kept"] == 0  # no path to the output
+
+
+def test_classification_nll_is_log_softmax_not_a_clamped_log():
+    logits = torch.tensor([[0.0, 100.0]])
+    m = M.predictive_metrics(logits, torch.tensor([0]), "classification")
+    assert m["test_nll"] == pytest.approx(100.0)  # a clamp at 1e-12 capped it at 27.6
+    assert m["test_accuracy"] == 0.0
+    # probabilities (a BMA): log of p[y], clamped only where it underflowed to 0
+    p = torch.tensor([[0.0, 1.0], [0.25, 0.75]])
+    m = M.predictive_metrics(p, torch.tensor([0, 0]), "classification", probs=True)
+    tiny = torch.finfo(torch.float32).tiny
+    assert m["test_nll"] == pytest.approx((-math.log(tiny) + math.log(4)) / 2)
+
+
+def test_non_finite_outputs_give_nan_metrics_not_class_0_accuracy():
+    y = torch.tensor([0, 0, 1])
+    logits = torch.tensor([[float("nan")] * 2] * 3)
+    m = M.predictive_metrics(logits, y, "classification", prefix="val")
+    assert set(m) == {"val_accuracy", "val_nll", "val_ece"} and all(math.isnan(v) for v in m.values())
+    m = M.predictive_metrics(torch.tensor([1.0, float("inf")]), torch.zeros(2), "regression")
+    assert math.isnan(m["test_rmse"]) and math.isnan(m["test_nll"])
+
+
+def test_regression_bma_nll_is_minus_log_of_the_mean_density():
+    """Two samples predicting 0 and 2 for y = 1 (sd 1): the mixture density is N(1; 0, 1), so
+    NLL = 1/2 + log(2 pi)/2 = 1.418939; a Gaussian at the averaged mean 1 would give 0.918939."""
+    samples = torch.tensor([[0.0], [2.0]])
+    nll = M.gaussian_mixture_nll(samples, torch.tensor([1.0]), 1.0)
+    assert float(nll) == pytest.approx(0.5 + 0.5 * math.log(2 * math.pi))
+    # (S, n) = (2, 2): averaged means [1, 2] against y = [1, 4]: errors 0 and 2, RMSE sqrt(2)
+    m = M.predictive_metrics(torch.tensor([[0.0, 0.0], [2.0, 4.0]]), torch.tensor([1.0, 4.0]), "regression", probs=True)
+    assert m["test_rmse"] == pytest.approx(math.sqrt(2.0)) and m["test_nll"] > 0
+    # the average alone gives the RMSE and no NLL (it cannot give the mixture's density)
+    assert set(M.predictive_metrics(torch.tensor([1.0]), torch.tensor([1.0]), "regression", probs=True)) == {"test_rmse"}
+    # one sample: the plain Gaussian NLL; far tails stay finite (logsumexp)
+    assert float(M.gaussian_mixture_nll(torch.tensor([[3.0]]), torch.tensor([0.0]), 1.0)) == pytest.approx(
+        float(M.gaussian_nll(torch.tensor(3.0), torch.tensor(0.0), 1.0)))
+    assert math.isfinite(float(M.gaussian_mixture_nll(torch.tensor([[1e4], [2e4]]), torch.tensor([0.0]), 1.0)))
+
+
+def test_constant_predictor_rmse_by_hand():
+    # training mean 2; test targets 0 and 4 -> errors 2 and 2 -> RMSE 2
+    assert M.constant_predictor_metrics(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 4.0])) == {"test_rmse_constant": 2.0}
 
 
 def test_topk_global_and_layerwise():

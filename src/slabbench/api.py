@@ -254,7 +254,9 @@ class Method:
 
     def bma_predict(self, model: nn.Module, masks: dict[str, torch.Tensor] | None, x: torch.Tensor) -> torch.Tensor | None:
         """Bayesian model average restricted to ``masks`` (``None`` = no mask): class
-        probabilities (n, C) or predictive means (n,).  ``None`` if the method has no posterior."""
+        probabilities (n, C), or for regression the predictive means of every sampled network
+        (n_samples, n) (an averaged mean (n,) also works, without an NLL).  ``None`` if the
+        method has no posterior."""
         return None
 
     def extra_artifacts(self, model: nn.Module) -> dict[str, Any]:

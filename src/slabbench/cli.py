@@ -19,8 +19,29 @@ def setup_logging(path: str | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True, **kw)
 
 
+def reference_metrics(spec: dict, task: str) -> dict:
+    """Metrics of the trivial reference for ``spec``'s data (regression: the constant
+    training-mean predictor's ``test_rmse_constant``; classification: none, nothing loaded).
+
+    Loads the data set again (cheap for the regression sets; the simulation draws the same
+    replicate for the same seed): for frozen tables.  Training records get the same value
+    from :func:`slabbench.metrics.constant_predictor_metrics` on the data at hand.
+    """
+    from slabbench.api import make_params
+    from slabbench.metrics import constant_predictor_metrics
+    from slabbench.registry import dataset_class
+
+    if task != "regression":
+        return {}
+    cls = dataset_class(spec["dataset"])
+    dataset = cls(make_params(cls.Params, spec.get("dataset_params"), f"dataset {spec['dataset']!r}"), int(spec["seed"]))
+    dataset.prepare()
+    return constant_predictor_metrics(dataset.load("train")[1], dataset.load("test")[1])
+
+
 def train_job(spec: dict, metrics_path: str, artefacts_path: str, threads: int = 1) -> None:
-    """Train one run and write ``metrics.jsonl`` and ``artefacts.pt`` atomically."""
+    """Train one run and write ``metrics.jsonl`` (every record checked against the metrics
+    schema) and ``artefacts.pt`` atomically."""
     from slabbench.train import run
 
     records, artefacts = run(dict(spec), threads=threads)
@@ -30,11 +51,11 @@ def train_job(spec: dict, metrics_path: str, artefacts_path: str, threads: int =
 def _write_run(records: list[dict], artefacts: dict, metrics_path: str | Path, artefacts_path: str | Path) -> None:
     import torch
 
-    from slabbench.io import atomic_path, write_jsonl
+    from slabbench.io import atomic_path, write_records
 
     with atomic_path(artefacts_path) as tmp:
         torch.save(artefacts, tmp)
-    write_jsonl(metrics_path, records)
+    write_records(metrics_path, records)
 
 
 def train_stack_job(specs: list[dict], stack_path: str, threads: int = 1) -> None:

@@ -5,7 +5,10 @@ the Snakefile is parsed, before any job starts."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
+import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from slabbench.api import PluginError, TrainContext, make_params
 from slabbench.models import MODEL_OPTIONS, MODELS
 from slabbench.registry import available, dataset_class, method_class
 
+log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 RUN_DIR = "results/runs/{experiment}/{method}/seed={seed}"
 #: the marker a training job writes last: which seeds it trained and where their records are
@@ -111,6 +115,19 @@ def _method_error(method: str, options: dict, epochs: int, lr: float) -> str | N
     return None
 
 
+def _check_noise_sd(where: str, exp: dict, dparams: Any) -> None:
+    """Warn when a data set that draws its noise (``noise_sd`` among its options) is fitted
+    with another likelihood sd: the NLLs are then those of a misspecified likelihood (allowed,
+    as a deliberate study; said, so it is never an accident)."""
+    if not dataclasses.is_dataclass(dparams) or "noise_sd" not in {f.name for f in dataclasses.fields(dparams)}:
+        return
+    data_sd, lik_sd = float(dparams.noise_sd), float(exp["noise_sd"])
+    if not math.isclose(data_sd, lik_sd, rel_tol=1e-9):
+        log.warning("%s: the data set draws noise with sd %g (dataset_params.noise_sd) but the likelihood assumes "
+                    "noise_sd %g; NLLs are under the assumed sd (set both alike unless this is deliberate)",
+                    where, data_sd, lik_sd)
+
+
 def validate(config: Any) -> dict:
     """Validate ``config`` (schema, then plugins and options); return it with defaults filled.
 
@@ -145,9 +162,11 @@ def validate(config: Any) -> dict:
         else:
             cls = dataset_class(exp["dataset"])
             try:
-                make_params(cls.Params, exp["dataset_params"], f"data set {exp['dataset']!r}")
+                dparams = make_params(cls.Params, exp["dataset_params"], f"data set {exp['dataset']!r}")
             except PluginError as e:
                 problems.append(f"{where}.dataset_params: {e}")
+            else:
+                _check_noise_sd(where, exp, dparams)
         if exp["model"] not in MODELS:
             problems.append(f"{where}.model: unknown model {exp['model']!r}{_hint(exp['model'], MODELS)}; have {', '.join(MODELS)}")
         else:

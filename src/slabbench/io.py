@@ -1,5 +1,6 @@
 """Atomic output: write to a temporary file in the same folder, then rename over the target,
-so a crash never leaves a half-written result behind."""
+so a crash never leaves a half-written result behind.  Run records are checked against
+``workflow/schemas/metrics.schema.yaml`` before they are written (:func:`write_records`)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,67 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
         with open(tmp, "w") as fh:
             for rec in records:
                 fh.write(json.dumps(json_safe(rec), sort_keys=True, allow_nan=False) + "\n")
+
+
+class RecordError(ValueError):
+    """A run record does not satisfy ``workflow/schemas/metrics.schema.yaml``."""
+
+
+def nonfinite_fields(rec: dict) -> dict[str, str]:
+    """Top-level float fields of ``rec`` that are not finite: {key: "nan" | "inf" | "-inf"}.
+
+    JSON has no NaN or infinity, so these are written as null; this map says what they were
+    (a diverged run's NaN metrics, the infinite compression of a net with no weight left).
+    """
+    out = {}
+    for key, v in rec.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            out[key] = "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return out
+
+
+def metrics_schema_path() -> Path:
+    from slabbench._plugins import repo_root
+
+    return (repo_root() or Path.cwd()) / "workflow" / "schemas" / "metrics.schema.yaml"
+
+
+def validate_record(rec: dict, schema: dict | None = None) -> None:
+    """Check one record (as it will be written: non-finite floats null, named in
+    ``nonfinite``) against the metrics schema; a null metric must be named in ``nonfinite``.
+
+    Raises :class:`RecordError` naming the run, the field, its value and what was expected.
+    """
+    import jsonschema
+    import yaml
+
+    if schema is None:
+        with open(metrics_schema_path()) as fh:
+            schema = yaml.safe_load(fh)
+    run = f"{rec.get('experiment')}/{rec.get('method')}/seed={rec.get('seed')} ({rec.get('selection')}, target {rec.get('target_sparsity')})"
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(rec), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        shown = "; ".join(f"{'.'.join(map(str, e.absolute_path)) or 'record'}: {e.message}" for e in errors[:5])
+        raise RecordError(f"record {run} does not match {metrics_schema_path().name}: {shown}")
+    nonfinite = rec.get("nonfinite", {})
+    unexplained = sorted(k for k, v in rec.items() if v is None and k in schema["properties"] and k not in nonfinite
+                         and k not in ("target_sparsity", "fnr", "fpr"))
+    if unexplained:
+        raise RecordError(f"record {run}: {', '.join(unexplained)} null without being named in 'nonfinite' "
+                          "(a metric is a number, or NaN / inf marked as such)")
+
+
+def write_records(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    """Write run records to ``path`` (JSON lines, atomically) after marking their non-finite
+    metrics in ``nonfinite`` and checking every one against the metrics schema; nothing is
+    written if one fails."""
+    out = []
+    for rec in records:
+        rec = dict(rec, nonfinite=nonfinite_fields(rec))
+        safe = json_safe(rec)
+        validate_record(safe)
+        out.append(safe)
+    write_jsonl(path, out)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -6,7 +6,13 @@ Counting conventions (SCIENCE.md §3): *sparsity* counts prunable weights only;
 same sum for the dense network (theoretical multiply-adds; masks give no speed-up by
 themselves).  A hidden unit is *kept* if it has a nonzero incoming weight or bias and a
 nonzero outgoing weight; an input feature is *kept* if some nonzero first-layer weight
-leaves it (Bai et al.'s rule).
+leaves it (Bai et al.'s rule) for a unit that still reaches the outputs.  Features are the
+flattened inputs (c, h, w) for every architecture: for a convolutional first layer a pixel is
+kept if a nonzero kernel weight of a useful channel reads it at some output position (positions
+that later layers ignore are not traced), so an MLP and LeNet-5 on MNIST both count of 784.
+
+Predictive metrics of a net whose outputs are not all finite (a diverged run) are NaN, never
+the accuracy of argmax over NaN logits (which is class 0).
 """
 
 from __future__ import annotations
@@ -28,13 +34,14 @@ def effective_weights(net: nn.Module) -> list[tuple[str, nn.Module, torch.Tensor
 
 
 @torch.no_grad()
-def output_positions(net: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
-    """Spatial positions each prunable layer's output has (1 for Linear, H*W for Conv2d)."""
-    positions: dict[str, int] = {}
+def output_shapes(net: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """Shape of each prunable layer's output for one input, without the batch dimension:
+    (units,) for Linear, (channels, H, W) for Conv2d."""
+    shapes: dict[str, tuple[int, ...]] = {}
     hooks = []
     for name, layer in prunable_layers(net):
         def hook(mod, inp, out, name=name):
-            positions[name] = int(out[0].numel() // out.shape[1])
+            shapes[name] = tuple(out.shape[1:])
         hooks.append(layer.register_forward_hook(hook))
     device = next(net.parameters()).device
     was_training = net.training
@@ -45,13 +52,35 @@ def output_positions(net: nn.Module, input_shape: Sequence[int]) -> dict[str, in
         net.train(was_training)
         for h in hooks:
             h.remove()
-    return positions
+    return shapes
+
+
+def output_positions(net: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+    """Spatial positions each prunable layer's output has (1 for Linear, H*W for Conv2d)."""
+    return {name: math.prod(shape[1:]) for name, shape in output_shapes(net, input_shape).items()}
+
+
+def _pixels_read(layer: nn.Module, kernel_used: torch.Tensor, out_hw: Sequence[int], input_shape: Sequence[int]) -> torch.Tensor:
+    """Which input pixels a convolution reads through its used kernel positions.
+
+    ``kernel_used``: (in_channels, kH, kW) bool, a kernel position with a nonzero weight for
+    some useful output channel; ``out_hw``: the output's (H_out, W_out); ``input_shape``:
+    (C, H, W).  Returns (C * H * W,) bool in the flattened (c, h, w) order of an MLP's inputs.
+    """
+    c, h, w = input_shape
+    ones = torch.ones(1, 1, *out_hw, device=kernel_used.device)
+    cover = F.conv_transpose2d(ones, kernel_used.float()[None], stride=layer.stride, padding=layer.padding,
+                               dilation=layer.dilation)[0]  # (C, H', W'); H' <= H when a stride skips the last rows
+    full = torch.zeros(c, h, w, device=kernel_used.device)
+    full[:, :cover.shape[1], :cover.shape[2]] = cover[:, :h, :w]
+    return (full > 0).flatten()
 
 
 def structure(net: nn.Module, input_shape: Sequence[int]) -> dict:
     """Sparsity, compression, FLOPs kept, kept nodes per hidden layer, kept input features."""
     layers = effective_weights(net)
-    pos = output_positions(net, input_shape)
+    shapes = output_shapes(net, input_shape)
+    pos = {name: math.prod(shape[1:]) for name, shape in shapes.items()}
     w_total = sum(w.numel() for _, _, w in layers)
     w_nnz = sum(int((w != 0).sum()) for _, _, w in layers)
     b_total = sum(l.bias.numel() for _, l, _ in layers if l.bias is not None)
@@ -76,7 +105,11 @@ def structure(net: nn.Module, input_shape: Sequence[int]) -> dict:
         reach = (w.reshape(w.shape[0], w.shape[1], -1)[useful] != 0).any(dim=2).any(dim=0)  # (inputs of layer i,)
         if i > 0:  # inputs of layer i -> units of layer i-1 (a flatten groups positions per unit)
             useful = reach.reshape(layers[i - 1][2].shape[0], -1).any(dim=1)
-    selected = reach
+    name0, layer0, w0 = layers[0]
+    if w0.dim() == 4:  # a convolution reads pixels, not channels: count the pixels (c, h, w)
+        selected = _pixels_read(layer0, (w0[useful] != 0).any(dim=0), shapes[name0][1:], input_shape)
+    else:
+        selected = reach
     return {
         "n_weights": w_total,
         "nonzero_weights": w_nnz,
@@ -142,24 +175,76 @@ def predict(net: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Te
         net.train(was_training)
 
 
+def gaussian_mixture_nll(sample_means: torch.Tensor, y: torch.Tensor, noise_sd: float) -> torch.Tensor:
+    """Per-point NLL (nats) of ``y`` under the equal-weight mixture of N(m_s, noise_sd^2):
+
+        -log (1/S) sum_s N(y; m_s, noise_sd^2)   (a Bayesian model average's predictive density)
+
+    ``sample_means``: (S, n) predictive means of S posterior samples; ``y``: (n,).  Computed
+    with logsumexp, so it stays finite far in the tails.  With S = 1 it equals
+    :func:`gaussian_nll`; it is never larger than the average of the per-sample NLLs (Jensen).
+    """
+    if sample_means.dim() != 2:
+        raise ValueError(f"sample_means must be (S, n), got shape {tuple(sample_means.shape)}")
+    log_p = -gaussian_nll(sample_means, y[None, :], noise_sd)  # (S, n)
+    return -(torch.logsumexp(log_p, dim=0) - math.log(sample_means.shape[0]))
+
+
+def _nan_metrics(keys) -> dict[str, float]:
+    return {k: math.nan for k in keys}
+
+
 def predictive_metrics(out: torch.Tensor, y: torch.Tensor, task: str, noise_sd: float = 1.0, prefix: str = "test", probs: bool = False) -> dict[str, float]:
     """Accuracy, NLL, ECE (classification) or RMSE, NLL (regression) of predictions ``out``.
 
     Keys are ``{prefix}_accuracy`` etc.; the test split's ECE is plain ``ece``.
 
-    ``out``: logits, or class probabilities when ``probs`` (e.g. a Bayesian model average);
-    for regression the predictive mean, shape (n,) or (n, 1).
+    ``out`` without ``probs``: logits (n, C), or the predictive mean (n,) / (n, 1).
+    With ``probs`` (a Bayesian model average): class probabilities (n, C); for regression
+    either (S, n) per-sample predictive means — RMSE of their average, NLL of the mixture
+    (:func:`gaussian_mixture_nll`) — or only the average (n,), which gives the RMSE and no NLL
+    (the mixture's density cannot be had from its mean).
+
+    Classification NLL is -log_softmax(logits)[y], exact at any confidence; from
+    probabilities it is -log max(p[y], smallest positive normal float of p's dtype) — the clamp
+    acts only where p[y] underflowed to 0 (about 87 nats in float32, 708 in float64).
+
+    Non-finite outputs anywhere (a diverged net) make every metric NaN.
     """
+    ece_key = "ece" if prefix == "test" else f"{prefix}_ece"
     if task == "classification":
-        p = out if probs else torch.softmax(out, dim=1)
-        nll = float(-torch.log(p.gather(1, y[:, None]).clamp_min(1e-12)).mean())
-        return {
-            f"{prefix}_accuracy": float((p.argmax(1) == y).float().mean()),
-            f"{prefix}_nll": nll,
-            ("ece" if prefix == "test" else f"{prefix}_ece"): ece(p, y),
-        }
-    mean = out.reshape(-1)
-    return {
-        f"{prefix}_rmse": float(torch.sqrt(((mean - y) ** 2).mean())),
-        f"{prefix}_nll": float(gaussian_nll(mean, y, noise_sd).mean()),
-    }
+        keys = (f"{prefix}_accuracy", f"{prefix}_nll", ece_key)
+        if not bool(torch.isfinite(out).all()):
+            return _nan_metrics(keys)
+        if probs:
+            p = out
+            logp_y = torch.log(p.gather(1, y[:, None]).clamp_min(torch.finfo(p.dtype).tiny))
+        else:
+            logp = torch.log_softmax(out, dim=1)
+            logp_y, p = logp.gather(1, y[:, None]), logp.exp()
+        return {keys[0]: float((p.argmax(1) == y).float().mean()), keys[1]: float(-logp_y.mean()), keys[2]: ece(p, y)}
+    keys = (f"{prefix}_rmse", f"{prefix}_nll")
+    if probs and out.dim() == 2 and out.shape[-1] != 1:
+        if not bool(torch.isfinite(out).all()):
+            return _nan_metrics(keys)
+        mean = out.mean(0)
+        nll = float(gaussian_mixture_nll(out, y, noise_sd).mean())
+    else:
+        mean = out.reshape(-1)
+        if not bool(torch.isfinite(mean).all()):
+            return _nan_metrics(keys if not probs else keys[:1])
+        nll = None if probs else float(gaussian_nll(mean, y, noise_sd).mean())
+    res = {keys[0]: float(torch.sqrt(((mean - y) ** 2).mean()))}
+    if nll is not None:
+        res[keys[1]] = nll
+    return res
+
+
+def constant_predictor_metrics(y_train: torch.Tensor, y: torch.Tensor, prefix: str = "test") -> dict[str, float]:
+    """The reference a regression net must beat: predict the training mean for every point.
+
+    ``y_train``: (n_train,) training targets; ``y``: (n,) targets of the evaluated split.
+    Returns ``{prefix}_rmse_constant`` = sqrt(mean((y - mean(y_train))^2)) in units of y.
+    """
+    c = y_train.double().mean()
+    return {f"{prefix}_rmse_constant": float(torch.sqrt(((y.double() - c) ** 2).mean()))}

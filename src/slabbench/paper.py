@@ -22,11 +22,12 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from slabbench.aggregate import records_table, write_csv
+from slabbench.aggregate import check_runs, compression_of_means, metric_values, records_table, spec_setting, write_csv
 from slabbench.config import load_yaml, run_dir, run_specs, validate
 from slabbench.io import read_jsonl, write_text
 from slabbench.plotting import method_order, plot_experiment, plt
 from slabbench.provenance import git_commit
+from slabbench.stats import CI_NAME, describe
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,11 @@ def freeze(config_path: str | Path, out_dir: str | Path, *, runs_csv: str | Path
         shown = ", ".join(f"{e}/{m}/seed={sd}" for e, m, sd in sorted(extra)[:5])
         raise PaperError(f"{len(extra)} run(s) in the table are not in {config_path}'s grid (e.g. {shown}); "
                          "freeze with the config the runs were made with")
+    mismatched = spec_mismatches(runs, specs)
+    if mismatched:
+        raise PaperError(f"{len(mismatched)} run(s) in the table were not made with {config_path}'s spec: "
+                         + "; ".join(mismatched[:5]) + "; freeze with the config the runs were made with")
+    check_runs(runs)
     missing = [f"{s['experiment']}/{s['method']}/seed={s['seed']}" for s in specs
                if (s["experiment"], s["method"], int(s["seed"])) not in present]
     is_full = full_grid is not None and config_path.resolve() == Path(full_grid).resolve() and not missing
@@ -112,6 +118,36 @@ def freeze(config_path: str | Path, out_dir: str | Path, *, runs_csv: str | Path
     return prov
 
 
+def spec_mismatches(runs: pd.DataFrame, specs: list[dict]) -> list[str]:
+    """Rows of ``runs`` whose recorded settings differ from their configured spec: data set,
+    model, epochs, method options, fine-tuning epochs (0 for a natural selection), a target not
+    among the spec's sparsities, and the spec fingerprint (``setting``) where the table has it.
+    Returns one line per differing run and field, e.g. "mnist/l0/seed=0: epochs 10 != 200"."""
+    by_key = {(s["experiment"], s["method"], int(s["seed"])): s for s in specs}
+    out: list[str] = []
+    for row in runs.itertuples(index=False):
+        spec = by_key.get((row.experiment, row.method, int(row.seed)))
+        if spec is None:
+            continue
+        expected = {"dataset": spec["dataset"], "model": spec["model"], "epochs": int(spec["epochs"]),
+                    "method_params": json.dumps(spec.get("method_params", {}), sort_keys=True),
+                    "finetune_epochs": 0 if row.selection == "natural" else int(spec.get("finetune_epochs", 0))}
+        setting = getattr(row, "setting", None)
+        if isinstance(setting, str):
+            expected["setting"] = spec_setting(json.loads(json.dumps(spec)))
+        for field, want in expected.items():
+            have = getattr(row, field, None)
+            if have is None or (isinstance(have, float) and math.isnan(have)):
+                continue  # an older table without the column
+            if isinstance(want, int):
+                have = int(have)
+            if have != want:
+                out.append(f"{row.experiment}/{row.method}/seed={row.seed}: {field} {have} != {want}")
+        if row.selection == "target" and not any(abs(float(row.target_sparsity) - float(t)) < 1e-9 for t in spec["sparsities"]):
+            out.append(f"{row.experiment}/{row.method}/seed={row.seed}: target {row.target_sparsity} not in {spec['sparsities']}")
+    return sorted(set(out))
+
+
 def _matching_records(specs: list[dict], root: Path) -> list[dict]:
     """The records of ``specs`` whose metrics.jsonl exists and was made with exactly that spec
     (a run folder left by another configuration with the same experiment name is not taken)."""
@@ -128,13 +164,50 @@ def _matching_records(specs: list[dict], root: Path) -> list[dict]:
     return out
 
 
-def load_frozen(data_dir: str | Path) -> tuple[pd.DataFrame, dict]:
+def load_frozen(data_dir: str | Path, references: bool = True) -> tuple[pd.DataFrame, dict]:
+    """The frozen run table and its provenance; with ``references``, regression rows made
+    before records carried ``test_rmse_constant`` get it from :func:`with_references`."""
     data_dir = Path(data_dir)
     csv, prov = data_dir / "runs.csv", data_dir / "provenance.json"
     for p in (csv, prov):
         if not p.exists():
             raise PaperError(f"{p} is missing; freeze a run table first: python paper/freeze.py --config CONFIG")
-    return pd.read_csv(csv), json.loads(prov.read_text())
+    runs, prov = pd.read_csv(csv), json.loads(prov.read_text())
+    return (with_references(runs, prov) if references else runs), prov
+
+
+def with_references(runs: pd.DataFrame, prov: dict) -> pd.DataFrame:
+    """``runs`` with the constant predictor's test RMSE (the training mean's) filled in for
+    regression rows that lack it, computed from the data sets of the frozen config's specs —
+    data only, no training.  Left empty (with a warning) when the config file is not there or
+    is not the one the table was frozen with (its SHA-256 differs)."""
+    from slabbench._plugins import repo_root
+    from slabbench.cli import reference_metrics
+
+    runs = runs.copy()
+    if "test_rmse_constant" not in runs:
+        runs["test_rmse_constant"] = math.nan
+    todo = runs[(runs["task"] == "regression") & runs["test_rmse_constant"].isna()]
+    if todo.empty:
+        return runs
+    cfg = Path(prov.get("config", ""))
+    if not cfg.is_absolute():
+        cfg = (repo_root() or Path.cwd()) / cfg
+    if not cfg.is_file() or _sha256(cfg) != prov.get("config_sha256"):
+        log.warning("no constant-predictor reference: %s is missing or not the frozen config", cfg)
+        return runs
+    specs = {(s["experiment"], s["method"], int(s["seed"])): s for s in run_specs(validate(load_yaml(cfg)))}
+    done: dict[tuple, float] = {}
+    for (exp, method, seed), _ in todo.groupby(["experiment", "method", "seed"]):
+        spec = specs.get((exp, method, int(seed)))
+        if spec is None:
+            continue
+        key = (exp, json.dumps(spec["dataset_params"], sort_keys=True), int(seed))  # the same data for every method
+        if key not in done:
+            done[key] = reference_metrics(spec, "regression")["test_rmse_constant"]
+        rows = (runs["experiment"] == exp) & (runs["method"] == method) & (runs["seed"] == seed)
+        runs.loc[rows, "test_rmse_constant"] = done[key]
+    return runs
 
 
 def source_line(prov: dict) -> str:
@@ -188,8 +261,9 @@ X_FLOOR = 0.3
 
 def error_vs_sparsity(runs: pd.DataFrame, prov: dict, columns: int = 3):
     """The central figure: test error (classification) or RMSE (regression) against sparsity,
-    one panel per experiment, every method, 95% bootstrap bands over seeds, logit-scaled
-    sparsity axis (stretched near 1), natural selections as stars, dense as a band."""
+    one panel per experiment, every method, Student-t 95% CI bands of the mean over seeds,
+    logit-scaled sparsity axis (stretched near 1), natural selections as stars, dense as a
+    band, the constant predictor as a dotted line (regression)."""
     experiments = sorted(runs["experiment"].unique())
     cols = min(columns, len(experiments))
     rows = math.ceil(len(experiments) / cols)
@@ -200,7 +274,7 @@ def error_vs_sparsity(runs: pd.DataFrame, prov: dict, columns: int = 3):
     for ax in list(axes.flat)[len(experiments):]:
         ax.set_visible(False)
     label = "" if prov.get("label", "").startswith("full") else f"{prov['label']}: "
-    fig.suptitle(f"{label}test error vs sparsity (95% bootstrap bands over seeds)", fontsize=12)
+    fig.suptitle(f"{label}test error vs sparsity (bands, bars: {CI_NAME} over seeds)", fontsize=12)
     fig.text(0.5, 0.005, source_line(prov), ha="center", va="bottom", fontsize=6.5, wrap=True)
     fig.tight_layout(rect=(0, 0.03, 1, 0.97))
     return fig
@@ -209,16 +283,21 @@ def error_vs_sparsity(runs: pd.DataFrame, prov: dict, columns: int = 3):
 # --------------------------------------------------------------------------- tables
 
 def _mean_sd(x: pd.Series, scale: float = 1.0, digits: int = 2) -> str:
-    x = x.dropna().astype(float) * scale
-    if x.empty:
-        return "–"
-    if len(x) == 1 or not math.isfinite(x.std(ddof=1)):
-        return f"{x.mean():.{digits}f}"
-    return f"{x.mean():.{digits}f} ± {x.std(ddof=1):.{digits}f}"
+    """'mean ± sd' over the finite values of ``x`` (NaN there: diverged runs, counted)."""
+    d = describe((x.astype(float) * scale).tolist())
+    if d["n"] == 0:
+        return f"diverged ({d['n_nan']} runs)" if d["n_nan"] else "–"
+    text = f"{d['mean']:.{digits}f}" if d["n"] == 1 else f"{d['mean']:.{digits}f} ± {d['sd']:.{digits}f}"
+    return text + (f" ({d['n_nan']} of {d['n'] + d['n_nan']} diverged)" if d["n_nan"] else "")
 
 
-def _error(g: pd.DataFrame) -> pd.Series:
-    return 100 * (1 - g["test_accuracy"])
+def _metric(g: pd.DataFrame, col: str) -> pd.Series:
+    """``col`` over the runs that measured it (NaN where a run diverged)."""
+    return metric_values(g, col) if col in g else pd.Series(dtype=float)
+
+
+def _error(g: pd.DataFrame, col: str = "test_accuracy") -> pd.Series:
+    return 100 * (1 - _metric(g, col))
 
 
 def _run_notes(runs: pd.DataFrame) -> list[str]:
@@ -241,26 +320,33 @@ def published_comparison(runs: pd.DataFrame, prov: dict | None) -> str:
     """Markdown: our test error and weights kept beside the published numbers of SCIENCE.md
     §4, for the same data set and architecture, with the protocol differences listed (and the
     source line of ``prov`` when given)."""
+    check_runs(runs)
     rows = []
     for dataset, model, method, selection, err, kept_frac, kept, source in PUBLISHED:
-        g = runs[(runs["dataset"] == dataset) & (runs["model"] == model) & (runs["method"] == method)]
-        g = g[g["selection"] == selection]
-        label = "natural" if selection == "natural" else ""
-        if selection == "target" and not g.empty:
-            targets = g["target_sparsity"].dropna().unique()
-            nearest = min(targets, key=lambda t: abs((1 - t) - kept_frac))
-            g = g[g["target_sparsity"] == nearest]
-            label = f"target {nearest:g}"
-        if g.empty:
-            ours = ["not run", "–", "–", "–"]
-        else:
-            ours = [f"{_mean_sd(_error(g))} ({label}, {g['seed'].nunique()} seeds)",
-                    f"{_mean_sd(100 * (1 - g['sparsity']), digits=2)}%", _joined(g, "epochs") or "?", str(g["nodes_kept"].iloc[0])]
-        rows.append([f"{dataset} {_net_name(dataset, model)}", method, *ours, f"{err:g}", kept, source])
-    for (dataset, model), g in runs[(runs["method"] == "spike_slab") & (runs["selection"] == "natural")].groupby(["dataset", "model"]):
-        if (dataset, model) not in {(d, m) for d, m, *_ in PUBLISHED}:
+        same = runs[(runs["dataset"] == dataset) & (runs["model"] == model)]
+        experiments = sorted(same["experiment"].unique()) or [None]
+        for exp in experiments:  # one row per experiment: runs of other settings are never pooled
+            g = same[(same["experiment"] == exp) & (same["method"] == method) & (same["selection"] == selection)]
+            label = "natural" if selection == "natural" else ""
+            if selection == "target" and not g.empty:
+                targets = g["target_sparsity"].dropna().unique()
+                nearest = min(targets, key=lambda t: abs((1 - t) - kept_frac))
+                g = g[g["target_sparsity"] == nearest]
+                label = f"target {nearest:g}"
+            if g.empty:
+                ours = ["not run", "–", "–", "–"]
+            else:
+                ours = [f"{_mean_sd(_error(g))} ({label}, {g['seed'].nunique()} seeds)",
+                        f"{_mean_sd(100 * (1 - g['sparsity']), digits=2)}%", _joined(g, "epochs") or "?", str(g["nodes_kept"].iloc[0])]
+            where = f"{dataset} {_net_name(dataset, model)}" + (f" ({exp})" if len(experiments) > 1 else "")
+            rows.append([where, method, *ours, f"{err:g}", kept, source])
+    published = {(d, m) for d, m, *_ in PUBLISHED}
+    for (exp, dataset, model), g in runs[(runs["method"] == "spike_slab") & (runs["selection"] == "natural")].groupby(
+            ["experiment", "dataset", "model"]):
+        if (dataset, model) not in published:
             continue
-        rows.append([f"{dataset} {_net_name(dataset, model)}", "spike_slab",
+        several = runs.loc[(runs["dataset"] == dataset) & (runs["model"] == model), "experiment"].nunique() > 1
+        rows.append([f"{dataset} {_net_name(dataset, model)}" + (f" ({exp})" if several else ""), "spike_slab",
                      f"{_mean_sd(_error(g))} (natural, {g['seed'].nunique()} seeds)",
                      f"{_mean_sd(100 * (1 - g['sparsity']))}%", _joined(g, "epochs"), str(g["nodes_kept"].iloc[0]), "–", "–",
                      "no published number to compare with (the paper's tables were not available to us)"])
@@ -275,6 +361,7 @@ def published_comparison(runs: pd.DataFrame, prov: dict | None) -> str:
 def natural_sparsity(runs: pd.DataFrame, prov: dict) -> str:
     """Markdown: each Bayesian method's own (natural) selection beside the dense network, per
     experiment: sparsity, test error / RMSE of the masked posterior mean and of the BMA."""
+    check_runs(runs)
     sections = []
     for exp in sorted(runs["experiment"].unique()):
         g = runs[(runs["experiment"] == exp) & (runs["selection"] == "natural")]
@@ -285,14 +372,19 @@ def natural_sparsity(runs: pd.DataFrame, prov: dict) -> str:
         for method in method_order(g["method"].unique()):
             m = g[g["method"] == method]
             if task == "classification":
-                perf = [_mean_sd(_error(m)), _mean_sd(100 * (1 - m["test_accuracy_bma"])) if m["test_accuracy_bma"].notna().any() else "–"]
+                perf = [_mean_sd(_error(m)), _mean_sd(_error(m, "test_accuracy_bma"))]
             else:
-                perf = [_mean_sd(m["test_rmse"], digits=3), _mean_sd(m["test_rmse_bma"], digits=3) if m["test_rmse_bma"].notna().any() else "–"]
-            extra = [_mean_sd(m["fnr"], digits=3), _mean_sd(m["fpr"], digits=3)] if m["fnr"].notna().any() else ["–", "–"]
-            rows.append([method, f"{_mean_sd(100 * m['sparsity'])}", *perf, _mean_sd(m["compression"], digits=1), *extra,
+                perf = [_mean_sd(_metric(m, "test_rmse"), digits=3), _mean_sd(_metric(m, "test_rmse_bma"), digits=3)]
+            extra = [_mean_sd(_metric(m, "fnr"), digits=3), _mean_sd(_metric(m, "fpr"), digits=3)]
+            c = compression_of_means(m)
+            rows.append([method, f"{_mean_sd(100 * m['sparsity'])}", *perf, "∞" if c == math.inf else f"{c:.1f}", *extra,
                          str(m["seed"].nunique())])
+        if task == "regression" and "test_rmse_constant" in g and g["test_rmse_constant"].notna().any():
+            ref = g.dropna(subset=["test_rmse_constant"]).drop_duplicates("seed")
+            rows.append(["constant (training mean)", "–", _mean_sd(ref["test_rmse_constant"], digits=3), "–", "–", "–", "–",
+                         str(ref["seed"].nunique())])
         what = "test error %" if task == "classification" else "test RMSE"
-        headers = ["method", "sparsity %", what, f"{what} (BMA)", "compression ×", "FNR", "FPR", "seeds"]
+        headers = ["method", "sparsity %", what, f"{what} (BMA)", "compression × (of means)", "FNR", "FPR", "seeds"]
         sections.append(f"## {exp}: {_experiment_title(g)}\n\n" + tabulate(rows, headers=headers, tablefmt="github") + "\n")
     return ("# Natural sparsity: each method's own selection (mean ± sd over seeds)\n\n" + "\n".join(sections)
             + f"\nSource: {source_line(prov)}.\n")

@@ -1,5 +1,6 @@
-"""Figures (seaborn): test metric vs sparsity per experiment, one line per method with a
-95% bootstrap band over seeds; fixed method -> colour mapping across every figure."""
+"""Figures (matplotlib, seaborn's palette): test metric vs sparsity per experiment, one line
+per method with a Student-t 95% CI band of the mean over seeds; fixed method -> colour mapping
+across every figure."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, NullFormatter  # noqa: E402
 
-from slabbench.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, describe  # noqa: E402
+from slabbench.aggregate import check_runs, metric_values, nan_metric_names  # noqa: E402
+from slabbench.stats import CI_NAME, describe  # noqa: E402
 
 #: the fixed method order and colours (methods not listed get the remaining palette colours)
 KNOWN_METHODS = ["dense", "magnitude", "spike_slab", "sparse_vd", "l0"]
@@ -37,47 +39,80 @@ def metric_for(task: str) -> tuple[str, str]:
     return ("test_error", "test error (%)") if task == "classification" else ("test_rmse", "test RMSE")
 
 
+def target_points(targets: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One point per method and sparsity target (never pooled across targets, even where two
+    targets reach the same sparsity): ``reached`` (mean sparsity of its runs), the metric's
+    ``mean``, ``ci_low``, ``ci_high`` (Student-t 95%), ``n`` (finite runs) and ``diverged``
+    (runs whose metric is NaN)."""
+    rows = []
+    for (method, target), g in targets.groupby(["method", "target_sparsity"], sort=True):
+        d = describe(metric_values(g, metric).tolist())
+        rows.append(dict(method=method, target_sparsity=target, reached=float(g["sparsity"].mean()), mean=d["mean"],
+                         ci_low=d["ci_low"], ci_high=d["ci_high"], n=d["n"], diverged=d["n_nan"]))
+    return pd.DataFrame(rows, columns=["method", "target_sparsity", "reached", "mean", "ci_low", "ci_high", "n", "diverged"])
+
+
+def _with_error(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with ``test_error`` = 100 (1 - accuracy); a diverged accuracy stays diverged."""
+    runs = runs.copy()
+    runs["test_error"] = 100 * (1 - runs["test_accuracy"].astype(float))
+    if "nan_metrics" in runs:  # read from a CSV, a column without a name is all NaN (float)
+        names = nan_metric_names(runs)
+        runs["nan_metrics"] = names.where(~names.str.split(";").apply(lambda n: "test_accuracy" in n), names + ";test_error")
+    return runs
+
+
 def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None, x_floor: float | None = None,
                     log_y: bool = False):
     """Test metric vs sparsity reached (logit axis; ticks at the targets), a line per method
-    through its sparsity targets; natural selections as points with
-    95% CI bars at their achieved sparsity; dense as a horizontal band.  Draws on ``ax``
-    when given (a panel of a larger figure), else on a new figure; returns the figure.
+    through its sparsity targets (one point per target, at the mean sparsity its runs reached,
+    with a Student-t 95% CI band); natural selections as points with 95% CI bars at their
+    achieved sparsity; dense as a horizontal band; for regression the constant predictor
+    (training mean) as a dotted reference line.  Diverged runs are not drawn and are counted
+    in the legend.  Draws on ``ax`` when given (a panel of a larger figure), else on a new
+    figure; returns the figure.
     ``x_floor``: a natural selection sparser than nothing but below this is drawn at the
     floor as a left-pointing triangle labelled with its sparsity (keeps the axis on the
     targets); ``log_y``: log-scaled metric axis."""
-    runs = runs.copy()
+    check_runs(runs)
     task = runs["task"].iloc[0]
     metric, label = metric_for(task)
-    if task == "classification":
-        runs["test_error"] = 100 * (1 - runs["test_accuracy"])
+    runs = _with_error(runs) if task == "classification" else runs.copy()
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 4))
     else:
         fig = ax.figure
-    targets = runs[runs["selection"] == "target"].copy()
+    targets = runs[runs["selection"] == "target"]
     # each point at the sparsity its runs reached (mean over seeds), not at the target: a method
     # may prune more (L0 bakes its closed gates into the exported net, e.g. 53% at target 0.5)
-    targets["reached"] = targets.groupby(["method", "target_sparsity"])["sparsity"].transform("mean")
+    points = target_points(targets, metric)
     order = method_order(runs["method"].unique())
-    if not targets.empty:
-        sns.lineplot(data=targets, x="reached", y=metric, hue="method", hue_order=[m for m in order if m in set(targets["method"])],
-                     palette={m: method_colour(m) for m in order}, errorbar=("ci", 95), n_boot=BOOTSTRAP_SAMPLES,
-                     seed=BOOTSTRAP_SEED, marker="o", ax=ax)
+    for method in [m for m in order if m in set(points["method"])]:
+        p = points[points["method"] == method].sort_values("target_sparsity")
+        diverged = int(p["diverged"].sum())
+        note = f" ({diverged} diverged runs not drawn)" if diverged else ""
+        ax.plot(p["reached"], p["mean"], marker="o", color=method_colour(method), label=f"{method}{note}")
+        ax.fill_between(p["reached"], p["ci_low"], p["ci_high"], color=method_colour(method), alpha=0.2, lw=0)
     natural = runs[runs["selection"] == "natural"]
     for method, g in natural.groupby("method", sort=False):
-        y, x = describe(g[metric].tolist()), describe(g["sparsity"].tolist())
+        y, x = describe(metric_values(g, metric).tolist()), describe(g["sparsity"].tolist())
+        note = f", {y['n_nan']} diverged" if y["n_nan"] else ""
         if method == "dense" or x["mean"] == 0:
-            ax.axhline(y["mean"], color=method_colour(method), ls="--", lw=1, label=f"{method}")
+            ax.axhline(y["mean"], color=method_colour(method), ls="--", lw=1, label=f"{method}{note}")
             ax.axhspan(y["ci_low"], y["ci_high"], color=method_colour(method), alpha=0.12, lw=0)
         elif x_floor is not None and x["mean"] < x_floor:
             ax.plot([x_floor], [y["mean"]], marker="<", ms=10, color=method_colour(method), mec="k", ls="none",
-                    label=f"{method} (natural, {100 * x['mean']:.1f}% sparse)")
+                    label=f"{method} (natural, {100 * x['mean']:.1f}% sparse{note})")
         else:
-            ax.errorbar([x["mean"]], [y["mean"]], yerr=[[y["mean"] - y["ci_low"]], [y["ci_high"] - y["mean"]]],
-                        xerr=[[x["mean"] - x["ci_low"]], [x["ci_high"] - x["mean"]]], fmt="*", ms=11,
+            yerr = [[y["mean"] - y["ci_low"]], [y["ci_high"] - y["mean"]]] if y["n"] > 1 else None
+            xerr = [[x["mean"] - x["ci_low"]], [x["ci_high"] - x["mean"]]] if x["n"] > 1 else None
+            ax.errorbar([x["mean"]], [y["mean"]], yerr=yerr, xerr=xerr, fmt="*", ms=11,
                         color=method_colour(method), mec="k",
-                        label=f"{method} (natural, {100 * x['mean']:.1f}% sparse)")  # often between the ticks
+                        label=f"{method} (natural, {100 * x['mean']:.1f}% sparse{note})")  # often between the ticks
+    if task == "regression" and "test_rmse_constant" in runs and runs["test_rmse_constant"].notna().any():
+        ref = runs.dropna(subset=["test_rmse_constant"]).drop_duplicates("seed")["test_rmse_constant"].mean()
+        ax.axhline(ref, color="k", ls=":", lw=1, label=f"constant predictor (training mean), {ref:.2f}")
+    targets = targets.assign(reached=targets.groupby(["method", "target_sparsity"])["sparsity"].transform("mean"))
     shown = natural.groupby("method")["sparsity"].transform("mean")
     keep = (natural["sparsity"] > 0) & ((shown >= x_floor) if x_floor is not None else True)
     xs = pd.concat([targets["reached"], natural.loc[keep, "sparsity"]]).dropna()
@@ -103,7 +138,7 @@ def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None, x_flo
     ax.grid(alpha=0.3)
     alone = len(fig.axes) == 1  # a panel of a larger figure says this in its caption
     ax.legend(fontsize=8, frameon=False, title_fontsize=8,
-              title=f"bands, bars: 95% bootstrap CI over {runs['seed'].nunique()} seeds" if alone else None)
+              title=f"bands, bars: {CI_NAME} over {runs['seed'].nunique()} seeds" if alone else None)
     if alone:
         fig.tight_layout()
     return fig

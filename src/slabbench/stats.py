@@ -1,46 +1,75 @@
-"""Aggregates over seeds: mean, sd and a seeded percentile-bootstrap 95% CI of the mean."""
+"""Aggregates over seeds: run counts, mean, sd and a Student-t 95% confidence interval of the mean.
+
+The interval is Student's t: mean ± t_{n-1, 0.975} · sd / √n.  Its coverage is exact for
+normally distributed values at every n ≥ 2 and close to nominal for the mildly skewed metrics of
+this suite at the seed counts it runs (3, 5, 30); the percentile bootstrap used before is
+[min, max] of the values at n = 3 and covered the mean in about 75% of repetitions there
+(``tests/test_stats.py`` checks both by simulation).  One value gives no interval (NaN, NaN).
+
+Non-finite values (NaN: a diverged run; ±inf, e.g. the compression of a fully pruned net) are
+never averaged in and never dropped in silence: :func:`describe` reports how many there were
+beside the number of values the statistics are over.
+"""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+from scipy import stats as _sps
 
-BOOTSTRAP_SAMPLES = 2000
-BOOTSTRAP_SEED = 0
+#: the interval used for every "95% CI" of this suite, as named in captions and headers
+CI_LEVEL = 0.95
+CI_NAME = "Student-t 95% CI of the mean"
 
 
-def bootstrap_ci(values, level: float = 0.95, n_boot: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of ``values`` (NaNs dropped); deterministic for a seed.
+def _floats(values) -> np.ndarray:
+    """``values`` as float64 with ``None`` read as NaN (shape (n,))."""
+    return np.asarray([math.nan if v is None else float(v) for v in values], dtype=float)
 
-    One value gives (value, value); none gives (nan, nan).
+
+def t_interval(values, level: float = CI_LEVEL) -> tuple[float, float]:
+    """Student-t confidence interval of the mean of the finite ``values``.
+
+    mean ± t_{n-1, (1+level)/2} · sd / √n with sd the sample sd (ddof = 1).  Fewer than two
+    finite values give (nan, nan): one seed says nothing about the spread.
     """
-    x = np.asarray([v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))], dtype=float)
-    if len(x) == 0:
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    x = _floats(values)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n < 2:
         return math.nan, math.nan
-    if len(x) == 1:
-        return float(x[0]), float(x[0])
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
-    alpha = (1 - level) / 2
-    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+    half = float(_sps.t.ppf((1 + level) / 2, n - 1)) * float(x.std(ddof=1)) / math.sqrt(n)
+    m = float(x.mean())
+    return m - half, m + half
 
 
 def describe(values) -> dict[str, float]:
-    """n, mean, sd (ddof=1; 0 for one value) and the bootstrap 95% CI."""
-    x = np.asarray([v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))], dtype=float)
-    lo, hi = bootstrap_ci(x)
+    """Counts and statistics of ``values`` (one per run).
+
+    Returns ``n`` (finite values; mean, sd and CI are over these), ``n_nan`` (NaN or None:
+    diverged or not measured), ``n_inf`` (±inf), ``mean``, ``sd`` (ddof = 1; 0 for one value;
+    NaN for none) and ``ci_low`` / ``ci_high`` (:func:`t_interval`).
+    """
+    x = _floats(values)
+    finite = x[np.isfinite(x)]
+    lo, hi = t_interval(finite)
+    n = len(finite)
     return {
-        "n": int(len(x)),
-        "mean": float(x.mean()) if len(x) else math.nan,
-        "sd": float(x.std(ddof=1)) if len(x) > 1 else (0.0 if len(x) else math.nan),
+        "n": int(n),
+        "n_nan": int(np.isnan(x).sum()),
+        "n_inf": int(np.isinf(x).sum()),
+        "mean": float(finite.mean()) if n else math.nan,
+        "sd": float(finite.std(ddof=1)) if n > 1 else (0.0 if n else math.nan),
         "ci_low": lo,
         "ci_high": hi,
     }
 
 
 def mean_sd(values, digits: int = 3) -> str:
-    """'mean ± sd' with ``digits`` significant decimals; '–' when there is no value."""
+    """'mean ± sd' over the finite values with ``digits`` decimals; '–' when there is none."""
     d = describe(values)
     if d["n"] == 0:
         return "–"

@@ -425,6 +425,8 @@ def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], 
         common = {k: c[k] for k in ("experiment", "dataset", "model", "method", "seed")}
         common.update(task=task, device=str(device), spec=dict(c), provenance=prov, train_seconds=secs,
                       stack_runs=len(members))
+        if task == "regression":  # the reference a collapsed net is read against
+            common.update(M.constant_predictor_metrics(data["train"][1], data["test"][1]))
         if m.diverged:
             common["diverged"] = m.diverged
         exported = method.export(model).to(device).eval()
