@@ -192,7 +192,8 @@ class Method(_Base):
         granularity), where Bai et al.'s code gives them gates and slab noise too.  Unlike
         :meth:`bma_predict` this ignores any mask, so one value per trained model."""
         ones = {f"{name}.weight": torch.ones_like(layer.mu) for name, layer in self._layers(model)}
-        return self.bma_predict(model, ones, x)
+        pred = self.bma_predict(model, ones, x)
+        return pred.mean(0) if self.ctx.task == "regression" else pred  # regression: mean over samples (n,)
 
     @torch.no_grad()
     def extra_artifacts(self, model):

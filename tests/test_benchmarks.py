@@ -27,7 +27,7 @@ def test_step_time_prints_a_ratio_per_method(capsys):
 
 def test_published_prints_the_comparison_from_a_run_table(tmp_path, capsys):
     runs = pd.DataFrame([
-        {"experiment": "m", "dataset": "mnist", "model": "mlp", "method": "sparse_vd", "seed": 0, "selection": "natural",
+        {"experiment": "m", "dataset": "mnist", "model": "mlp", "method": "sparse_vd", "seed": 0, "task": "classification", "selection": "natural",
          "target_sparsity": None, "test_accuracy": 0.9808, "sparsity": 0.985, "nodes_kept": "250-60", "epochs": 200},
     ])
     runs.to_csv(tmp_path / "runs.csv", index=False)
