@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -35,7 +35,7 @@ from slabbench.models import build_model
 from slabbench.prune import apply_masks, topk_masks
 from slabbench.provenance import provenance
 from slabbench.registry import dataset_class, method_class
-from slabbench.stack import run_views, stack_modules, unstack, unstackable_modules
+from slabbench.stack import run_views, stack_modules, stacked_runs, unstack, unstackable_modules
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
@@ -122,19 +122,23 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
                 epochs: int, batch_size: int, lr: float, task: str, noise_sd: float,
                 data_gens: Sequence[torch.Generator], noise_gens: Sequence[torch.Generator],
                 stop_on_divergence: bool = True) -> None:
-    """Train the stacked ``model`` (S runs, see :mod:`slabbench.stack`) with the core's loss
-    convention: the sum over runs of [mean NLL_s + beta * penalty_s / N].  Run ``s`` sees its
-    own data ``xs[s]``, ``ys[s]`` in the order drawn from ``data_gens[s]`` and its noise from
-    ``noise_gens[s]``.  The method's hooks are called once on the stacked model when its class
-    declares ``stackable = True``, else ``after_step`` / ``after_epoch`` once per run on views
-    of the run's slice (its own method instance, e.g. its own target)."""
+    """Train ``model`` with the core's loss convention: the sum over its runs of
+    [mean NLL_s + beta * penalty_s / N].  ``model`` is stacked (S runs, see
+    :mod:`slabbench.stack`) or an ordinary model (one run, S = 1, noise from torch's global
+    generator).  Run ``s`` sees its own data ``xs[s]``, ``ys[s]`` in the order drawn from
+    ``data_gens[s]`` and its layers' noise from ``noise_gens[s]``.  The method's hooks are called
+    once on the model when it is ordinary or the method's class declares ``stackable = True``,
+    else ``after_step`` / ``after_epoch`` once per run on views of the run's slice (its own
+    method instance, e.g. its own target).  NaN / inf is checked once per epoch."""
     lead = members[0].method
     opt = lead.optimizer(model, lr)
-    per_run_hooks = not type(lead).__dict__.get("stackable", False)
+    stacked = stacked_runs(model) > 0
+    forward = model if stacked else (lambda xb: model(xb[0]).unsqueeze(0))
+    per_run_hooks = stacked and not type(lead).__dict__.get("stackable", False)
     views = run_views(model) if per_run_hooks else None
     x_all, y_all, offsets = _batches(xs, ys)
     n, s_runs = len(ys[0]), len(members)
-    params = [p for p in model.parameters()]
+    params = [p if stacked else p[None] for p in model.parameters()]  # leading run dimension
     model.train()
     step = 0
     for epoch in range(epochs):
@@ -149,7 +153,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
             xb = x_all.index_select(0, flat).view(s_runs, idx.shape[1], *x_all.shape[1:])
             yb = y_all.index_select(0, flat).view(s_runs, idx.shape[1])
             with run_generators(noise_gens):
-                out = model(xb)
+                out = forward(xb)
             nll = _nll_per_run(out, yb, task, noise_sd)
             loss = nll.sum()
             penalty = lead.penalty(model)
@@ -177,35 +181,12 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
 def fit(model: nn.Module, method: Method, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int,
         lr: float, task: str, noise_sd: float, generator: torch.Generator, member: Member | None = None,
         stop_on_divergence: bool = True) -> None:
-    """Minibatch training of one (unstacked) model with the core's loss convention (see the
-    module docstring); ``x``, ``y`` live on the model's device; shuffling draws from
-    ``generator`` (CPU), noise from torch's global generator.  NaN / inf checked once per epoch."""
-    opt = method.optimizer(model, lr)
-    n = len(y)
+    """Minibatch training of one ordinary (unstacked) model, see :func:`fit_stacked`; ``x``,
+    ``y`` live on the model's device; shuffling draws from ``generator`` (CPU), noise from
+    torch's global generator."""
     member = member or Member(label="run", seed=0, target=None, method=method)
-    params = [p for p in model.parameters()]
-    model.train()
-    step = 0
-    for epoch in range(epochs):
-        beta = method.beta(epoch)
-        perm = torch.randperm(n, generator=generator).to(x.device)
-        nll_sum = torch.zeros(1, device=x.device)
-        for start in range(0, n, batch_size):
-            idx = perm[start:start + batch_size]
-            nll = M.nll_loss(model(x.index_select(0, idx)), y.index_select(0, idx), task, noise_sd)
-            loss = nll
-            penalty = method.penalty(model)
-            if penalty is not None and beta != 0.0:
-                loss = loss + beta * penalty / n
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            method.after_step(model, step, epoch)
-            nll_sum += nll.detach()
-            step += 1
-        method.after_epoch(model, epoch)
-        _check_finite([member], nll_sum, [p[None] for p in params], epoch, epochs, lr, stop_on_divergence)
-    model.eval()
+    fit_stacked(model, [member], [x], [y], epochs=epochs, batch_size=batch_size, lr=lr, task=task, noise_sd=noise_sd,
+                data_gens=[generator], noise_gens=[], stop_on_divergence=stop_on_divergence)
 
 
 def evaluate(net: nn.Module, data: dict, spec, task: str, noise_sd: float) -> dict[str, Any]:
@@ -265,7 +246,6 @@ def stack_refusal(method: Method, model: nn.Module) -> str | None:
 def _free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    import os
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
@@ -356,19 +336,13 @@ def _finetune_all(jobs: list[tuple[nn.Module, dict, int, dict]], cfg: dict, task
     return out
 
 
-def _load_data(cfg: dict, device: torch.device, cache: dict) -> tuple[Any, dict]:
-    """(spec, {split: (x, y)}) of a run's data set on ``device``; runs whose data set ignores
-    the seed (fixed splits) share one copy."""
+def _load_data(cfg: dict, device: torch.device) -> tuple[Any, dict]:
+    """(spec, {split: (x, y)}) of a run's data set on ``device``."""
     ds_cls = dataset_class(cfg["dataset"])
     dataset = ds_cls(make_params(ds_cls.Params, cfg.get("dataset_params"), f"dataset {cfg['dataset']!r}"), int(cfg["seed"]))
     dataset.prepare()
     spec = dataset.spec()
-    data = {s: tuple(t.to(device) for t in dataset.load(s)) for s in ("train", "val", "test")}
-    for known in cache.values():
-        if all(torch.equal(data[s][i], known[s][i]) for s in data for i in (0, 1)):
-            return spec, known
-    cache[int(cfg["seed"])] = data
-    return spec, data
+    return spec, {s: tuple(t.to(device) for t in dataset.load(s)) for s in ("train", "val", "test")}
 
 
 def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], dict[str, Any]]]:
@@ -388,8 +362,11 @@ def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], 
     m_params = make_params(m_cls.Params, cfg0.get("method_params"), f"method {cfg0['method']!r}")
     stop = cfg0.get("on_divergence", "stop") == "stop"
     label = f"{cfg0['experiment']}/{cfg0['method']}"
-    cache: dict = {}
-    loaded = [_load_data(c, device, cache) for c in cfgs]
+    # a fixed split (the spec's promise, checked by the dataset contract test) is loaded once
+    # and shared by every run; a simulation draws each seed's replicate
+    loaded = [_load_data(cfgs[0], device)]
+    for c in cfgs[1:]:
+        loaded.append(_load_data(c, device) if loaded[0][0].replicate_per_seed else loaded[0])
     spec = loaded[0][0]
     task, noise_sd = spec.task, float(cfg0["noise_sd"])
     n_train = len(loaded[0][1]["train"][1])
