@@ -65,6 +65,12 @@ def n_runs() -> int:
     return len(cfg["experiments"]) * len(cfg["methods"]) * len(cfg["seeds"])
 
 
+def n_stacks() -> int:
+    """Training jobs of the tiny grid: one per experiment x method (every seed fits one stack)."""
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    return len(cfg["experiments"]) * len(cfg["methods"])
+
+
 def test_jobs_declare_cluster_resources(tmp_path):
     """What every job asks of a cluster; a GPU device makes training jobs ask for one GPU."""
     cfg = yaml.safe_load(TEST_CONFIG.read_text())
@@ -138,7 +144,7 @@ def cancelled(cluster, tmp_path_factory):
         jobid, wildcards = running_train_job(time.time() + 600)
         job = subprocess.run(["scontrol", "show", "job", jobid], capture_output=True, text=True).stdout
         # cancel mid-run: once the training script has opened its log
-        train_log = workdir / "results" / "logs" / "train" / "{}/{}/seed={}.log".format(*split_wildcards(wildcards))
+        train_log = workdir / "results" / "logs" / "train" / "{}/{}/stack-{}.log".format(*split_wildcards(wildcards))
         deadline = time.time() + 300
         while time.time() < deadline and not train_log.exists():
             time.sleep(0.1)
@@ -164,13 +170,13 @@ def test_cancelled_job_is_reported_with_its_log(cancelled):
     workdir, rc, out, jobid, wildcards, _ = cancelled
     assert rc != 0, out[-3000:]
     assert f"SLURM-job '{jobid}' failed, SLURM status is: 'CANCELLED'" in out, out[-3000:]
-    experiment, method, seed = split_wildcards(wildcards)
+    experiment, method, stack = split_wildcards(wildcards)
     assert "Error in rule train" in out, out[-3000:]
     # the job's own log is named and shown (show-failed-logs), and so is the SLURM log
-    assert f"Logfile results/logs/train/{experiment}/{method}/seed={seed}.log:" in out, out[-3000:]
+    assert f"Logfile results/logs/train/{experiment}/{method}/stack-{stack}.log:" in out, out[-3000:]
     assert f"slurm_logs/rule_train/{wildcards}/{jobid}.log" in out, out[-3000:]
     assert (workdir / ".snakemake" / "slurm_logs" / "rule_train" / wildcards / f"{jobid}.log").exists()
-    victim = workdir / "results" / "runs" / experiment / method / f"seed={seed}" / "metrics.jsonl"
+    victim = workdir / "results" / "runs" / experiment / method / f"stack-{stack}.json"
     assert not victim.exists()
 
 
@@ -178,12 +184,13 @@ def test_cancelled_job_is_reported_with_its_log(cancelled):
 def test_rerun_on_slurm_redoes_only_what_is_missing_and_matches_a_local_run(cancelled, local_runs):
     workdir = cancelled[0]
     runs = workdir / "results" / "runs"
-    done = {p: p.stat().st_mtime_ns for p in runs.rglob("metrics.jsonl")}
-    assert 1 <= len(done) < n_runs()
-    assert planned_jobs(workdir)["train"] == n_runs() - len(done)
+    done = {p: p.stat().st_mtime_ns for p in runs.rglob("stack-*.json")}
+    assert 1 <= len(done) < n_stacks()
+    assert planned_jobs(workdir)["train"] == n_stacks() - len(done)
     proc = subprocess.run(on_slurm(workdir), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert {p: p.stat().st_mtime_ns for p in done} == done  # finished runs were not redone
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # finished stacks were not redone
+    assert len(list(runs.rglob("stack-*.json"))) == n_stacks()
     assert len(list(runs.rglob("metrics.jsonl"))) == n_runs()
     assert planned_jobs(workdir) == {}
 
