@@ -134,7 +134,11 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     opt = lead.optimizer(model, lr)
     stacked = stacked_runs(model) > 0
     forward = model if stacked else (lambda xb: model(xb[0]).unsqueeze(0))
-    per_run_hooks = stacked and not type(lead).__dict__.get("stackable", False)
+    cls = type(lead)
+    # hooks once per run (on views) only where they could tell runs apart: a method that does
+    # not declare stackable and overrides a per-step hook (e.g. magnitude's gradual schedule)
+    per_run_hooks = stacked and not cls.__dict__.get("stackable", False) and (
+        cls.after_step is not Method.after_step or cls.after_epoch is not Method.after_epoch)
     views = run_views(model) if per_run_hooks else None
     x_all, y_all, offsets = _batches(xs, ys)
     n, s_runs = len(ys[0]), len(members)
