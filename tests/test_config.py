@@ -2,13 +2,13 @@
 
 import pytest
 
-from slabbench.config import ConfigError, run_specs, validate
+from slabbench.config import ConfigError, experiment_methods, run_specs, validate
 
 
 def test_default_config_is_valid(default_config):
     cfg = validate(default_config)
     specs = run_specs(cfg)
-    assert len(specs) == len(cfg["experiments"]) * len(cfg["methods"]) * len(cfg["seeds"])
+    assert len(specs) == sum(len(experiment_methods(cfg, e)) for e in cfg["experiments"]) * len(cfg["seeds"])
     # defaults are filled in and method options resolved per experiment
     assert all("finetune_lr_factor" in s and "method_params" in s for s in specs)
 
@@ -97,7 +97,7 @@ def test_experiment_seeds_and_methods_override_the_global_lists(default_config):
     digits = [(s["method"], s["seed"]) for s in specs if s["experiment"] == "digits"]
     assert sorted(digits) == sorted((m, s) for m in ("dense", "spike_slab") for s in (5, 6, 7, 8))
     others = [s for s in specs if s["experiment"] != "digits"]
-    assert len(others) == (len(cfg["experiments"]) - 1) * len(cfg["methods"]) * len(cfg["seeds"])
+    assert len(others) == sum(len(experiment_methods(cfg, e)) for e in cfg["experiments"] if e != "digits") * len(cfg["seeds"])
     assert all("seeds" not in s and "methods" not in s for s in specs)
 
 
