@@ -85,3 +85,39 @@ def test_sampled_draws_leave_the_model_averages_as_they_were(monkeypatch):
     assert [r["test_rmse_bma"] for r in with_it] == [r["test_rmse_bma"] for r in without]
     assert "test_rmse_sampled" in with_it[0] and "test_rmse_sampled" not in without[0]
 
+
+
+def _row(method, rmse, sampled=None, seed=0, params="{}"):
+    return dict(experiment="sim", dataset="simulation", model="mlp", method=method, seed=seed, task="regression",
+                selection="natural", target_sparsity=None, test_rmse=rmse, test_rmse_bma=None, test_rmse_sampled=sampled,
+                sparsity=0.5, compression=2.0, fnr=0.0, fpr=0.0, nodes_kept="7-7", epochs=10, method_params=params)
+
+
+def test_natural_table_shows_the_sampled_rmse_only_where_measured():
+    import pandas as pd
+
+    from slabbench.paper import natural_sparsity
+
+    prov = {"label": "test", "runs_present": 1, "runs_configured": 1, "config": "c.yaml", "config_sha256": "ab" * 32,
+            "run_commits": ["0123456789abcdef"], "devices": ["cpu"], "runs_missing": [], "frozen_at": "2026-01-01T00:00:00Z"}
+    with_it = natural_sparsity(pd.DataFrame([_row("dense", 3.0), _row("spike_slab", 1.25, 1.20, seed=0),
+                                             _row("spike_slab", 1.23, 1.16, seed=1)]), prov)
+    assert "sampled nets, unmasked" in with_it
+    line = [ln for ln in with_it.splitlines() if ln.startswith("| spike_slab")][0]
+    assert "1.180 ± 0.028" in line  # mean and sd of 1.20 and 1.16
+    without = natural_sparsity(pd.DataFrame([_row("dense", 3.0), _row("spike_slab", 1.25)]), prov)
+    assert "sampled" not in without
+
+
+def test_published_comparison_names_the_official_schedules_when_used():
+    import pandas as pd
+
+    from slabbench.paper import published_comparison
+
+    def rows(params):
+        return pd.DataFrame([dict(_row("sparse_vd", None, params=params), dataset="mnist", task="classification",
+                                  test_accuracy=0.98, experiment="mnist-mlp")])
+
+    assert "Adam at a constant learning rate for every method" in published_comparison(rows("{}"), None)
+    md = published_comparison(rows('{"lr_schedule": "linear_to0"}'), None)
+    assert "for every method" not in md and "`sparse_vd`'s `lr_schedule`" in md

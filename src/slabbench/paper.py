@@ -300,6 +300,27 @@ def _error(g: pd.DataFrame, col: str = "test_accuracy") -> pd.Series:
     return 100 * (1 - _metric(g, col))
 
 
+#: the note on learning rates when some compared run used an official schedule
+SCHEDULE_NOTE = ("Adam at a constant learning rate, except where the options below set the official schedules "
+                 "(`sparse_vd`'s `lr_schedule`, `l0`'s `ema`, `magnitude`'s retraining at `retrain_lr_factor`); "
+                 "Han et al. trained with SGD.")
+
+
+def _protocol_notes(runs: pd.DataFrame) -> list[str]:
+    """:data:`PROTOCOL_NOTES`, with the constant-learning-rate note replaced where a compared run
+    used an official schedule or parameter averaging (read from its options)."""
+    scheduled = False
+    if "method_params" in runs:
+        for text in runs["method_params"].dropna().unique():
+            try:
+                opts = json.loads(text)
+            except (TypeError, ValueError):
+                continue
+            scheduled |= (opts.get("lr_schedule", "constant") != "constant" or bool(opts.get("ema", 0))
+                          or opts.get("schedule") == "iterative")
+    return [SCHEDULE_NOTE if scheduled and n.startswith("Adam at a constant") else n for n in PROTOCOL_NOTES]
+
+
 def _run_notes(runs: pd.DataFrame) -> list[str]:
     """What our compared runs did, read from the table: epochs, fine-tuning, method options."""
     g = runs[runs["dataset"].isin({d for d, *_ in PUBLISHED}) & runs["model"].isin({m for _, m, *_ in PUBLISHED})]
@@ -352,7 +373,7 @@ def published_comparison(runs: pd.DataFrame, prov: dict | None) -> str:
                      "no published number to compare with (the paper's tables were not available to us)"])
     headers = ["data, net", "method", "ours: test error %", "ours: weights kept", "ours: epochs", "ours: nodes kept (seed 0)",
                "published error %", "published kept", "source"]
-    notes = "\n".join(f"- {n}" for n in PROTOCOL_NOTES + _run_notes(runs))
+    notes = "\n".join(f"- {n}" for n in _protocol_notes(runs) + _run_notes(runs))
     source = f"\n\nSource: {source_line(prov)}." if prov else ""
     return ("# Our numbers beside the published ones\n\n" + tabulate(rows, headers=headers, tablefmt="github")
             + f"{source}\n\nHow our protocol differs from the papers':\n\n{notes}\n")
