@@ -11,9 +11,11 @@ the stacked loop when the runs stack, the same code the pipeline runs):
 (b) LeNet-300-100 (784-300-100-10) on MNIST-shaped random data held on the device, batch 100,
     ``--lenet-n`` training points for ``--lenet-epochs`` epochs.
 
-For every method and S it prints the wall time per run and per epoch (ms) and the ratio to
-S = 1 measured in the same run: the cost of one run inside a stack of S relative to alone.
-Ratios, not absolute times, are the result (the machine may be shared).
+For every method and S it prints the time per run and per epoch (ms) and the ratio to S = 1
+measured in the same run: the cost of one run inside a stack of S relative to alone.  On the
+CPU the clock is the process's CPU time by default (``--clock``), which other processes on a
+shared machine do not inflate; on a GPU it is wall time.  Ratios, not absolute times, are the
+result.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ def workload(name: str, args) -> dict:
                 batch=100, epochs=args.lenet_epochs, lr=1e-3)
 
 
-def time_stack(method: str, options: dict, w: dict, s_runs: int, device: torch.device) -> float:
-    """Seconds of wall time to train ``s_runs`` runs of ``method`` together."""
+def time_stack(method: str, options: dict, w: dict, s_runs: int, device: torch.device, clock=time.perf_counter) -> float:
+    """Seconds (of ``clock``) to train ``s_runs`` runs of ``method`` together."""
     cls = method_class(method)
     params = make_params(cls.Params, options, method)
     x, y = w["x"].to(device), w["y"].to(device)
@@ -57,10 +59,10 @@ def time_stack(method: str, options: dict, w: dict, s_runs: int, device: torch.d
         m = cls(params, ctx)
         members.append(Member(label=f"bench seed={seed}", seed=seed, target=0.9 if cls.trains_per_target(params) else None,
                               method=m, model=m.build(build_model("mlp", w["spec"], {"hidden": w["hidden"], "init": w["init"]})).to(device)))
-    t0 = time.perf_counter()
+    t0 = clock()
     _train(members, [x] * s_runs, [y] * s_runs, epochs=w["epochs"], batch_size=w["batch"], lr=w["lr"], task=w["spec"].task,
            noise_sd=1.0, device=device, data_seeds=list(range(s_runs)), stop=False, what="bench")
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def main(argv=None) -> None:
@@ -73,22 +75,27 @@ def main(argv=None) -> None:
     ap.add_argument("--workloads", nargs="+", default=["simulation", "lenet300"], choices=["simulation", "lenet300"])
     ap.add_argument("--methods", nargs="+", default=None, help="method names (default: all built-in variants)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
+                    help="wall time, or the process's CPU time (robust on a shared machine; auto: cpu on the CPU, "
+                         "wall on a GPU, whose work the CPU clock does not see)")
     args = ap.parse_args(argv)
     set_threads(args.threads)
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
     variants = [v for v in METHODS if args.methods is None or v[0] in args.methods]
+    use_cpu = args.clock == "cpu" or (args.clock == "auto" and device.type == "cpu")
+    clock, clock_name = (time.process_time, "CPU time") if use_cpu else (time.perf_counter, "wall time")
     for wname in args.workloads:
         w = workload(wname, args)
         print(f"\n{wname} on {name}: {w['epochs']} epoch(s) of {len(w['y'])} points, batch {w['batch']}; "
-              "ms per run per epoch (x S = 1 in this run)")
+              f"ms of {clock_name} per run per epoch (x S = 1 in this run)")
         header = "| method | " + " | ".join(f"S = {s}" for s in args.stacks) + " |"
         print(header + "\n|" + "---|" * (len(args.stacks) + 1))
         for method, options in variants:
-            time_stack(method, options, w, 1, device)  # warm-up: allocations, kernels
+            time_stack(method, options, w, 1, device, clock)  # warm-up: allocations, kernels
             per_run = {}
             for s in args.stacks:
-                per_run[s] = time_stack(method, options, w, s, device) / s / w["epochs"] * 1e3
+                per_run[s] = time_stack(method, options, w, s, device, clock) / s / w["epochs"] * 1e3
             base = per_run[args.stacks[0]]
             label = method + "".join(f" {k}={v}" for k, v in options.items())
             cells = [f"{per_run[s]:.1f} ({per_run[s] / base:.2f}x)" for s in args.stacks]

@@ -159,3 +159,18 @@ def test_template_methods_stack_and_unknown_penalties_run_one_after_another(monk
         assert_records_close(res[1][0], alone[0])
     assert "train one after another (not stacked: it overrides penalty()" in caplog.text
     assert "train stacked" in caplog.text
+
+
+def test_stacked_linear_gradients_match_autograd_of_the_batched_matmul():
+    from slabbench.layers.stacked import linear
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 4, dtype=torch.double, requires_grad=True)
+    w = torch.randn(3, 2, 4, dtype=torch.double, requires_grad=True)
+    b = torch.randn(3, 2, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: linear(x, w, b, 3), (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w: linear(x, w, None, 3), (x, w))
+    g = torch.randn(3, 5, 2, dtype=torch.double)
+    mine = torch.autograd.grad(linear(x, w, b, 3), (x, w, b), g)
+    ref = torch.autograd.grad(torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)), (x, w, b), g)
+    assert all(torch.allclose(a, r) for a, r in zip(mine, ref))

@@ -78,7 +78,10 @@ def _validate_schema(config: Any, schema: dict) -> None:
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_format(e) for e in errors))
+        # one line per problem: jsonschema reports a `required` failure once per missing key,
+        # and each of those formats to the same line naming all of them
+        lines = list(dict.fromkeys(_format(e) for e in errors))
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
 
 
 def _apply_defaults(config: dict, schema: dict) -> dict:
@@ -95,18 +98,64 @@ def _apply_defaults(config: dict, schema: dict) -> dict:
     return config
 
 
-def method_options(config: dict, experiment: str, method: str) -> dict:
-    """Global ``method_params[method]`` overridden by the experiment's own."""
-    opts = dict(config.get("method_params", {}).get(method) or {})
-    opts.update(config["experiments"][experiment].get("method_params", {}).get(method) or {})
+#: keys of a method's options that the core reads itself (never passed to the method's ``Params``):
+#: ``method`` names a variant's base method, ``restarts`` is the number of starts of each run
+CORE_OPTIONS = ("method", "restarts")
+VARIANT_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def variant_base(config: dict, method: str) -> str | None:
+    """The base method of ``method`` when it is a variant (a global ``method_params`` entry
+    that names a ``method``), else ``None``."""
+    base = (config.get("method_params", {}).get(method) or {}).get("method")
+    return base if isinstance(base, str) and base != method else None
+
+
+def method_plugin(spec: dict) -> str:
+    """The method file (stem in ``methods/``) a run spec trains: a variant's base, else its method."""
+    return spec.get("variant_of") or spec["method"]
+
+
+def _merged_options(config: dict, experiment: str, method: str) -> dict:
+    exp = config["experiments"][experiment].get("method_params", {})
+    opts: dict = {}
+    base = variant_base(config, method)
+    chain = ([base] if base else []) + [method]
+    for name in chain:  # a variant: the base's options (global, then the experiment's), then its own
+        opts.update(config.get("method_params", {}).get(name) or {})
+        opts.update(exp.get(name) or {})
+    opts.pop("method", None)
     return opts
 
 
-def _method_error(method: str, options: dict, epochs: int, lr: float) -> str | None:
-    """Why ``options`` are not valid for ``method`` (unknown key, bad type or choice), or None."""
+def method_options(config: dict, experiment: str, method: str) -> dict:
+    """The options ``experiment`` passes to ``method``'s plugin: the global ``method_params``
+    overridden by the experiment's own; for a variant, its base method's options overridden by
+    the variant's.  Core options (:data:`CORE_OPTIONS`) are left out, see :func:`run_options`."""
+    return {k: v for k, v in _merged_options(config, experiment, method).items() if k not in CORE_OPTIONS}
+
+
+def run_options(config: dict, experiment: str, method: str) -> dict:
+    """The core's options of ``method``'s runs in ``experiment``: ``restarts`` (the experiment's
+    own, else 1, overridden by the method's options)."""
+    opts = _merged_options(config, experiment, method)
+    return {"restarts": opts.get("restarts", config["experiments"][experiment].get("restarts", 1))}
+
+
+def _core_option_error(options: dict) -> str | None:
+    k = options.get("restarts", 1)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        return f"option 'restarts' is {k!r}; expected an integer >= 1 (the starts of each run; 1 = one start)"
+    return None
+
+
+def _method_error(method: str, options: dict, epochs: int, lr: float, name: str | None = None) -> str | None:
+    """Why ``options`` are not valid for ``method`` (unknown key, bad type or choice), or None;
+    ``name``: the variant of ``method`` they belong to, if any."""
     cls = method_class(method)
+    owner = f"method {name!r} (a variant of {method!r})" if name and name != method else f"method {method!r}"
     try:
-        params = make_params(cls.Params, options, f"method {method!r}")
+        params = make_params(cls.Params, options, owner)
         ctx = TrainContext(task="classification", n_train=1, epochs=epochs, steps_per_epoch=1,
                            lr=lr, device=torch.device("cpu"), spec=None)
         cls(params, ctx)  # constructors check choices (scope, schedule, ...)
@@ -138,23 +187,49 @@ def validate(config: Any) -> dict:
     config = _apply_defaults(config, schema)
     problems: list[str] = []
     methods, datasets = available("method"), available("dataset")
+    variants = {}  # variant name -> its base method
+    for m, options in config["method_params"].items():
+        base = (options or {}).get("method")
+        if base is None:
+            continue
+        where = f"config.method_params.{m}.method"
+        if m in methods:
+            problems.append(f"{where}: {m!r} is a method file (methods/{m}.py); a variant of {base!r} needs a name of its own")
+        elif not VARIANT_RE.match(m):
+            problems.append(f"config.method_params: bad variant name {m!r}: names use lowercase letters, digits "
+                            f"and '_' and start with a letter")
+        elif base not in methods:
+            problems.append(f"{where}: unknown base method {base!r}{_hint(base, methods)}; a variant's base is one "
+                            f"of the method files: {', '.join(methods)}")
+        else:
+            variants[m] = base
+    names = methods + sorted(variants)
+    have = f"have {', '.join(methods)}" + (f" and the variants {', '.join(sorted(variants))}" if variants else "")
     for m in config["methods"]:
-        if m not in methods:
-            problems.append(f"config.methods: unknown method {m!r}{_hint(m, methods)}; have {', '.join(methods)}")
+        if m not in names:
+            problems.append(f"config.methods: unknown method {m!r}{_hint(m, names)}; {have}")
     # The global options of each method are checked once, where they are written (with the
     # epochs / lr of the first experiment that runs the method unchanged); an experiment then
     # only adds errors of its own overrides or of its epochs / lr.
     bad_globals = set()
     for m, options in config["method_params"].items():
-        if m not in methods:
-            problems.append(f"config.method_params: unknown method {m!r}{_hint(m, methods)}; have {', '.join(methods)}")
+        if m not in names:
+            if (options or {}).get("method") is None:
+                problems.append(f"config.method_params: unknown method {m!r}{_hint(m, names)}; {have} (a variant "
+                                f"names its base method: `{m}: {{method: <base>, ...}}`)")
+            bad_globals.add(m)
             continue
-        users = [e for n, e in config["experiments"].items() if m in experiment_methods(config, n) and m not in e["method_params"]]
+        base = variants.get(m, m)
+        users = [n for n, e in config["experiments"].items()
+                 if m in experiment_methods(config, n) and m not in e["method_params"] and base not in e["method_params"]]
         if users:
-            err = _method_error(m, options or {}, epochs=users[0]["epochs"], lr=users[0]["lr"])
+            exp = config["experiments"][users[0]]
+            err = _core_option_error(_merged_options(config, users[0], m)) or _method_error(
+                base, method_options(config, users[0], m), epochs=exp["epochs"], lr=exp["lr"], name=m)
             if err:
                 problems.append(f"config.method_params.{m}: {err}")
                 bad_globals.add(m)
+    bad_globals |= {v for v, base in variants.items() if base in bad_globals}
     for name, exp in config["experiments"].items():
         where = f"config.experiments.{name}"
         if exp["dataset"] not in datasets:
@@ -173,18 +248,23 @@ def validate(config: Any) -> dict:
             bad = sorted(set(exp["model_params"]) - set(MODEL_OPTIONS[exp["model"]]))
             if bad:
                 problems.append(f"{where}.model_params: unknown option(s) {', '.join(map(repr, bad))} for model {exp['model']!r}; valid: {', '.join(MODEL_OPTIONS[exp['model']])}")
-        for m in exp["method_params"]:
-            if m not in methods:
-                problems.append(f"{where}.method_params: unknown method {m!r}{_hint(m, methods)}; have {', '.join(methods)}")
+        for m, options in exp["method_params"].items():
+            if m not in names:
+                problems.append(f"{where}.method_params: unknown method {m!r}{_hint(m, names)}; {have}")
+            elif "method" in (options or {}):
+                problems.append(f"{where}.method_params.{m}.method: variants are declared in the global "
+                                f"method_params only; an experiment may override their options")
         for m in exp.get("methods", []):
-            if m not in methods:
-                problems.append(f"{where}.methods: unknown method {m!r}{_hint(m, methods)}; have {', '.join(methods)}")
+            if m not in names:
+                problems.append(f"{where}.methods: unknown method {m!r}{_hint(m, names)}; {have}")
         for m in experiment_methods(config, name):
-            if m not in methods or m in bad_globals:
+            if m not in names or m in bad_globals:
                 continue
-            err = _method_error(m, method_options(config, name, m), epochs=exp["epochs"], lr=exp["lr"])
+            err = _core_option_error(_merged_options(config, name, m)) or _method_error(
+                variants.get(m, m), method_options(config, name, m), epochs=exp["epochs"], lr=exp["lr"], name=m)
             if err:
-                problems.append(f"{where}{f'.method_params.{m}' if m in exp['method_params'] else ''}: {err}")
+                own = m if m in exp["method_params"] else variants.get(m) if variants.get(m) in exp["method_params"] else None
+                problems.append(f"{where}{f'.method_params.{own}' if own else ''}: {err}")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return config
@@ -212,10 +292,17 @@ def run_specs(config: dict) -> list[dict]:
         for method in experiment_methods(config, name):
             for seed in experiment_seeds(config, name):
                 spec = {k: copy.deepcopy(v) for k, v in exp.items()
-                        if k not in ("method_params", "methods", "seeds", "sparsities", "device", "stack_size")}
+                        if k not in ("method_params", "methods", "seeds", "sparsities", "device", "stack_size", "restarts")}
                 spec.update(experiment=name, method=method, seed=int(seed), device=exp.get("device") or config["device"],
                             sparsities=experiment_sparsities(config, name),
                             method_params=method_options(config, name, method))
+                # what is not the default enters the spec (so the specs of earlier runs stay as they were)
+                base = variant_base(config, method)
+                if base:
+                    spec["variant_of"] = base
+                restarts = run_options(config, name, method)["restarts"]
+                if restarts != 1:
+                    spec["restarts"] = int(restarts)
                 if config.get("on_divergence", "stop") != "stop":  # the default stays out of the spec
                     spec["on_divergence"] = config["on_divergence"]
                 specs.append(spec)

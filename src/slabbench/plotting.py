@@ -20,18 +20,36 @@ KNOWN_METHODS = ["dense", "magnitude", "spike_slab", "sparse_vd", "l0"]
 _PALETTE = sns.color_palette("colorblind", 10)
 METHOD_COLOURS = {"dense": "0.3", "magnitude": _PALETTE[0], "spike_slab": _PALETTE[3],
                   "sparse_vd": _PALETTE[2], "l0": _PALETTE[4]}  # l0 not orange: too near spike_slab's vermilion
-_FREE = [_PALETTE[i] for i in (1, 5, 6, 8, 9)]  # colours no known method uses
+_FREE = [_PALETTE[i] for i in (9, 6, 5, 8, 1)]  # colours no known method uses (orange last: near vermilion)
+
+
+def _family(method: str) -> str | None:
+    """The known method a name extends (``spike_slab_k4`` -> ``spike_slab``), or ``None``."""
+    fits = [k for k in KNOWN_METHODS if method.startswith(k + "_")]
+    return max(fits, key=len) if fits else None
 
 
 def method_order(methods) -> list[str]:
+    """Known methods in their fixed order, each followed by the names that extend it (its
+    variants, e.g. ``spike_slab_k4``, sorted), then every other method sorted by name."""
     methods = list(dict.fromkeys(methods))
-    return [m for m in KNOWN_METHODS if m in methods] + sorted(m for m in methods if m not in KNOWN_METHODS)
+    out = []
+    for k in KNOWN_METHODS:
+        out += [k] if k in methods else []
+        out += sorted(m for m in methods if m not in KNOWN_METHODS and _family(m) == k)
+    return out + sorted(m for m in methods if m not in out)
 
 
-def method_colour(method: str):
-    """Fixed colour of a method; a new method gets a stable colour from its name."""
+def method_colour(method: str, present=None):
+    """Fixed colour of a known method.  Any other method (a variant, a plugin) gets one of the
+    colours no known method uses: in the order of :func:`method_order` over ``present`` (the
+    methods of one figure, so that they differ from each other), else a stable one from its name."""
     if method in METHOD_COLOURS:
         return METHOD_COLOURS[method]
+    if present is not None:
+        others = [m for m in method_order(present) if m not in METHOD_COLOURS]
+        if method in others:
+            return _FREE[others.index(method) % len(_FREE)]
     return _FREE[sum(map(ord, method)) % len(_FREE)]
 
 
@@ -91,23 +109,23 @@ def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None, x_flo
         p = points[points["method"] == method].sort_values("target_sparsity")
         diverged = int(p["diverged"].sum())
         note = f" ({diverged} diverged runs not drawn)" if diverged else ""
-        ax.plot(p["reached"], p["mean"], marker="o", color=method_colour(method), label=f"{method}{note}")
-        ax.fill_between(p["reached"], p["ci_low"], p["ci_high"], color=method_colour(method), alpha=0.2, lw=0)
+        ax.plot(p["reached"], p["mean"], marker="o", color=method_colour(method, order), label=f"{method}{note}")
+        ax.fill_between(p["reached"], p["ci_low"], p["ci_high"], color=method_colour(method, order), alpha=0.2, lw=0)
     natural = runs[runs["selection"] == "natural"]
     for method, g in natural.groupby("method", sort=False):
         y, x = describe(metric_values(g, metric).tolist()), describe(g["sparsity"].tolist())
         note = f", {y['n_nan']} diverged" if y["n_nan"] else ""
         if method == "dense" or x["mean"] == 0:
-            ax.axhline(y["mean"], color=method_colour(method), ls="--", lw=1, label=f"{method}{note}")
-            ax.axhspan(y["ci_low"], y["ci_high"], color=method_colour(method), alpha=0.12, lw=0)
+            ax.axhline(y["mean"], color=method_colour(method, order), ls="--", lw=1, label=f"{method}{note}")
+            ax.axhspan(y["ci_low"], y["ci_high"], color=method_colour(method, order), alpha=0.12, lw=0)
         elif x_floor is not None and x["mean"] < x_floor:
-            ax.plot([x_floor], [y["mean"]], marker="<", ms=10, color=method_colour(method), mec="k", ls="none",
+            ax.plot([x_floor], [y["mean"]], marker="<", ms=10, color=method_colour(method, order), mec="k", ls="none",
                     label=f"{method} (natural, {100 * x['mean']:.1f}% sparse{note})")
         else:
             yerr = [[y["mean"] - y["ci_low"]], [y["ci_high"] - y["mean"]]] if y["n"] > 1 else None
             xerr = [[x["mean"] - x["ci_low"]], [x["ci_high"] - x["mean"]]] if x["n"] > 1 else None
             ax.errorbar([x["mean"]], [y["mean"]], yerr=yerr, xerr=xerr, fmt="*", ms=11,
-                        color=method_colour(method), mec="k",
+                        color=method_colour(method, order), mec="k",
                         label=f"{method} (natural, {100 * x['mean']:.1f}% sparse{note})")  # often between the ticks
     if task == "regression" and "test_rmse_constant" in runs and runs["test_rmse_constant"].notna().any():
         ref = runs.dropna(subset=["test_rmse_constant"]).drop_duplicates("seed")["test_rmse_constant"].mean()

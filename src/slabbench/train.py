@@ -19,7 +19,9 @@ do not depend on which runs share its job.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from torch import nn
 
 from slabbench import metrics as M
 from slabbench.api import Method, TrainContext, make_params
+from slabbench.config import method_plugin
 from slabbench.layers.stacked import run_generators
 from slabbench.models import build_model
 from slabbench.prune import apply_masks, topk_masks
@@ -66,8 +69,8 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class Member:
-    """One training run inside a job: its label (for messages), seed and (per-target
-    training) target, its method instance and, once built, its model."""
+    """One training run inside a job: its label (for messages), seed, (per-target training)
+    target and start (restarts), its method instance and, once built, its model."""
 
     label: str
     seed: int
@@ -75,6 +78,12 @@ class Member:
     method: Method
     model: nn.Module | None = None
     diverged: str | None = None  #: why the run diverged ("epoch 3: loss nan"), if it did
+    start: int = 0  #: which of the run's starts (restarts) this is
+    noise: int | None = None  #: seed of its noise generator; None = noise_seed(seed)
+
+    @property
+    def noise_seed(self) -> int:
+        return noise_seed(self.seed) if self.noise is None else self.noise
 
 
 def _nll_per_run(out: torch.Tensor, y: torch.Tensor, task: str, noise_sd: float) -> torch.Tensor:
@@ -255,6 +264,49 @@ def noise_seed(seed: int) -> int:
     return (int(seed) * 1_000_003 + 104_729) % (2 ** 62)
 
 
+def start_seed(seed: int, start: int) -> int:
+    """Seed of start ``start`` of the run with seed ``seed`` (its initialisation; its noise
+    draws from :func:`noise_seed` of this): start 0 is the run itself, so one start is
+    exactly the run without restarts; later starts are a function of (seed, start) only."""
+    if start == 0:
+        return int(seed)
+    return int.from_bytes(hashlib.sha256(f"slabbench-start:{int(seed)}:{int(start)}".encode()).digest()[:7], "big")
+
+
+#: sampled networks whose mean NLL makes a stochastic method's training objective
+OBJECTIVE_SAMPLES = 20
+#: rows per forward pass when a training objective is evaluated
+OBJECTIVE_CHUNK = 8192
+
+
+@torch.no_grad()
+def training_objective(model: nn.Module, method: Method, x: torch.Tensor, y: torch.Tensor, *, task: str,
+                       noise_sd: float, samples: int = OBJECTIVE_SAMPLES) -> float:
+    """The method's own loss on the whole training set, in nats per training point:
+    mean NLL (averaged over ``samples`` networks drawn as in training, from torch's global
+    generator; one when two draws agree, i.e. the network is deterministic) + penalty / N.
+    The model is evaluated in training mode (its noise on) and its buffers (batch-norm
+    statistics) are restored afterwards."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    was_training = model.training
+    model.train()
+    n = len(y)
+    nlls = []
+    for s in range(samples):
+        total = 0.0
+        for i in range(0, n, OBJECTIVE_CHUNK):
+            out, yb = model(x[i:i + OBJECTIVE_CHUNK]), y[i:i + OBJECTIVE_CHUNK]
+            total += float(_nll_per_run(out[None], yb[None], task, noise_sd)[0]) * len(yb)
+        nlls.append(total / n)
+        if s == 1 and nlls[1] == nlls[0]:
+            break
+    for b, v in saved:
+        b.copy_(v)
+    model.train(was_training)
+    penalty = method.penalty(model)
+    return sum(nlls) / len(nlls) + (0.0 if penalty is None else float(penalty) / n)
+
+
 def _generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed))
 
@@ -306,7 +358,7 @@ def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: f
     if refusal is not None:
         log.info("%s: %d runs train one after another (not stacked: %s)", what, len(members), refusal)
         for i, m in enumerate(members):
-            torch.manual_seed(noise_seed(m.seed))
+            torch.manual_seed(m.noise_seed)
             t0 = time.perf_counter()
             fit(m.model, m.method, xs[i], ys[i], generator=torch.Generator().manual_seed(int(data_seeds[i])),
                 member=m, **kw)
@@ -321,7 +373,7 @@ def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: f
         t0 = time.perf_counter()
         fit_stacked(stacked, group, [xs[i] for i in chunk], [ys[i] for i in chunk],
                     data_gens=[torch.Generator().manual_seed(int(data_seeds[i])) for i in chunk],
-                    noise_gens=[_generator(noise_seed(m.seed), device) for m in group], **kw)
+                    noise_gens=[_generator(m.noise_seed, device) for m in group], **kw)
         _sync(device)
         share = (time.perf_counter() - t0) / len(group)
         for j, (i, m) in enumerate(zip(chunk, group)):
@@ -386,8 +438,11 @@ def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], 
     cfg0 = cfgs[0]
     set_threads(threads)
     device = resolve_device(cfg0["device"])
-    m_cls = method_class(cfg0["method"])
+    m_cls = method_class(method_plugin(cfg0))
     m_params = make_params(m_cls.Params, cfg0.get("method_params"), f"method {cfg0['method']!r}")
+    restarts = int(cfg0.get("restarts", 1))
+    if restarts < 1:
+        raise ValueError(f"restarts is {restarts!r}; expected an integer >= 1")
     stop = cfg0.get("on_divergence", "stop") == "stop"
     label = f"{cfg0['experiment']}/{cfg0['method']}"
     # a fixed split (the spec's promise, checked by the dataset contract test) is loaded once
@@ -405,38 +460,48 @@ def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], 
     for r, c in enumerate(cfgs):
         seed = int(c["seed"])
         for train_target in (targets if per_target else [None]):
-            torch.manual_seed(seed)
-            arch = build_model(c["model"], spec, c.get("model_params"))
-            ctx = TrainContext(task=task, n_train=n_train, epochs=int(c["epochs"]),
-                               steps_per_epoch=-(-n_train // int(c["batch_size"])), lr=float(c["lr"]),
-                               device=device, spec=spec, target=train_target)
-            method = m_cls(m_params, ctx)
-            tag = f"{label} seed={seed}" + (f" target={train_target}" if train_target is not None else "")
-            member = Member(label=tag, seed=seed, target=train_target, method=method)
-            member.model = method.build(arch).to(device)
-            members.append(member)
-            member_run.append(r)
+            for start in range(restarts):
+                init = start_seed(seed, start)
+                torch.manual_seed(init)
+                arch = build_model(c["model"], spec, c.get("model_params"))
+                ctx = TrainContext(task=task, n_train=n_train, epochs=int(c["epochs"]),
+                                   steps_per_epoch=-(-n_train // int(c["batch_size"])), lr=float(c["lr"]),
+                                   device=device, spec=spec, target=train_target)
+                method = m_cls(m_params, ctx)
+                tag = (f"{label} seed={seed}" + (f" target={train_target}" if train_target is not None else "")
+                       + (f" start={start}" if restarts > 1 else ""))
+                member = Member(label=tag, seed=seed, target=train_target, method=method, start=start,
+                                noise=noise_seed(init))
+                member.model = method.build(arch).to(device)
+                members.append(member)
+                member_run.append(r)
     seconds = _train(members, [loaded[r][1]["train"][0] for r in member_run], [loaded[r][1]["train"][1] for r in member_run],
                      epochs=int(cfg0["epochs"]), batch_size=int(cfg0["batch_size"]), lr=float(cfg0["lr"]), task=task,
                      noise_sd=noise_sd, device=device, data_seeds=[m.seed for m in members], stop=stop, what=label)
+    stack_runs = len(members)
+    restart_info = [{"restarts": restarts}] * len(members)
+    if restarts > 1:
+        members, member_run, seconds, restart_info = _choose_starts(
+            members, member_run, seconds, [loaded[r][1]["train"] for r in member_run], task=task, noise_sd=noise_sd,
+            label=label)
 
     prov = provenance(device)
     results: list[tuple[list[dict], dict[str, Any]]] = [([], {}) for _ in cfgs]
     pending = []  # (run, member, target, masks, common) awaiting fine-tuning
-    for m, r, secs in zip(members, member_run, seconds):
+    for m, r, secs, chosen in zip(members, member_run, seconds, restart_info):
         c, data = cfgs[r], loaded[r][1]
         records, artefacts = results[r]
         method, model = m.method, m.model
         common = {k: c[k] for k in ("experiment", "dataset", "model", "method", "seed")}
         common.update(task=task, device=str(device), spec=dict(c), provenance=prov, train_seconds=secs,
-                      stack_runs=len(members))
+                      stack_runs=stack_runs, **chosen)
         if task == "regression":  # the reference a collapsed net is read against
             common.update(M.constant_predictor_metrics(data["train"][1], data["test"][1]))
         if m.diverged:
             common["diverged"] = m.diverged
         exported = method.export(model).to(device).eval()
         scores = method.scores(model)
-        torch.manual_seed(noise_seed(m.seed) + 1)  # model averages: the run's own draws
+        torch.manual_seed(noise_seed(m.seed) + 1)  # model averages: the run's own draws (whichever start won)
         if m.target is None:
             natural = method.natural_mask(model)
             if natural is not None or scores is None:
@@ -465,6 +530,38 @@ def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], 
         records.sort(key=lambda rec: (rec["selection"] != "natural", rec["target_sparsity"] or 0.0))
         log.info("%s seed=%s: %d records", label, c["seed"], len(records))
     return results
+
+
+def _choose_starts(members: list[Member], member_run: list[int], seconds: list[float], train_data, *, task: str,
+                   noise_sd: float, label: str):
+    """Restarts: of the starts of each run (and target), keep the one with the lowest final
+    training objective (:func:`training_objective`, training data only, never validation or
+    test data); a diverged start loses to any finite one.  Returns the kept members, their
+    runs, their seconds (the sum over all the run's starts) and each one's restart record
+    fields."""
+    groups: dict[tuple, list[int]] = {}
+    for i, m in enumerate(members):
+        groups.setdefault((member_run[i], m.target), []).append(i)
+    kept, info = [], {}
+    for key, idx in groups.items():
+        objectives = []
+        for i in idx:
+            m = members[i]
+            torch.manual_seed(m.noise_seed + 2)  # the start's own draws
+            value = math.inf if m.diverged else training_objective(m.model, m.method, *train_data[i], task=task,
+                                                                   noise_sd=noise_sd)
+            objectives.append(value if math.isfinite(value) else math.inf)
+        best = min(range(len(idx)), key=lambda j: (objectives[j], j))
+        i = idx[best]
+        kept.append(i)
+        info[i] = dict(restarts=len(idx), restart_chosen=members[i].start,
+                       restart_objectives=[None if math.isinf(v) else v for v in objectives],
+                       _seconds=sum(seconds[j] for j in idx))
+        log.info("%s: start %d of %d kept (training objectives %s nats per point)", members[i].label, members[i].start,
+                 len(idx), ", ".join(f"{v:.4f}" for v in objectives))
+    kept.sort()
+    secs = [info[i].pop("_seconds") for i in kept]
+    return [members[i] for i in kept], [member_run[i] for i in kept], secs, [info[i] for i in kept]
 
 
 def run(cfg: dict, threads: int = 1) -> tuple[list[dict], dict[str, Any]]:

@@ -5,7 +5,7 @@ import os
 
 os.environ.setdefault("SLABBENCH_ROOT", workflow.basedir)
 
-from slabbench.config import STACK_FILE, ConfigError, experiment_methods, experiment_seeds, run_dir, stack_jobs, validate
+from slabbench.config import STACK_FILE, ConfigError, experiment_methods, experiment_seeds, method_plugin, run_dir, stack_jobs, validate
 
 try:
     CONFIG = validate(config)
@@ -43,7 +43,7 @@ def stacks_of(experiment, method):
 def plugin_files(wildcards):
     spec = spec_of(wildcards)
     base = workflow.basedir  # plugin files live beside the Snakefile, whatever the working directory
-    return [f"{base}/methods/{spec['method']}.py", f"{base}/datasets/{spec['dataset']}.py"]
+    return [f"{base}/methods/{method_plugin(spec)}.py", f"{base}/datasets/{spec['dataset']}.py"]
 
 
 @functools.lru_cache(maxsize=None)

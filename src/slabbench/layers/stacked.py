@@ -56,11 +56,32 @@ def randn_like(t: torch.Tensor, stack: int = 0) -> torch.Tensor:
     return torch.randn_like(t) if out is None else out
 
 
+class _StackedLinear(torch.autograd.Function):
+    """x ``(S, B, in)`` @ w ``(S, out, in)``ᵀ + b, with the weight gradient computed as
+    ``gᵀ x`` in the weight's own (out, in) layout.  Autograd's backward of the same batched
+    matmul forms ``xᵀ g`` and transposes it, a layout for which CPU batched GEMM is several
+    times slower: 7.5 vs 1.2 ms for 30 runs of a 500 x 200 batch into 7 units on one core."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        if b is None:
+            return torch.bmm(x, w.transpose(1, 2))
+        return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        gx = torch.bmm(g, w) if ctx.needs_input_grad[0] else None
+        gw = torch.bmm(g.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        gb = g.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb
+
+
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stack: int = 0) -> torch.Tensor:
     """``F.linear`` per run: x ``(S, B, in)``, w ``(S, out, in)``, b ``(S, out)`` -> ``(S, B, out)``
     (one batched matmul); unstacked (``stack = 0``) it is ``F.linear`` itself."""
     if not stack:
         return torch.nn.functional.linear(x, w, b)
-    if b is None:
-        return torch.bmm(x, w.transpose(1, 2))
-    return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+    return _StackedLinear.apply(x, w, b)

@@ -1,0 +1,181 @@
+"""Restarts (several starts of one run, the lowest training objective wins) and method
+variants (one method file under several names with options of their own)."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_spec
+from slabbench import train as T
+from slabbench.api import Method, TrainContext
+from slabbench.config import ConfigError, method_options, method_plugin, run_options, run_specs, validate
+from slabbench.metrics import gaussian_nll
+from slabbench.registry import method_class
+from slabbench.train import run, run_stack, start_seed, training_objective
+from test_stacking import assert_records_close
+
+
+def test_start_zero_is_the_run_itself_and_later_starts_depend_on_seed_and_start_only():
+    assert [start_seed(s, 0) for s in (0, 1, 7)] == [0, 1, 7]
+    later = {start_seed(s, k) for s in range(5) for k in range(1, 5)}
+    assert len(later) == 20 and not later & set(range(5))
+    assert start_seed(3, 2) == start_seed(3, 2)
+
+
+def test_one_start_is_the_run_without_restarts():
+    plain = run(tiny_spec("spike_slab"))[0]
+    one = run(tiny_spec("spike_slab", restarts=1))[0]
+    assert all(r.pop("spec")["restarts"] == 1 for r in one)
+    assert_records_close(one, [{k: v for k, v in r.items() if k != "spec"} for r in plain])
+    assert all(r["restarts"] == 1 and "restart_chosen" not in r for r in plain)
+
+
+@pytest.mark.parametrize("name,options", [("spike_slab", {}), ("magnitude", {"schedule": "gradual"}), ("l0", {})])
+def test_restarts_pick_the_lowest_training_objective_and_stack_like_runs_alone(name, options):
+    specs = [tiny_spec(name, method_params=options, restarts=3, seed=s, epochs=3) for s in (0, 1, 2)]
+    stacked = run_stack(specs)
+    alone = run(specs[1])
+    assert_records_close(stacked[1][0], alone[0])
+    for records, _ in stacked:
+        for r in records:
+            obj = r["restart_objectives"]
+            assert r["restarts"] == 3 and len(obj) == 3 and all(math.isfinite(v) for v in obj)
+            assert r["restart_chosen"] == min(range(3), key=lambda k: obj[k])
+    # the starts differ: three different objectives per run
+    assert all(len(set(recs[0]["restart_objectives"])) == 3 for recs, _ in stacked)
+
+
+def test_start_zero_trains_exactly_the_plain_run(monkeypatch):
+    """Start 0 of a run with restarts is the run without them (same initialisation, data order
+    and noise): the same trained parameters."""
+    vd = method_class("sparse_vd")
+    exported, judged = [], []
+    real_export, real_objective = vd.export, T.training_objective
+    monkeypatch.setattr(vd, "export", lambda self, model: exported.append(copy.deepcopy(model)) or real_export(self, model))
+    monkeypatch.setattr(T, "training_objective",
+                        lambda model, *a, **k: judged.append(copy.deepcopy(model)) or real_objective(model, *a, **k))
+    run(tiny_spec("sparse_vd"))
+    run(tiny_spec("sparse_vd", restarts=2))
+    plain, start0, start1 = exported[0], judged[0], judged[1]
+    # equal to float tolerance: two stacked runs and one reduce in another order
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(plain.state_dict().values(), start0.state_dict().values()))
+    assert not all(torch.allclose(a, b, rtol=1e-2) for a, b in zip(plain.state_dict().values(), start1.state_dict().values()))
+
+
+def test_choice_follows_the_objective_and_counts_every_starts_seconds(monkeypatch):
+    values = iter([3.0, 1.0, 2.0, math.nan, 5.0, 4.0])
+    monkeypatch.setattr(T, "training_objective", lambda *a, **k: next(values))
+    ctx = TrainContext("regression", 4, 1, 1, 1e-2, torch.device("cpu"), None)
+    members = [T.Member(label=f"r{r} s{k}", seed=r, target=None, method=Method(None, ctx), model=nn.Linear(1, 1),
+                        start=k) for r in (0, 1) for k in range(3)]
+    data = [(torch.zeros(4, 1), torch.zeros(4))] * 6
+    kept, runs, secs, info = T._choose_starts(members, [0, 0, 0, 1, 1, 1], [1.0, 2.0, 3.0, 10.0, 20.0, 30.0], data,
+                                               task="regression", noise_sd=1.0, label="t")
+    assert [m.start for m in kept] == [1, 2] and runs == [0, 1] and secs == [6.0, 60.0]
+    assert info[0] == {"restarts": 3, "restart_chosen": 1, "restart_objectives": [3.0, 1.0, 2.0]}
+    assert info[1]["restart_chosen"] == 2 and info[1]["restart_objectives"] == [None, 5.0, 4.0]  # NaN never wins
+
+
+def test_training_objective_by_hand_for_a_deterministic_net():
+    net = nn.Linear(2, 1)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[1.0, -2.0]]))
+        net.bias.fill_(0.5)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0]])
+    y = torch.tensor([1.0, -1.0, 0.0])
+    # predictions 1.5, -1.5, 0.5; squared errors 0.25, 0.25, 0.25 at sd 2
+    expected = 0.5 * math.log(2 * math.pi * 4) + 0.25 / (2 * 4)
+    ctx = TrainContext("regression", 3, 1, 1, 1e-2, torch.device("cpu"), None)
+    assert training_objective(net, Method(None, ctx), x, y, task="regression", noise_sd=2.0) == pytest.approx(expected)
+
+    class Penalised(Method):
+        def penalty(self, model):
+            return torch.tensor(6.0)
+
+    assert training_objective(net, Penalised(None, ctx), x, y, task="regression", noise_sd=2.0) == pytest.approx(expected + 2.0)
+
+
+def test_training_objective_averages_sampled_networks_and_restores_batch_norm():
+    class Noisy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm1d(1)
+
+        def forward(self, x):
+            return self.bn(x) + (torch.randn(len(x), 1) if self.training else 0.0)
+
+    torch.manual_seed(0)
+    net = Noisy().eval()
+    x, y = torch.randn(50, 1), torch.randn(50)
+    ctx = TrainContext("regression", 50, 1, 1, 1e-2, torch.device("cpu"), None)
+    torch.manual_seed(3)
+    value = training_objective(net, Method(None, ctx), x, y, task="regression", noise_sd=1.0, samples=4)
+    torch.manual_seed(3)
+    by_hand = []
+    with torch.no_grad():
+        for _ in range(4):
+            mean = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-5) + torch.randn(50, 1)
+            by_hand.append(gaussian_nll(mean.squeeze(1), y, 1.0).mean().item())
+    assert value == pytest.approx(sum(by_hand) / 4, rel=1e-5)
+    assert not net.training and torch.equal(net.bn.running_mean, torch.zeros(1)) and int(net.bn.num_batches_tracked) == 0
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_a_variant_is_its_base_method_with_options_of_its_own(default_config):
+    cfg = default_config
+    cfg["methods"] = ["dense", "sparse_vd", "sparse_vd_clip", "spike_slab_k4"]
+    cfg["method_params"]["sparse_vd_clip"] = {"method": "sparse_vd", "train_clip": True}
+    cfg["method_params"]["spike_slab_k4"] = {"method": "spike_slab", "restarts": 4}
+    cfg = validate(cfg)
+    # the base's options (the global ones, then mnist5k's own kl_warmup_end), then the variant's
+    assert method_options(cfg, "mnist5k", "sparse_vd_clip") == dict(method_options(cfg, "mnist5k", "sparse_vd"), train_clip=True)
+    assert method_options(cfg, "mnist5k", "sparse_vd_clip")["kl_warmup_end"] == 30
+    assert run_options(cfg, "digits", "spike_slab_k4") == {"restarts": 4}
+    assert "restarts" not in method_options(cfg, "digits", "spike_slab_k4")
+    specs = {(s["experiment"], s["method"]): s for s in run_specs(cfg)}
+    s = specs[("digits", "spike_slab_k4")]
+    assert s["variant_of"] == "spike_slab" and s["restarts"] == 4 and method_plugin(s) == "spike_slab"
+    assert "variant_of" not in specs[("digits", "sparse_vd")] and "restarts" not in specs[("digits", "sparse_vd")]
+
+
+def test_experiment_restarts_apply_to_its_methods_and_a_methods_own_wins(default_config):
+    default_config["experiments"]["digits"]["restarts"] = 3
+    default_config["method_params"]["dense"]["restarts"] = 2
+    specs = run_specs(validate(default_config))
+    got = {(s["experiment"], s["method"]): s.get("restarts", 1) for s in specs}
+    assert got[("digits", "l0")] == 3 and got[("digits", "dense")] == 2 and got[("simulation", "l0")] == 1
+
+
+@pytest.mark.parametrize("change,fragment", [
+    (lambda c: c["method_params"].update(ss_x={"method": "spike_slap"}), "unknown base method 'spike_slap' (did you mean 'spike_slab'?)"),
+    (lambda c: c["method_params"].update(l0={"method": "dense"}), "'l0' is a method file"),
+    (lambda c: c["method_params"].update({"Spike-K": {"method": "spike_slab"}}), "bad variant name 'Spike-K'"),
+    (lambda c: c["methods"].append("spike_slab_k9"), "unknown method 'spike_slab_k9'"),
+    (lambda c: c["method_params"].update(ss_k={"method": "spike_slab", "phi_updat": "gumbel"}) or c["methods"].append("ss_k"),
+     "config.method_params.ss_k: unknown option 'phi_updat' for method 'ss_k' (a variant of 'spike_slab') (did you mean 'phi_update'?)"),
+    (lambda c: c["method_params"]["spike_slab"].update(restarts=0), "option 'restarts' is 0; expected an integer >= 1"),
+    (lambda c: c["experiments"]["mnist5k"]["method_params"]["sparse_vd"].update(method="l0"), "variants are declared in the global"),
+    (lambda c: c["experiments"]["digits"].update(restarts=0), "config.experiments.digits.restarts is 0"),
+])
+def test_bad_variants_and_restarts_fail_before_any_work_naming_the_value(default_config, change, fragment):
+    change(default_config)
+    with pytest.raises(ConfigError) as info:
+        validate(default_config)
+    assert fragment in str(info.value)
+
+
+def test_each_config_error_is_printed_once(default_config):
+    exp = default_config["experiments"]["digits"]
+    for key in ("dataset", "model", "epochs", "batch_size"):
+        del exp[key]
+    exp["lr"] = -1
+    with pytest.raises(ConfigError) as info:
+        validate(default_config)
+    lines = str(info.value).splitlines()[1:]
+    assert len(lines) == len(set(lines)) == 2, lines
+    assert "missing key(s) 'dataset', 'model', 'epochs', 'batch_size'" in lines[0] and "lr is -1" in lines[1]
