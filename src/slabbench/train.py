@@ -238,7 +238,7 @@ def _sampled_metrics(method: Method, model: nn.Module, data, task: str, noise_sd
     generators as they were, so the model averages after it draw what they drew without it."""
     out: dict[str, Any] = {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(noise_seed(seed) + 2)
+        torch.manual_seed(noise_seed(seed) + 3)  # +1: model averages; +2: restarts' objectives
         for split in ("val", "test"):
             x, y = data[split]
             with torch.no_grad():
