@@ -30,6 +30,20 @@ less than the ELBO would; with E <= ``kl_warmup_start`` + 1 the KL never acts at
 the natural selection keeps (almost) every weight.  Nothing is rescaled silently: set the
 window (or the fraction unit) for short runs.
 
+Learning-rate schedule (``lr_schedule``; the official scripts' ``nets/optpolicy.py``, Adam's
+lr set at the start of every epoch e = 0, 1, ..., E - 1 of an E-epoch run):
+
+* ``constant`` (the default): the experiment's lr throughout;
+* ``linear_from_half``: lr * min(1, 2 - 2e/E), constant for the first half, then linear to
+  0 (``lr_linear``, the LeNet-300-100 script ``lenet300-100-ard.py``: k * min(2 - e/100, 1)
+  over 200 epochs);
+* ``linear_to0``: lr * (E - e)/E, linear from the start (``lr_linear_to0``, the LeNet-5
+  script ``lenet5-ard.py``: lr * (200 - e)/200 over 200 epochs).
+
+The official functions count in epochs of a 200-epoch run (their loop runs one more epoch,
+e = 200, at lr 0, which changes nothing); ours are the same fractions of the run's E epochs,
+so at E = 200 they are identical and a shortened run keeps the schedule's shape.
+
 ``train_clip`` defaults to true: the official LeNet-300-100 and LeNet-5 scripts
 (``run_experiment(..., train_clip=True)``) zero the weights with log alpha > 3 in the
 training forward as well.  Their PyTorch demo (``LinearSVDO``) does not; set it false for that.
@@ -51,6 +65,7 @@ from slabbench.layers import replace_layers
 from slabbench.layers.sparse_vd import LOG_SIGMA2_INIT, SVDO_LAYERS, THRESHOLD, svdo_layers, to_svdo
 
 WARMUP_UNITS = ("epochs", "fraction")
+LR_SCHEDULES = ("constant", "linear_from_half", "linear_to0")
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,7 @@ class Params:
     kl_warmup_start: float = 5.0  #: beta = 0 before this epoch (or fraction of the run)
     kl_warmup_end: float = 20.0  #: beta = 1 from this epoch (or fraction of the run) on
     kl_warmup_unit: str = "epochs"  #: epochs | fraction (of the run's epochs)
+    lr_schedule: str = "constant"  #: constant | linear_from_half (official LeNet-300-100) | linear_to0 (official LeNet-5)
 
 
 def warmup_weight(epoch: float, start: float, end: float) -> float:
@@ -72,6 +88,16 @@ def warmup_weight(epoch: float, start: float, end: float) -> float:
     return min(1.0, max(0.0, (epoch - start) / (end - start)))
 
 
+def lr_schedule_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """The lr multiplier of ``schedule`` at 0-based ``epoch`` of an ``epochs``-epoch run (see
+    the module docstring): 1, min(1, 2 - 2e/E) or (E - e)/E, never below 0."""
+    if schedule == "linear_from_half":  # optpolicy.lr_linear: k * min(2 - epoch / 100, 1) at E = 200
+        return max(0.0, min(1.0, 2.0 - 2.0 * epoch / epochs))
+    if schedule == "linear_to0":  # optpolicy.lr_linear_to0: lr * max(0, (200 - epoch) / 200) at E = 200
+        return max(0.0, (epochs - epoch) / epochs)
+    return 1.0
+
+
 class Method(_Base):
     Params = Params
     stackable = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
@@ -80,6 +106,7 @@ class Method(_Base):
         super().__init__(params, ctx)
         owner = "method 'sparse_vd'"
         check_choice(owner, "kl_warmup_unit", params.kl_warmup_unit, WARMUP_UNITS)
+        check_choice(owner, "lr_schedule", params.lr_schedule, LR_SCHEDULES)
         start, end = float(params.kl_warmup_start), float(params.kl_warmup_end)
         if not 0.0 <= start <= end:
             raise PluginError(f"{owner}: need 0 <= kl_warmup_start <= kl_warmup_end, got {start}, {end}")
@@ -96,6 +123,9 @@ class Method(_Base):
 
     def beta(self, epoch):
         return warmup_weight(epoch, *self._window)
+
+    def lr_factor(self, epoch):
+        return lr_schedule_factor(self.params.lr_schedule, epoch, self.ctx.epochs)
 
     def penalty(self, model):
         """KL(q || p) summed over every weight of every sparse-VD layer, in nats (scalar)."""

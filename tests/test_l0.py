@@ -166,8 +166,60 @@ def test_gate_lr_factor_scales_only_log_alpha():
     assert len(lrs) == len(list(model.parameters()))
 
 
+def test_official_gated_l2_on_a_two_weight_layer_by_hand():
+    """The official L0Dense._reg_w for one output, two input gates, theta = (1, 2), b = 3:
+    sum_j (1 - cdf_qz(0))_j (0.5 wd theta_j^2 + lambda) + 0.5 wd b^2, with
+    cdf_qz(0) = sigmoid(beta * logit(0.1 / 1.2) - log alpha).  At log alpha = 0: 1 - cdf = 0.83182."""
+    method = make_method({"l0_lambda": 0.1, "weight_decay": 0.5})
+    layer = L0Linear(torch.tensor([[1.0, 2.0]]), torch.tensor([3.0]), gates="input")
+    with torch.no_grad():
+        layer.log_alpha.zero_()
+    keep = 1 - 1 / (1 + math.exp(-(2 / 3) * math.log((0.1 / 1.2) / (1 - 0.1 / 1.2))))
+    assert keep == pytest.approx(0.83182, abs=1e-5)
+    expected = keep * (0.5 * 0.5 * 1 + 0.1) + keep * (0.5 * 0.5 * 4 + 0.1) + 0.5 * 0.5 * 9
+    assert method.penalty(torch.nn.Sequential(layer)).item() == pytest.approx(expected, rel=1e-6)  # 1.45 * 0.83182 + 2.25 = 3.4561
+
+
+def test_ema_after_two_steps_is_the_weighted_mean_and_is_what_is_exported():
+    """ema = 0.5, a parameter at 1 after step 1 and 4 after step 2: a_2 = 0.5 * 0.5 * 1 + 0.5 * 4
+    = 2.25, debiased by 1 - 0.5^2: 3.0 = (0.5 * 1 + 4) / 1.5.  It replaces the parameters after
+    the last epoch, so the exported weight is theta_avg * z_hat(log alpha_avg)."""
+    method = make_method({"ema": 0.5})
+    model = method.build(mlp())
+    for value in (1.0, 4.0):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(value)
+        method.after_step(model, step=0, epoch=0)
+    method.after_epoch(model, epoch=0)  # epochs = 1: the last epoch
+    for p in model.parameters():
+        assert torch.allclose(p, torch.full_like(p, 3.0))
+    exported = method.export(model.eval())
+    z_hat = eval_gate(torch.tensor(3.0)).item()  # sigmoid(3) * 1.2 - 0.1 = 1.0424 -> clamped to 1
+    assert z_hat == 1.0 and torch.allclose(exported[1].weight, torch.full((4, 6), 3.0))
+    # the average sees the clamped gates: a log alpha of 10 enters as log 100
+    method = make_method({"ema": 0.5})
+    model = method.build(mlp())
+    with torch.no_grad():
+        model[1].log_alpha.fill_(10.0)
+    method.after_step(model, step=0, epoch=0)
+    method.after_epoch(model, epoch=0)
+    assert torch.allclose(model[1].log_alpha, torch.full((6,), LOG_ALPHA_MAX))
+
+
+def test_ema_off_leaves_the_last_iterate():
+    method = make_method()
+    model = method.build(mlp())
+    before = [p.detach().clone() for p in model.parameters()]
+    method.after_step(model, step=0, epoch=0)
+    method.after_epoch(model, epoch=0)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
 def test_bad_options_are_rejected():
     with pytest.raises(PluginError, match="'gates' of method 'l0' is 'neuron'; valid values: input, weight"):
         make_method({"gates": "neuron"})
     with pytest.raises(PluginError, match="'droprate_init_input' of method 'l0' must be in \\(0, 1\\), got 1.0"):
         make_method({"droprate_init_input": 1.0})
+    with pytest.raises(PluginError, match="'ema' of method 'l0' must be in \\[0, 1\\) .*got 1.0"):
+        make_method({"ema": 1.0})

@@ -210,3 +210,24 @@ def test_conv_net_builds_and_exports_with_same_names():
     assert [n for n, _ in prunable_layers(exported)] == ["0", "3"]
     assert isinstance(exported[0], MaskedConv2d) and exported[0].padding == (1, 1)
     assert torch.allclose(apply_masks(exported, method.natural_mask(model))(x), model(x), atol=1e-6)
+
+
+def test_lr_schedules_are_the_official_optpolicy_functions_at_200_epochs():
+    # nets/optpolicy.py: lr_linear(e, k) = k * min(2 - e/100, 1), lr_linear_to0(e, lr) = lr * max(0, (200 - e)/200)
+    half = make_method({"lr_schedule": "linear_from_half"}, epochs=200)
+    to0 = make_method({"lr_schedule": "linear_to0"}, epochs=200)
+    const = make_method(epochs=200)
+    for e in (0, 1, 50, 99, 100, 101, 150, 199):
+        assert half.lr_factor(e) == pytest.approx(min(2 - e / 100, 1))
+        assert to0.lr_factor(e) == pytest.approx((200 - e) / 200)
+        assert const.lr_factor(e) == 1.0
+    assert half.lr_factor(150) == pytest.approx(0.5) and to0.lr_factor(150) == pytest.approx(0.25)
+    # the same fractions of a shorter run: 10 epochs, epoch 5 is the half-way point
+    short = make_method({"lr_schedule": "linear_from_half"}, epochs=10)
+    assert [short.lr_factor(e) for e in (0, 5, 6, 9)] == pytest.approx([1.0, 1.0, 0.8, 0.2])
+
+
+def test_bad_lr_schedule_is_rejected():
+    with pytest.raises(PluginError, match="'lr_schedule' of method 'sparse_vd' is 'cosine'; valid values: "
+                                          "constant, linear_from_half, linear_to0"):
+        make_method({"lr_schedule": "cosine"})

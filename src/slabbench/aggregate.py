@@ -33,6 +33,7 @@ COLUMNS = KEYS + [
     "sparsity", "sparsity_all", "compression", "n_weights", "nonzero_weights", "n_biases", "nonzero_biases",
     "test_accuracy", "test_rmse", "test_nll", "ece", "val_accuracy", "val_rmse", "val_nll", "val_ece",
     "test_accuracy_bma", "test_rmse_bma", "test_nll_bma", "ece_bma", "test_rmse_constant",
+    "test_accuracy_sampled", "val_accuracy_sampled", "test_rmse_sampled", "val_rmse_sampled",
     "flops_kept", "nodes_kept", "features_kept", "fnr", "fpr", "train_seconds", "epochs", "finetune_epochs",
     "nan_metrics", "setting",
     "device", "device_name", "git_commit", "git_dirty", "slabbench_version", "torch_version", "python_version",
@@ -40,7 +41,7 @@ COLUMNS = KEYS + [
 ]
 METRICS = ["sparsity", "sparsity_all", "compression", "test_accuracy", "test_rmse", "test_nll", "ece", "val_ece",
            "test_accuracy_bma", "test_rmse_bma", "test_nll_bma", "ece_bma", "test_rmse_constant",
-           "flops_kept", "features_kept", "fnr", "fpr", "train_seconds"]
+           "test_accuracy_sampled", "test_rmse_sampled", "flops_kept", "features_kept", "fnr", "fpr", "train_seconds"]
 #: one run's row is identified by these; a second row with the same values is refused
 RUN_KEY = ["experiment", "method", "seed", "selection", "target_sparsity"]
 #: what distinguishes settings of one method in one experiment (summary keys; tables refuse mixing)

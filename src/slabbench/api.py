@@ -194,12 +194,15 @@ class Method:
       ``MaskedConv2d`` layers, see :mod:`slabbench.layers`) into the training-time model;
       keep the module names so scores line up with the exported network.
     * :meth:`optimizer` makes the optimiser (default Adam at the experiment's lr).
-    * per minibatch: ``loss = mean NLL + beta(epoch) * penalty(model) / N``; then
+    * per epoch, the optimiser's learning rates are its initial ones times :meth:`lr_factor`;
+      per minibatch: ``loss = mean NLL + beta(epoch) * penalty(model) / N``; then
       :meth:`after_step` (clamps, schedules, closed-form updates).
     * :meth:`export` returns the plain network that every metric is measured on.
     * :meth:`scores` gives one importance per prunable weight of that network (higher =
       keep); the core keeps the global top ``1 - s`` for each target ``s``.
     * :meth:`natural_mask` gives the method's own selection (Bayesian methods), or ``None``.
+    * :meth:`sampled_predict` gives the method's own unmasked posterior-sampling predictor
+      (reported beside the natural selection), or ``None``.
     """
 
     Params: ClassVar[type] = NoParams
@@ -225,6 +228,13 @@ class Method:
 
     def beta(self, epoch: int) -> float:
         """Weight of the penalty at ``epoch`` (0-based); KL warm-up lives here."""
+        return 1.0
+
+    def lr_factor(self, epoch: int) -> float:
+        """Learning-rate multiplier at ``epoch`` (0-based): at the start of every epoch the core
+        sets each of the optimiser's parameter groups to its initial lr times this (a schedule,
+        e.g. sparse VD's official linear decay).  One value for every run of a stack: it may
+        depend on the epoch and the method's options, not on the run.  Default 1 (constant)."""
         return 1.0
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
@@ -257,6 +267,14 @@ class Method:
         probabilities (n, C), or for regression the predictive means of every sampled network
         (n_samples, n) (an averaged mean (n,) also works, without an NLL).  ``None`` if the
         method has no posterior."""
+        return None
+
+    def sampled_predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        """The method's own predictor that averages networks sampled from its posterior over
+        every weight, nothing masked (e.g. Bai et al.'s reported test RMSE): class
+        probabilities (n, C) or predictive means (n,).  Called once per trained model, its
+        metrics recorded beside the natural selection as ``*_sampled``.  ``None`` (the
+        default): the method has none."""
         return None
 
     def extra_artifacts(self, model: nn.Module) -> dict[str, Any]:

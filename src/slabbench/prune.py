@@ -76,6 +76,15 @@ def topk_masks(scores: dict[str, Score], sparsity: float, scope: str = "global")
     return masks
 
 
+def keep_top(score: Score, k: int) -> torch.Tensor:
+    """Keep-mask (float32 0/1, the score's shape) of exactly the ``k`` highest-ranked entries of
+    one score tensor or ``(primary, tiebreak)`` pair (NaN last, ties by index); ``k`` may be 0."""
+    keys = _keys(score)
+    if not 0 <= k <= keys[0].numel():
+        raise ValueError(f"cannot keep {k} of {keys[0].numel()} weights")
+    return _top([p.flatten() for p in keys], k).view_as(keys[0]).float()
+
+
 def apply_masks(net: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     """Set each masked layer's ``weight_mask`` from ``masks`` (keys ``"<layer>.weight"``)
     and zero the pruned weights.  Keys must match the prunable layers exactly."""

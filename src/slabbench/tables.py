@@ -5,7 +5,9 @@ A cell is the mean ± sd over the runs that measured the metric; where that is f
 row's seeds it says how many (``n = 2``) and how many diverged (NaN), so nothing is averaged
 away in silence.  Compression is the ratio of the means (1 / (1 − mean sparsity)), which
 matches the sparsity beside it.  Regression sections end with the constant predictor (the
-training mean) as a reference row.  Rows made with different settings under one label are
+training mean) as a reference row.  A method's unmasked posterior-sampling predictor
+(``test_rmse_sampled``, e.g. Bai et al.'s reported test RMSE) gets a column in experiments
+where some run measured it; it exists only for the natural selection.  Rows made with different settings under one label are
 refused (:func:`slabbench.aggregate.check_runs`).
 """
 
@@ -25,11 +27,13 @@ COLUMNS = {
     "classification": [("sparsity", "sparsity %", 100, 2), ("test_accuracy", "test error %", -100, 2),
                        ("test_nll", "NLL (nats)", 1, 3), ("ece", "ECE", 1, 3), ("compression", "compression × (of means)", 1, 1),
                        ("flops_kept", "FLOPs kept %", 100, 2)],
-    "regression": [("sparsity", "sparsity %", 100, 2), ("test_rmse", "test RMSE (units of y)", 1, 3), ("test_nll", "NLL (nats)", 1, 3),
+    "regression": [("sparsity", "sparsity %", 100, 2), ("test_rmse", "test RMSE (units of y)", 1, 3),
+                   ("test_rmse_sampled", "test RMSE, sampled nets unmasked", 1, 3), ("test_nll", "NLL (nats)", 1, 3),
                    ("compression", "compression × (of means)", 1, 1), ("features_kept", "features", 1, 1),
                    ("fnr", "FNR", 1, 3), ("fpr", "FPR", 1, 3)],
 }
 FEATURE_COLUMNS = [("fnr", "FNR", 1, 3), ("fpr", "FPR", 1, 3), ("test_rmse", "test RMSE", 1, 3),
+                   ("test_rmse_sampled", "test RMSE, sampled nets unmasked", 1, 3),
                    ("sparsity", "sparsity %", 100, 2), ("features_kept", "features kept", 1, 1)]
 PM = {"markdown": " ± ", "latex": r" $\pm$ "}
 

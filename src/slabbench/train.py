@@ -141,6 +141,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     method instance, e.g. its own target).  NaN / inf is checked once per epoch."""
     lead = members[0].method
     opt = lead.optimizer(model, lr)
+    base_lrs = [g["lr"] for g in opt.param_groups]  # lr_factor scales these (one value for the stack)
     stacked = stacked_runs(model) > 0
     forward = model if stacked else (lambda xb: model(xb[0]).unsqueeze(0))
     cls = type(lead)
@@ -156,6 +157,9 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     step = 0
     for epoch in range(epochs):
         beta = lead.beta(epoch)
+        factor = lead.lr_factor(epoch)
+        for group, base in zip(opt.param_groups, base_lrs):
+            group["lr"] = base * factor
         perm = (torch.stack([torch.randperm(n, generator=g) for g in data_gens]) + offsets[:, None]).to(x_all.device)
         nll_sums = torch.zeros(s_runs, device=x_all.device)
         for start in range(0, n, batch_size):
@@ -223,6 +227,26 @@ def _bma_metrics(method: Method, model: nn.Module, masks, data, task: str, noise
             return {}
         m = M.predictive_metrics(pred, y, task, noise_sd, prefix=split, probs=True)
         out.update({f"{k}_bma": v for k, v in m.items()})
+    return out
+
+
+def _sampled_metrics(method: Method, model: nn.Module, data, task: str, noise_sd: float, seed: int,
+                     device: torch.device) -> dict[str, Any]:
+    """Accuracy or RMSE of the method's unmasked posterior-sampling predictor
+    (:meth:`Method.sampled_predict`) on the validation and test splits, as ``*_sampled``; {}
+    when the method has none.  Its draws come from the run's own seed and leave torch's
+    generators as they were, so the model averages after it draw what they drew without it."""
+    out: dict[str, Any] = {}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(noise_seed(seed) + 3)  # +1: model averages; +2: restarts' objectives
+        for split in ("val", "test"):
+            x, y = data[split]
+            with torch.no_grad():
+                pred = method.sampled_predict(model, x)
+            if pred is None:
+                return {}
+            key = f"{split}_accuracy" if task == "classification" else f"{split}_rmse"
+            out[f"{key}_sampled"] = M.predictive_metrics(pred, y, task, noise_sd, prefix=split, probs=True)[key]
     return out
 
 
@@ -484,7 +508,8 @@ def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], 
                 net = apply_masks(copy.deepcopy(exported), natural) if natural is not None else exported
                 records.append(dict(common, selection="natural", target_sparsity=None, finetune_epochs=0,
                                     **evaluate(net, data, spec, task, noise_sd),
-                                    **_bma_metrics(method, model, natural, data, task, noise_sd)))
+                                    **_bma_metrics(method, model, natural, data, task, noise_sd),
+                                    **_sampled_metrics(method, model, data, task, noise_sd, m.seed, device)))
             artefacts.update(method.extra_artifacts(model))
             if scores is not None:
                 artefacts["scores"] = {k: (v[0] if isinstance(v, tuple) else v).detach().cpu() for k, v in scores.items()}
