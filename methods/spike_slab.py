@@ -22,6 +22,10 @@ Options (``Params``):
 * ``kl_warmup_epochs``: β(t) rises linearly 0 → 1 over this many epochs (0 = off).  The
   closed-form update needs no β: it is the stationary point of NLL + β KL in φ for every β,
   given the slab trained on that same objective (see ``closed_form_update``).
+* ``prior_from_target`` (ours): train once per sparsity target s with λ = 1 − s, the prior
+  whose expected sparsity is s (``prior_inclusion`` must stay null), as magnitude's gradual
+  schedule trains once per target: a method aimed at each target, beside the plain method
+  whose one posterior (under Bai's λ, ≈ 1e-4 to 1e-7) is ranked for every target.
 * ``bma_samples``: MC samples for the Bayesian model average (None: 30 regression, 10 images).
 * ``export_mean``: the deterministic network whose metrics are reported: ``posterior``
   (E[w] = φμ, the posterior mean) or ``slab`` (E[w | γ = 1] = μ, ours).  Bai et al. report
@@ -68,6 +72,7 @@ class Params:
     lrt_forward: bool = False  #: closed_form: moment-matched pre-activations instead of sampled gates (ours)
     bma_samples: int | None = None  #: None = 30 (regression) / 10 (classification)
     export_mean: str = "posterior"  #: posterior (φμ) | slab (μ, ours)
+    prior_from_target: bool = False  #: ours: one training per target s with λ = 1 − s (prior expected sparsity s)
 
 
 def bai_prior_inclusion(n_coef: int, hidden_layers: int, width: int, n: int, p: int, delta: float = 0.1) -> float:
@@ -97,6 +102,17 @@ class Method(_Base):
                 raise PluginError(f"option {key!r} of {owner} must be in (0, 1), got {v}")
         self.warmup = params.phi_warmup_epochs if params.phi_warmup_epochs is not None else max(1, round(0.05 * ctx.epochs))
         self.logit_lam = logit(params.prior_inclusion) if params.prior_inclusion is not None else None
+        if params.prior_from_target:
+            if params.prior_inclusion is not None:
+                raise PluginError(f"option 'prior_from_target' of {owner} sets λ = 1 − target itself; leave "
+                                  f"'prior_inclusion' null (got {params.prior_inclusion})")
+            if ctx.target is not None:
+                self.logit_lam = logit(1.0 - ctx.target)
+
+    @classmethod
+    def trains_per_target(cls, params: Params) -> bool:
+        """``prior_from_target``: one training per sparsity target, its prior aimed at it."""
+        return bool(params.prior_from_target)
 
     # -- build ------------------------------------------------------------------------------
     def build(self, model):

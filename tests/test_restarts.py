@@ -179,3 +179,22 @@ def test_each_config_error_is_printed_once(default_config):
     lines = str(info.value).splitlines()[1:]
     assert len(lines) == len(set(lines)) == 2, lines
     assert "missing key(s) 'dataset', 'model', 'epochs', 'batch_size'" in lines[0] and "lr is -1" in lines[1]
+
+
+def test_prior_aimed_at_the_target_trains_once_per_target_with_lambda_one_minus_target(monkeypatch):
+    from slabbench.api import make_params
+
+    cls = method_class("spike_slab")
+    params = make_params(cls.Params, {"prior_from_target": True}, "spike_slab")
+    assert cls.trains_per_target(params) and not cls.trains_per_target(make_params(cls.Params, {}, "spike_slab"))
+    ctx = TrainContext("regression", 10, 1, 1, 1e-2, torch.device("cpu"), None, target=0.9)
+    assert cls(params, ctx).prior_inclusion == pytest.approx(0.1)
+    with pytest.raises(Exception, match="prior_from_target.*leave 'prior_inclusion' null"):
+        cls(make_params(cls.Params, {"prior_from_target": True, "prior_inclusion": 0.5}, "spike_slab"), ctx)
+    # each target's training uses its own λ (the stacks never mix targets): record λ per call
+    seen = []
+    real = cls.penalty
+    monkeypatch.setattr(cls, "penalty", lambda self, model: seen.append((self.ctx.target, self.prior_inclusion)) or real(self, model))
+    records, _ = run(tiny_spec("spike_slab", method_params={"prior_from_target": True}))
+    assert [r["target_sparsity"] for r in records] == [0.5, 0.9] and all(r["selection"] == "target" for r in records)
+    assert {(t, round(lam, 9)) for t, lam in seen} == {(0.5, 0.5), (0.9, 0.1)}

@@ -79,6 +79,7 @@ class Member:
     model: nn.Module | None = None
     diverged: str | None = None  #: why the run diverged ("epoch 3: loss nan"), if it did
     start: int = 0  #: which of the run's starts (restarts) this is
+    stack_runs: int = 1  #: how many runs trained in its stack
     noise: int | None = None  #: seed of its noise generator; None = noise_seed(seed)
 
     @property
@@ -365,8 +366,14 @@ def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: f
             _sync(device)
             seconds[i] = time.perf_counter() - t0
         return seconds
-    chunks = plan_chunks(len(members), _bytes_per_run(members[0].model, batch_size, xs[0]), _free_bytes(device))
-    log.info("%s: %d runs train stacked in %d stack(s) of up to %d", what, len(members), len(chunks), len(chunks[0]))
+    # a stackable method's hooks run once per stack with the first run's method instance, so runs
+    # whose instances differ (per-target training: each its own target) never share a stack
+    by_target: dict = {}
+    for i, m in enumerate(members):
+        by_target.setdefault(m.target if type(m.method).__dict__.get("stackable", False) else None, []).append(i)
+    per_run = _bytes_per_run(members[0].model, batch_size, xs[0])
+    chunks = [[idx[i] for i in c] for idx in by_target.values() for c in plan_chunks(len(idx), per_run, _free_bytes(device))]
+    log.info("%s: %d runs train stacked in %d stack(s) of up to %d", what, len(members), len(chunks), max(map(len, chunks)))
     for chunk in chunks:
         group = [members[i] for i in chunk]
         stacked = stack_modules([m.model for m in group])
@@ -378,6 +385,7 @@ def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: f
         share = (time.perf_counter() - t0) / len(group)
         for j, (i, m) in enumerate(zip(chunk, group)):
             m.model = unstack(stacked, j)
+            m.stack_runs = len(group)
             seconds[i] = share
     return seconds
 
@@ -478,7 +486,6 @@ def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], 
     seconds = _train(members, [loaded[r][1]["train"][0] for r in member_run], [loaded[r][1]["train"][1] for r in member_run],
                      epochs=int(cfg0["epochs"]), batch_size=int(cfg0["batch_size"]), lr=float(cfg0["lr"]), task=task,
                      noise_sd=noise_sd, device=device, data_seeds=[m.seed for m in members], stop=stop, what=label)
-    stack_runs = len(members)
     restart_info = [{"restarts": restarts}] * len(members)
     if restarts > 1:
         members, member_run, seconds, restart_info = _choose_starts(
@@ -494,7 +501,7 @@ def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], 
         method, model = m.method, m.model
         common = {k: c[k] for k in ("experiment", "dataset", "model", "method", "seed")}
         common.update(task=task, device=str(device), spec=dict(c), provenance=prov, train_seconds=secs,
-                      stack_runs=stack_runs, **chosen)
+                      stack_runs=m.stack_runs, **chosen)
         if task == "regression":  # the reference a collapsed net is read against
             common.update(M.constant_predictor_metrics(data["train"][1], data["test"][1]))
         if m.diverged:
