@@ -250,6 +250,21 @@ def test_plan_chunks_splits_what_does_not_fit():
     assert [list(c) for c in plan_chunks(2, bytes_per_run=10**12, free_bytes=1)] == [[0], [1]]
 
 
+def test_memory_estimate_counts_a_conv_nets_feature_maps():
+    from slabbench.train import _activations_per_example, _bytes_per_run
+    net = build_model("lenet5", DatasetSpec("img", "classification", (1, 28, 28), 10, {}))
+    x = torch.rand(5, 1, 28, 28)
+    # input 784; conv1, act1 20x24x24; pool1 20x12x12; conv2, act2 50x8x8; pool2, flatten 800; fc1, act3 500; fc2 10
+    maps = 784 + 2 * 11520 + 2880 + 2 * 3200 + 2 * 800 + 2 * 500 + 10
+    assert _activations_per_example(net, x[:1]) == maps
+    weights = sum(t.numel() for t in [*net.parameters(), *net.buffers()])
+    assert _bytes_per_run(net, 100, x) == 4 * (8 * weights + 4 * 100 * maps)
+    vgg = build_model("vgg", DatasetSpec("img", "classification", (1, 8, 8), 10, {}), {"channels": [4, "M"]}).train()
+    before = {k: v.clone() for k, v in vgg.state_dict().items()}
+    _activations_per_example(vgg, torch.rand(1, 1, 8, 8))
+    assert vgg.training and all(torch.equal(v, before[k]) for k, v in vgg.state_dict().items())
+
+
 class _Template(Method):
     """A method written from the README's template: knows nothing of stacking."""
 
