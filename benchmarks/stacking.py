@@ -1,15 +1,19 @@
 """Wall time per run of S stacked runs against one run alone, every method, measured in one run.
 
     .venv/bin/python benchmarks/stacking.py [--device cpu|cuda|auto] [--stacks 1 3 10 30]
-        [--sim-epochs 20] [--lenet-n 1000] [--lenet-epochs 1] [--methods dense spike_slab ...]
+        [--sim-epochs 20] [--lenet-n 1000] [--lenet-epochs 1] [--lenet5-n 320] [--lenet5-batch 32]
+        [--workloads simulation lenet300 lenet5] [--methods dense spike_slab ...]
 
-Two workloads, each timed through the core's own training path (``slabbench.train._train``:
+Three workloads, each timed through the core's own training path (``slabbench.train._train``:
 the stacked loop when the runs stack, the same code the pipeline runs):
 
 (a) Bai et al.'s simulation at the paper's size: p = 200 inputs, n = 3,000, 200-7-7-7-1,
     batch 500 (6 steps per epoch), ``--sim-epochs`` epochs;
 (b) LeNet-300-100 (784-300-100-10) on MNIST-shaped random data held on the device, batch 100,
-    ``--lenet-n`` training points for ``--lenet-epochs`` epochs.
+    ``--lenet-n`` training points for ``--lenet-epochs`` epochs;
+(c) LeNet-5-Caffe (conv20-5x5, conv50-5x5, fc500, fc10) on the same kind of data, batch
+    ``--lenet5-batch``, ``--lenet5-n`` training points, one epoch (not run by default: a conv
+    net's step is mostly arithmetic, slow on a CPU).
 
 For every method and S it prints the time per run and per epoch (ms) and the ratio to S = 1
 measured in the same run: the cost of one run inside a stack of S relative to alone.  On the
@@ -26,6 +30,7 @@ import time
 import torch
 
 from slabbench.api import DatasetSpec, TrainContext, make_params
+from slabbench.layers import stacked
 from slabbench.models import build_model
 from slabbench.registry import method_class
 from slabbench.train import Member, _train, resolve_device, set_threads
@@ -38,12 +43,14 @@ def workload(name: str, args) -> dict:
     if name == "simulation":
         spec = DatasetSpec("sim", "regression", (200,), 1, {"train": 3000})
         x, y = torch.rand(3000, 200) * 2 - 1, torch.randn(3000)
-        return dict(spec=spec, x=x, y=y, hidden=[7, 7, 7], init="uniform:0.6", batch=500, epochs=args.sim_epochs,
-                    lr=5e-3)
-    n = args.lenet_n
+        return dict(spec=spec, x=x, y=y, model="mlp", options={"hidden": [7, 7, 7], "init": "uniform:0.6"}, batch=500,
+                    epochs=args.sim_epochs, lr=5e-3)
+    n = args.lenet_n if name == "lenet300" else args.lenet5_n
     spec = DatasetSpec("mnist", "classification", (1, 28, 28), 10, {"train": n})
-    return dict(spec=spec, x=torch.rand(n, 1, 28, 28), y=torch.randint(0, 10, (n,)), hidden=[300, 100], init="default",
-                batch=100, epochs=args.lenet_epochs, lr=1e-3)
+    data = dict(spec=spec, x=torch.rand(n, 1, 28, 28), y=torch.randint(0, 10, (n,)), lr=1e-3)
+    if name == "lenet5":
+        return dict(data, model="lenet5", options={}, batch=args.lenet5_batch, epochs=1)
+    return dict(data, model="mlp", options={"hidden": [300, 100]}, batch=100, epochs=args.lenet_epochs)
 
 
 def time_stack(method: str, options: dict, w: dict, s_runs: int, device: torch.device, clock=time.perf_counter) -> float:
@@ -58,7 +65,7 @@ def time_stack(method: str, options: dict, w: dict, s_runs: int, device: torch.d
         ctx = TrainContext(w["spec"].task, n, w["epochs"], -(-n // w["batch"]), w["lr"], device, w["spec"], target=0.9)
         m = cls(params, ctx)
         members.append(Member(label=f"bench seed={seed}", seed=seed, target=0.9 if cls.trains_per_target(params) else None,
-                              method=m, model=m.build(build_model("mlp", w["spec"], {"hidden": w["hidden"], "init": w["init"]})).to(device)))
+                              method=m, model=m.build(build_model(w["model"], w["spec"], w["options"])).to(device)))
     t0 = clock()
     _train(members, [x] * s_runs, [y] * s_runs, epochs=w["epochs"], batch_size=w["batch"], lr=w["lr"], task=w["spec"].task,
            noise_sd=1.0, device=device, data_seeds=list(range(s_runs)), stop=False, what="bench")
@@ -72,14 +79,20 @@ def main(argv=None) -> None:
     ap.add_argument("--sim-epochs", type=int, default=20)
     ap.add_argument("--lenet-n", type=int, default=1000)
     ap.add_argument("--lenet-epochs", type=int, default=1)
-    ap.add_argument("--workloads", nargs="+", default=["simulation", "lenet300"], choices=["simulation", "lenet300"])
+    ap.add_argument("--lenet5-n", type=int, default=320)
+    ap.add_argument("--lenet5-batch", type=int, default=32)
+    ap.add_argument("--workloads", nargs="+", default=["simulation", "lenet300"],
+                    choices=["simulation", "lenet300", "lenet5"])
     ap.add_argument("--methods", nargs="+", default=None, help="method names (default: all built-in variants)")
+    ap.add_argument("--conv", default=stacked.CONV_IMPL, choices=["auto", "grouped", "loop"],
+                    help="how a stacked convolution runs (slabbench.layers.stacked.CONV_IMPL)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
                     help="wall time, or the process's CPU time (robust on a shared machine; auto: cpu on the CPU, "
                          "wall on a GPU, whose work the CPU clock does not see)")
     args = ap.parse_args(argv)
     set_threads(args.threads)
+    stacked.CONV_IMPL = args.conv
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
     variants = [v for v in METHODS if args.methods is None or v[0] in args.methods]
@@ -87,7 +100,8 @@ def main(argv=None) -> None:
     clock, clock_name = (time.process_time, "CPU time") if use_cpu else (time.perf_counter, "wall time")
     for wname in args.workloads:
         w = workload(wname, args)
-        print(f"\n{wname} on {name}: {w['epochs']} epoch(s) of {len(w['y'])} points, batch {w['batch']}; "
+        conv = f", stacked convolutions: {args.conv}" if wname == "lenet5" else ""
+        print(f"\n{wname} on {name}: {w['epochs']} epoch(s) of {len(w['y'])} points, batch {w['batch']}{conv}; "
               f"ms of {clock_name} per run per epoch (x S = 1 in this run)")
         header = "| method | " + " | ".join(f"S = {s}" for s in args.stacks) + " |"
         print(header + "\n|" + "---|" * (len(args.stacks) + 1))

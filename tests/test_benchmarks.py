@@ -43,3 +43,11 @@ def test_reproducibility_reports_zero_difference_on_cpu(capsys):
     out = capsys.readouterr().out
     assert worst == 0.0 and "largest absolute difference: 0" in out
     assert "| natural | None | test_rmse |" in out
+
+
+def test_stacking_times_lenet5_per_run(capsys):
+    load("stacking").main(["--device", "cpu", "--stacks", "1", "2", "--workloads", "lenet5", "--lenet5-n", "8",
+                           "--lenet5-batch", "4", "--methods", "dense", "l0"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "S = 1" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["dense", "l0"]
+    assert all(r.split("|")[2].strip().endswith("(1.00x)") for r in rows)  # S = 1 relative to itself

@@ -1,6 +1,7 @@
 """Architectures built from masked layers: MLP (LeNet-300-100 = ``mlp`` with hidden
 [300, 100]), LeNet-5-Caffe and a VGG-like CIFAR net.  The classifier layer is prunable
-like any other."""
+like any other.  Every layer stacks (:mod:`slabbench.stack`): batch norm and pooling are the
+stackable subclasses of torch's layers in :mod:`slabbench.layers.basic`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from slabbench.api import DatasetSpec
-from slabbench.layers import MaskedConv2d, MaskedLinear
+from slabbench.layers import BatchNorm1d, BatchNorm2d, MaskedConv2d, MaskedLinear, MaxPool2d
 
 MODELS = ("mlp", "lenet5", "vgg")
 MODEL_OPTIONS = {"mlp": ("hidden", "activation", "init"), "lenet5": ("init",), "vgg": ("channels", "width", "init")}
@@ -66,8 +67,8 @@ def lenet5_caffe(input_shape: tuple[int, ...], outputs: int) -> nn.Sequential:
     c, h, w = input_shape
     fh, fw = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
     return nn.Sequential(OrderedDict([
-        ("conv1", MaskedConv2d(c, 20, 5)), ("act1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
-        ("conv2", MaskedConv2d(20, 50, 5)), ("act2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
+        ("conv1", MaskedConv2d(c, 20, 5)), ("act1", nn.ReLU()), ("pool1", MaxPool2d(2)),
+        ("conv2", MaskedConv2d(20, 50, 5)), ("act2", nn.ReLU()), ("pool2", MaxPool2d(2)),
         ("flatten", nn.Flatten()),
         ("fc1", MaskedLinear(50 * fh * fw, 500)), ("act3", nn.ReLU()),
         ("fc2", MaskedLinear(500, outputs)),
@@ -91,16 +92,16 @@ def vgg_like(input_shape: tuple[int, ...], outputs: int, channels: list, width: 
             h, w = h // 2, w // 2
             if h < 1 or w < 1:
                 raise ModelError(f"vgg: too many pools for input shape {tuple(input_shape)}")
-            layers.append((f"pool{pool}", nn.MaxPool2d(2)))
+            layers.append((f"pool{pool}", MaxPool2d(2)))
             continue
         if not isinstance(item, int) or item < 1:
             raise ModelError(f"vgg option channels takes positive integers and 'M'; got {item!r}")
         conv += 1
         out = max(1, round(item * width))
-        layers += [(f"conv{conv}", MaskedConv2d(c, out, 3, padding=1)), (f"bn{conv}", nn.BatchNorm2d(out)),
+        layers += [(f"conv{conv}", MaskedConv2d(c, out, 3, padding=1)), (f"bn{conv}", BatchNorm2d(out)),
                    (f"act{conv}", nn.ReLU())]
         c = out
-    layers += [("flatten", nn.Flatten()), ("fc1", MaskedLinear(c * h * w, 512)), ("bnfc", nn.BatchNorm1d(512)),
+    layers += [("flatten", nn.Flatten()), ("fc1", MaskedLinear(c * h * w, 512)), ("bnfc", BatchNorm1d(512)),
                ("actfc", nn.ReLU()), ("fc2", MaskedLinear(512, outputs))]
     return nn.Sequential(OrderedDict(layers))
 

@@ -8,8 +8,10 @@ is its own: no term couples runs) and Adam, being elementwise, updates each run 
 would alone.
 
 A model stacks when every module in it is a type that declares ``stackable = True`` in its own
-class body (the built-in Linear layers), or a parameter-free container / activation listed in
-:data:`NEUTRAL`.  Anything else (conv layers today, a plugin's own layer) trains run by run.
+class body (the built-in Linear and Conv2d layers, the architectures' batch norm and pooling in
+:mod:`slabbench.layers.basic`), or a parameter-free container / activation listed in
+:data:`NEUTRAL`.  Anything else (a plugin's own layer, torch's own pooling or batch norm, dropout)
+trains run by run.
 
 Plugins stay unaware of stacking: hooks that read or write parameters after training (export,
 scores, natural masks, the model average, artefacts) are called on each run's own unstacked

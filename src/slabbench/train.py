@@ -340,13 +340,32 @@ def plan_chunks(n_runs: int, bytes_per_run: int, free_bytes: int, fraction: floa
     return [range(i, min(i + per_chunk, n_runs)) for i in range(0, n_runs, per_chunk)]
 
 
+def _activations_per_example(model: nn.Module, x1: torch.Tensor) -> int:
+    """Numbers in the outputs of every leaf module for the one example ``x1`` (1, ...): one
+    forward in eval mode without gradient (no noise drawn, no running statistics updated)."""
+    sizes: list[int] = []
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() if torch.is_tensor(out) else 0))
+             for m in leaves]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x1)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return x1.numel() + sum(sizes)
+
+
 def _bytes_per_run(model: nn.Module, batch_size: int, x: torch.Tensor) -> int:
     """Rough training footprint of one run: parameters and buffers x 8 (value, gradient, two
-    Adam moments, noise and temporaries) plus the minibatch's activations through the widest
-    layer x 8 (forward, backward, local-reparameterisation means and variances)."""
+    Adam moments, noise and temporaries) plus the minibatch's activations x 4 (every layer's
+    output and its gradient, local-reparameterisation means and variances; a conv net's
+    feature maps, not just its widest layer)."""
     tensors = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
-    widest = max([x[0].numel()] + [getattr(m, "out_features", 0) for m in model.modules()])
-    return 8 * tensors + 8 * batch_size * widest * x.element_size()
+    return 8 * tensors + 4 * batch_size * _activations_per_example(model, x[:1]) * x.element_size()
 
 
 def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: float, task: str, noise_sd: float,

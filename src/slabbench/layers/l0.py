@@ -44,7 +44,6 @@ import math
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from slabbench.layers import stacked
@@ -94,7 +93,7 @@ class _L0Mixin:
     gates: str
     group_size: int
     beta: float
-    stack = 0  #: runs held along a leading dimension (Linear only; see slabbench.layers.stacked)
+    stack = 0  #: runs held along a leading dimension (see slabbench.layers.stacked)
 
     def _init_l0(self, weight: torch.Tensor, bias: torch.Tensor | None, gates: str, gate_shape: tuple[int, ...],
                  group_size: int, droprate: float, beta: float) -> None:
@@ -193,7 +192,10 @@ class L0Linear(_L0Mixin, nn.Module):
 class L0Conv2d(_L0Mixin, nn.Module):
     """L0 Conv2d layer.  Input ``(n, c_in, h, w)``, output ``(n, c_out, h', w')``; ``theta``
     ``(c_out, c_in / groups, kh, kw)``, ``bias`` ``(c_out,)``, ``log_alpha`` ``(c_out,)``
-    (``gates="input"``: output channels, bias gated too) or the weight's shape."""
+    (``gates="input"``: output channels, bias gated too) or the weight's shape.  Stackable:
+    with ``stack = S`` every tensor has a leading run dimension, input ``(S, n, c_in, h, w)``."""
+
+    stackable = True
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, stride=1, padding=0, dilation=1,
                  groups: int = 1, gates: str = "input", droprate: float = 0.5, beta: float = BETA):
@@ -214,7 +216,7 @@ class L0Conv2d(_L0Mixin, nn.Module):
                    padding=layer.padding, dilation=layer.dilation, groups=layer.groups, **kw)
 
     def expand(self, g):
-        return g.view(-1, 1, 1, 1) if self.gates == "input" else g
+        return g[..., None, None, None] if self.gates == "input" else g  # (S,) c_out -> (S,) c_out, 1, 1, 1
 
     def _gates_bias(self) -> bool:
         return self.gates == "input"
@@ -226,7 +228,8 @@ class L0Conv2d(_L0Mixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.gate_values()
-        return F.conv2d(x, self.masked_weight(z), self._bias(z), self.stride, self.padding, self.dilation, self.groups)
+        return stacked.conv2d(x, self.masked_weight(z), self._bias(z), self.stride, self.padding, self.dilation,
+                              self.groups, self.stack)
 
     def to_masked(self) -> MaskedConv2d:
         """Plain :class:`MaskedConv2d`: weight = theta * z_hat, bias * z_hat for channel gates."""

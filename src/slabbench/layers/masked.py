@@ -34,14 +34,26 @@ class MaskedLinear(nn.Linear):
 
 
 class MaskedConv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose weight is multiplied by the buffer ``weight_mask`` (out, in, kh, kw)."""
+    """``nn.Conv2d`` whose weight is multiplied by the buffer ``weight_mask`` (out, in, kh, kw).
+
+    Stackable: with ``stack = S`` every tensor has a leading run dimension, input
+    ``(S, B, C, H, W)``, output ``(S, B, O, H', W')`` (:func:`slabbench.layers.stacked.conv2d`)."""
+
+    stackable = True
+    stack = 0
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.register_buffer("weight_mask", torch.ones_like(self.weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.weight * self.weight_mask, self.bias)
+        w = self.weight * self.weight_mask
+        if not self.stack:
+            return self._conv_forward(x, w, self.bias)
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            x, padding = stacked.pad(x, self._reversed_padding_repeated_twice, self.padding_mode, self.stack), 0
+        return stacked.conv2d(x, w, self.bias, self.stride, padding, self.dilation, self.groups, self.stack)
 
 
 def make_plain(cls: type, *args, weight: torch.Tensor, bias: torch.Tensor | None, **kw) -> nn.Module:

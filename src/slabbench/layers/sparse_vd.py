@@ -44,7 +44,6 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from slabbench.layers import stacked
@@ -168,9 +167,12 @@ class Conv2dSVDO(_SVDOMixin, nn.Module):
     ``theta`` and ``log_sigma2`` ``(c_out, c_in / groups, kh, kw)``, ``bias`` ``(c_out,)``.
     The variance is ``conv2d(x^2, sigma_c^2)`` with the same stride / padding / dilation.
     With ``train_clip`` the clipped weights leave the mean and the variance
-    (``clip_variance=None``: the official convolution layer)."""
+    (``clip_variance=None``: the official convolution layer).  Stackable: with ``stack = S``
+    every tensor has a leading run dimension, input ``(S, n, c_in, h, w)``."""
 
     CLIP_VARIANCE = True
+    stackable = True
+    stack = 0
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, stride=1, padding=0, dilation=1,
                  groups: int = 1, log_sigma2_init: float = LOG_SIGMA2_INIT, threshold: float = THRESHOLD,
@@ -192,7 +194,7 @@ class Conv2dSVDO(_SVDOMixin, nn.Module):
                    groups=layer.groups, **kw)
 
     def _conv(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        return stacked.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups, self.stack)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -200,7 +202,7 @@ class Conv2dSVDO(_SVDOMixin, nn.Module):
         theta, var_w = self._train_weights()
         mean = self._conv(x, theta, self.bias)
         var = self._conv(x * x, var_w, None)
-        return mean + torch.sqrt(var + EPS) * torch.randn_like(mean)
+        return mean + torch.sqrt(var + EPS) * stacked.randn_like(mean, self.stack)
 
     def to_masked(self) -> MaskedConv2d:
         """A plain :class:`MaskedConv2d` with weight = theta, the same bias, mask all ones."""

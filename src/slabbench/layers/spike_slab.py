@@ -49,8 +49,8 @@ def logit(p: float) -> float:
 class _SpikeSlab(nn.Module):
     """Shared machinery of :class:`SpikeSlabLinear` and :class:`SpikeSlabConv2d`.
 
-    With ``stack = S`` (the Linear layer only, see :mod:`slabbench.layers.stacked`) every
-    parameter and buffer has a leading run dimension S; shapes below are then per run."""
+    With ``stack = S`` (see :mod:`slabbench.layers.stacked`) every parameter and buffer has a
+    leading run dimension S; shapes below are then per run."""
 
     stack = 0
 
@@ -290,6 +290,8 @@ class SpikeSlabLinear(_SpikeSlab):
 
 
 class SpikeSlabConv2d(_SpikeSlab):
+    stackable = True
+
     def __init__(self, plain: nn.Conv2d, granularity: str = "edge", mode: str = "closed_form",
                  phi_init: float = 0.99, rho_init: float = -6.0, tau: float = 0.5, lrt_forward: bool = False):
         super().__init__()
@@ -301,7 +303,7 @@ class SpikeSlabConv2d(_SpikeSlab):
 
     def _op(self, x, w, b):
         a = self.conv_args
-        return F.conv2d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"])
+        return stacked.conv2d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"], self.stack)
 
     def to_plain(self, kind: str = "posterior") -> MaskedConv2d:
         w, b = self.mean_weight(kind)

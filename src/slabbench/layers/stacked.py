@@ -2,7 +2,8 @@
 
 A stacked layer holds every parameter and buffer with a leading run dimension S (``stack = S``;
 ``stack = 0`` is the ordinary single-run layer).  Its input is ``(S, B, in)`` and its output
-``(S, B, out)``; run ``s`` sees only slice ``s`` of every tensor, so the runs never mix.
+``(S, B, out)`` (images: ``(S, B, C, H, W)``, see :func:`conv2d`); run ``s`` sees only slice
+``s`` of every tensor, so the runs never mix.
 
 Randomness: every noise draw of a stacked layer goes through :func:`rand_like` /
 :func:`randn_like`, which fill slice ``s`` from run ``s``'s own generator while
@@ -85,3 +86,75 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stack: int 
     if not stack:
         return torch.nn.functional.linear(x, w, b)
     return _StackedLinear.apply(x, w, b)
+
+
+# -- image layers -------------------------------------------------------------------------------
+# A stacked image tensor is (S, B, C, H, W).  A grouped convolution and batch norm act on the
+# *channel layout* (B, S*C, H, W): run s owns channels s*C .. (s+1)*C - 1, a convolution with
+# S*groups groups never mixes runs, and batch norm normalises each channel over (B, H, W) only.
+# They hand their output back as the (S, B, C', H', W') view of the (B, S*C', H', W') result, and
+# pooling keeps whichever layout it gets, so a chain of grouped convolutions, activations, pools
+# and batch norms passes its activations on without copies.
+
+
+def to_channels(x: torch.Tensor) -> torch.Tensor:
+    """(S, B, C, *spatial) -> (B, S*C, *spatial): a view when ``x`` is the view that
+    :func:`from_channels` returns, a copy otherwise."""
+    s, b = x.shape[:2]
+    return x.transpose(0, 1).reshape(b, s * x.shape[2], *x.shape[3:])
+
+
+def from_channels(y: torch.Tensor, stack: int) -> torch.Tensor:
+    """(B, S*C, *spatial) -> (S, B, C, *spatial), a view."""
+    b, sc = y.shape[:2]
+    return y.view(b, stack, sc // stack, *y.shape[2:]).transpose(0, 1)
+
+
+def per_plane(fn, x: torch.Tensor, stack: int = 0) -> torch.Tensor:
+    """Apply ``fn``, an op on (N, C, H, W) that acts on every (example, channel) plane alone
+    (max / average pooling), to a stacked ``x`` (S, B, C, H, W); unstacked it is ``fn(x)``."""
+    if not stack:
+        return fn(x)
+    if x.is_contiguous():  # (S*B, C, H, W) is a view
+        y = fn(x.flatten(0, 1))
+        return y.view(x.shape[0], x.shape[1], *y.shape[1:])
+    return from_channels(fn(to_channels(x)), stack)
+
+
+#: how a stacked convolution runs: ``"grouped"`` (one convolution with S x groups groups over the
+#: channel layout), ``"loop"`` (one convolution per run, outputs stacked) or ``"auto"``: one per
+#: run on the CPU, grouped elsewhere.  The same numbers up to rounding, but a grouped convolution
+#: rounds differently with S, while a loop runs each run's convolution exactly as alone; on the
+#: CPU the loop also took about as long (README, "Many runs, one process").  A GPU runs one
+#: grouped kernel instead of S small ones.
+CONV_IMPL = "auto"
+
+
+def conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride=1, padding=0, dilation=1, groups: int = 1,
+           stack: int = 0) -> torch.Tensor:
+    """``F.conv2d`` per run: x ``(S, B, C, H, W)``, w ``(S, O, C/groups, kh, kw)``, b ``(S, O)``
+    -> ``(S, B, O, H', W')``; unstacked (``stack = 0``) it is ``F.conv2d`` itself.  Zero padding
+    (a layer with another padding mode pads its input first)."""
+    conv = torch.nn.functional.conv2d
+    if not stack:
+        return conv(x, w, b, stride, padding, dilation, groups)
+    impl = CONV_IMPL
+    if impl == "auto":
+        impl = "loop" if x.device.type == "cpu" else "grouped"
+    if impl == "loop":
+        return torch.stack([conv(x[s], w[s], None if b is None else b[s], stride, padding, dilation, groups)
+                            for s in range(stack)])
+    if impl != "grouped":
+        raise ValueError(f"unknown CONV_IMPL {impl!r}; valid: auto, grouped, loop")
+    y = conv(to_channels(x), w.flatten(0, 1), None if b is None else b.flatten(), stride, padding, dilation,
+             groups * stack)
+    return from_channels(y, stack)
+
+
+def pad(x: torch.Tensor, padding: tuple[int, ...], mode: str, stack: int = 0) -> torch.Tensor:
+    """``F.pad(x, padding, mode)`` over the trailing spatial dimensions of an image tensor,
+    stacked (S, B, C, H, W) or not (the non-zero padding modes of ``nn.Conv2d``)."""
+    if not stack:
+        return torch.nn.functional.pad(x, padding, mode=mode)
+    y = torch.nn.functional.pad(x.flatten(0, 1), padding, mode=mode)
+    return y.view(x.shape[0], x.shape[1], *y.shape[1:])
