@@ -242,3 +242,32 @@ def test_closed_form_update_is_the_argmin_of_the_beta_weighted_objective(beta):
     naive = logit(lam) + (mu ** 2 / (2 * sigma ** 2) - 0.5 + (mu ** 2 + sigma ** 2) / (2 * sigma0 ** 2)) / beta \
         - (math.log(sigma0 / sigma) + (sigma ** 2 + mu ** 2) / (2 * sigma0 ** 2) - 0.5)
     assert beta == 1.0 or abs(naive - brute) > 0.5
+
+
+# -- the ρ learning rate ------------------------------------------------------------------------
+
+def test_rho_lr_factor_must_be_positive():
+    cls = method_class("spike_slab")
+    ctx = TrainContext("regression", 10, 1, 1, 0.1, torch.device("cpu"), None)
+    with pytest.raises(Exception, match=r"rho_lr_factor.*> 0, got 0"):
+        cls(make_params(cls.Params, {"rho_lr_factor": 0.0}, "spike_slab"), ctx)
+
+
+def test_rho_lr_factor_sets_the_learning_rate_of_every_rho():
+    cls = method_class("spike_slab")
+    ctx = TrainContext("regression", 10, 1, 1, 0.1, torch.device("cpu"), None)
+    method = cls(make_params(cls.Params, {"rho_lr_factor": 3.0, "phi_update": "lrt"}, "spike_slab"), ctx)
+    model = method.build(nn.Sequential(MaskedLinear(3, 2), nn.ReLU(), MaskedLinear(2, 1)))
+    opt = method.optimizer(model, 0.01)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert len(lr_of) == len(list(model.parameters()))  # every parameter once
+    for name, p in model.named_parameters():
+        assert lr_of[id(p)] == pytest.approx(0.03 if name.endswith("rho") else 0.01), name
+    # one Adam step moves each ρ by about its learning rate (Adam's first step is ± lr)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    torch.manual_seed(0)
+    model.train()
+    (model(torch.randn(4, 3)).pow(2).sum() + method.penalty(model)).backward()
+    opt.step()
+    step = (model[0].rho.detach() - before["0.rho"]).abs()
+    assert torch.allclose(step, torch.full_like(step, 0.03), rtol=1e-3)
