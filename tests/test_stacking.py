@@ -21,7 +21,9 @@ CASES = [
     ("dense", {}), ("magnitude", {}), ("magnitude", {"schedule": "gradual"}), ("magnitude", {"scope": "layerwise"}),
     ("spike_slab", {}), ("spike_slab", {"granularity": "node"}), ("spike_slab", {"granularity": "input"}),
     ("spike_slab", {"phi_update": "gumbel"}), ("spike_slab", {"phi_update": "lrt"}), ("spike_slab", {"lrt_forward": True}),
-    ("spike_slab", {"rho_lr_factor": 3.0, "phi_every": 1}),
+    ("spike_slab", {"rho_lr_factor": 3.0, "phi_every": 1}), ("spike_slab", {"bias_prior": "spike_slab"}),
+    ("spike_slab", {"bias_prior": "spike_slab", "granularity": "node", "phi_update": "gumbel"}),
+    ("spike_slab", {"bias_prior": "spike_slab", "phi_update": "lrt"}),
     ("sparse_vd", {}), ("sparse_vd", {"train_clip": False}), ("l0", {}), ("l0", {"gates": "weight"}),
 ]
 SKIP = {"train_seconds", "provenance", "stack_runs"}
