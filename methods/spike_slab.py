@@ -36,8 +36,8 @@ Options (``Params``):
   ``b_mu``, ``b_rho``, ``b_theta``; the same λ and σ0): one γ per bias under ``edge`` /
   ``input`` granularity, the unit's γ (its weights' and bias's group) under ``node``.
   Selection still acts on weights only: top-k targets never prune a bias and the natural
-  selection masks weights only (a bias with PIP < 0.5 is left at its posterior mean φ_b μ_b,
-  near 0 where φ_b is: the closed-form update puts an excluded bias's φ_b near λ).
+  selection masks weights only (a bias with PIP < 0.5 is left at its posterior mean φ_b μ_b:
+  shrunk by its PIP, not zeroed).
   Bai et al. count biases with φ > 0.5 in their fraction kept; our ``sparsity`` counts weights
   only, and the bias PIPs are saved as the ``pip_bias`` artefact.
 * ``bma_samples``: MC samples for the Bayesian model average (None: 30 regression, 10 images).
