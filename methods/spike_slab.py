@@ -26,6 +26,24 @@ Options (``Params``):
   whose expected sparsity is s (``prior_inclusion`` must stay null), as magnitude's gradual
   schedule trains once per target: a method aimed at each target, beside the plain method
   whose one posterior (under Bai's λ, ≈ 1e-4 to 1e-7) is ranked for every target.
+* ``rho_lr_factor`` (ours; 1 = one learning rate for every parameter): Adam's learning rate of
+  ρ (the slab scales, weights' and biases') is ``lr × rho_lr_factor``.  Adam moves a parameter
+  by about lr per step whatever its scale; σ starts at softplus(ρ_init) ≈ 0.0025, and ρ must
+  travel a few units (to the posterior's log σ) before the signal-to-noise term μ²/(2σ²) of
+  the closed-form update means what the update assumes (the slab at its optimum).  At lr 1e-3
+  that takes thousands of steps: a short run stops with σ still near its init and the update
+  over-includes (mnist5k, 30 epochs = 840 steps: 21% of the weights kept).  The factor lets ρ
+  travel that far within the run's steps; the update and the objective are unchanged.
+* ``bias_prior``: ``none`` (biases are plain parameters without prior; under node gates they
+  are gated by their unit's γ) or ``spike_slab``: every bias gets the weights' spike-and-slab
+  prior, variational family, KL and PIP update, as in Bai et al.'s code (``layers/layer.py``:
+  ``b_mu``, ``b_rho``, ``b_theta``; the same λ and σ0): one γ per bias under ``edge`` /
+  ``input`` granularity, the unit's γ (its weights' and bias's group) under ``node``.
+  Selection still acts on weights only: top-k targets never prune a bias and the natural
+  selection masks weights only (a bias with PIP < 0.5 is left at its posterior mean φ_b μ_b:
+  shrunk by its PIP, not zeroed).
+  Bai et al. count biases with φ > 0.5 in their fraction kept; our ``sparsity`` counts weights
+  only, and the bias PIPs are saved as the ``pip_bias`` artefact.
 * ``bma_samples``: MC samples for the Bayesian model average (None: 30 regression, 10 images).
 * ``export_mean``: the deterministic network whose metrics are reported: ``posterior``
   (E[w] = φμ, the posterior mean) or ``slab`` (E[w | γ = 1] = μ, ours).  Bai et al. report
@@ -49,9 +67,10 @@ import torch
 import torch.nn.functional as F
 
 from slabbench.api import Method as _Base
+from slabbench.api import adam
 from slabbench.api import PluginError, check_choice
 from slabbench.layers import prunable_layers, replace_layers
-from slabbench.layers.spike_slab import GRANULARITIES, MODES, SPIKE_SLAB_LAYERS, from_plain, logit
+from slabbench.layers.spike_slab import BIAS_PRIORS, GRANULARITIES, MODES, SPIKE_SLAB_LAYERS, from_plain, logit
 
 EXPORTS = ("posterior", "slab")
 
@@ -73,6 +92,8 @@ class Params:
     bma_samples: int | None = None  #: None = 30 (regression) / 10 (classification)
     export_mean: str = "posterior"  #: posterior (φμ) | slab (μ, ours)
     prior_from_target: bool = False  #: ours: one training per target s with λ = 1 − s (prior expected sparsity s)
+    rho_lr_factor: float = 1.0  #: lr of ρ = lr × this (ours; 1 = one lr for every parameter)
+    bias_prior: str = "none"  #: none (plain biases) | spike_slab (Bai et al.'s code: biases get the prior and a gate)
 
 
 def bai_prior_inclusion(n_coef: int, hidden_layers: int, width: int, n: int, p: int, delta: float = 0.1) -> float:
@@ -91,9 +112,10 @@ class Method(_Base):
         check_choice(owner, "phi_update", params.phi_update, MODES)
         check_choice(owner, "granularity", params.granularity, GRANULARITIES)
         check_choice(owner, "export_mean", params.export_mean, EXPORTS)
+        check_choice(owner, "bias_prior", params.bias_prior, BIAS_PRIORS)
         if params.lrt_forward and params.phi_update == "gumbel":
             raise PluginError(f"option 'lrt_forward' of {owner} needs phi_update closed_form or lrt, got gumbel")
-        for key in ("sigma0", "tau"):
+        for key in ("sigma0", "tau", "rho_lr_factor"):
             if getattr(params, key) <= 0:
                 raise PluginError(f"option {key!r} of {owner} must be > 0, got {getattr(params, key)}")
         for key in ("phi_init", "prior_inclusion"):
@@ -128,7 +150,8 @@ class Method(_Base):
         p = self.params
         return replace_layers(model, lambda name, layer: from_plain(
             layer, granularity=("edge" if p.granularity == "input" and name != first else p.granularity),
-            mode=p.phi_update, phi_init=p.phi_init, rho_init=p.rho_init, tau=p.tau, lrt_forward=p.lrt_forward))
+            mode=p.phi_update, phi_init=p.phi_init, rho_init=p.rho_init, tau=p.tau, lrt_forward=p.lrt_forward,
+            bias_prior=p.bias_prior))
 
     @property
     def prior_inclusion(self) -> float:
@@ -138,6 +161,14 @@ class Method(_Base):
         return list(prunable_layers(model, SPIKE_SLAB_LAYERS))
 
     # -- training ---------------------------------------------------------------------------
+    def optimizer(self, model, lr):
+        """Adam; the slab scales ρ (weights' and biases') at ``lr × rho_lr_factor`` (see the
+        module docstring)."""
+        rho = [q for n, q in model.named_parameters() if n.rsplit(".", 1)[-1] in ("rho", "bias_rho")]
+        ids = {id(q) for q in rho}
+        rest = [q for q in model.parameters() if id(q) not in ids]
+        return adam([{"params": rest}, {"params": rho, "lr": lr * self.params.rho_lr_factor}], lr)
+
     def beta(self, epoch):
         k = self.params.kl_warmup_epochs
         return 1.0 if k <= 0 else min(1.0, epoch / k)
@@ -204,8 +235,9 @@ class Method(_Base):
         nothing masked (every weight, whatever its PIP), class probabilities (n, C) or
         predictive means (n,).  Each network draws z ~ Bernoulli(φ) and w = z (μ + σ ε) per
         weight: the same law as Bai et al.'s hard binary-concrete gate, 1[θ + logit u > 0],
-        at any temperature.  Biases are as the layers hold them: plain (gated under node
-        granularity), where Bai et al.'s code gives them gates and slab noise too.  Unlike
+        at any temperature.  Biases are as the layers hold them: with ``bias_prior: spike_slab``
+        drawn from q like the weights, as in Bai et al.'s code; with ``none`` plain (gated under
+        node granularity).  Unlike
         :meth:`bma_predict` this ignores any mask, so one value per trained model."""
         ones = {f"{name}.weight": torch.ones_like(layer.mu) for name, layer in self._layers(model)}
         pred = self.bma_predict(model, ones, x)
@@ -218,5 +250,6 @@ class Method(_Base):
             "pip_weight": {f"{n}.weight": l.expand(l.phi).detach().cpu() for n, l in layers},
             "pip_node": {n: l.node_pip().detach().cpu() for n, l in layers[:-1]},
             "pip_input": layers[0][1].input_pip().detach().cpu(),
+            "pip_bias": {f"{n}.bias": l.bias_pip().detach().cpu() for n, l in layers if l.bias_pip() is not None},
             "prior_inclusion": self.prior_inclusion,
         }

@@ -242,3 +242,198 @@ def test_closed_form_update_is_the_argmin_of_the_beta_weighted_objective(beta):
     naive = logit(lam) + (mu ** 2 / (2 * sigma ** 2) - 0.5 + (mu ** 2 + sigma ** 2) / (2 * sigma0 ** 2)) / beta \
         - (math.log(sigma0 / sigma) + (sigma ** 2 + mu ** 2) / (2 * sigma0 ** 2) - 0.5)
     assert beta == 1.0 or abs(naive - brute) > 0.5
+
+
+# -- bias priors (``bias_prior: spike_slab``, Bai et al.'s code) ---------------------------------
+
+def _kl_term(phi, mu, sigma, lam, sigma0, gate=True):
+    """One coefficient's KL, SCIENCE.md §1, by hand: gate part (if ``gate``) + φ × slab part."""
+    g = phi * math.log(phi / lam) + (1 - phi) * math.log((1 - phi) / (1 - lam)) if gate else 0.0
+    return g + phi * (math.log(sigma0 / sigma) + (sigma ** 2 + mu ** 2) / (2 * sigma0 ** 2) - 0.5)
+
+
+def _set_layer(layer, mu, sigma, theta, b_mu, b_sigma, b_theta=None):
+    inv = lambda s: torch.log(torch.expm1(torch.tensor(s)))  # noqa: E731  ρ with softplus(ρ) = σ
+    with torch.no_grad():
+        layer.mu.copy_(torch.tensor(mu))
+        layer.rho.copy_(inv(sigma))
+        layer.theta.copy_(torch.tensor(theta))
+        layer.bias.copy_(torch.tensor(b_mu))
+        layer.bias_rho.copy_(inv(b_sigma))
+        if b_theta is not None:
+            layer.bias_theta.copy_(torch.tensor(b_theta))
+    layer._gate_cache = None
+
+
+@pytest.mark.parametrize("mode", ["closed_form", "gumbel", "lrt"])
+def test_kl_with_bias_prior_is_the_weight_terms_plus_the_bias_terms_by_hand(mode):
+    """A 1-input, 2-output layer, edge gates: KL = Σ over its 2 weights and 2 biases of the
+    per-coefficient KL (each with its own gate), computed term by term; dropping the bias prior
+    drops exactly the bias terms."""
+    lam, sigma0 = 0.2, 1.3
+    mu, sigma, phi = [[0.5], [-1.0]], [[0.2], [1.0]], [[0.9], [0.3]]
+    b_mu, b_sigma, b_phi = [0.25, 2.0], [0.1, 0.5], [0.6, 0.95]
+    layer = SpikeSlabLinear(MaskedLinear(1, 2), mode=mode, bias_prior="spike_slab")
+    _set_layer(layer, mu, sigma, [[logit(p[0])] for p in phi], b_mu, b_sigma, [logit(p) for p in b_phi])
+    weights = sum(_kl_term(phi[j][0], mu[j][0], sigma[j][0], lam, sigma0) for j in range(2))
+    biases = sum(_kl_term(b_phi[j], b_mu[j], b_sigma[j], lam, sigma0) for j in range(2))
+    assert float(layer.kl(logit(lam), sigma0).detach()) == pytest.approx(weights + biases, rel=1e-5)
+    plain = SpikeSlabLinear(MaskedLinear(1, 2), mode=mode)
+    with torch.no_grad():
+        for name in ("mu", "rho", "theta", "bias"):
+            getattr(plain, name).copy_(getattr(layer, name))
+    assert float(plain.kl(logit(lam), sigma0).detach()) == pytest.approx(weights, rel=1e-5)
+
+
+def test_kl_with_bias_prior_under_node_gates_shares_the_units_gate():
+    """Node gates: one γ per unit for its weights and bias, so the unit's gate term counts once
+    and its φ multiplies the slab terms of its weights and of its bias."""
+    lam, sigma0 = 0.2, 1.3
+    mu, sigma, phi = [[0.5, 1.5], [-1.0, 0.0]], [[0.2, 0.3], [1.0, 0.7]], [0.9, 0.3]
+    b_mu, b_sigma = [0.25, 2.0], [0.1, 0.5]
+    layer = SpikeSlabLinear(MaskedLinear(2, 2), granularity="node", mode="lrt", bias_prior="spike_slab")
+    assert not hasattr(layer, "bias_theta")
+    _set_layer(layer, mu, sigma, [logit(p) for p in phi], b_mu, b_sigma)
+    expected = 0.0
+    for j in range(2):
+        expected += _kl_term(phi[j], mu[j][0], sigma[j][0], lam, sigma0)  # gate term once per unit
+        expected += _kl_term(phi[j], mu[j][1], sigma[j][1], lam, sigma0, gate=False)
+        expected += _kl_term(phi[j], b_mu[j], b_sigma[j], lam, sigma0, gate=False)
+    assert float(layer.kl(logit(lam), sigma0).detach()) == pytest.approx(expected, rel=1e-5)
+    assert torch.allclose(layer.bias_pip(), torch.tensor(phi))
+
+
+def test_closed_form_update_of_biases_by_hand():
+    """Each bias: logit φ_b = logit λ + log(σ_b/σ0) + μ_b²/(2σ_b²); node gates add the bias's
+    term to its unit's group sum."""
+    lam, sigma0 = 0.1, 1.3
+    layer = SpikeSlabLinear(MaskedLinear(1, 2), bias_prior="spike_slab")
+    _set_layer(layer, [[1.0], [0.0]], [[0.5], [1.3]], [[0.0], [0.0]], [0.5, 0.0], [0.25, 1.3])
+    layer.closed_form_update(logit(lam), sigma0)
+    b_expected = [logit(lam) + math.log(0.25 / 1.3) + 0.5 ** 2 / (2 * 0.25 ** 2), logit(lam)]  # μ = 0, σ = σ0: prior odds
+    assert layer.bias_theta.tolist() == pytest.approx(b_expected, abs=1e-5)
+    w_expected = logit(lam) + math.log(0.5 / 1.3) + 1 / (2 * 0.25)
+    assert layer.theta[:, 0].tolist() == pytest.approx([w_expected, logit(lam)], abs=1e-5)
+    node = SpikeSlabLinear(MaskedLinear(1, 2), granularity="node", bias_prior="spike_slab")
+    _set_layer(node, [[1.0], [0.0]], [[0.5], [1.3]], [0.0, 0.0], [0.5, 0.0], [0.25, 1.3])
+    node.closed_form_update(logit(lam), sigma0)
+    assert node.theta.tolist() == pytest.approx([w_expected + b_expected[0] - logit(lam), logit(lam)], abs=1e-5)
+
+
+def sample_preactivations_with_bias_prior(layer, x, n, gen):
+    """Like :func:`sample_preactivations`, biases drawn from q too: b = z_b (μ_b + σ_b ε)."""
+    z = (torch.rand((n, *layer.theta.shape), generator=gen) < layer.phi.detach()).float()
+    w = torch.stack([layer.expand(zi) for zi in z]) * (
+        layer.mu.detach() + layer.sigma.detach() * torch.randn((n, *layer.mu.shape), generator=gen))
+    zb = z if layer.granularity == "node" else (torch.rand((n, *layer.bias.shape), generator=gen) < layer.bias_pip()).float()
+    b = zb * (layer.bias.detach() + torch.nn.functional.softplus(layer.bias_rho.detach()) * torch.randn((n, *layer.bias.shape), generator=gen))
+    if isinstance(layer, SpikeSlabConv2d):
+        k = layer.mu.shape[-1]
+        cols = torch.nn.functional.unfold(x, k)
+        out = torch.einsum("bkl,nok->nbol", cols, w.flatten(2)) + b[:, None, :, None]
+        side = x.shape[-1] - k + 1
+        return out.reshape(n, x.shape[0], -1, side, side)
+    return torch.einsum("bi,noi->nbo", x, w) + b[:, None, :]
+
+
+def random_layer_with_bias_prior(granularity, mode, conv=False):
+    layer = random_layer(granularity, mode=mode, conv=conv)
+    plain = MaskedConv2d(2, 3, 2) if conv else MaskedLinear(4, 3)
+    out = (SpikeSlabConv2d if conv else SpikeSlabLinear)(plain, granularity=granularity, mode=mode, bias_prior="spike_slab")
+    with torch.no_grad():
+        for name in ("mu", "rho", "theta"):
+            getattr(out, name).copy_(getattr(layer, name))
+        out.bias.copy_(torch.tensor([1.5, -0.5, 0.2]))
+        out.bias_rho.copy_(torch.tensor([-1.0, 0.0, -2.0]))
+        if granularity != "node":
+            out.bias_theta.copy_(torch.tensor([1.0, -1.0, 0.0]))
+    return out
+
+
+@pytest.mark.parametrize("granularity,conv", [("edge", False), ("node", False), ("input", False), ("edge", True), ("node", True)])
+def test_lrt_moments_with_bias_prior_match_sampled_preactivations(granularity, conv):
+    layer = random_layer_with_bias_prior(granularity, "lrt", conv)
+    x = torch.randn(3, 2, 4, 4) if conv else torch.randn(3, 4)
+    with torch.no_grad():
+        mean, var = layer.lrt_moments(x)
+    n = 50_000
+    samples = sample_preactivations_with_bias_prior(layer, x, n, torch.Generator().manual_seed(0))
+    assert torch.allclose(samples.mean(0), mean, atol=4 * float(var.max().sqrt()) / math.sqrt(n) + 1e-4)
+    assert torch.allclose(samples.var(0), var, rtol=0.05, atol=1e-3)
+
+
+@pytest.mark.parametrize("granularity,mode", [("edge", "closed_form"), ("node", "closed_form"), ("edge", "gumbel")])
+def test_sampled_forward_with_bias_prior_draws_biases_from_q(granularity, mode):
+    """Training forward (sampled gates) and the BMA forward: mean and variance of the outputs
+    match the moments of q, biases included (a bias's gate and slab noise add mean φ_b μ_b and
+    variance φ_b σ_b² + φ_b(1 − φ_b)μ_b²)."""
+    layer = random_layer_with_bias_prior(granularity, mode)
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        mean, var = layer.lrt_moments(x)
+        torch.manual_seed(0)
+        for training in (True, False):
+            layer.train(training)
+            layer.bma = not training
+            draws = torch.stack([layer(x) for _ in range(4000)])
+            assert torch.allclose(draws.mean(0), mean, atol=0.1)
+            assert torch.allclose(draws.var(0), var, rtol=0.15, atol=0.02)
+    layer.eval()
+    layer.bma = False
+    plain = layer.to_plain()  # the posterior mean network: E[b] = φ_b μ_b
+    assert torch.allclose(plain.bias, layer.bias_pip() * layer.bias)
+
+
+def test_gumbel_and_lrt_train_bias_gates_by_gradient():
+    for mode in ("gumbel", "lrt"):
+        layer = random_layer_with_bias_prior("edge", mode)
+        assert isinstance(layer.bias_theta, nn.Parameter)
+        torch.manual_seed(0)
+        (layer(torch.randn(8, 4)).pow(2).sum() + layer.kl(logit(0.1), 1.3)).backward()
+        assert layer.bias_theta.grad is not None and layer.bias_theta.grad.abs().sum() > 0
+        assert layer.bias_rho.grad.abs().sum() > 0
+    assert "bias_theta" in dict(random_layer_with_bias_prior("edge", "closed_form").named_buffers())
+
+
+def test_bias_prior_option_is_checked_and_selection_stays_on_weights():
+    cls = method_class("spike_slab")
+    ctx = TrainContext("regression", 10, 1, 1, 0.1, torch.device("cpu"), None)
+    with pytest.raises(Exception, match=r"bias_prior.*'gates'.*none, spike_slab"):
+        cls(make_params(cls.Params, {"bias_prior": "gates"}, "spike_slab"), ctx)
+    method = cls(make_params(cls.Params, {"prior_inclusion": 0.5, "bias_prior": "spike_slab"}, "spike_slab"), ctx)
+    model = method.build(nn.Sequential(MaskedLinear(2, 2), nn.ReLU(), MaskedLinear(2, 1, bias=False)))
+    assert model[2].bias_prior == "none"  # no bias, nothing to hold
+    with torch.no_grad():
+        model[0].bias_theta.fill_(-5.0)  # both biases excluded by their PIPs ...
+    assert set(method.natural_mask(model)) == {"0.weight", "2.weight"}  # ... but never masked
+    assert set(method.scores(model)) == {"0.weight", "2.weight"}
+    assert method.extra_artifacts(model)["pip_bias"]["0.bias"].tolist() == pytest.approx([torch.sigmoid(torch.tensor(-5.0)).item()] * 2)
+
+
+# -- the ρ learning rate ------------------------------------------------------------------------
+
+def test_rho_lr_factor_must_be_positive():
+    cls = method_class("spike_slab")
+    ctx = TrainContext("regression", 10, 1, 1, 0.1, torch.device("cpu"), None)
+    with pytest.raises(Exception, match=r"rho_lr_factor.*> 0, got 0"):
+        cls(make_params(cls.Params, {"rho_lr_factor": 0.0}, "spike_slab"), ctx)
+
+
+def test_rho_lr_factor_sets_the_learning_rate_of_every_rho():
+    cls = method_class("spike_slab")
+    ctx = TrainContext("regression", 10, 1, 1, 0.1, torch.device("cpu"), None)
+    method = cls(make_params(cls.Params, {"rho_lr_factor": 3.0, "bias_prior": "spike_slab", "phi_update": "lrt"}, "spike_slab"), ctx)
+    model = method.build(nn.Sequential(MaskedLinear(3, 2), nn.ReLU(), MaskedLinear(2, 1)))
+    opt = method.optimizer(model, 0.01)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert len(lr_of) == len(list(model.parameters()))  # every parameter once
+    for name, p in model.named_parameters():
+        assert lr_of[id(p)] == pytest.approx(0.03 if name.endswith("rho") else 0.01), name
+    # one Adam step moves each ρ by about its learning rate (Adam's first step is ± lr)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    torch.manual_seed(0)
+    model.train()
+    (model(torch.randn(4, 3)).pow(2).sum() + method.penalty(model)).backward()
+    opt.step()
+    step = (model[0].rho.detach() - before["0.rho"]).abs()
+    assert torch.allclose(step, torch.full_like(step, 0.03), rtol=1e-3)

@@ -11,6 +11,15 @@ Parameters of a layer with weight shape W = (out, in) or (out, in, kh, kw):
     indicator under ``node`` granularity).  ``weight_mask`` (W) is a 0/1 buffer applied in
     every forward (used for masked Bayesian model averages).
 
+Bias priors (``bias_prior``): ``none`` (above) or ``spike_slab``: every bias gets the weights'
+prior and variational family, as in Bai et al.'s code (``layers/layer.py`` of
+JinchengBai/sparse-variational-bnn: ``b_mu``, ``b_rho``, ``b_theta``, the same λ, σ0 and KL).
+``bias`` is then the slab mean μ_b, ``bias_rho`` (out,) its ρ, and its gate is ``bias_theta``
+(out,) under ``edge`` / ``input`` granularity (one γ per bias; trained like θ: a buffer set by
+the closed-form update or a parameter trained by gradient), or the node's own γ under ``node``
+(the unit's incoming weights and bias share one indicator, so the group's KL and closed-form
+update include the bias's slab term).  Biases are never masked: ``weight_mask`` acts on weights.
+
 Training forward by ``mode``:
     * ``closed_form``: gates z ~ Bernoulli(φ) (no gradient to θ, which is a buffer set by
       :meth:`closed_form_update`), w = z (μ + σ ε), one sample of the network per minibatch;
@@ -39,6 +48,7 @@ from slabbench.layers.masked import MaskedConv2d, MaskedLinear, make_plain
 
 GRANULARITIES = ("edge", "node", "input")
 MODES = ("closed_form", "gumbel", "lrt")
+BIAS_PRIORS = ("none", "spike_slab")
 LRT_EPS = 1e-8
 
 
@@ -55,11 +65,13 @@ class _SpikeSlab(nn.Module):
     stack = 0
 
     def _setup(self, plain: nn.Module, granularity: str, mode: str, phi_init: float, rho_init: float, tau: float,
-               lrt_forward: bool = False) -> None:
+               lrt_forward: bool = False, bias_prior: str = "none") -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
         if mode not in MODES:
             raise ValueError(f"unknown phi_update {mode!r}; valid: {', '.join(MODES)}")
+        if bias_prior not in BIAS_PRIORS:
+            raise ValueError(f"unknown bias_prior {bias_prior!r}; valid: {', '.join(BIAS_PRIORS)}")
         w = plain.weight.detach()
         if lrt_forward and mode == "gumbel":
             raise ValueError("lrt_forward needs phi_update closed_form or lrt (gumbel samples its gates)")
@@ -77,6 +89,16 @@ class _SpikeSlab(nn.Module):
             self.theta = nn.Parameter(theta)
         self.register_buffer("weight_mask", torch.ones_like(w))
         self._gate_cache = None  # closed_form: φ and the KL's constant part, see _fixed_gate
+        # a layer without bias has no bias prior to hold
+        self.bias_prior = bias_prior if self.bias is not None else "none"
+        if self.bias_prior == "spike_slab":
+            self.bias_rho = nn.Parameter(torch.full_like(self.bias, rho_init))
+            if granularity != "node":  # node gates: the bias shares its unit's γ (θ)
+                bias_theta = torch.full_like(self.bias, logit(phi_init))
+                if mode == "closed_form":
+                    self.register_buffer("bias_theta", bias_theta)
+                else:
+                    self.bias_theta = nn.Parameter(bias_theta)
 
     def restack(self, stack: int) -> None:
         """Called when the layer's tensors gain (``stack = S``) or lose (0) the run dimension."""
@@ -133,10 +155,23 @@ class _SpikeSlab(nn.Module):
         log1m = F.logsigmoid(-self.theta)
         return -torch.expm1(log1m.transpose(0, 1).flatten(1).sum(1))
 
+    def bias_pip(self) -> torch.Tensor | None:
+        """PIP of each bias (out,) under ``bias_prior: spike_slab`` (node gates: the unit's φ),
+        else ``None``."""
+        if self.bias_prior == "none":
+            return None
+        return torch.sigmoid(self._bias_gate)
+
+    @property
+    def _bias_gate(self) -> torch.Tensor:
+        """θ of each bias's indicator, (out,): its own, or its unit's under node gates."""
+        return self.theta if self.granularity == "node" else self.bias_theta
+
     # -- KL and the closed-form update --------------------------------------------------
-    def _gate_kl(self, logit_lam: float) -> torch.Tensor:
-        """Σ_g [φ log(φ/λ) + (1−φ) log((1−φ)/(1−λ))], computed stably from θ."""
-        theta = self.theta
+    def _gate_kl(self, logit_lam: float, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ_g [φ log(φ/λ) + (1−φ) log((1−φ)/(1−λ))], computed stably from θ (default: the
+        weights' gates)."""
+        theta = self.theta if theta is None else theta
         phi = torch.sigmoid(theta)
         log_lam, log1m_lam = -math.log1p(math.exp(-logit_lam)), -math.log1p(math.exp(logit_lam))
         return (phi * (F.logsigmoid(theta) - log_lam) + (1 - phi) * (F.logsigmoid(-theta) - log1m_lam)).sum()
@@ -169,11 +204,25 @@ class _SpikeSlab(nn.Module):
         Computed by the fused functions of :mod:`spike_slab_ops` (hand-written backward).
         Under ``closed_form`` θ is a constant between updates, so the gate term and the
         slab's constant part come from :meth:`_fixed_gate` (same value, fewer operations).
+        With ``bias_prior: spike_slab`` the biases' terms are added (:meth:`_bias_kl`).
         """
         if self.mode == "closed_form":
             _, phi_w, const = self._fixed_gate(logit_lam, sigma0)
-            return const + ops.slab_kl_fixed_gate(self.mu, self.rho, phi_w, sigma0)
-        return ops.spike_slab_kl(self.mu, self.rho, self.theta, self._gate_view, logit_lam, sigma0)
+            kl = const + ops.slab_kl_fixed_gate(self.mu, self.rho, phi_w, sigma0)
+        else:
+            kl = ops.spike_slab_kl(self.mu, self.rho, self.theta, self._gate_view, logit_lam, sigma0)
+        return kl if self.bias_prior == "none" else kl + self._bias_kl(logit_lam, sigma0)
+
+    def _bias_kl(self, logit_lam: float, sigma0: float) -> torch.Tensor:
+        """The biases' part of the KL, nats (plain autograd: (out,)-sized tensors):
+        Σ_j φ_j [log(σ0/σ_j) + (σ_j² + μ_j²)/(2σ0²) − ½] over biases j with slab (μ_j, σ_j) and
+        inclusion probability φ_j, plus their gate terms Σ_j [φ_j log(φ_j/λ) + (1−φ_j)
+        log((1−φ_j)/(1−λ))] when each bias has its own gate (under node gates the unit's gate
+        term is already in the weights' part)."""
+        s = F.softplus(self.bias_rho)
+        slab = (s * s + self.bias * self.bias) * (0.5 / sigma0 ** 2) - torch.log(s) + (math.log(sigma0) - 0.5)
+        kl = (torch.sigmoid(self._bias_gate) * slab).sum()
+        return kl if self.granularity == "node" else kl + self._gate_kl(logit_lam, self.bias_theta)
 
     @torch.no_grad()
     def closed_form_update(self, logit_lam: float, sigma0: float) -> None:
@@ -188,7 +237,15 @@ class _SpikeSlab(nn.Module):
         "KL warm-up and the closed-form update")."""
         sigma = self.sigma.clamp_min(1e-12)
         term = torch.log(sigma / sigma0) + self.mu ** 2 / (2 * sigma ** 2)
-        self.theta.copy_(logit_lam + self.group_sum(term))
+        theta = logit_lam + self.group_sum(term)
+        if self.bias_prior == "spike_slab":  # the same update for each bias (Bai et al.'s prior)
+            s = F.softplus(self.bias_rho).clamp_min(1e-12)
+            term_b = torch.log(s / sigma0) + self.bias ** 2 / (2 * s ** 2)
+            if self.granularity == "node":  # one γ for the unit's weights and bias: the group sum
+                theta = theta + term_b
+            else:
+                self.bias_theta.copy_(logit_lam + term_b)
+        self.theta.copy_(theta)
         self._gate_cache = None
 
     # -- forward ------------------------------------------------------------------------
@@ -202,9 +259,26 @@ class _SpikeSlab(nn.Module):
             return g.reshape((self.stack, 1, -1) + (1,) * (out.dim() - 3))
         return g.reshape((1, -1) + (1,) * (out.dim() - 2))
 
+    def _gate_sample(self, theta: torch.Tensor) -> torch.Tensor:
+        """Gates of ``theta``'s shape: in gumbel training a straight-through hard binary-concrete
+        sample at temperature τ (carries a gradient to θ), else z ~ Bernoulli(sigmoid(θ)) (none)."""
+        u = stacked.rand_like(theta, self.stack)
+        if self.training and self.mode == "gumbel":
+            u = u.clamp(1e-6, 1 - 1e-6)
+            soft = torch.sigmoid((theta + torch.log(u) - torch.log1p(-u)) / self.tau)
+            hard = (soft > 0.5).to(soft.dtype)
+            return hard + soft - soft.detach()
+        return torch.lt(u, torch.sigmoid(theta.detach()), out=u)
+
+    def _sampled_bias(self, z_node: torch.Tensor | None) -> torch.Tensor:
+        """``bias_prior: spike_slab``: biases drawn from q, b = z (μ_b + σ_b ε), z the unit's
+        gate under node granularity (``z_node``), else each bias's own."""
+        b = torch.addcmul(self.bias, F.softplus(self.bias_rho), stacked.randn_like(self.bias, self.stack))
+        return b * (z_node if self.granularity == "node" else self._gate_sample(self.bias_theta))
+
     def _sampled(self, x: torch.Tensor) -> torch.Tensor:
         """One network drawn from q: z ~ Bernoulli(φ) (gumbel in training: a straight-through
-        binary-concrete sample), w = z (μ + σ ε) masked."""
+        binary-concrete sample), w = z (μ + σ ε) masked; biases with a prior likewise."""
         b = self.bias
         if self.training and self.mode == "gumbel":  # z carries a gradient to θ: plain autograd
             u = stacked.rand_like(self.theta, self.stack).clamp(1e-6, 1 - 1e-6)
@@ -224,7 +298,9 @@ class _SpikeSlab(nn.Module):
             z = torch.lt(u, phi, out=u)  # in place: 0./1. in φ's dtype
             zm = z.mul_(self.weight_mask) if self.granularity == "edge" else self.expand(z) * self.weight_mask
             w = ops.SampledWeight.apply(self.mu, self.rho, zm, stacked.randn_like(self.mu, self.stack))
-        if b is not None and self.granularity == "node":
+        if self.bias_prior == "spike_slab":
+            b = self._sampled_bias(z if self.granularity == "node" else None)
+        elif b is not None and self.granularity == "node":
             b = b * z
         return self._op(x, w, b)
 
@@ -237,16 +313,25 @@ class _SpikeSlab(nn.Module):
         The variances are evaluated as Var[w] = φσ² + E[w](μ − E[w]) = φσ² + φ(1 − φ)μ² and
         var = φv + φ(1 − φ)m²: the same values, as sums of non-negative terms (no cancellation,
         never negative in floating point either).
+        A bias with a prior adds like one more weight with input 1: its own gate adds E[b] =
+        φ_b μ_b to the mean and Var[b] = φ_b σ_b² + φ_b(1 − φ_b)μ_b² to the variance; under node
+        gates it adds μ_b to m and σ_b² to v.
         """
         x2 = x * x
+        bias_var = None if self.bias_prior == "none" else F.softplus(self.bias_rho) ** 2
         if self.granularity == "node":
             m = self._op(x, self.mu * self.weight_mask, self.bias)
-            v = self._op(x2, self.sigma ** 2 * self.weight_mask, None)
+            v = self._op(x2, self.sigma ** 2 * self.weight_mask, bias_var)
             phi = self._out_view(self.phi, m)
             return phi * m, torch.addcmul(phi * v, phi - phi * phi, m * m)
         # E[w], Var[w] and their gradients in one fused function
         e, var_w = ops.lrt_weights(self.mu, self.rho, self.theta, self.weight_mask, self._gate_view)
-        return self._op(x, e, self.bias), self._op(x2, var_w, None)
+        bias_mean = self.bias
+        if bias_var is not None:
+            phi_b = torch.sigmoid(self.bias_theta)
+            bias_mean = phi_b * self.bias
+            bias_var = torch.addcmul(phi_b * bias_var, bias_mean, self.bias - bias_mean)
+        return self._op(x, e, bias_mean), self._op(x2, var_w, bias_var)
 
     def _lrt(self, x: torch.Tensor) -> torch.Tensor:
         mean, var = self.lrt_moments(x)
@@ -254,12 +339,14 @@ class _SpikeSlab(nn.Module):
 
     def mean_weight(self, kind: str = "posterior") -> tuple[torch.Tensor, torch.Tensor | None]:
         """Deterministic weight and bias: ``posterior`` E[w] = φμ (bias φ_node b under node
-        gates), or ``slab`` E[w | γ = 1] = μ."""
+        gates, φ_b μ_b with a bias prior), or ``slab`` E[w | γ = 1] = μ."""
         if kind == "slab":
             return self.mu, self.bias
         phi = self.phi
         b = self.bias
-        if b is not None and self.granularity == "node":
+        if self.bias_prior == "spike_slab":
+            b = self.bias_pip() * b
+        elif b is not None and self.granularity == "node":
             b = phi * b
         return self.expand(phi) * self.mu, b
 
@@ -276,10 +363,11 @@ class SpikeSlabLinear(_SpikeSlab):
     stackable = True
 
     def __init__(self, plain: nn.Linear, granularity: str = "edge", mode: str = "closed_form",
-                 phi_init: float = 0.99, rho_init: float = -6.0, tau: float = 0.5, lrt_forward: bool = False):
+                 phi_init: float = 0.99, rho_init: float = -6.0, tau: float = 0.5, lrt_forward: bool = False,
+                 bias_prior: str = "none"):
         super().__init__()
         self.in_features, self.out_features = plain.in_features, plain.out_features
-        self._setup(plain, granularity, mode, phi_init, rho_init, tau, lrt_forward)
+        self._setup(plain, granularity, mode, phi_init, rho_init, tau, lrt_forward, bias_prior)
 
     def _op(self, x, w, b):
         return stacked.linear(x, w, b, self.stack)
@@ -293,13 +381,14 @@ class SpikeSlabConv2d(_SpikeSlab):
     stackable = True
 
     def __init__(self, plain: nn.Conv2d, granularity: str = "edge", mode: str = "closed_form",
-                 phi_init: float = 0.99, rho_init: float = -6.0, tau: float = 0.5, lrt_forward: bool = False):
+                 phi_init: float = 0.99, rho_init: float = -6.0, tau: float = 0.5, lrt_forward: bool = False,
+                 bias_prior: str = "none"):
         super().__init__()
         self.conv_args = dict(in_channels=plain.in_channels, out_channels=plain.out_channels, kernel_size=plain.kernel_size,
                               stride=plain.stride, padding=plain.padding, dilation=plain.dilation, groups=plain.groups)
         if plain.groups != 1:
             raise ValueError("spike-and-slab Conv2d supports groups=1 only")
-        self._setup(plain, granularity, mode, phi_init, rho_init, tau, lrt_forward)
+        self._setup(plain, granularity, mode, phi_init, rho_init, tau, lrt_forward, bias_prior)
 
     def _op(self, x, w, b):
         a = self.conv_args
