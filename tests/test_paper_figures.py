@@ -340,3 +340,19 @@ def test_run_grid_continues_an_unfinished_grid(grid):
     assert prov["runs_present"] == 45
     # planned: the lost digits/dense stack and the five CIFAR-10 stacks, which fail again
     assert job_counts(proc.stdout + proc.stderr).get("train") == 6, proc.stderr[-3000:]
+
+
+def test_freeze_facts_never_download(tmp_path, monkeypatch):
+    """Data-set facts at freeze time come from the files at hand: MNIST without its files is
+    said to be missing, and no download is tried (the config's download: true is overridden)."""
+    from slabbench.paper import _dataset_facts
+    from slabbench.registry import dataset_class
+
+    tried = []
+    monkeypatch.setattr(dataset_class("mnist"), "_download", lambda self: tried.append(self))
+    spec = {"experiment": "mnist-lenet300", "dataset": "mnist", "dataset_params": {"root": str(tmp_path), "download": True},
+            "seed": 0}
+    facts, image = _dataset_facts(spec)
+    assert image is None and facts["feature_shape"] is None
+    assert facts["mean_image"] == "data files missing at freeze time (DatasetFilesMissing)"
+    assert tried == []

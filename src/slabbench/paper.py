@@ -14,6 +14,7 @@ as such wherever its numbers appear.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -154,8 +155,10 @@ def _dataset_facts(spec: dict) -> tuple[dict, "np.ndarray | None"]:
     from slabbench.registry import dataset_class
 
     cls = dataset_class(spec["dataset"])
-    params = make_params(cls.Params, spec.get("dataset_params"), f"dataset {spec['dataset']!r}")
-    dataset = cls(params, int(spec["seed"]))
+    given = dict(spec.get("dataset_params") or {})
+    if "download" in {f.name for f in dataclasses.fields(cls.Params)}:
+        given["download"] = False  # facts come from the files at hand; a freeze never downloads
+    dataset = cls(make_params(cls.Params, given, f"dataset {spec['dataset']!r}"), int(spec["seed"]))
     try:
         dataset.prepare()
         dspec = dataset.spec()
