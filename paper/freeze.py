@@ -1,17 +1,22 @@
-"""Freeze a run table into paper/data/ (runs.csv + provenance.json) for the paper's figures.
+"""Freeze a run table into paper/data/ for the paper's figures: runs.csv, provenance.json and the
+small per-run artefacts (artefacts.json, pips.npz, features.csv: input PIPs, mean images, the
+natural selections' input features where the truth is known).
 
     python paper/freeze.py --config config/paper.yaml                 # from results/summary/runs.csv
     python paper/freeze.py --config config/paper-gpu.yaml --partial   # from the run folders present
 
 The provenance names the config (and its SHA-256), the commits and devices of the runs, how
-many configured runs are present, and labels anything but the complete config/paper.yaml grid
-as a REDUCED run.  Then `snakemake paper` redraws every figure and table from it.
+many configured runs are present, the paper-grid experiments the table lacks (and why), the
+SHA-256 of each artefact file, and labels anything but the complete config/paper.yaml grid as
+a REDUCED run.  The artefacts are read from the run folders under --results-root (with or
+without --partial).  Then `snakemake paper` redraws every figure and table from it.
 """
 
 import argparse
+import sys
 from pathlib import Path
 
-from slabbench.paper import freeze, source_line
+from slabbench.paper import PaperError, freeze, source_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +28,9 @@ ap.add_argument("--results-root", type=Path, default=ROOT, help="folder holding 
 ap.add_argument("--out", type=Path, default=ROOT / "paper" / "data")
 ap.add_argument("--note", default="", help="free text stored in the provenance")
 args = ap.parse_args()
-prov = freeze(args.config, args.out, runs_csv=None if args.partial else args.runs, results_root=args.results_root,
-              full_grid=ROOT / "config" / "paper.yaml", note=args.note)
+try:
+    prov = freeze(args.config, args.out, runs_csv=None if args.partial else args.runs, results_root=args.results_root,
+                  full_grid=ROOT / "config" / "paper.yaml", note=args.note)
+except PaperError as err:
+    sys.exit(f"freeze.py: {err}")
 print(source_line(prov))

@@ -1,26 +1,75 @@
 #!/usr/bin/env bash
-# Run a paper configuration on this machine within a wall-clock budget, then freeze its run
-# table into paper/data/ (runs.csv + provenance.json).  Run from the repository root with the
-# environment active (PYTHON names the interpreter; default python3):
-#   paper/run_grid.sh config/paper-gpu.yaml 420 12     # config, budget in s (0 = none), GPU slots
-# GPU slots: each training job asks for gpu=1; N slots let N small jobs share one GPU.
-# When the budget is spent, Snakemake is interrupted (SIGINT: it stops its jobs and removes
-# their incomplete outputs); the frozen provenance lists every configured run that is missing,
-# and anything but the complete config/paper.yaml grid is labelled a REDUCED run.
+# One command: train a paper configuration, freeze its run table and the small per-run
+# artefacts into paper/data/, and redraw every paper figure and table from them.
+#
+#   paper/run_grid.sh [CONFIG] [BUDGET_SECONDS] [GPU_SLOTS]
+#   paper/run_grid.sh                               # config/paper.yaml, no time limit, 8 GPU slots
+#   paper/run_grid.sh config/paper.yaml 540 12      # stop training after 540 s, 12 jobs share the GPU
+#
+# Run it again to continue an unfinished grid: Snakemake trains only the stacks whose outputs
+# are missing; incomplete outputs of an interrupted job are redone.  To continue on another
+# machine or a fresh clone, carry results/ together with .snakemake/metadata/ (Snakemake's record
+# of the inputs' checksums: with it, source files that are merely newer copies retrain nothing),
+# or set CARRIED=1 to keep every finished run in results/ as it is (its files are touched so
+# that they are newer than the sources; the freeze still refuses runs made with another spec).
+# Delete a stack file (results/runs/EXP/METHOD/stack-N.json) to retrain its runs.
+#
+# Environment: PYTHON (interpreter with slabbench and snakemake; default python3), WORKDIR
+# (where results/ and paper/{data,figures,tables} are written; default the repository root),
+# CORES (default nproc), CARRIED (1: keep the finished runs of a carried results/).
+# GPU slots: each training job on a GPU asks for gpu=1; N slots let N small jobs share one GPU.
+# With a budget, Snakemake is interrupted when it is spent (SIGINT: it stops its jobs and
+# removes their incomplete outputs).  Jobs that fail (CIFAR-10 without its files) do not stop
+# the others.  Whatever finished is frozen (freeze.py --partial): the provenance lists every
+# configured run that is missing, and anything but the complete config/paper.yaml grid is
+# labelled a REDUCED run.
+# Exit status: 0 when the freeze and the redraw succeeded (missing runs are reported, not an
+# error), else the failing step's status.
 set -uo pipefail
-config=${1:?usage: paper/run_grid.sh CONFIG [BUDGET_SECONDS] [GPU_SLOTS]}
+root=$(cd "$(dirname "$0")/.." && pwd)
+config_arg=${1:-config/paper.yaml}
 budget=${2:-0}
-slots=${3:-1}
+slots=${3:-8}
 python=${PYTHON:-python3}
-cd "$(dirname "$0")/.."
-args=(--configfile "$config" --cores "$(nproc)" --resources "gpu=$slots" --scheduler greedy --keep-going
-      results/summary/runs.csv)
+cores=${CORES:-$(nproc)}
+workdir=$(realpath -m "${WORKDIR:-$root}")
+for n in "$budget" "$slots" "$cores"; do
+    [[ "$n" =~ ^[0-9]+$ ]] || { echo "run_grid.sh: '$n' is not a whole number (budget, GPU slots and CORES are counts)" >&2; exit 2; }
+done
+# the config as a path from the repository root where it lies inside it (the provenance names it so)
+if [ -f "$config_arg" ]; then config_abs=$(realpath "$config_arg"); else config_abs=$(realpath -m "$root/$config_arg"); fi
+[ -f "$config_abs" ] || { echo "run_grid.sh: no config file '$config_arg' (looked in $PWD and $root)" >&2; exit 2; }
+case "$config_abs" in "$root"/*) config=${config_abs#"$root"/} ;; *) config=$config_abs ;; esac
+cd "$root" || exit 2
+mkdir -p "$workdir"
+if [ -d "$workdir/results/runs" ] && [ ! -d "$workdir/.snakemake/metadata" ]; then
+    if [ "${CARRIED:-0}" = 1 ]; then
+        echo "run_grid.sh: CARRIED=1: keeping the finished runs in $workdir/results/runs as they are"
+        find "$workdir/results/runs" -type f -exec touch {} +
+    else
+        echo "run_grid.sh: warning: $workdir/results/runs exists without .snakemake/metadata; runs whose sources" \
+             "are newer files are retrained (set CARRIED=1 to keep them)" >&2
+    fi
+fi
+
+# targets first: --configfile and --rerun-triggers take several values
+smk=(--snakefile "$root/Snakefile" --directory "$workdir" "--configfile=$config_abs")
+args=(-m snakemake results/summary/runs.csv "${smk[@]}" --cores "$cores" --resources "gpu=$slots" --scheduler greedy
+      --keep-going --rerun-incomplete --rerun-triggers params input software-env)
 start=$(date +%s)
 if [ "$budget" -gt 0 ]; then
-    timeout -s INT "$budget" "$python" -m snakemake "${args[@]}"
+    timeout -s INT "$budget" "$python" "${args[@]}"
 else
-    "$python" -m snakemake "${args[@]}"
+    "$python" "${args[@]}"
 fi
 status=$?
-echo "snakemake exit status $status after $(( $(date +%s) - start )) s"
-"$python" paper/freeze.py --config "$config" --partial --note "paper/run_grid.sh $config budget=${budget}s gpu_slots=$slots; snakemake exit status $status"
+took=$(( $(date +%s) - start ))
+echo "run_grid.sh: training: snakemake exit status $status after $took s"
+
+"$python" paper/freeze.py --config "$config" --partial --results-root "$workdir" --out "$workdir/paper/data" \
+    --note "paper/run_grid.sh $config budget=${budget}s gpu_slots=$slots cores=$cores; snakemake exit status $status after $took s" \
+    || { s=$?; echo "run_grid.sh: freeze failed (status $s)" >&2; exit $s; }
+"$python" -m snakemake paper "${smk[@]}" --cores 1 || { s=$?; echo "run_grid.sh: snakemake paper failed (status $s)" >&2; exit $s; }
+missing=$("$python" -c 'import json, sys; print(len(json.load(open(sys.argv[1]))["runs_missing"]))' "$workdir/paper/data/provenance.json")
+echo "run_grid.sh: froze $workdir/paper/data and redrew $workdir/paper/{figures,tables}; $missing configured runs missing" \
+     "(listed in paper/data/provenance.json; run the same command again to continue)"

@@ -113,8 +113,12 @@ def test_snakemake_paper_redraws_everything_from_the_frozen_table(partial_grid, 
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + (log.read_text() if log.exists() else "")
     out = tmp_path / "paper"
     for name in ("figures/error_vs_sparsity.png", "figures/error_vs_sparsity.pdf", "tables/results.md", "tables/results.tex",
-                 "tables/published_comparison.md", "tables/natural_sparsity.md", "tables/feature_selection.md"):
+                 "tables/published_comparison.md", "tables/natural_sparsity.md", "tables/feature_selection.md",
+                 *(f"figures/{f}.{ext}" for f in ("input_pips", "simulation_pips", "nodes_kept", "calibration", "train_time")
+                   for ext in ("png", "pdf"))):
         assert (out / name).stat().st_size > 200, name
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["artefacts.json", "features.csv", "pips.npz",
+                                                                 "provenance.json", "runs.csv"]
     assert not (tmp_path / "results" / "runs").exists()  # nothing was trained
     assert "REDUCED" in (out / "tables" / "natural_sparsity.md").read_text()
     assert "sim" in (out / "tables" / "feature_selection.md").read_text()

@@ -1,7 +1,9 @@
 """The paper's figures and tables, drawn from a frozen run table (``paper/data/runs.csv``)
 and its provenance (``paper/data/provenance.json``), never from a training run.
 
-    freeze(...)                 results/summary/runs.csv (or the run folders) -> paper/data/
+    freeze(...)                 results/summary/runs.csv (or the run folders) -> paper/data/,
+                                with the small per-run artefacts the figures need (freeze_artefacts)
+    load_artefacts(...)         those artefacts back (input PIPs, mean images, selected features)
     error_vs_sparsity(...)      the central figure: test error vs sparsity, one panel per data set
     published_comparison(...)   our numbers beside the published ones (SCIENCE.md §4)
     natural_sparsity(...)       the Bayesian methods' own selections beside dense
@@ -12,10 +14,13 @@ as such wherever its numbers appear.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import json
 import logging
 import math
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,7 +29,7 @@ from tabulate import tabulate
 
 from slabbench.aggregate import check_runs, compression_of_means, metric_values, records_table, spec_setting, write_csv
 from slabbench.config import load_yaml, run_dir, run_specs, validate
-from slabbench.io import read_jsonl, write_text
+from slabbench.io import atomic_path, read_jsonl, write_text
 from slabbench.plotting import method_order, plot_experiment, plt
 from slabbench.provenance import git_commit
 from slabbench.stats import CI_NAME, describe
@@ -54,6 +59,17 @@ PROTOCOL_NOTES = [
     "Magnitude pruning is compared at our target nearest to Han et al.'s 8% of weights kept.",
     "L0 with `gates: weight` (per-weight gates; the paper: per input neuron) reports weights kept, not neurons.",
 ]
+
+
+#: the per-run artefacts that paper/data/ keeps beside runs.csv and provenance.json
+ARTEFACT_FILES = ("artefacts.json", "pips.npz", "features.csv")
+#: why an experiment of the paper grid is absent from a frozen table, by data set (else "not run")
+MISSING_REASONS = {
+    "cifar10": "not run: needs the CIFAR-10 files (resources/cifar-10-batches-py/), which no machine that ran "
+               "the grid could get",
+}
+#: how to fill what a frozen table lacks (named wherever a figure says something is missing)
+REFREEZE = "rerun the grid and freeze it: paper/run_grid.sh config/paper.yaml"
 
 
 class PaperError(ValueError):
@@ -111,11 +127,149 @@ def freeze(config_path: str | Path, out_dir: str | Path, *, runs_csv: str | Path
         "runs_missing": missing,
         "rows": int(len(runs)),
         "note": note,
+        "paper_grid_missing": paper_grid_gaps(runs, full_grid) if full_grid is not None else None,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
+    prov["artefacts"] = freeze_artefacts(specs, runs, Path(results_root), out_dir)
     write_csv(runs, out_dir / "runs.csv")
     write_text(out_dir / "provenance.json", json.dumps(prov, indent=2) + "\n")
     return prov
+
+
+def paper_grid_gaps(runs: pd.DataFrame, full_grid: str | Path) -> dict[str, str]:
+    """The experiments of the paper grid ``full_grid`` without a row in ``runs``, each with
+    the reason (:data:`MISSING_REASONS` by data set, else "not run")."""
+    grid = load_yaml(full_grid).get("experiments", {})
+    present = set(runs["experiment"].astype(str))
+    return {exp: MISSING_REASONS.get(block.get("dataset"), "not run") for exp, block in grid.items() if exp not in present}
+
+
+def _dataset_facts(spec: dict) -> tuple[dict, "np.ndarray | None"]:
+    """What the figures need to know of ``spec``'s data set (feature shape, true support,
+    number of features) and its mean training input as an image (``None`` where the
+    features are no image or the files are missing: then ``facts['mean_image']`` says why)."""
+    import numpy as np
+
+    from slabbench.api import make_params
+    from slabbench.data import DatasetFilesMissing
+    from slabbench.registry import dataset_class
+
+    cls = dataset_class(spec["dataset"])
+    given = dict(spec.get("dataset_params") or {})
+    if "download" in {f.name for f in dataclasses.fields(cls.Params)}:
+        given["download"] = False  # facts come from the files at hand; a freeze never downloads
+    dataset = cls(make_params(cls.Params, given, f"dataset {spec['dataset']!r}"), int(spec["seed"]))
+    try:
+        dataset.prepare()
+        dspec = dataset.spec()
+    except DatasetFilesMissing as err:
+        log.warning("no data-set facts for %s: %s", spec["experiment"], err)
+        return {"dataset": spec["dataset"], "feature_shape": None, "true_support": None, "n_features": None,
+                "mean_image": f"data files missing at freeze time ({type(err).__name__})"}, None
+    shape = list(dspec.feature_shape) if dspec.feature_shape else None
+    facts = {"dataset": spec["dataset"], "feature_shape": shape,
+             "true_support": list(dspec.true_support) if dspec.true_support is not None else None,
+             "n_features": int(dspec.n_features), "mean_image": None}
+    if shape is None or len(shape) != 2 or int(np.prod(shape)) != dspec.n_features:
+        facts["mean_image"] = "the inputs are not one image"
+        return facts, None
+    x = dataset.load("train")[0]
+    facts["mean_image"] = f"mean of the {len(x)} training inputs (as the network sees them), seed {spec['seed']}"
+    return facts, x.float().reshape(len(x), -1).mean(0).reshape(shape).cpu().numpy().astype(np.float32)
+
+
+def freeze_artefacts(specs: list[dict], runs: pd.DataFrame, root: Path, out_dir: Path) -> dict:
+    """Keep the small per-run artefacts the paper figures need, for the runs in ``runs``:
+
+    - ``pips.npz``: ``input_pip/{experiment}/{method}/seed={seed}`` (float32, one PIP per input
+      feature, from the run's ``artefacts.pt``, the natural fit) and ``mean_image/{experiment}``
+      (the mean training input as an image, where the inputs are one);
+    - ``features.csv``: for experiments with a known true support, the input features each
+      natural selection keeps (``selected``: 0-based indices, space-separated);
+    - ``artefacts.json``: per experiment the data set's feature shape, true support and number
+      of features, what the mean image is, and which runs gave input PIPs.
+
+    Nodes kept per layer, training time and calibration metrics are columns of ``runs.csv``.
+    Returns the provenance entry: each file's SHA-256 and what is in it.
+    """
+    import numpy as np
+    import torch
+
+    present = set(zip(runs["experiment"], runs["method"], runs["seed"].astype(int)))
+    by_exp: dict[str, list[dict]] = {}
+    for spec in specs:
+        if (spec["experiment"], spec["method"], int(spec["seed"])) in present:
+            by_exp.setdefault(spec["experiment"], []).append(spec)
+    meta: dict[str, dict] = {}
+    arrays: dict[str, np.ndarray] = {}
+    selected_rows = []
+    for exp, exp_specs in sorted(by_exp.items()):
+        facts, image = _dataset_facts(min(exp_specs, key=lambda s: int(s["seed"])))
+        if image is not None:
+            arrays[f"mean_image/{exp}"] = image
+        facts["input_pips"], facts["selected_features"] = {}, {}
+        for spec in sorted(exp_specs, key=lambda s: (s["method"], int(s["seed"]))):
+            folder = root / run_dir(spec)
+            records = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").exists() else []
+            if not records or records[0].get("spec") != json.loads(json.dumps(spec)):
+                continue  # the table came from elsewhere (runs.csv without its folders): nothing to keep
+            method, seed = spec["method"], int(spec["seed"])
+            if (folder / "artefacts.pt").exists():
+                art = torch.load(folder / "artefacts.pt", weights_only=True)
+                if "pip_input" in art:
+                    arrays[f"input_pip/{exp}/{method}/seed={seed}"] = art["pip_input"].float().flatten().numpy()
+                    facts["input_pips"].setdefault(method, []).append(seed)
+            if facts["true_support"] is not None:
+                for rec in records:
+                    if rec.get("selection") == "natural" and "selected_features" in rec:
+                        selected_rows.append({"experiment": exp, "method": method, "seed": seed,
+                                              "selected": " ".join(str(i) for i in rec["selected_features"])})
+                        facts["selected_features"].setdefault(method, []).append(seed)
+        meta[exp] = facts
+    write_text(out_dir / "artefacts.json", json.dumps(meta, indent=1) + "\n")
+    _write_npz(out_dir / "pips.npz", arrays)
+    write_csv(pd.DataFrame(selected_rows, columns=["experiment", "method", "seed", "selected"]), out_dir / "features.csv")
+    n_pips = sum(len(s) for f in meta.values() for s in f["input_pips"].values())
+    return {"files": {name: _sha256(out_dir / name) for name in ARTEFACT_FILES},
+            "input_pip_runs": n_pips, "selection_runs": len(selected_rows),
+            "what": "input PIPs of every run that has them (artefacts.pt 'pip_input', the natural fit), the mean training "
+                    "image of image data sets, the natural selections' input features where the truth is known"}
+
+
+def _write_npz(path: Path, arrays: dict) -> None:
+    """``np.savez_compressed`` with fixed member dates, written atomically: the same arrays
+    give the same bytes (a re-freeze of the same runs changes nothing in git)."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, buf.getvalue())
+
+
+def load_artefacts(data_dir: str | Path) -> dict:
+    """The per-run artefacts of :func:`freeze_artefacts` from ``data_dir``: ``meta`` (per
+    experiment facts, dict), ``arrays`` (name -> numpy array) and ``features`` (DataFrame with
+    ``selected`` as lists of ints); each is ``None`` where its file is missing (a table frozen
+    before the freeze kept them), and ``missing`` names those files."""
+    import numpy as np
+
+    data_dir = Path(data_dir)
+    out: dict = {"meta": None, "arrays": None, "features": None,
+                 "missing": [n for n in ARTEFACT_FILES if not (data_dir / n).exists()]}
+    if (data_dir / "artefacts.json").exists():
+        out["meta"] = json.loads((data_dir / "artefacts.json").read_text())
+    if (data_dir / "pips.npz").exists():
+        with np.load(data_dir / "pips.npz", allow_pickle=False) as z:
+            out["arrays"] = {k: z[k] for k in z.files}
+    if (data_dir / "features.csv").exists():
+        f = pd.read_csv(data_dir / "features.csv", dtype={"selected": str}, keep_default_na=False)
+        f["selected"] = [[int(i) for i in s.split()] for s in f["selected"]]
+        out["features"] = f
+    return out
 
 
 def spec_mismatches(runs: pd.DataFrame, specs: list[dict]) -> list[str]:
@@ -173,6 +327,11 @@ def load_frozen(data_dir: str | Path, references: bool = True) -> tuple[pd.DataF
         if not p.exists():
             raise PaperError(f"{p} is missing; freeze a run table first: python paper/freeze.py --config CONFIG")
     runs, prov = pd.read_csv(csv), json.loads(prov.read_text())
+    if "paper_grid_missing" not in prov:  # frozen before the provenance said so
+        from slabbench._plugins import repo_root
+
+        grid = (repo_root() or Path.cwd()) / "config" / "paper.yaml"
+        prov["paper_grid_missing"] = paper_grid_gaps(runs, grid) if grid.is_file() else None
     return (with_references(runs, prov) if references else runs), prov
 
 
@@ -217,7 +376,20 @@ def source_line(prov: dict) -> str:
     missing = len(prov.get("runs_missing", []))
     extra = f"; {missing} configured runs missing" if missing else ""
     return (f"{prov['label']}: {prov['runs_present']} of {prov['runs_configured']} runs of {prov['config']} "
-            f"(sha256 {prov['config_sha256'][:12]}){extra}; commit {commits}; {devices}; frozen {prov['frozen_at']}")
+            f"(sha256 {prov['config_sha256'][:12]}){extra}; commit {commits}; {devices}; frozen {prov['frozen_at']}"
+            + gaps_text(prov))
+
+
+def gaps_text(prov: dict) -> str:
+    """"; not in this table: ..." naming the paper grid's experiments the table lacks and why
+    ("" when it lacks none or the provenance cannot tell)."""
+    by_reason: dict[str, list[str]] = {}
+    for exp, reason in (prov.get("paper_grid_missing") or {}).items():
+        by_reason.setdefault(reason, []).append(exp)
+    if not by_reason:
+        return ""
+    parts = [f"{', '.join(exps)} ({reason})" for reason, exps in sorted(by_reason.items(), key=lambda kv: kv[0] == "not run")]
+    return "; paper-grid experiments not in this table: " + "; ".join(parts)
 
 
 def with_source_md(body: str, prov: dict) -> str:

@@ -1,5 +1,6 @@
 # `snakemake paper`: redraw every paper figure and table from the frozen run table
-# paper/data/runs.csv (no training).  The rule has no output files, so it always runs.
+# paper/data/ (runs.csv, provenance.json and the per-run artefacts; no training).  The rule has
+# no output files, so it always runs.
 # One script per figure / table in paper/, named after its output.
 
 import sys
@@ -9,7 +10,10 @@ localrules:
     paper,
 
 
-PAPER_SCRIPTS = ["error_vs_sparsity", "published_comparison", "natural_sparsity", "results", "feature_selection"]
+PAPER_SCRIPTS = [
+    "error_vs_sparsity", "published_comparison", "natural_sparsity", "results", "feature_selection",
+    "input_pips", "simulation_pips", "nodes_kept", "calibration", "train_time",
+]
 
 
 rule paper:
