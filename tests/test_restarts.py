@@ -22,7 +22,7 @@ def test_start_zero_is_the_run_itself_and_later_starts_depend_on_seed_and_start_
     assert [start_seed(s, 0) for s in (0, 1, 7)] == [0, 1, 7]
     later = {start_seed(s, k) for s in range(5) for k in range(1, 5)}
     assert len(later) == 20 and not later & set(range(5))
-    assert start_seed(3, 2) == start_seed(3, 2)
+    assert start_seed(3, 2) == 12659493112714039  # a fixed function of (seed, start): the same on every machine
 
 
 def test_one_start_is_the_run_without_restarts():
@@ -38,7 +38,10 @@ def test_restarts_pick_the_lowest_training_objective_and_stack_like_runs_alone(n
     specs = [tiny_spec(name, method_params=options, restarts=3, seed=s, epochs=3) for s in (0, 1, 2)]
     stacked = run_stack(specs)
     alone = run(specs[1])
+    for a, b in zip(stacked[1][0], alone[0]):  # objectives to float tolerance, like every metric
+        assert a.pop("restart_objectives") == pytest.approx(b.pop("restart_objectives"), rel=1e-4)
     assert_records_close(stacked[1][0], alone[0])
+    stacked = run_stack(specs)
     for records, _ in stacked:
         for r in records:
             obj = r["restart_objectives"]
@@ -63,6 +66,44 @@ def test_start_zero_trains_exactly_the_plain_run(monkeypatch):
     # equal to float tolerance: two stacked runs and one reduce in another order
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(plain.state_dict().values(), start0.state_dict().values()))
     assert not all(torch.allclose(a, b, rtol=1e-2) for a, b in zip(plain.state_dict().values(), start1.state_dict().values()))
+
+
+def test_starts_share_the_runs_data_order_and_draw_their_own_initialisation_and_noise(monkeypatch):
+    seen = {}
+    real = T._train
+
+    def spy(members, xs, ys, **kw):
+        if not seen:  # the training (the later calls fine-tune)
+                seen.update(data=list(kw["data_seeds"]), noise=[m.noise_seed for m in members], starts=[m.start for m in members],
+                        first=[next(m.model.parameters()).detach().clone() for m in members])
+        return real(members, xs, ys, **kw)
+
+    monkeypatch.setattr(T, "_train", spy)
+    run(tiny_spec("spike_slab", seed=4, restarts=3))
+    assert seen["starts"] == [0, 1, 2] and seen["data"] == [4, 4, 4]
+    assert seen["noise"][0] == T.noise_seed(4) and len(set(seen["noise"])) == 3
+    assert not torch.equal(seen["first"][0], seen["first"][1]) and not torch.equal(seen["first"][1], seen["first"][2])
+
+
+def test_a_diverged_start_loses_and_only_all_starts_diverging_stops_the_job(monkeypatch):
+    cls = method_class("dense")
+    real_build = cls.build
+
+    def build(self, model):  # the core seeds torch with the start's seed before building
+        model = real_build(self, model)
+        if torch.initial_seed() != 0:  # every start but start 0 of seed 0 diverges
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return model
+
+    monkeypatch.setattr(cls, "build", build)
+    records, _ = run(tiny_spec("dense", seed=0, restarts=3))
+    assert records[0]["restart_chosen"] == 0 and records[0]["restart_objectives"][1:] == [None, None]
+    assert "diverged" not in records[0]
+    with pytest.raises(T.TrainingDiverged, match="every one of its 3 starts diverged"):
+        run(tiny_spec("dense", seed=5, restarts=3))  # every start's init seed is != 0
+    records, _ = run(tiny_spec("dense", seed=5, restarts=3, on_divergence="record"))
+    assert records[0]["diverged"] and records[0]["restart_objectives"] == [None, None, None]
 
 
 def test_choice_follows_the_objective_and_counts_every_starts_seconds(monkeypatch):
@@ -161,12 +202,39 @@ def test_experiment_restarts_apply_to_its_methods_and_a_methods_own_wins(default
     (lambda c: c["method_params"]["spike_slab"].update(restarts=0), "option 'restarts' is 0; expected an integer >= 1"),
     (lambda c: c["experiments"]["mnist5k"]["method_params"]["sparse_vd"].update(method="l0"), "variants are declared in the global"),
     (lambda c: c["experiments"]["digits"].update(restarts=0), "config.experiments.digits.restarts is 0"),
+    (lambda c: c["method_params"].update(a_x={"method": "spike_slab"}, b_x={"method": "a_x"}), "'a_x' is itself a variant"),
+    (lambda c: c["method_params"].update(unused={"method": "l0", "bogus": 1}), "config.method_params.unused: unknown option 'bogus'"),
 ])
 def test_bad_variants_and_restarts_fail_before_any_work_naming_the_value(default_config, change, fragment):
     change(default_config)
     with pytest.raises(ConfigError) as info:
         validate(default_config)
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("where", ["global", "experiment"])
+def test_a_bad_base_option_is_reported_once_not_again_for_its_variants(default_config, where):
+    default_config["method_params"]["spike_slab_k2"] = {"method": "spike_slab", "restarts": 2}
+    default_config["methods"].append("spike_slab_k2")
+    if where == "global":
+        default_config["method_params"]["spike_slab"]["phi_update"] = "bogus"
+    else:
+        default_config["experiments"]["digits"]["method_params"] = {"spike_slab": {"phi_update": "bogus"}}
+    with pytest.raises(ConfigError) as info:
+        validate(default_config)
+    lines = [l for l in str(info.value).splitlines() if "bogus" in l]
+    assert len(lines) == 1, lines
+    assert lines[0].strip().startswith("config.method_params.spike_slab: " if where == "global"
+                                       else "config.experiments.digits.method_params.spike_slab: ")
+
+
+def test_a_rejected_variant_is_not_reported_again_as_an_unknown_method(default_config):
+    default_config["method_params"]["a_x"] = {"method": "spike_slab"}
+    default_config["method_params"]["b_x"] = {"method": "a_x"}
+    default_config["methods"].append("b_x")
+    with pytest.raises(ConfigError) as info:
+        validate(default_config)
+    assert "b_x" in str(info.value) and "unknown method 'b_x'" not in str(info.value)
 
 
 def test_each_config_error_is_printed_once(default_config):
@@ -198,3 +266,16 @@ def test_prior_aimed_at_the_target_trains_once_per_target_with_lambda_one_minus_
     records, _ = run(tiny_spec("spike_slab", method_params={"prior_from_target": True}))
     assert [r["target_sparsity"] for r in records] == [0.5, 0.9] and all(r["selection"] == "target" for r in records)
     assert {(t, round(lam, 9)) for t, lam in seen} == {(0.5, 0.5), (0.9, 0.1)}
+
+
+def test_variants_sort_beside_their_base_and_keep_their_colour_across_figures():
+    from slabbench.plotting import METHOD_COLOURS, method_colour, method_linestyle, method_order
+
+    assert method_order(["l0", "spike_slab_k4", "dense", "spike_slab", "mine"]) == ["dense", "spike_slab", "spike_slab_k4", "l0", "mine"]
+    one = ["dense", "spike_slab", "spike_slab_k4"]
+    two = ["dense", "spike_slab", "spike_slab_k4", "l0", "mine", "l0_x", "sparse_vd_clip"]
+    assert method_colour("spike_slab_k4", one) == method_colour("spike_slab_k4", two) == method_colour("spike_slab_k4")
+    colours = [method_colour(m, two) for m in two]
+    assert len(set(map(str, colours))) == len(two)  # distinct within a figure
+    assert not {str(c) for c in colours[2:]} & {str(METHOD_COLOURS[m]) for m in ("dense", "spike_slab")}
+    assert method_linestyle("spike_slab_k4") != method_linestyle("spike_slab") == method_linestyle("mine")

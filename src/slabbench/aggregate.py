@@ -35,7 +35,7 @@ COLUMNS = KEYS + [
     "test_accuracy_bma", "test_rmse_bma", "test_nll_bma", "ece_bma", "test_rmse_constant",
     "test_accuracy_sampled", "val_accuracy_sampled", "test_rmse_sampled", "val_rmse_sampled",
     "flops_kept", "nodes_kept", "features_kept", "fnr", "fpr", "train_seconds", "epochs", "finetune_epochs",
-    "nan_metrics", "setting",
+    "nan_metrics", "setting", "variant_of", "restarts", "restart_chosen", "stack_runs",
     "device", "device_name", "git_commit", "git_dirty", "slabbench_version", "torch_version", "python_version",
     "method_params",
 ]
@@ -73,6 +73,8 @@ def flatten(rec: dict) -> dict:
     row["nodes_kept"] = "-".join(str(n) for n in rec.get("nodes_kept", []))
     spec = rec.get("spec", {})
     row["epochs"] = spec.get("epochs")
+    row["variant_of"] = spec.get("variant_of")  # the base method of a variant (None: the method itself)
+    row["restarts"] = rec.get("restarts", spec.get("restarts", 1))
     row["setting"] = spec_setting(spec) if spec else None
     row.update(device_name=prov.get("device_name"), git_commit=prov.get("git_commit"), git_dirty=prov.get("git_dirty"),
                slabbench_version=prov.get("slabbench"), torch_version=prov.get("torch"), python_version=prov.get("python"),

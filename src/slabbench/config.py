@@ -136,8 +136,9 @@ def method_options(config: dict, experiment: str, method: str) -> dict:
 
 
 def run_options(config: dict, experiment: str, method: str) -> dict:
-    """The core's options of ``method``'s runs in ``experiment``: ``restarts`` (the experiment's
-    own, else 1, overridden by the method's options)."""
+    """The core's options of ``method``'s runs in ``experiment``: ``restarts``, the method's own
+    (its options, merged as in :func:`method_options`) where it sets one, else the experiment's
+    ``restarts``, else 1."""
     opts = _merged_options(config, experiment, method)
     return {"restarts": opts.get("restarts", config["experiments"][experiment].get("restarts", 1))}
 
@@ -188,48 +189,58 @@ def validate(config: Any) -> dict:
     problems: list[str] = []
     methods, datasets = available("method"), available("dataset")
     variants = {}  # variant name -> its base method
+    rejected = set()  # declared variants already reported as bad
+    declared = {m for m, o in config["method_params"].items() if (o or {}).get("method") is not None}
     for m, options in config["method_params"].items():
         base = (options or {}).get("method")
         if base is None:
             continue
         where = f"config.method_params.{m}.method"
+        rejected.add(m)
         if m in methods:
             problems.append(f"{where}: {m!r} is a method file (methods/{m}.py); a variant of {base!r} needs a name of its own")
         elif not VARIANT_RE.match(m):
             problems.append(f"config.method_params: bad variant name {m!r}: names use lowercase letters, digits "
                             f"and '_' and start with a letter")
+        elif base in declared:
+            problems.append(f"{where}: {base!r} is itself a variant; a variant's base is one of the method files: "
+                            f"{', '.join(methods)}")
         elif base not in methods:
             problems.append(f"{where}: unknown base method {base!r}{_hint(base, methods)}; a variant's base is one "
                             f"of the method files: {', '.join(methods)}")
         else:
             variants[m] = base
+            rejected.discard(m)
     names = methods + sorted(variants)
     have = f"have {', '.join(methods)}" + (f" and the variants {', '.join(sorted(variants))}" if variants else "")
     for m in config["methods"]:
-        if m not in names:
+        if m not in names and m not in rejected:
             problems.append(f"config.methods: unknown method {m!r}{_hint(m, names)}; {have}")
     # The global options of each method are checked once, where they are written (with the
-    # epochs / lr of the first experiment that runs the method unchanged); an experiment then
-    # only adds errors of its own overrides or of its epochs / lr.
-    bad_globals = set()
-    for m, options in config["method_params"].items():
+    # epochs / lr of the first experiment that runs the method unchanged, else of the first
+    # experiment); an experiment then only adds errors of its own overrides or of its epochs /
+    # lr.  Method files first: a variant of a method whose options are bad is not reported again.
+    bad_globals = set(rejected)
+    for m in sorted(config["method_params"], key=lambda m: m in variants):
         if m not in names:
-            if (options or {}).get("method") is None:
+            if m not in rejected:
                 problems.append(f"config.method_params: unknown method {m!r}{_hint(m, names)}; {have} (a variant "
                                 f"names its base method: `{m}: {{method: <base>, ...}}`)")
             bad_globals.add(m)
             continue
         base = variants.get(m, m)
+        if base in bad_globals:
+            bad_globals.add(m)
+            continue
         users = [n for n, e in config["experiments"].items()
                  if m in experiment_methods(config, n) and m not in e["method_params"] and base not in e["method_params"]]
-        if users:
-            exp = config["experiments"][users[0]]
-            err = _core_option_error(_merged_options(config, users[0], m)) or _method_error(
-                base, method_options(config, users[0], m), epochs=exp["epochs"], lr=exp["lr"], name=m)
-            if err:
-                problems.append(f"config.method_params.{m}: {err}")
-                bad_globals.add(m)
-    bad_globals |= {v for v, base in variants.items() if base in bad_globals}
+        first = users[0] if users else next(iter(config["experiments"]))
+        exp = config["experiments"][first]
+        err = _core_option_error(_merged_options(config, first, m)) or _method_error(
+            base, method_options(config, first, m), epochs=exp["epochs"], lr=exp["lr"], name=m)
+        if err:
+            problems.append(f"config.method_params.{m}: {err}")
+            bad_globals.add(m)
     for name, exp in config["experiments"].items():
         where = f"config.experiments.{name}"
         if exp["dataset"] not in datasets:
@@ -257,15 +268,18 @@ def validate(config: Any) -> dict:
         for m in exp.get("methods", []):
             if m not in names:
                 problems.append(f"{where}.methods: unknown method {m!r}{_hint(m, names)}; {have}")
-        for m in experiment_methods(config, name):
-            if m not in names or m in bad_globals:
+        bad_here = set()
+        for m in sorted(experiment_methods(config, name), key=lambda m: m in variants):  # method files first
+            if m not in names or m in bad_globals or variants.get(m) in bad_here:
                 continue
             err = _core_option_error(_merged_options(config, name, m)) or _method_error(
                 variants.get(m, m), method_options(config, name, m), epochs=exp["epochs"], lr=exp["lr"], name=m)
             if err:
+                bad_here.add(m)
                 own = m if m in exp["method_params"] else variants.get(m) if variants.get(m) in exp["method_params"] else None
                 problems.append(f"{where}{f'.method_params.{own}' if own else ''}: {err}")
     if problems:
+        problems = list(dict.fromkeys(problems))  # one line per problem
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return config
 

@@ -42,15 +42,31 @@ def method_order(methods) -> list[str]:
 
 def method_colour(method: str, present=None):
     """Fixed colour of a known method.  Any other method (a variant, a plugin) gets one of the
-    colours no known method uses: in the order of :func:`method_order` over ``present`` (the
-    methods of one figure, so that they differ from each other), else a stable one from its name."""
+    colours no known method uses, chosen by its name (the same in every figure); among the
+    methods ``present`` in one figure, a name whose colour an earlier one (in
+    :func:`method_order`) already took gets the next free one."""
     if method in METHOD_COLOURS:
         return METHOD_COLOURS[method]
-    if present is not None:
-        others = [m for m in method_order(present) if m not in METHOD_COLOURS]
-        if method in others:
-            return _FREE[others.index(method) % len(_FREE)]
-    return _FREE[sum(map(ord, method)) % len(_FREE)]
+    preferred = sum(map(ord, method)) % len(_FREE)
+    if present is None:
+        return _FREE[preferred]
+    taken = set()
+    for m in method_order(present):
+        if m in METHOD_COLOURS:
+            continue
+        k = sum(map(ord, m)) % len(_FREE)
+        while k in taken and len(taken) < len(_FREE):
+            k = (k + 1) % len(_FREE)
+        if m == method:
+            return _FREE[k]
+        taken.add(k)
+    return _FREE[preferred]
+
+
+def method_linestyle(method: str):
+    """Solid for a method, dashed for a variant of a known method (``spike_slab_k4``), so it
+    reads apart from its base even in grey."""
+    return (0, (5, 2)) if _family(method) else "-"
 
 
 def metric_for(task: str) -> tuple[str, str]:
@@ -109,7 +125,8 @@ def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None, x_flo
         p = points[points["method"] == method].sort_values("target_sparsity")
         diverged = int(p["diverged"].sum())
         note = f" ({diverged} diverged runs not drawn)" if diverged else ""
-        ax.plot(p["reached"], p["mean"], marker="o", color=method_colour(method, order), label=f"{method}{note}")
+        ax.plot(p["reached"], p["mean"], marker="o", color=method_colour(method, order), ls=method_linestyle(method),
+                label=f"{method}{note}")
         ax.fill_between(p["reached"], p["ci_low"], p["ci_high"], color=method_colour(method, order), alpha=0.2, lw=0)
     natural = runs[runs["selection"] == "natural"]
     for method, g in natural.groupby("method", sort=False):

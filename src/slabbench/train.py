@@ -295,8 +295,9 @@ def training_objective(model: nn.Module, method: Method, x: torch.Tensor, y: tor
     nlls = []
     for s in range(samples):
         total = 0.0
-        for i in range(0, n, OBJECTIVE_CHUNK):
-            out, yb = model(x[i:i + OBJECTIVE_CHUNK]), y[i:i + OBJECTIVE_CHUNK]
+        # equal chunks, never a one-row remainder (batch norm in training mode needs two rows)
+        for xb, yb in zip(x.tensor_split(-(-n // OBJECTIVE_CHUNK)), y.tensor_split(-(-n // OBJECTIVE_CHUNK))):
+            out = model(xb)
             total += float(_nll_per_run(out[None], yb[None], task, noise_sd)[0]) * len(yb)
         nlls.append(total / n)
         if s == 1 and nlls[1] == nlls[0]:
@@ -504,12 +505,19 @@ def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], 
                 member_run.append(r)
     seconds = _train(members, [loaded[r][1]["train"][0] for r in member_run], [loaded[r][1]["train"][1] for r in member_run],
                      epochs=int(cfg0["epochs"]), batch_size=int(cfg0["batch_size"]), lr=float(cfg0["lr"]), task=task,
-                     noise_sd=noise_sd, device=device, data_seeds=[m.seed for m in members], stop=stop, what=label)
+                     noise_sd=noise_sd, device=device, data_seeds=[m.seed for m in members],
+                     stop=stop and restarts == 1, what=label)  # with restarts, a diverged start just loses
     restart_info = [{"restarts": restarts}] * len(members)
     if restarts > 1:
         members, member_run, seconds, restart_info = _choose_starts(
             members, member_run, seconds, [loaded[r][1]["train"] for r in member_run], task=task, noise_sd=noise_sd,
             label=label)
+        lost = [m for m in members if m.diverged]  # the kept start diverged: so did every start of its run
+        if lost and stop:
+            raise TrainingDiverged(
+                f"{lost[0].label}: every one of its {restarts} starts diverged (start {lost[0].start}: {lost[0].diverged}). "
+                f"Lower the learning rate (lr = {float(cfg0['lr']):g}) or check the method's options; set "
+                f"on_divergence: record to keep the other runs and report this one as diverged.")
 
     prov = provenance(device)
     results: list[tuple[list[dict], dict[str, Any]]] = [([], {}) for _ in cfgs]
