@@ -148,3 +148,15 @@ def test_functions_vmap_over_stacked_runs():
     phi_w = torch.rand(shape)
     batched = torch.func.vmap(lambda m, r: ops.slab_kl_fixed_gate(m, r, phi_w, SIGMA0))(mu, rho)
     assert torch.allclose(batched, torch.stack([ops.slab_kl_fixed_gate(mu[i], rho[i], phi_w, SIGMA0) for i in range(n)]))
+
+
+def test_the_forward_softplus_equals_torchs_to_float32_rounding():
+    import torch.nn.functional as F
+
+    from slabbench.layers.spike_slab_ops import softplus
+
+    x = torch.cat([torch.linspace(-60, 60, 20001), torch.tensor([0.0, -1e-8, 1e-8, -88.0, 88.0])])
+    ref = F.softplus(x.double())
+    got = softplus(x)
+    assert got.dtype == torch.float32 and got.shape == x.shape
+    assert torch.all((got.double() - ref).abs() <= 3e-7 * ref + 1e-45)

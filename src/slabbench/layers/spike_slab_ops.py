@@ -42,6 +42,19 @@ def _group_sum(t: torch.Tensor, view_shape: torch.Size, gate_shape: torch.Size) 
     return t.sum_to_size(view_shape).reshape(gate_shape)
 
 
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """softplus(x) = log(1 + eˣ) without autograd, for the forward passes below.  On the CPU
+    as max(x, 0) + log1p(e^−|x|) with log1p written as log(w)·u/(w − 1), w = 1 + u
+    (Goldberg's identity, a few ulp): torch's CPU softplus and log1p run scalar code (about 13
+    ns per element on one core against 4 for these five vectorised passes; within 2e-7
+    relative of float64).  Elsewhere torch's own kernel (one launch)."""
+    if x.device.type != "cpu":
+        return F.softplus(x)
+    u = torch.exp(-x.abs())
+    w = u + 1
+    return torch.where(w == 1, u, torch.log(w).mul_(u.div(w - 1))).add_(x.clamp(min=0))
+
+
 class SampledWeight(Function):
     """w = z_m (μ + softplus(ρ) ε) for given gates×mask ``zm`` and noise ``eps`` (no gradient
     to either).  Backward: ∂w/∂μ = z_m, ∂w/∂ρ = z_m ε sigmoid(ρ)."""
@@ -50,7 +63,7 @@ class SampledWeight(Function):
 
     @staticmethod
     def forward(mu, rho, zm, eps):
-        w = torch.addcmul(mu, F.softplus(rho), eps)  # μ + σ ε, one pass
+        w = torch.addcmul(mu, softplus(rho), eps)  # μ + σ ε, one pass
         return w.mul_(zm)
 
     @staticmethod
@@ -82,7 +95,7 @@ class LRTWeights(Function):
 
     @staticmethod
     def forward(mu, rho, theta, mask, gate_view):
-        sigma = F.softplus(rho)
+        sigma = softplus(rho)
         p = torch.sigmoid(theta).reshape(gate_view)
         p = p.mul_(mask) if p.shape == mask.shape else p * mask  # edge gates: in place
         e = torch.mul(mu, p)
@@ -151,7 +164,7 @@ class SlabKLFixedGate(Function):
 
     @staticmethod
     def forward(mu, rho, phi_w, sigma0):
-        sigma = F.softplus(rho)
+        sigma = softplus(rho)
         # Σ φ(σ² + μ²)/(2σ0²) − Σ φ log σ: the constant factor applied to a scalar, not a tensor
         phi_flat = phi_w.reshape(-1)
         quad = torch.dot(phi_flat, torch.mul(sigma, sigma).addcmul_(mu, mu).reshape(-1))
@@ -184,7 +197,7 @@ class SpikeSlabKL(Function):
 
     @staticmethod
     def forward(mu, rho, theta, gate_view, logit_lam, sigma0):
-        sigma = F.softplus(rho)
+        sigma = softplus(rho)
         a = _group_sum(_slab_terms(mu, sigma, sigma0), theta.reshape(gate_view).shape, theta.shape)
         group = mu.numel() // theta.numel()  # weights per gate
         a.add_(theta).add_(group * (math.log(sigma0) - 0.5) - logit_lam)
