@@ -279,3 +279,11 @@ def test_variants_sort_beside_their_base_and_keep_their_colour_across_figures():
     assert len(set(map(str, colours))) == len(two)  # distinct within a figure
     assert not {str(c) for c in colours[2:]} & {str(METHOD_COLOURS[m]) for m in ("dense", "spike_slab")}
     assert method_linestyle("spike_slab_k4") != method_linestyle("spike_slab") == method_linestyle("mine")
+
+
+def test_target_records_carry_their_fine_tunings_seconds():
+    tuned, _ = run(tiny_spec("magnitude"))
+    plain, _ = run(tiny_spec("magnitude", finetune_epochs=0))
+    assert all(r["finetune_seconds"] > 0 for r in tuned if r["selection"] == "target")
+    assert all(r["finetune_seconds"] == 0 for r in plain if r["selection"] == "target")
+    assert all("finetune_seconds" not in r for r in tuned if r["selection"] == "natural")

@@ -34,7 +34,7 @@ CASES = [
     ("sparse_vd", {"lr_schedule": "linear_to0", "train_clip": False}),
     ("l0", {"ema": 0.9, "weight_decay": 0.5}),
 ]
-SKIP = {"train_seconds", "provenance", "stack_runs"}
+SKIP = {"train_seconds", "finetune_seconds", "provenance", "stack_runs"}
 # conv nets on a 1x16x16 image data set (below): LeNet-5 and a VGG-like net with batch norm
 CONV_MODELS = [("lenet5", {}), ("vgg", {"channels": [4, "M", 8, "M"]})]
 

@@ -34,7 +34,7 @@ COLUMNS = KEYS + [
     "test_accuracy", "test_rmse", "test_nll", "ece", "val_accuracy", "val_rmse", "val_nll", "val_ece",
     "test_accuracy_bma", "test_rmse_bma", "test_nll_bma", "ece_bma", "test_rmse_constant",
     "test_accuracy_sampled", "val_accuracy_sampled", "test_rmse_sampled", "val_rmse_sampled",
-    "flops_kept", "nodes_kept", "features_kept", "fnr", "fpr", "train_seconds", "epochs", "finetune_epochs",
+    "flops_kept", "nodes_kept", "features_kept", "fnr", "fpr", "train_seconds", "finetune_seconds", "epochs", "finetune_epochs",
     "nan_metrics", "setting", "variant_of", "restarts", "restart_chosen", "stack_runs",
     "device", "device_name", "git_commit", "git_dirty", "slabbench_version", "torch_version", "python_version",
     "method_params",

@@ -415,14 +415,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _finetune_all(jobs: list[tuple[nn.Module, dict, int, dict]], cfg: dict, task: str, device, label: str) -> list[nn.Module]:
+def _finetune_all(jobs: list[tuple[nn.Module, dict, int, dict]], cfg: dict, task: str, device,
+                  label: str) -> tuple[list[nn.Module], list[float]]:
     """Masked copies of the networks of ``jobs`` = [(net, masks, seed, data)], fine-tuned with
     NLL only, Adam at ``lr * finetune_lr_factor`` for ``finetune_epochs`` epochs (the same for
-    every method), all targets x seeds in one stack where the network stacks."""
+    every method), all targets x seeds in one stack where the network stacks; also each one's
+    share of the fine-tuning's wall time in seconds."""
     nets = [apply_masks(copy.deepcopy(net), masks) for net, masks, _, _ in jobs]
     epochs = int(cfg.get("finetune_epochs", 0))
     if epochs <= 0 or not jobs:
-        return nets
+        return nets, [0.0] * len(nets)
     lr = cfg["lr"] * cfg["finetune_lr_factor"]
     members = []
     for net, (_, _, seed, data) in zip(nets, jobs):
@@ -432,16 +434,16 @@ def _finetune_all(jobs: list[tuple[nn.Module, dict, int, dict]], cfg: dict, task
                            device=device, spec=None)
         members.append(Member(label=f"{label} seed={seed} (fine-tuning)", seed=seed, target=None,
                               method=Method(None, ctx), model=net))
-    _train(members, [j[3]["train"][0] for j in jobs], [j[3]["train"][1] for j in jobs], epochs=epochs,
-           batch_size=cfg["batch_size"], lr=lr, task=task, noise_sd=cfg["noise_sd"], device=device,
-           data_seeds=[j[2] + 7919 for j in jobs], stop=cfg.get("on_divergence", "stop") == "stop",
-           what=f"{label} fine-tuning")
+    seconds = _train(members, [j[3]["train"][0] for j in jobs], [j[3]["train"][1] for j in jobs], epochs=epochs,
+                     batch_size=cfg["batch_size"], lr=lr, task=task, noise_sd=cfg["noise_sd"], device=device,
+                     data_seeds=[j[2] + 7919 for j in jobs], stop=cfg.get("on_divergence", "stop") == "stop",
+                     what=f"{label} fine-tuning")
     out = []
     for m, (_, masks, _, _) in zip(members, jobs):
         with torch.no_grad():  # Adam moments may move masked weights; they never act, zero them
             apply_masks(m.model, masks)
         out.append(m.model)
-    return out
+    return out, seconds
 
 
 def _load_data(cfg: dict, device: torch.device) -> tuple[Any, dict]:
@@ -555,10 +557,11 @@ def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], 
             masks = topk_masks(scores, target, method.prune_scope)
             bma = _bma_metrics(method, model, masks, data, task, noise_sd) if not c.get("finetune_epochs") else {}
             pending.append((r, exported, masks, m.seed, data, common, bma, target))
-    tuned = _finetune_all([(net, masks, seed, data) for _, net, masks, seed, data, *_ in pending], cfg0, task, device, label)
-    for (r, _, _, _, data, common, bma, target), net in zip(pending, tuned):
+    tuned, tune_seconds = _finetune_all([(net, masks, seed, data) for _, net, masks, seed, data, *_ in pending], cfg0,
+                                        task, device, label)
+    for (r, _, _, _, data, common, bma, target), net, secs in zip(pending, tuned, tune_seconds):
         results[r][0].append(dict(common, selection="target", target_sparsity=target,
-                                  finetune_epochs=int(cfg0.get("finetune_epochs", 0)),
+                                  finetune_epochs=int(cfg0.get("finetune_epochs", 0)), finetune_seconds=secs,
                                   **evaluate(net, data, spec, task, noise_sd), **bma))
     for (records, _), c in zip(results, cfgs):
         records.sort(key=lambda rec: (rec["selection"] != "natural", rec["target_sparsity"] or 0.0))
