@@ -204,6 +204,7 @@ def test_experiment_restarts_apply_to_its_methods_and_a_methods_own_wins(default
     (lambda c: c["experiments"]["digits"].update(restarts=0), "config.experiments.digits.restarts is 0"),
     (lambda c: c["method_params"].update(a_x={"method": "spike_slab"}, b_x={"method": "a_x"}), "'a_x' is itself a variant"),
     (lambda c: c["method_params"].update(unused={"method": "l0", "bogus": 1}), "config.method_params.unused: unknown option 'bogus'"),
+    (lambda c: c["method_params"]["l0"].update(restart=2), "(did you mean 'restarts'?)"),
 ])
 def test_bad_variants_and_restarts_fail_before_any_work_naming_the_value(default_config, change, fragment):
     change(default_config)
@@ -269,15 +270,22 @@ def test_prior_aimed_at_the_target_trains_once_per_target_with_lambda_one_minus_
 
 
 def test_variants_sort_beside_their_base_and_keep_their_colour_across_figures():
+    import matplotlib.colors as mc
+
     from slabbench.plotting import METHOD_COLOURS, method_colour, method_linestyle, method_order
 
     assert method_order(["l0", "spike_slab_k4", "dense", "spike_slab", "mine"]) == ["dense", "spike_slab", "spike_slab_k4", "l0", "mine"]
     one = ["dense", "spike_slab", "spike_slab_k4"]
     two = ["dense", "spike_slab", "spike_slab_k4", "l0", "mine", "l0_x", "sparse_vd_clip"]
+    # the same colour in every figure unless another variant of its base in the figure chose it too
     assert method_colour("spike_slab_k4", one) == method_colour("spike_slab_k4", two) == method_colour("spike_slab_k4")
-    colours = [method_colour(m, two) for m in two]
-    assert len(set(map(str, colours))) == len(two)  # distinct within a figure
-    assert not {str(c) for c in colours[2:]} & {str(METHOD_COLOURS[m]) for m in ("dense", "spike_slab")}
+    three = two + ["spike_slab_gumbel", "spike_slab_target"]
+    rgb = {m: mc.to_rgb(method_colour(m, three)) for m in three}
+    assert len(set(rgb.values())) == len(three)  # distinct within a figure
+    # a variant is a darker shade of its base: the same hue, every channel scaled by one factor < 1
+    base, var = mc.to_rgb(METHOD_COLOURS["spike_slab"]), rgb["spike_slab_k4"]
+    ratios = {round(v / b, 6) for v, b in zip(var, base) if b > 0}
+    assert len(ratios) == 1 and 0 < ratios.pop() < 1
     assert method_linestyle("spike_slab_k4") != method_linestyle("spike_slab") == method_linestyle("mine")
 
 

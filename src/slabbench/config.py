@@ -155,13 +155,21 @@ def _method_error(method: str, options: dict, epochs: int, lr: float, name: str 
     ``name``: the variant of ``method`` they belong to, if any."""
     cls = method_class(method)
     owner = f"method {name!r} (a variant of {method!r})" if name and name != method else f"method {method!r}"
+    fields = sorted(f.name for f in dataclasses.fields(cls.Params))
+    for key in options:
+        if key not in fields and difflib.get_close_matches(key, ["restarts"], n=1):
+            return (f"unknown option {key!r} for {owner} (did you mean 'restarts'?); valid options: "
+                    f"{', '.join(fields)}; and the core's option for every method: restarts")
     try:
         params = make_params(cls.Params, options, owner)
         ctx = TrainContext(task="classification", n_train=1, epochs=epochs, steps_per_epoch=1,
                            lr=lr, device=torch.device("cpu"), spec=None)
         cls(params, ctx)  # constructors check choices (scope, schedule, ...)
     except PluginError as e:
-        return str(e)
+        msg = str(e)
+        if msg.startswith("unknown option"):  # the method's own options; the core's apply to every method
+            msg += "; and the core's option for every method: restarts"
+        return msg
     return None
 
 

@@ -40,27 +40,39 @@ def method_order(methods) -> list[str]:
     return out + sorted(m for m in methods if m not in out)
 
 
+#: how dark a variant's shade of its base method's colour is (fraction of the colour kept)
+_SHADES = (0.55, 0.8, 0.35)
+
+
+def _shade(colour, k: int):
+    rgb = matplotlib.colors.to_rgb(colour)
+    return tuple(c * _SHADES[k % len(_SHADES)] for c in rgb)
+
+
 def method_colour(method: str, present=None):
-    """Fixed colour of a known method.  Any other method (a variant, a plugin) gets one of the
-    colours no known method uses, chosen by its name (the same in every figure); among the
-    methods ``present`` in one figure, a name whose colour an earlier one (in
+    """Fixed colour of a known method.  A variant of a known method (``spike_slab_k4``) gets a
+    darker shade of its base's colour (drawn dashed, see :func:`method_linestyle`); any other
+    method a colour no known method uses.  Both are chosen by name (the same in every figure);
+    among the methods ``present`` in one figure, a name whose choice an earlier one (in
     :func:`method_order`) already took gets the next free one."""
     if method in METHOD_COLOURS:
         return METHOD_COLOURS[method]
-    preferred = sum(map(ord, method)) % len(_FREE)
-    if present is None:
-        return _FREE[preferred]
-    taken = set()
-    for m in method_order(present):
-        if m in METHOD_COLOURS:
-            continue
-        k = sum(map(ord, m)) % len(_FREE)
-        while k in taken and len(taken) < len(_FREE):
-            k = (k + 1) % len(_FREE)
-        if m == method:
-            return _FREE[k]
-        taken.add(k)
-    return _FREE[preferred]
+    family = _family(method)
+    n = len(_SHADES) if family else len(_FREE)
+    pick = (lambda k: _shade(METHOD_COLOURS[family], k)) if family else (lambda k: _FREE[k])
+    k = sum(map(ord, method)) % n
+    if present is not None:
+        taken = set()
+        for m in method_order(present):
+            if m in METHOD_COLOURS or _family(m) != family:
+                continue
+            j = sum(map(ord, m)) % n
+            while j in taken and len(taken) < n:
+                j = (j + 1) % n
+            if m == method:
+                return pick(j)
+            taken.add(j)
+    return pick(k)
 
 
 def method_linestyle(method: str):
