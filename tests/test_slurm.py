@@ -35,7 +35,7 @@ CLUSTER = ROOT / "tests" / "slurm"
 TEST_CLUSTER_ARGS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
                      "--slurm-no-account"]
 # columns that legitimately differ between two runs of the same grid: wall time and provenance
-NOT_COMPARED = {"train_seconds", "device_name", "git_commit", "git_dirty", "slabbench_version", "torch_version",
+NOT_COMPARED = {"train_seconds", "finetune_seconds", "device_name", "git_commit", "git_dirty", "slabbench_version", "torch_version",
                 "python_version"}
 RUN_KEY = ["experiment", "method", "seed", "selection", "target_sparsity"]
 OPT_IN = os.environ.get("SLABBENCH_SLURM_TEST") == "1"
@@ -196,7 +196,7 @@ def test_rerun_on_slurm_redoes_only_what_is_missing_and_matches_a_local_run(canc
 
     on_cluster = pd.read_csv(workdir / "results" / "summary" / "runs.csv")
     assert sorted(on_cluster.columns) == sorted(local_runs.columns)
-    assert NOT_COMPARED & set(local_runs.columns) == {"train_seconds", "device_name", "git_commit", "git_dirty",
+    assert NOT_COMPARED & set(local_runs.columns) == {"train_seconds", "finetune_seconds", "device_name", "git_commit", "git_dirty",
                                                        "slabbench_version", "torch_version", "python_version"}
     compared = [c for c in local_runs.columns if c not in NOT_COMPARED]
     a = local_runs[compared].sort_values(RUN_KEY).reset_index(drop=True)
