@@ -184,7 +184,7 @@ def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None, x_flo
     ax.set_title(title)
     ax.grid(alpha=0.3)
     alone = len(fig.axes) == 1  # a panel of a larger figure says this in its caption
-    ax.legend(fontsize=8, frameon=False, title_fontsize=8,
+    ax.legend(fontsize=8, frameon=True, framealpha=0.85, edgecolor="none", title_fontsize=8,  # readable over the data
               title=f"bands, bars: {CI_NAME} over {runs['seed'].nunique()} seeds" if alone else None)
     if alone:
         fig.tight_layout()
