@@ -1,4 +1,5 @@
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -6,6 +7,9 @@ import pytest
 from slabbench.config import load_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+#: where tiny_spec's runs train: cpu, or cuda to repeat the equivalence tests on a GPU
+#: (benchmarks/gpu_checks.sh); the default suite never needs a GPU
+TEST_DEVICE = os.environ.get("SLABBENCH_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +28,7 @@ def tiny_spec(method: str = "dense", dataset: str = "simulation", **over) -> dic
         experiment="tiny", dataset=dataset, dataset_params={"p": 8, "n_train": 64, "n_val": 32, "n_test": 64} if dataset == "simulation" else {},
         model="mlp", model_params={"hidden": [6, 4]}, method=method, method_params={}, seed=0,
         sparsities=[0.5, 0.9], epochs=2, batch_size=32, lr=1e-2, noise_sd=1.0, finetune_epochs=1,
-        finetune_lr_factor=0.1, device="cpu",
+        finetune_lr_factor=0.1, device=TEST_DEVICE,
     )
     spec.update(over)
     return spec

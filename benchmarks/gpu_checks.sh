@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Every check that needs a GPU, in one command, for a short session on a GPU machine:
+#
+#   benchmarks/gpu_checks.sh [OUT_DIR]      # default gpu-checks/
+#
+# 1. benchmarks/stacking.py on CUDA (wall time per run, S = 1, 3, 10, 30; the simulation,
+#    LeNet-300-100 and LeNet-5 with grouped stacked convolutions), and LeNet-5 with one
+#    convolution per run for comparison;
+# 2. benchmarks/step_time.py on CUDA (each method's step against dense);
+# 3. the stacking equivalence tests with their runs on CUDA (seed 1 in a stack == seed 1
+#    alone, every method and option, mlp and conv nets), when pytest is installed.
+# Each writes its output to OUT_DIR; a failing step does not stop the others. PYTHON picks the
+# interpreter (default python3). The paper grid has its own script: paper/run_grid.sh.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:-gpu-checks}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+cd "$root"
+export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" SLABBENCH_ROOT="$root"
+status=0
+step() {  # step NAME COMMAND...: run, keep its output, remember a failure
+    local name=$1; shift
+    echo "== $name: $*"
+    local t0=$SECONDS
+    "$@" > "$out/$name.txt" 2>&1 || { echo "   failed (exit $?), see $out/$name.txt"; status=1; }
+    echo "   $((SECONDS - t0)) s"
+}
+command -v nvidia-smi > /dev/null && nvidia-smi > "$out/nvidia-smi.txt" 2>&1
+step stacking_cuda "$py" benchmarks/stacking.py --device cuda --sim-epochs 30 --workloads simulation lenet300 lenet5 --conv grouped
+step stacking_cuda_lenet5_loop "$py" benchmarks/stacking.py --device cuda --workloads lenet5 --conv loop --stacks 1 10 30
+step step_time_cuda "$py" benchmarks/step_time.py --device cuda
+if "$py" -c "import pytest" 2> /dev/null; then
+    step stacking_tests_cuda env SLABBENCH_TEST_DEVICE=cuda "$py" -m pytest tests/test_stacking.py -q -x -p no:cacheprovider
+else
+    echo "== stacking_tests_cuda: skipped (no pytest for $py)"
+fi
+exit $status
