@@ -44,6 +44,10 @@ Options (``Params``):
   shrunk by its PIP, not zeroed).
   Bai et al. count biases with φ > 0.5 in their fraction kept; our ``sparsity`` counts weights
   only, and the bias PIPs are saved as the ``pip_bias`` artefact.
+* ``phi_step`` (ours; closed_form): θ ← θ + phi_step (θ* − θ) at each update, θ* the
+  closed-form value; 1 (default) sets θ = θ*.  A step < 1 is the damped update of stochastic
+  variational inference (Hoffman et al. 2013) on the gate's natural parameter: a gate is not
+  closed by one early update while the slab is still far from its optimum.
 * ``bma_samples``: MC samples for the Bayesian model average (None: 30 regression, 10 images).
 * ``export_mean``: the deterministic network whose metrics are reported: ``posterior``
   (E[w] = φμ, the posterior mean) or ``slab`` (E[w | γ = 1] = μ, ours).  Bai et al. report
@@ -92,6 +96,7 @@ class Params:
     bma_samples: int | None = None  #: None = 30 (regression) / 10 (classification)
     export_mean: str = "posterior"  #: posterior (φμ) | slab (μ, ours)
     prior_from_target: bool = False  #: ours: one training per target s with λ = 1 − s (prior expected sparsity s)
+    phi_step: float = 1.0  #: closed_form: θ moves this fraction of the way to its update (ours; 1 = the update)
     rho_lr_factor: float = 1.0  #: lr of ρ = lr × this (ours; 1 = one lr for every parameter)
     bias_prior: str = "none"  #: none (plain biases) | spike_slab (Bai et al.'s code: biases get the prior and a gate)
 
@@ -115,6 +120,8 @@ class Method(_Base):
         check_choice(owner, "bias_prior", params.bias_prior, BIAS_PRIORS)
         if params.lrt_forward and params.phi_update == "gumbel":
             raise PluginError(f"option 'lrt_forward' of {owner} needs phi_update closed_form or lrt, got gumbel")
+        if not 0 < params.phi_step <= 1:
+            raise PluginError(f"option 'phi_step' of {owner} must be in (0, 1], got {params.phi_step}")
         for key in ("sigma0", "tau", "rho_lr_factor"):
             if getattr(params, key) <= 0:
                 raise PluginError(f"option {key!r} of {owner} must be > 0, got {getattr(params, key)}")
@@ -178,7 +185,7 @@ class Method(_Base):
 
     def _update(self, model):
         for _, layer in self._layers(model):
-            layer.closed_form_update(self.logit_lam, self.params.sigma0)
+            layer.closed_form_update(self.logit_lam, self.params.sigma0, self.params.phi_step)
 
     def after_step(self, model, step, epoch):
         p = self.params

@@ -1,6 +1,7 @@
 """Spike-and-slab VI: KL, closed-form update, LRT moments and PIPs against exact
 posterior inclusion probabilities, all checkable by hand or by brute force."""
 
+import copy
 import itertools
 import math
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from slabbench.api import TrainContext, make_params
 from slabbench.layers import MaskedConv2d, MaskedLinear
-from slabbench.layers.spike_slab import SpikeSlabConv2d, SpikeSlabLinear, logit
+from slabbench.layers.spike_slab import SpikeSlabConv2d, SpikeSlabLinear, from_plain, logit
 from slabbench.registry import method_class
 from slabbench.train import fit
 
@@ -437,3 +438,17 @@ def test_rho_lr_factor_sets_the_learning_rate_of_every_rho():
     opt.step()
     step = (model[0].rho.detach() - before["0.rho"]).abs()
     assert torch.allclose(step, torch.full_like(step, 0.03), rtol=1e-3)
+
+
+def test_a_damped_closed_form_update_moves_theta_that_fraction_of_the_way():
+    torch.manual_seed(0)
+    layer = from_plain(MaskedLinear(3, 2), granularity="edge", mode="closed_form", phi_init=0.99, rho_init=-3.0)
+    before = layer.theta.detach().clone()
+    full = copy.deepcopy(layer)
+    full.closed_form_update(logit(0.1), 1.3)
+    layer.closed_form_update(logit(0.1), 1.3, step=0.25)
+    assert torch.allclose(layer.theta, before + 0.25 * (full.theta - before), atol=1e-6)
+    assert not torch.allclose(layer.theta, full.theta)
+    again = copy.deepcopy(full)
+    again.closed_form_update(logit(0.1), 1.3, step=1.0)
+    assert torch.equal(again.theta, full.theta)  # step 1 is the update itself, exactly

@@ -22,7 +22,7 @@ from slabbench.train import TrainingDiverged, plan_chunks, run, run_stack, stack
 CASES = [
     ("dense", {}), ("magnitude", {}), ("magnitude", {"schedule": "gradual"}), ("magnitude", {"scope": "layerwise"}),
     ("spike_slab", {}), ("spike_slab", {"granularity": "node"}), ("spike_slab", {"granularity": "input"}),
-    ("spike_slab", {"phi_update": "gumbel"}), ("spike_slab", {"phi_update": "lrt"}), ("spike_slab", {"lrt_forward": True}), ("spike_slab", {"prior_from_target": True}),
+    ("spike_slab", {"phi_update": "gumbel"}), ("spike_slab", {"phi_update": "lrt"}), ("spike_slab", {"lrt_forward": True}), ("spike_slab", {"prior_from_target": True}), ("spike_slab", {"phi_step": 0.2}),
     ("spike_slab", {"rho_lr_factor": 3.0, "phi_every": 1}), ("spike_slab", {"bias_prior": "spike_slab"}),
     ("spike_slab", {"bias_prior": "spike_slab", "granularity": "node", "phi_update": "gumbel"}),
     ("spike_slab", {"bias_prior": "spike_slab", "phi_update": "lrt"}),

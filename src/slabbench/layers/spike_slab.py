@@ -225,9 +225,11 @@ class _SpikeSlab(nn.Module):
         return kl if self.granularity == "node" else kl + self._gate_kl(logit_lam, self.bias_theta)
 
     @torch.no_grad()
-    def closed_form_update(self, logit_lam: float, sigma0: float) -> None:
+    def closed_form_update(self, logit_lam: float, sigma0: float, step: float = 1.0) -> None:
         """θ ← logit λ + Σ_{i∈g} [log(σ_i/σ0) + μ_i²/(2σ_i²)]  (SCIENCE.md §1; the group
-        form sums the per-weight terms).
+        form sums the per-weight terms).  With ``step`` < 1 (ours) θ moves that fraction of the
+        way: θ ← θ + step (θ* − θ), θ* the value above: the damped step of stochastic
+        variational inference on the Bernoulli's natural parameter θ = logit φ.
 
         Also the stationary point of the objective trained under KL warm-up, NLL + β KL
         (β ≤ 1): in φ it is logit φ = logit λ − KL_slab + (A − B)/β, and with the log-likelihood
@@ -244,8 +246,8 @@ class _SpikeSlab(nn.Module):
             if self.granularity == "node":  # one γ for the unit's weights and bias: the group sum
                 theta = theta + term_b
             else:
-                self.bias_theta.copy_(logit_lam + term_b)
-        self.theta.copy_(theta)
+                self.bias_theta.lerp_(logit_lam + term_b, step)
+        self.theta.lerp_(theta, step)  # step 1: θ* itself
         self._gate_cache = None
 
     # -- forward ------------------------------------------------------------------------
