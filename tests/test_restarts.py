@@ -114,7 +114,7 @@ def test_choice_follows_the_objective_and_counts_every_starts_seconds(monkeypatc
                         start=k) for r in (0, 1) for k in range(3)]
     data = [(torch.zeros(4, 1), torch.zeros(4))] * 6
     kept, runs, secs, info = T._choose_starts(members, [0, 0, 0, 1, 1, 1], [1.0, 2.0, 3.0, 10.0, 20.0, 30.0], data,
-                                               task="regression", noise_sd=1.0, label="t")
+                                               task="regression", noise_sd=1.0)
     assert [m.start for m in kept] == [1, 2] and runs == [0, 1] and secs == [6.0, 60.0]
     assert info[0] == {"restarts": 3, "restart_chosen": 1, "restart_objectives": [3.0, 1.0, 2.0]}
     assert info[1]["restart_chosen"] == 2 and info[1]["restart_objectives"] == [None, 5.0, 4.0]  # NaN never wins

@@ -94,16 +94,20 @@ def sample_preactivations(layer, x, n, gen):
     return torch.einsum("bi,noi->nbo", x, w) + b[:, None, :]
 
 
-@pytest.mark.parametrize("granularity,conv", [("edge", False), ("node", False), ("input", False), ("edge", True), ("node", True)])
-def test_lrt_moments_match_sampled_preactivations(granularity, conv):
-    layer = random_layer(granularity, mode="lrt", conv=conv)
+def assert_lrt_moments_match_samples(layer, conv: bool, sampler, n: int = 50_000) -> None:
+    """The layer's moment-matched pre-activations (mean, variance) against ``n`` networks
+    drawn from q by ``sampler(layer, x, n, generator)``."""
     x = torch.randn(3, 2, 4, 4) if conv else torch.randn(3, 4)
     with torch.no_grad():
         mean, var = layer.lrt_moments(x)
-    n = 50_000
-    samples = sample_preactivations(layer, x, n, torch.Generator().manual_seed(0))
+    samples = sampler(layer, x, n, torch.Generator().manual_seed(0))
     assert torch.allclose(samples.mean(0), mean, atol=4 * float(var.max().sqrt()) / math.sqrt(n) + 1e-4)
     assert torch.allclose(samples.var(0), var, rtol=0.05, atol=1e-3)
+
+
+@pytest.mark.parametrize("granularity,conv", [("edge", False), ("node", False), ("input", False), ("edge", True), ("node", True)])
+def test_lrt_moments_match_sampled_preactivations(granularity, conv):
+    assert_lrt_moments_match_samples(random_layer(granularity, mode="lrt", conv=conv), conv, sample_preactivations)
 
 
 def test_bma_forward_samples_from_q():
@@ -353,14 +357,8 @@ def random_layer_with_bias_prior(granularity, mode, conv=False):
 
 @pytest.mark.parametrize("granularity,conv", [("edge", False), ("node", False), ("input", False), ("edge", True), ("node", True)])
 def test_lrt_moments_with_bias_prior_match_sampled_preactivations(granularity, conv):
-    layer = random_layer_with_bias_prior(granularity, "lrt", conv)
-    x = torch.randn(3, 2, 4, 4) if conv else torch.randn(3, 4)
-    with torch.no_grad():
-        mean, var = layer.lrt_moments(x)
-    n = 50_000
-    samples = sample_preactivations_with_bias_prior(layer, x, n, torch.Generator().manual_seed(0))
-    assert torch.allclose(samples.mean(0), mean, atol=4 * float(var.max().sqrt()) / math.sqrt(n) + 1e-4)
-    assert torch.allclose(samples.var(0), var, rtol=0.05, atol=1e-3)
+    assert_lrt_moments_match_samples(random_layer_with_bias_prior(granularity, "lrt", conv), conv,
+                                     sample_preactivations_with_bias_prior)
 
 
 @pytest.mark.parametrize("granularity,mode", [("edge", "closed_form"), ("node", "closed_form"), ("edge", "gumbel")])

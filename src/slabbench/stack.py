@@ -30,12 +30,18 @@ from torch import nn
 NEUTRAL = (nn.Sequential, nn.ReLU, nn.Tanh, nn.Identity, nn.Flatten)
 
 
+def declares_stackable(cls: type) -> bool:
+    """Whether the class itself (a layer or a method) sets ``stackable = True``; inherited
+    declarations do not count: a subclass may change what its parent's hooks assume."""
+    return bool(cls.__dict__.get("stackable", False))
+
+
 def unstackable_modules(model: nn.Module) -> list[str]:
     """Names of the module types in ``model`` that cannot be stacked (empty: it stacks)."""
     bad = set()
     for module in model.modules():
         kind = type(module)
-        if kind in NEUTRAL or kind.__dict__.get("stackable", False):
+        if kind in NEUTRAL or declares_stackable(kind):
             continue
         bad.add(kind.__name__)
     return sorted(bad)
@@ -47,7 +53,7 @@ def _restack(model: nn.Module, stack: int, flatten_shift: int) -> None:
             module.start_dim += flatten_shift
         elif hasattr(module, "restack"):
             module.restack(stack)
-        elif type(module).__dict__.get("stackable", False) or "stack" in vars(module):
+        elif declares_stackable(type(module)) or "stack" in vars(module):
             module.stack = stack
 
 

@@ -38,7 +38,7 @@ from slabbench.models import build_model
 from slabbench.prune import apply_masks, topk_masks
 from slabbench.provenance import provenance
 from slabbench.registry import dataset_class, method_class
-from slabbench.stack import run_views, stack_modules, stacked_runs, unstack, unstackable_modules
+from slabbench.stack import declares_stackable, run_views, stack_modules, stacked_runs, unstack, unstackable_modules
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
@@ -95,6 +95,11 @@ def _nll_per_run(out: torch.Tensor, y: torch.Tensor, task: str, noise_sd: float)
     return M.gaussian_nll(out.squeeze(-1), y, noise_sd).mean(1)
 
 
+def _divergence_advice(lr: float) -> str:
+    return (f"Lower the learning rate (lr = {lr:g}), shorten a warm-up or check the method's options; set "
+            f"on_divergence: record in the config to keep the other runs and report this one as diverged.")
+
+
 def _check_finite(members: Sequence[Member], nll_sums: torch.Tensor, params: list[torch.Tensor], epoch: int,
                   epochs: int, lr: float, stop: bool) -> None:
     """Once per epoch (one host synchronisation): every run's summed NLL and parameters must be
@@ -109,9 +114,7 @@ def _check_finite(members: Sequence[Member], nll_sums: torch.Tensor, params: lis
             continue
         member.diverged = f"epoch {epoch + 1}/{epochs}: summed training NLL {value}"
         msg = (f"{member.label}: training diverged at epoch {epoch + 1} of {epochs} (summed NLL of the epoch "
-               f"{value}, or a parameter became NaN/inf). Lower the learning rate (lr = {lr:g}), shorten a "
-               f"warm-up or check the method's options; set on_divergence: record in the config to keep "
-               f"the other runs and report this one as diverged.")
+               f"{value}, or a parameter became NaN/inf). {_divergence_advice(lr)}")
         if stop:
             raise TrainingDiverged(msg)
         log.warning(msg)
@@ -148,7 +151,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     cls = type(lead)
     # hooks once per run (on views) only where they could tell runs apart: a method that does
     # not declare stackable and overrides a per-step hook (e.g. magnitude's gradual schedule)
-    per_run_hooks = stacked and not cls.__dict__.get("stackable", False) and (
+    per_run_hooks = stacked and not declares_stackable(cls) and (
         cls.after_step is not Method.after_step or cls.after_epoch is not Method.after_epoch)
     views = run_views(model) if per_run_hooks else None
     x_all, y_all, offsets = _batches(xs, ys)
@@ -251,8 +254,6 @@ def _sampled_metrics(method: Method, model: nn.Module, data, task: str, noise_sd
     return out
 
 
-
-
 # --------------------------------------------------------------------------- runs of one job
 
 #: fraction of the device's free memory a stack may plan to use before it is split
@@ -292,11 +293,13 @@ def training_objective(model: nn.Module, method: Method, x: torch.Tensor, y: tor
     was_training = model.training
     model.train()
     n = len(y)
+    # equal chunks, never a one-row remainder (batch norm in training mode needs two rows)
+    parts = -(-n // OBJECTIVE_CHUNK)
+    chunks = list(zip(x.tensor_split(parts), y.tensor_split(parts)))
     nlls = []
     for s in range(samples):
         total = 0.0
-        # equal chunks, never a one-row remainder (batch norm in training mode needs two rows)
-        for xb, yb in zip(x.tensor_split(-(-n // OBJECTIVE_CHUNK)), y.tensor_split(-(-n // OBJECTIVE_CHUNK))):
+        for xb, yb in chunks:
             out = model(xb)
             total += float(_nll_per_run(out[None], yb[None], task, noise_sd)[0]) * len(yb)
         nlls.append(total / n)
@@ -320,7 +323,7 @@ def stack_refusal(method: Method, model: nn.Module) -> str | None:
     if bad:
         return f"its model has layers that do not stack ({', '.join(bad)})"
     cls = type(method)
-    if not cls.__dict__.get("stackable", False) and cls.penalty is not Method.penalty:
+    if not declares_stackable(cls) and cls.penalty is not Method.penalty:
         return "it overrides penalty() without declaring stackable = True"
     return None
 
@@ -390,7 +393,7 @@ def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: f
     # whose instances differ (per-target training: each its own target) never share a stack
     by_target: dict = {}
     for i, m in enumerate(members):
-        by_target.setdefault(m.target if type(m.method).__dict__.get("stackable", False) else None, []).append(i)
+        by_target.setdefault(m.target if declares_stackable(type(m.method)) else None, []).append(i)
     per_run = _bytes_per_run(members[0].model, batch_size, xs[0])
     chunks = [[idx[i] for i in c] for idx in by_target.values() for c in plan_chunks(len(idx), per_run, _free_bytes(device))]
     log.info("%s: %d runs train stacked in %d stack(s) of up to %d", what, len(members), len(chunks), max(map(len, chunks)))
@@ -512,18 +515,15 @@ def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], 
     restart_info = [{"restarts": restarts}] * len(members)
     if restarts > 1:
         members, member_run, seconds, restart_info = _choose_starts(
-            members, member_run, seconds, [loaded[r][1]["train"] for r in member_run], task=task, noise_sd=noise_sd,
-            label=label)
+            members, member_run, seconds, [loaded[r][1]["train"] for r in member_run], task=task, noise_sd=noise_sd)
         lost = [m for m in members if m.diverged]  # the kept start diverged: so did every start of its run
         if lost and stop:
-            raise TrainingDiverged(
-                f"{lost[0].label}: every one of its {restarts} starts diverged (start {lost[0].start}: {lost[0].diverged}). "
-                f"Lower the learning rate (lr = {float(cfg0['lr']):g}) or check the method's options; set "
-                f"on_divergence: record to keep the other runs and report this one as diverged.")
+            raise TrainingDiverged(f"{lost[0].label}: every one of its {restarts} starts diverged (start "
+                                   f"{lost[0].start}: {lost[0].diverged}). {_divergence_advice(float(cfg0['lr']))}")
 
     prov = provenance(device)
     results: list[tuple[list[dict], dict[str, Any]]] = [([], {}) for _ in cfgs]
-    pending = []  # (run, member, target, masks, common) awaiting fine-tuning
+    pending = []  # (run, exported net, masks, seed, data, common fields, BMA metrics, target) awaiting fine-tuning
     for m, r, secs, chosen in zip(members, member_run, seconds, restart_info):
         c, data = cfgs[r], loaded[r][1]
         records, artefacts = results[r]
@@ -570,7 +570,7 @@ def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], 
 
 
 def _choose_starts(members: list[Member], member_run: list[int], seconds: list[float], train_data, *, task: str,
-                   noise_sd: float, label: str):
+                   noise_sd: float):
     """Restarts: of the starts of each run (and target), keep the one with the lowest final
     training objective (:func:`training_objective`, training data only, never validation or
     test data); a diverged start loses to any finite one.  Returns the kept members, their
@@ -579,8 +579,8 @@ def _choose_starts(members: list[Member], member_run: list[int], seconds: list[f
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(members):
         groups.setdefault((member_run[i], m.target), []).append(i)
-    kept, info = [], {}
-    for key, idx in groups.items():
+    chosen = []  # (member index, its seconds, its record fields)
+    for idx in groups.values():
         objectives = []
         for i in idx:
             m = members[i]
@@ -588,17 +588,15 @@ def _choose_starts(members: list[Member], member_run: list[int], seconds: list[f
             value = math.inf if m.diverged else training_objective(m.model, m.method, *train_data[i], task=task,
                                                                    noise_sd=noise_sd)
             objectives.append(value if math.isfinite(value) else math.inf)
-        best = min(range(len(idx)), key=lambda j: (objectives[j], j))
-        i = idx[best]
-        kept.append(i)
-        info[i] = dict(restarts=len(idx), restart_chosen=members[i].start,
-                       restart_objectives=[None if math.isinf(v) else v for v in objectives],
-                       _seconds=sum(seconds[j] for j in idx))
+        i = idx[min(range(len(idx)), key=lambda j: (objectives[j], j))]
+        chosen.append((i, sum(seconds[j] for j in idx),
+                       dict(restarts=len(idx), restart_chosen=members[i].start,
+                            restart_objectives=[None if math.isinf(v) else v for v in objectives])))
         log.info("%s: start %d of %d kept (training objectives %s nats per point)", members[i].label, members[i].start,
                  len(idx), ", ".join(f"{v:.4f}" for v in objectives))
-    kept.sort()
-    secs = [info[i].pop("_seconds") for i in kept]
-    return [members[i] for i in kept], [member_run[i] for i in kept], secs, [info[i] for i in kept]
+    chosen.sort(key=lambda c: c[0])
+    return ([members[i] for i, _, _ in chosen], [member_run[i] for i, _, _ in chosen],
+            [secs for _, secs, _ in chosen], [fields for _, _, fields in chosen])
 
 
 def run(cfg: dict, threads: int = 1) -> tuple[list[dict], dict[str, Any]]:
