@@ -133,28 +133,29 @@ def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None, x_flo
     # may prune more (L0 bakes its closed gates into the exported net, e.g. 53% at target 0.5)
     points = target_points(targets, metric)
     order = method_order(runs["method"].unique())
+    colours = {m: method_colour(m, order) for m in order}  # one choice per method for the whole figure
     for method in [m for m in order if m in set(points["method"])]:
         p = points[points["method"] == method].sort_values("target_sparsity")
         diverged = int(p["diverged"].sum())
         note = f" ({diverged} diverged runs not drawn)" if diverged else ""
-        ax.plot(p["reached"], p["mean"], marker="o", color=method_colour(method, order), ls=method_linestyle(method),
+        ax.plot(p["reached"], p["mean"], marker="o", color=colours[method], ls=method_linestyle(method),
                 label=f"{method}{note}")
-        ax.fill_between(p["reached"], p["ci_low"], p["ci_high"], color=method_colour(method, order), alpha=0.2, lw=0)
+        ax.fill_between(p["reached"], p["ci_low"], p["ci_high"], color=colours[method], alpha=0.2, lw=0)
     natural = runs[runs["selection"] == "natural"]
     for method, g in natural.groupby("method", sort=False):
         y, x = describe(metric_values(g, metric).tolist()), describe(g["sparsity"].tolist())
         note = f", {y['n_nan']} diverged" if y["n_nan"] else ""
         if method == "dense" or x["mean"] == 0:
-            ax.axhline(y["mean"], color=method_colour(method, order), ls="--", lw=1, label=f"{method}{note}")
-            ax.axhspan(y["ci_low"], y["ci_high"], color=method_colour(method, order), alpha=0.12, lw=0)
+            ax.axhline(y["mean"], color=colours[method], ls="--", lw=1, label=f"{method}{note}")
+            ax.axhspan(y["ci_low"], y["ci_high"], color=colours[method], alpha=0.12, lw=0)
         elif x_floor is not None and x["mean"] < x_floor:
-            ax.plot([x_floor], [y["mean"]], marker="<", ms=10, color=method_colour(method, order), mec="k", ls="none",
+            ax.plot([x_floor], [y["mean"]], marker="<", ms=10, color=colours[method], mec="k", ls="none",
                     label=f"{method} (natural, {100 * x['mean']:.1f}% sparse{note})")
         else:
             yerr = [[y["mean"] - y["ci_low"]], [y["ci_high"] - y["mean"]]] if y["n"] > 1 else None
             xerr = [[x["mean"] - x["ci_low"]], [x["ci_high"] - x["mean"]]] if x["n"] > 1 else None
             ax.errorbar([x["mean"]], [y["mean"]], yerr=yerr, xerr=xerr, fmt="*", ms=11,
-                        color=method_colour(method, order), mec="k",
+                        color=colours[method], mec="k",
                         label=f"{method} (natural, {100 * x['mean']:.1f}% sparse{note})")  # often between the ticks
     if task == "regression" and "test_rmse_constant" in runs and runs["test_rmse_constant"].notna().any():
         ref = runs.dropna(subset=["test_rmse_constant"]).drop_duplicates("seed")["test_rmse_constant"].mean()
