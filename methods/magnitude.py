@@ -221,5 +221,6 @@ class Method(_Base):
         if self._profile is None:
             return magnitude_scores(model)
         # the per-layer mask first, so the core's global top-k at the target keeps exactly it
-        return {f"{name}.weight": (layer.weight_mask.detach().clone(), (layer.weight * layer.weight_mask).detach().abs())
+        mags = magnitude_scores(model)
+        return {f"{name}.weight": (layer.weight_mask.detach().clone(), mags[f"{name}.weight"])
                 for name, layer in prunable_layers(model)}

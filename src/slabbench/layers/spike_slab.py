@@ -283,10 +283,7 @@ class _SpikeSlab(nn.Module):
         binary-concrete sample), w = z (μ + σ ε) masked; biases with a prior likewise."""
         b = self.bias
         if self.training and self.mode == "gumbel":  # z carries a gradient to θ: plain autograd
-            u = stacked.rand_like(self.theta, self.stack).clamp(1e-6, 1 - 1e-6)
-            soft = torch.sigmoid((self.theta + torch.log(u) - torch.log1p(-u)) / self.tau)
-            hard = (soft > 0.5).to(soft.dtype)
-            z = hard + soft - soft.detach()  # straight-through
+            z = self._gate_sample(self.theta)  # straight-through
             w = self.expand(z) * (self.mu + self.sigma * stacked.randn_like(self.mu, self.stack)) * self.weight_mask
         else:
             # closed_form: φ cached per update; the weight and its gradient by the fused function.
