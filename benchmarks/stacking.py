@@ -32,6 +32,7 @@ import torch
 from slabbench.api import DatasetSpec, TrainContext, make_params
 from slabbench.layers import stacked
 from slabbench.models import build_model
+from slabbench import train
 from slabbench.registry import method_class
 from slabbench.train import Member, _train, resolve_device, set_threads
 
@@ -53,8 +54,11 @@ def workload(name: str, args) -> dict:
     return dict(data, model="mlp", options={"hidden": [300, 100]}, batch=100, epochs=args.lenet_epochs)
 
 
-def time_stack(method: str, options: dict, w: dict, s_runs: int, device: torch.device, clock=time.perf_counter) -> float:
-    """Seconds (of ``clock``) to train ``s_runs`` runs of ``method`` together."""
+def time_stack(method: str, options: dict, w: dict, s_runs: int, device: torch.device, clock=time.perf_counter,
+               starts: int = 1) -> float:
+    """Seconds (of ``clock``) to train ``s_runs`` runs of ``method`` together; with ``starts``
+    > 1 they are s_runs / starts runs of ``starts`` starts each (a run's starts share its data
+    order, as restarts do)."""
     cls = method_class(method)
     params = make_params(cls.Params, options, method)
     x, y = w["x"].to(device), w["y"].to(device)
@@ -68,7 +72,7 @@ def time_stack(method: str, options: dict, w: dict, s_runs: int, device: torch.d
                               method=m, model=m.build(build_model(w["model"], w["spec"], w["options"])).to(device)))
     t0 = clock()
     _train(members, [x] * s_runs, [y] * s_runs, epochs=w["epochs"], batch_size=w["batch"], lr=w["lr"], task=w["spec"].task,
-           noise_sd=1.0, device=device, data_seeds=list(range(s_runs)), stop=False, what="bench")
+           noise_sd=1.0, device=device, data_seeds=[seed // starts for seed in range(s_runs)], stop=False, what="bench")
     return clock() - t0
 
 
@@ -86,6 +90,9 @@ def main(argv=None) -> None:
     ap.add_argument("--methods", nargs="+", default=None, help="method names (default: all built-in variants)")
     ap.add_argument("--conv", default=stacked.CONV_IMPL, choices=["auto", "grouped", "loop"],
                     help="how a stacked convolution runs (slabbench.layers.stacked.CONV_IMPL)")
+    ap.add_argument("--starts", type=int, default=0,
+                    help="also time the simulation's runs as runs of this many starts each (restarts), their "
+                         "batches shared (slabbench.train.SHARE_INPUTS) against one matmul per start")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
                     help="wall time, or the process's CPU time (robust on a shared machine; auto: cpu on the CPU, "
@@ -114,6 +121,28 @@ def main(argv=None) -> None:
             label = method + "".join(f" {k}={v}" for k, v in options.items())
             cells = [f"{per_run[s]:.1f} ({per_run[s] / base:.2f}x)" for s in args.stacks]
             print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
+        if args.starts > 1 and wname == "simulation":
+            restarts_table(variants, w, args, device, clock, clock_name)
+
+
+def restarts_table(variants, w: dict, args, device, clock, clock_name: str) -> None:
+    """S = (stack) x ``--starts`` runs, each run's starts sharing its batches: the time per start
+    with shared batches against one gather and matmul per start, in one run."""
+    k = args.starts
+    print(f"\nsimulation, runs of {k} starts (restarts): ms of {clock_name} per start per epoch, shared batches "
+          f"(one gather and first-layer matmul per run) against per start (ratio shared / per start)")
+    print("| method | " + " | ".join(f"S = {s} x {k}" for s in args.stacks) + " |\n|" + "---|" * (len(args.stacks) + 1))
+    for method, options in variants:
+        cells = []
+        for s in args.stacks:
+            times = {}
+            for share in (False, True):
+                train.SHARE_INPUTS = share
+                times[share] = time_stack(method, options, w, s * k, device, clock, starts=k) / (s * k) / w["epochs"] * 1e3
+            train.SHARE_INPUTS = True
+            cells.append(f"{times[True]:.2f} vs {times[False]:.2f} ({times[True] / times[False]:.2f}x)")
+        label = method + "".join(f" {key}={v}" for key, v in options.items())
+        print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

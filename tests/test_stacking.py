@@ -339,6 +339,65 @@ def test_stacked_linear_gradients_match_autograd_of_the_batched_matmul():
     assert all(torch.allclose(a, r) for a, r in zip(mine, ref))
 
 
+def test_runs_sharing_their_input_run_one_matmul_per_group_with_the_same_values_and_gradients():
+    """Two groups of three runs, each group one set of rows: the shared path gives the per-run
+    batched matmul's output and weight / bias gradients; anything but the registered input
+    (another tensor, a modified one, one that needs its own gradient) takes the per-run path."""
+    from slabbench.layers import stacked
+    from slabbench.layers.stacked import linear, shared_input
+
+    torch.manual_seed(0)
+    xu = torch.randn(2, 5, 4, dtype=torch.double)
+    x = xu.repeat_interleave(3, 0)  # runs 0-2 see xu[0], runs 3-5 xu[1]
+    w = torch.randn(6, 2, 4, dtype=torch.double, requires_grad=True)
+    b = torch.randn(6, 2, dtype=torch.double, requires_grad=True)
+    g = torch.randn(6, 5, 2, dtype=torch.double)
+    ref_out = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+    ref = torch.autograd.grad(ref_out, (w, b), g)
+    calls = []
+    real = stacked._SharedLinear.apply
+    stacked._SharedLinear.apply = lambda *a: calls.append(1) or real(*a)
+    try:
+        with shared_input(x, xu):
+            out = linear(x, w, b, 6)
+            assert len(calls) == 1 and torch.allclose(out, ref_out)
+            assert all(torch.allclose(a, r) for a, r in zip(torch.autograd.grad(out, (w, b), g), ref))
+            assert torch.allclose(linear(x, w, None, 6), torch.bmm(x, w.transpose(1, 2))) and len(calls) == 2
+            assert torch.autograd.gradcheck(lambda w, b: linear(x, w, b, 6), (w, b))
+            linear(x.clone(), w, b, 6)  # another tensor with the same values
+            linear(x.detach().requires_grad_(), w, b, 6)  # needs an input gradient
+            n = len(calls)
+            x.mul_(2.0)  # modified after it was registered: its rows are no longer xu's
+            assert torch.allclose(linear(x, w, b, 6), torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)))
+            assert len(calls) == n
+        assert linear(x, w, b, 6) is not None and len(calls) == n  # outside the block: per run
+    finally:
+        stacked._SharedLinear.apply = real
+    with pytest.raises(ValueError, match="does not repeat"):
+        with shared_input(x, torch.randn(4, 5, 4)):
+            pass
+
+
+def test_only_the_starts_of_one_run_share_their_batches(monkeypatch):
+    """Restarts' starts (same data, same data order) are gathered once per run and their first
+    layer runs one matmul per run, as are the fine-tunings of one seed's targets; seeds alone
+    (own data order) never share."""
+    from slabbench.layers import stacked
+
+    seen = []
+    real = stacked.shared_input
+    monkeypatch.setattr("slabbench.train.shared_input", lambda full, unique: seen.append(
+        (full.shape[0], unique.shape[0], torch.equal(full, unique.repeat_interleave(full.shape[0] // unique.shape[0], 0))))
+        or real(full, unique))
+    run_stack([tiny_spec("spike_slab", seed=s, epochs=1, finetune_epochs=0) for s in (0, 1, 2)])
+    assert seen == []
+    run_stack([tiny_spec("spike_slab", seed=s, epochs=1, finetune_epochs=0, restarts=3) for s in (0, 1)])
+    assert seen and all(v == (6, 2, True) for v in seen)  # 2 runs x 3 starts: 2 groups of rows
+    seen.clear()
+    run_stack([tiny_spec("spike_slab", seed=s, epochs=1, finetune_epochs=1) for s in (0, 1, 2)])
+    assert seen and all(v == (6, 3, True) for v in seen)  # fine-tuning: 3 seeds x 2 targets
+
+
 def _image_net() -> nn.Sequential:
     """Every stackable image layer with options the architectures do not use (groups, stride,
     dilation, reflect padding, ceil-mode pooling, cumulative batch-norm averages)."""

@@ -33,7 +33,7 @@ from torch import nn
 from slabbench import metrics as M
 from slabbench.api import Method, TrainContext, make_params
 from slabbench.config import method_plugin
-from slabbench.layers.stacked import run_generators
+from slabbench.layers.stacked import run_generators, shared_input
 from slabbench.models import build_model
 from slabbench.prune import apply_masks, topk_masks
 from slabbench.provenance import provenance
@@ -131,6 +131,22 @@ def _batches(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]):
     return torch.cat(list(xs)), torch.cat(list(ys)), torch.arange(len(xs)) * n
 
 
+#: whether runs that share their batches (restarts' starts, a seed's fine-tunings) gather them
+#: once and run their first linear layer as one matmul per group (``False``: one per run, as
+#: every other stack; the same numbers up to rounding; benchmarks/stacking.py --starts compares)
+SHARE_INPUTS = True
+
+
+def _shared_groups(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], data_gens: Sequence[torch.Generator]) -> int:
+    """K when the runs come in consecutive groups of K > 1 that share their training data and
+    data order (the starts of one run: the same tensors and equal data generators), else 1."""
+    same = [xs[i] is xs[i - 1] and ys[i] is ys[i - 1] and torch.equal(data_gens[i].get_state(), data_gens[i - 1].get_state())
+            for i in range(1, len(xs))]
+    bounds = [0] + [i for i, eq in enumerate(same, 1) if not eq] + [len(xs)]
+    sizes = {b - a for a, b in zip(bounds, bounds[1:])}
+    return sizes.pop() if len(sizes) == 1 else 1
+
+
 def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], *,
                 epochs: int, batch_size: int, lr: float, task: str, noise_sd: float,
                 data_gens: Sequence[torch.Generator], noise_gens: Sequence[torch.Generator],
@@ -162,6 +178,10 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     # third of the CPU time went to the kernel); the graph that reads a batch is freed by
     # backward() before the next gather overwrites it
     x_buf = x_all.new_empty((s_runs * min(batch_size, n), *x_all.shape[1:]))
+    # runs that see the same rows (restarts' starts): gathered once per group, and the stacked
+    # linear layers fed the batch run one matmul per group (layers.stacked.shared_input)
+    per_group = _shared_groups(xs, ys, data_gens) if SHARE_INPUTS and stacked and len(members) > 1 else 1
+    xu_buf = x_all.new_empty(((s_runs // per_group) * min(batch_size, n), *x_all.shape[1:])) if per_group > 1 else None
     model.train()
     step = 0
     for epoch in range(epochs):
@@ -169,17 +189,29 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
         factor = lead.lr_factor(epoch)
         for group, base in zip(opt.param_groups, base_lrs):
             group["lr"] = base * factor
-        perm = (torch.stack([torch.randperm(n, generator=g) for g in data_gens]) + offsets[:, None]).to(x_all.device)
+        # one data order per group of runs that share it (their generators are equal; the
+        # others of a group are not drawn from)
+        perm = (torch.stack([torch.randperm(n, generator=data_gens[i]) for i in range(0, s_runs, per_group)])
+                + offsets[::per_group, None]).to(x_all.device)
         nll_sums = torch.zeros(s_runs, device=x_all.device)
         for start in range(0, n, batch_size):
             idx = perm[:, start:start + batch_size]
-            flat = idx.reshape(-1)
+            flat, b = idx.reshape(-1), idx.shape[1]
             # index_select, not x[idx]: the same rows, but advanced indexing's general kernel
             # takes ~6x longer on CPU (0.19 vs 0.03 ms for 500 x 200 floats)
-            xb = torch.index_select(x_all, 0, flat, out=x_buf[:flat.numel()]).view(s_runs, idx.shape[1], *x_all.shape[1:])
-            yb = y_all.index_select(0, flat).view(s_runs, idx.shape[1])
-            with run_generators(noise_gens):
-                out = forward(xb)
+            if per_group > 1:
+                xu = torch.index_select(x_all, 0, flat, out=xu_buf[:flat.numel()]).view(-1, b, *x_all.shape[1:])
+                xb = x_buf[:s_runs * b].view(xu.shape[0], per_group, *xu.shape[1:])
+                xb.copy_(xu.unsqueeze(1).expand_as(xb))
+                xb = xb.view(s_runs, *xu.shape[1:])
+                yb = y_all.index_select(0, flat).view(-1, 1, b).expand(-1, per_group, b).reshape(s_runs, b)
+                with run_generators(noise_gens), shared_input(xb, xu):
+                    out = forward(xb)
+            else:
+                xb = torch.index_select(x_all, 0, flat, out=x_buf[:flat.numel()]).view(s_runs, b, *x_all.shape[1:])
+                yb = y_all.index_select(0, flat).view(s_runs, b)
+                with run_generators(noise_gens):
+                    out = forward(xb)
             nll = _nll_per_run(out, yb, task, noise_sd)
             loss = nll.sum()
             penalty = lead.penalty(model)

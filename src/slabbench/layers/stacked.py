@@ -40,8 +40,8 @@ def _per_run(t: torch.Tensor, stack: int, fill) -> torch.Tensor | None:
     if len(gens) != t.shape[0]:
         raise RuntimeError(f"{len(gens)} run generators for a stack of {t.shape[0]} runs")
     out = torch.empty_like(t, memory_format=torch.contiguous_format)
-    for s, g in enumerate(gens):
-        fill(out[s], g)
+    for view, g in zip(out.unbind(0), gens):  # unbind: the S views at once, not S indexing calls
+        fill(view, g)
     return out
 
 
@@ -80,11 +80,79 @@ class _StackedLinear(torch.autograd.Function):
         return gx, gw, gb
 
 
+class _SharedLinear(torch.autograd.Function):
+    """:class:`_StackedLinear` for an input whose runs come in groups that see the same rows
+    (see :func:`shared_input`): ``xu`` ``(G, B, in)`` holds each group's rows once, and the K =
+    S / G runs of a group are one matmul into K x out units, ``xu[g] @ [w_gK; ...; w_gK+K-1]ᵀ``,
+    forward and backward (no input gradient: the input is data).  The same products as K
+    separate ones, summed in another order (equal to rounding)."""
+
+    @staticmethod
+    def forward(ctx, xu, w, b):
+        g, n, i = xu.shape
+        s, o = w.shape[:2]
+        wg = w.reshape(g, (s // g) * o, i).transpose(1, 2)
+        y = torch.bmm(xu, wg) if b is None else torch.baddbmm(b.reshape(g, 1, -1), xu, wg)
+        ctx.save_for_backward(xu)
+        ctx.shape, ctx.has_bias = (g, s // g, n, o), b is not None
+        return y.view(g, n, s // g, o).transpose(1, 2).reshape(s, n, o)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (xu,) = ctx.saved_tensors
+        g, k, n, o = ctx.shape
+        gw = gb = None
+        if ctx.needs_input_grad[1]:
+            gw = torch.bmm(grad.view(g, k, n, o).transpose(2, 3).reshape(g, k * o, n), xu).view(g * k, o, -1)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = grad.sum(1)
+        return None, gw, gb
+
+
+#: (the stacked input (S, B, ...), its groups' rows (G, B, ...), the input's version) while
+#: :func:`shared_input` is active
+_SHARED: tuple[torch.Tensor, torch.Tensor, int] | None = None
+
+
+@contextmanager
+def shared_input(full: torch.Tensor, unique: torch.Tensor) -> Iterator[None]:
+    """Within the block, the stacked input ``full`` (S, B, ...) is ``unique`` (G, B, ...) with
+    each group's rows repeated for its K = S / G consecutive runs (the starts of one run see
+    the same data in the same order).  A stacked linear layer fed ``full`` itself (or a flat
+    view of it, unchanged since) then runs one matmul per group (:class:`_SharedLinear`)
+    instead of one per run: on the CPU a matmul into 7 units uses the hardware poorly, into
+    K x 7 units far better.  Every other use of ``full`` reads it as it is."""
+    global _SHARED
+    if full.shape[0] % unique.shape[0] or full.shape[1:] != unique.shape[1:]:
+        raise ValueError(f"shared_input: {tuple(full.shape)} does not repeat groups of shape {tuple(unique.shape)}")
+    saved, _SHARED = _SHARED, (full, unique, full._version)
+    try:
+        yield
+    finally:
+        _SHARED = saved
+
+
+def _shared_rows(x: torch.Tensor) -> torch.Tensor | None:
+    """The groups' rows (G, B, in) of a stacked layer input ``x`` (S, B, in) when ``x`` is the
+    active :func:`shared_input` (or a flattened view of it, not modified since), else None."""
+    if _SHARED is None or x.requires_grad:
+        return None
+    full, unique, version = _SHARED
+    if (x.data_ptr() != full.data_ptr() or x._version != version or x.shape[:2] != full.shape[:2]
+            or x.numel() != full.numel() or not (x.is_contiguous() and full.is_contiguous() and unique.is_contiguous())):
+        return None
+    return unique.view(unique.shape[0], unique.shape[1], -1)
+
+
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stack: int = 0) -> torch.Tensor:
     """``F.linear`` per run: x ``(S, B, in)``, w ``(S, out, in)``, b ``(S, out)`` -> ``(S, B, out)``
-    (one batched matmul); unstacked (``stack = 0``) it is ``F.linear`` itself."""
+    (one batched matmul; one per group of runs that share their input, see
+    :func:`shared_input`); unstacked (``stack = 0``) it is ``F.linear`` itself."""
     if not stack:
         return torch.nn.functional.linear(x, w, b)
+    rows = _shared_rows(x)
+    if rows is not None and w.dim() == 3:
+        return _SharedLinear.apply(rows, w, b)
     return _StackedLinear.apply(x, w, b)
 
 
