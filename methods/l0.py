@@ -74,7 +74,7 @@ import torch
 from torch import nn
 
 from slabbench.api import Method as _Base
-from slabbench.api import PluginError, adam, check_choice
+from slabbench.api import PluginError, adam_scaled, check_choice
 from slabbench.layers import prunable_layers, replace_layers
 from slabbench.layers.l0 import BETA, GATES, L0_LAYERS, eval_gate, l0_layers, to_l0
 
@@ -127,10 +127,7 @@ class Method(_Base):
         return replace_layers(model, convert)
 
     def optimizer(self, model, lr):
-        gates = [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] == "log_alpha"]
-        ids = {id(p) for p in gates}
-        rest = [p for p in model.parameters() if id(p) not in ids]
-        return adam([{"params": rest}, {"params": gates, "lr": lr * self.params.gate_lr_factor}], lr)
+        return adam_scaled(model, lr, ("log_alpha",), self.params.gate_lr_factor)
 
     def penalty(self, model):
         """l0_lambda * expected number of non-zero weights (+ gate-weighted L2), in nats (scalar)."""

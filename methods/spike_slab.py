@@ -71,7 +71,7 @@ import torch
 import torch.nn.functional as F
 
 from slabbench.api import Method as _Base
-from slabbench.api import adam
+from slabbench.api import adam_scaled
 from slabbench.api import PluginError, check_choice
 from slabbench.layers import prunable_layers, replace_layers
 from slabbench.layers.spike_slab import BIAS_PRIORS, GRANULARITIES, MODES, SPIKE_SLAB_LAYERS, from_plain, logit
@@ -171,10 +171,7 @@ class Method(_Base):
     def optimizer(self, model, lr):
         """Adam; the slab scales ρ (weights' and biases') at ``lr × rho_lr_factor`` (see the
         module docstring)."""
-        rho = [q for n, q in model.named_parameters() if n.rsplit(".", 1)[-1] in ("rho", "bias_rho")]
-        ids = {id(q) for q in rho}
-        rest = [q for q in model.parameters() if id(q) not in ids]
-        return adam([{"params": rest}, {"params": rho, "lr": lr * self.params.rho_lr_factor}], lr)
+        return adam_scaled(model, lr, ("rho", "bias_rho"), self.params.rho_lr_factor)
 
     def beta(self, epoch):
         k = self.params.kl_warmup_epochs

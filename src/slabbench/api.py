@@ -96,6 +96,16 @@ def adam(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
+def adam_scaled(model, lr: float, names: tuple[str, ...], factor: float) -> torch.optim.Optimizer:
+    """:func:`adam` over ``model``'s parameters, those whose attribute name (the last part of
+    the dotted name) is in ``names`` at ``lr * factor``, the others at ``lr`` (e.g. spike_slab's
+    slab scales ρ, l0's gates log α)."""
+    scaled = [q for n, q in model.named_parameters() if n.rsplit(".", 1)[-1] in names]
+    ids = {id(q) for q in scaled}
+    rest = [q for q in model.parameters() if id(q) not in ids]
+    return adam([{"params": rest}, {"params": scaled, "lr": lr * factor}], lr)
+
+
 # --------------------------------------------------------------------------- datasets
 
 

@@ -120,6 +120,17 @@ class _SpikeSlab(nn.Module):
         return F.softplus(self.rho)
 
     @property
+    def bias_sigma(self) -> torch.Tensor:
+        """σ_b = softplus(ρ_b) of the biases' slab (``bias_prior: spike_slab``), bias shape."""
+        return F.softplus(self.bias_rho)
+
+    @staticmethod
+    def _update_term(mu: torch.Tensor, sigma: torch.Tensor, sigma0: float) -> torch.Tensor:
+        """log(σ/σ0) + μ²/(2σ²) per coefficient, the closed-form update's term (σ floored at 1e-12)."""
+        sigma = sigma.clamp_min(1e-12)
+        return torch.log(sigma / sigma0) + mu ** 2 / (2 * sigma ** 2)
+
+    @property
     def phi(self) -> torch.Tensor:
         """Posterior inclusion probabilities φ = sigmoid(θ), gate shape."""
         return torch.sigmoid(self.theta)
@@ -219,7 +230,7 @@ class _SpikeSlab(nn.Module):
         inclusion probability φ_j, plus their gate terms Σ_j [φ_j log(φ_j/λ) + (1−φ_j)
         log((1−φ_j)/(1−λ))] when each bias has its own gate (under node gates the unit's gate
         term is already in the weights' part)."""
-        s = F.softplus(self.bias_rho)
+        s = self.bias_sigma
         slab = (s * s + self.bias * self.bias) * (0.5 / sigma0 ** 2) - torch.log(s) + (math.log(sigma0) - 0.5)
         kl = (torch.sigmoid(self._bias_gate) * slab).sum()
         return kl if self.granularity == "node" else kl + self._gate_kl(logit_lam, self.bias_theta)
@@ -237,12 +248,9 @@ class _SpikeSlab(nn.Module):
         at σ² = β/(h + β/σ0²), μ = g/(h + β/σ0²), where (A − B)/β − KL_slab reduces to
         log(σ/σ0) + μ²/(2σ²) for every β: β acts through σ, not as a factor here (README,
         "KL warm-up and the closed-form update")."""
-        sigma = self.sigma.clamp_min(1e-12)
-        term = torch.log(sigma / sigma0) + self.mu ** 2 / (2 * sigma ** 2)
-        theta = logit_lam + self.group_sum(term)
+        theta = logit_lam + self.group_sum(self._update_term(self.mu, self.sigma, sigma0))
         if self.bias_prior == "spike_slab":  # the same update for each bias (Bai et al.'s prior)
-            s = F.softplus(self.bias_rho).clamp_min(1e-12)
-            term_b = torch.log(s / sigma0) + self.bias ** 2 / (2 * s ** 2)
+            term_b = self._update_term(self.bias, self.bias_sigma, sigma0)
             if self.granularity == "node":  # one γ for the unit's weights and bias: the group sum
                 theta = theta + term_b
             else:
@@ -275,7 +283,7 @@ class _SpikeSlab(nn.Module):
     def _sampled_bias(self, z_node: torch.Tensor | None) -> torch.Tensor:
         """``bias_prior: spike_slab``: biases drawn from q, b = z (μ_b + σ_b ε), z the unit's
         gate under node granularity (``z_node``), else each bias's own."""
-        b = torch.addcmul(self.bias, F.softplus(self.bias_rho), stacked.randn_like(self.bias, self.stack))
+        b = torch.addcmul(self.bias, self.bias_sigma, stacked.randn_like(self.bias, self.stack))
         return b * (z_node if self.granularity == "node" else self._gate_sample(self.bias_theta))
 
     def _sampled(self, x: torch.Tensor) -> torch.Tensor:
@@ -317,7 +325,7 @@ class _SpikeSlab(nn.Module):
         gates it adds μ_b to m and σ_b² to v.
         """
         x2 = x * x
-        bias_var = None if self.bias_prior == "none" else F.softplus(self.bias_rho) ** 2
+        bias_var = None if self.bias_prior == "none" else self.bias_sigma ** 2
         if self.granularity == "node":
             m = self._op(x, self.mu * self.weight_mask, self.bias)
             v = self._op(x2, self.sigma ** 2 * self.weight_mask, bias_var)
