@@ -51,3 +51,17 @@ def test_stacking_times_lenet5_per_run(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "S = 1" not in line]
     assert [r.split("|")[1].strip() for r in rows] == ["dense", "l0"]
     assert all(r.split("|")[2].strip().endswith("(1.00x)") for r in rows)  # S = 1 relative to itself
+
+
+def test_stacking_compares_shared_batches_of_restarts_with_per_start_ones(capsys):
+    from slabbench import train
+
+    load("stacking").main(["--device", "cpu", "--stacks", "1", "2", "--workloads", "simulation", "--sim-epochs", "1",
+                           "--methods", "spike_slab", "--starts", "2"])
+    out = capsys.readouterr().out
+    assert "runs of 2 starts" in out and train.SHARE_INPUTS  # switched back on afterwards
+    table = out[out.index("runs of 2 starts"):]
+    rows = [line for line in table.splitlines() if line.startswith("| spike_slab")]
+    assert len(rows) == 3  # closed form, lrt, gumbel
+    assert all(len(r.split("|")[2:-1]) == 2 and all(" vs " in c and c.strip().endswith("x)") for c in r.split("|")[2:-1])
+               for r in rows)
