@@ -176,7 +176,7 @@ def test_a_variant_is_its_base_method_with_options_of_its_own(default_config):
     # the base's options (the global ones, then mnist5k's own kl_warmup_end), then the variant's
     assert method_options(cfg, "mnist5k", "sparse_vd_clip") == dict(method_options(cfg, "mnist5k", "sparse_vd"), train_clip=True)
     assert method_options(cfg, "mnist5k", "sparse_vd_clip")["kl_warmup_end"] == 30
-    assert run_options(cfg, "digits", "spike_slab_k4") == {"restarts": 4}
+    assert run_options(cfg, "digits", "spike_slab_k4") == {"restarts": 4, "restarts_keep": None, "restarts_screen_epochs": None}
     assert "restarts" not in method_options(cfg, "digits", "spike_slab_k4")
     specs = {(s["experiment"], s["method"]): s for s in run_specs(cfg)}
     s = specs[("digits", "spike_slab_k4")]
@@ -295,3 +295,54 @@ def test_target_records_carry_their_fine_tunings_seconds():
     assert all(r["finetune_seconds"] > 0 for r in tuned if r["selection"] == "target")
     assert all(r["finetune_seconds"] == 0 for r in plain if r["selection"] == "target")
     assert all("finetune_seconds" not in r for r in tuned if r["selection"] == "natural")
+
+
+@pytest.mark.parametrize("name,options", [("spike_slab", {}), ("l0", {"ema": 0.9}), ("magnitude", {"schedule": "gradual"})])
+def test_screened_starts_continue_exactly_as_without_the_screening(name, options):
+    """restarts_keep / restarts_screen_epochs: after the screening epoch the stack is cut to the
+    best starts of each run, and those train on exactly as they would have (parameters, Adam
+    state, data order, noise, a stackable method's per-run state such as l0's averages, a
+    per-run hook method's own instances): their final objectives equal those of the same
+    starts trained without the screening."""
+    base = dict(method_params=options, restarts=4, epochs=4)
+    plain = run_stack([tiny_spec(name, seed=s, **base) for s in (0, 1)])
+    screened = run_stack([tiny_spec(name, seed=s, restarts_keep=2, restarts_screen_epochs=2, **base) for s in (0, 1)])
+    for (p_recs, _), (s_recs, _) in zip(plain, screened):
+        for p, s in zip(p_recs, s_recs):
+            screen = s["restart_screen_objectives"]
+            assert len(screen) == 4 and all(math.isfinite(v) for v in screen)
+            finalists = sorted(sorted(range(4), key=lambda k: (screen[k], k))[:2])
+            assert s["restart_finalists"] == finalists
+            final = s["restart_objectives"]
+            assert [k for k in range(4) if final[k] is not None] == finalists
+            assert [final[k] for k in finalists] == pytest.approx([p["restart_objectives"][k] for k in finalists], rel=1e-4)
+            assert s["restart_chosen"] == min(finalists, key=lambda k: final[k])
+            assert "restart_finalists" not in p and p["restarts"] == s["restarts"] == 4
+    # the screening's values are the starts' objectives after 2 of the 4 epochs: not the final ones
+    assert screened[0][0][0]["restart_screen_objectives"] != screened[0][0][0]["restart_objectives"]
+
+
+@pytest.mark.parametrize("change,fragment", [
+    (dict(restarts=4, restarts_keep=2), "'restarts_keep' (2) and 'restarts_screen_epochs' (None) go together"),
+    (dict(restarts=4, restarts_keep=4, restarts_screen_epochs=1), "'restarts_keep' is 4; expected an integer from 1 to restarts - 1 = 3"),
+    (dict(restarts=4, restarts_keep=2, restarts_screen_epochs=999), "'restarts_screen_epochs' is 999; expected an integer from 1 to epochs - 1"),
+    (dict(restarts=4, restarts_kep=2), "(did you mean 'restarts_keep'?)"),
+])
+def test_bad_screening_options_fail_before_any_work_naming_the_value(default_config, change, fragment):
+    default_config["method_params"]["spike_slab"].update(change)
+    with pytest.raises(ConfigError) as info:
+        validate(default_config)
+    assert fragment in str(info.value)
+    assert str(info.value).count(fragment) == 1
+
+
+def test_screening_options_reach_the_spec_from_a_variant_or_an_experiment(default_config):
+    default_config["method_params"]["spike_slab_s"] = {"method": "spike_slab", "restarts": 6, "restarts_keep": 2,
+                                                       "restarts_screen_epochs": 1}
+    default_config["experiments"]["simulation"]["methods"].append("spike_slab_s")
+    default_config["experiments"]["digits"].update(restarts=3, restarts_keep=1, restarts_screen_epochs=1)
+    specs = run_specs(validate(default_config))
+    got = {(s["experiment"], s["method"]): (s.get("restarts"), s.get("restarts_keep"), s.get("restarts_screen_epochs"))
+           for s in specs}
+    assert got[("simulation", "spike_slab_s")] == (6, 2, 1)
+    assert got[("digits", "l0")] == (3, 1, 1) and got[("simulation", "l0")] == (None, None, None)

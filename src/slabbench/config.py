@@ -99,8 +99,11 @@ def _apply_defaults(config: dict, schema: dict) -> dict:
 
 
 #: keys of a method's options that the core reads itself (never passed to the method's ``Params``):
-#: ``method`` names a variant's base method, ``restarts`` is the number of starts of each run
-CORE_OPTIONS = ("method", "restarts")
+#: ``method`` names a variant's base method, ``restarts`` is the number of starts of each run,
+#: ``restarts_keep`` / ``restarts_screen_epochs`` screen them (successive halving: after that
+#: many epochs only the ``restarts_keep`` best starts train on)
+CORE_OPTIONS = ("method", "restarts", "restarts_keep", "restarts_screen_epochs")
+RUN_OPTIONS = ("restarts", "restarts_keep", "restarts_screen_epochs")
 VARIANT_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -136,17 +139,30 @@ def method_options(config: dict, experiment: str, method: str) -> dict:
 
 
 def run_options(config: dict, experiment: str, method: str) -> dict:
-    """The core's options of ``method``'s runs in ``experiment``: ``restarts``, the method's own
-    (its options, merged as in :func:`method_options`) where it sets one, else the experiment's
-    ``restarts``, else 1."""
+    """The core's options of ``method``'s runs in ``experiment`` (:data:`RUN_OPTIONS`): each the
+    method's own (its options, merged as in :func:`method_options`) where it sets one, else the
+    experiment's, else the default (``restarts`` 1, no screening)."""
     opts = _merged_options(config, experiment, method)
-    return {"restarts": opts.get("restarts", config["experiments"][experiment].get("restarts", 1))}
+    exp = config["experiments"][experiment]
+    defaults = {"restarts": 1, "restarts_keep": None, "restarts_screen_epochs": None}
+    return {k: opts.get(k, exp.get(k, d)) for k, d in defaults.items()}
 
 
-def _core_option_error(options: dict) -> str | None:
+def _core_option_error(options: dict, epochs: int) -> str | None:
+    """Why the core options ``options`` (:func:`run_options`) are not valid, or None."""
     k = options.get("restarts", 1)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         return f"option 'restarts' is {k!r}; expected an integer >= 1 (the starts of each run; 1 = one start)"
+    keep, at = options.get("restarts_keep"), options.get("restarts_screen_epochs")
+    if keep is None and at is None:
+        return None
+    if keep is None or at is None:
+        return (f"options 'restarts_keep' ({keep!r}) and 'restarts_screen_epochs' ({at!r}) go together: after "
+                f"restarts_screen_epochs epochs the restarts_keep best starts train on; set both or neither")
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep < k:
+        return f"option 'restarts_keep' is {keep!r}; expected an integer from 1 to restarts - 1 = {k - 1}"
+    if isinstance(at, bool) or not isinstance(at, int) or not 1 <= at < epochs:
+        return f"option 'restarts_screen_epochs' is {at!r}; expected an integer from 1 to epochs - 1 = {epochs - 1}"
     return None
 
 
@@ -157,9 +173,10 @@ def _method_error(method: str, options: dict, epochs: int, lr: float, name: str 
     owner = f"method {name!r} (a variant of {method!r})" if name and name != method else f"method {method!r}"
     fields = sorted(f.name for f in dataclasses.fields(cls.Params))
     for key in options:
-        if key not in fields and difflib.get_close_matches(key, ["restarts"], n=1):
-            return (f"unknown option {key!r} for {owner} (did you mean 'restarts'?); valid options: "
-                    f"{', '.join(fields)}; and the core's option for every method: restarts")
+        near = [] if key in fields else difflib.get_close_matches(key, list(RUN_OPTIONS), n=1)
+        if near:
+            return (f"unknown option {key!r} for {owner} (did you mean {near[0]!r}?); valid options: "
+                    f"{', '.join(fields)}; and the core's options for every method: {', '.join(RUN_OPTIONS)}")
     try:
         params = make_params(cls.Params, options, owner)
         ctx = TrainContext(task="classification", n_train=1, epochs=epochs, steps_per_epoch=1,
@@ -168,7 +185,7 @@ def _method_error(method: str, options: dict, epochs: int, lr: float, name: str 
     except PluginError as e:
         msg = str(e)
         if msg.startswith("unknown option"):  # the method's own options; the core's apply to every method
-            msg += "; and the core's option for every method: restarts"
+            msg += f"; and the core's options for every method: {', '.join(RUN_OPTIONS)}"
         return msg
     return None
 
@@ -244,7 +261,8 @@ def validate(config: Any) -> dict:
                  if m in experiment_methods(config, n) and m not in e["method_params"] and base not in e["method_params"]]
         first = users[0] if users else next(iter(config["experiments"]))
         exp = config["experiments"][first]
-        err = _core_option_error(_merged_options(config, first, m)) or _method_error(
+        own = any(k in _merged_options(config, first, m) for k in RUN_OPTIONS)  # else its experiments' (checked there)
+        err = (own and _core_option_error(run_options(config, first, m), exp["epochs"])) or _method_error(
             base, method_options(config, first, m), epochs=exp["epochs"], lr=exp["lr"], name=m)
         if err:
             problems.append(f"config.method_params.{m}: {err}")
@@ -280,7 +298,7 @@ def validate(config: Any) -> dict:
         for m in sorted(experiment_methods(config, name), key=lambda m: m in variants):  # method files first
             if m not in names or m in bad_globals or variants.get(m) in bad_here:
                 continue
-            err = _core_option_error(_merged_options(config, name, m)) or _method_error(
+            err = _core_option_error(run_options(config, name, m), exp["epochs"]) or _method_error(
                 variants.get(m, m), method_options(config, name, m), epochs=exp["epochs"], lr=exp["lr"], name=m)
             if err:
                 bad_here.add(m)
@@ -314,7 +332,7 @@ def run_specs(config: dict) -> list[dict]:
         for method in experiment_methods(config, name):
             for seed in experiment_seeds(config, name):
                 spec = {k: copy.deepcopy(v) for k, v in exp.items()
-                        if k not in ("method_params", "methods", "seeds", "sparsities", "device", "stack_size", "restarts")}
+                        if k not in ("method_params", "methods", "seeds", "sparsities", "device", "stack_size", *RUN_OPTIONS)}
                 spec.update(experiment=name, method=method, seed=int(seed), device=exp.get("device") or config["device"],
                             sparsities=experiment_sparsities(config, name),
                             method_params=method_options(config, name, method))
@@ -322,9 +340,12 @@ def run_specs(config: dict) -> list[dict]:
                 base = variant_base(config, method)
                 if base:
                     spec["variant_of"] = base
-                restarts = run_options(config, name, method)["restarts"]
-                if restarts != 1:
-                    spec["restarts"] = int(restarts)
+                core = run_options(config, name, method)
+                if core["restarts"] != 1:
+                    spec["restarts"] = int(core["restarts"])
+                for key in ("restarts_keep", "restarts_screen_epochs"):
+                    if core[key] is not None:
+                        spec[key] = int(core[key])
                 if config.get("on_divergence", "stop") != "stop":  # the default stays out of the spec
                     spec["on_divergence"] = config["on_divergence"]
                 specs.append(spec)

@@ -113,6 +113,23 @@ def run_views(stacked: nn.Module) -> list[nn.Module]:
     return [_copy_run(stacked, s, share=True) for s in range(n)]
 
 
+@torch.no_grad()
+def select_runs(stacked: nn.Module, keep: Sequence[int]) -> dict[int, nn.Parameter]:
+    """Cut a stacked model to its runs ``keep`` (positions, in that order), in place: every
+    parameter and buffer is replaced by its kept slices (new parameters: autograd ties a
+    parameter to its shape) and the layers learn their new S (``restack``).  Returns
+    {id(old parameter): new parameter}, for an optimizer that holds the old ones."""
+    idx = torch.tensor(list(keep), dtype=torch.long)
+    new: dict[int, torch.Tensor] = {}
+    for module, kind, name, t in list(_tensors(stacked)):
+        if id(t) not in new:  # a tensor shared by two modules is cut once
+            part = t.detach().index_select(0, idx.to(t.device))
+            new[id(t)] = nn.Parameter(part, requires_grad=t.requires_grad) if kind == "p" else part
+        (module._parameters if kind == "p" else module._buffers)[name] = new[id(t)]
+    _restack(stacked, len(idx), 0)
+    return {k: v for k, v in new.items() if isinstance(v, nn.Parameter)}
+
+
 def stacked_runs(model: nn.Module) -> int:
     """S for a stacked model, 0 for an ordinary one."""
     return max((getattr(m, "stack", 0) for m in model.modules()), default=0)

@@ -25,7 +25,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -38,7 +38,8 @@ from slabbench.models import build_model
 from slabbench.prune import apply_masks, topk_masks
 from slabbench.provenance import provenance
 from slabbench.registry import dataset_class, method_class
-from slabbench.stack import declares_stackable, run_views, stack_modules, stacked_runs, unstack, unstackable_modules
+from slabbench.stack import (declares_stackable, run_views, select_runs, stack_modules, stacked_runs, unstack,
+                             unstackable_modules)
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
@@ -81,6 +82,8 @@ class Member:
     start: int = 0  #: which of the run's starts (restarts) this is
     stack_runs: int = 1  #: how many runs trained in its stack
     noise: int | None = None  #: seed of its noise generator; None = noise_seed(seed)
+    screen_objective: float | None = None  #: restarts' screening: its training objective then (None: diverged)
+    screened_out: bool = False  #: restarts' screening: it stopped there (its model is its state then)
 
     @property
     def noise_seed(self) -> int:
@@ -137,20 +140,44 @@ def _batches(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]):
 SHARE_INPUTS = True
 
 
-def _shared_groups(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], data_gens: Sequence[torch.Generator]) -> int:
-    """K when the runs come in consecutive groups of K > 1 that share their training data and
-    data order (the starts of one run: the same tensors and equal data generators), else 1."""
-    same = [xs[i] is xs[i - 1] and ys[i] is ys[i - 1] and torch.equal(data_gens[i].get_state(), data_gens[i - 1].get_state())
-            for i in range(1, len(xs))]
-    bounds = [0] + [i for i, eq in enumerate(same, 1) if not eq] + [len(xs)]
-    sizes = {b - a for a, b in zip(bounds, bounds[1:])}
+def _data_groups(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], data_gens: Sequence[torch.Generator]) -> list[int]:
+    """Group id of each run: consecutive runs with the same training tensors and equal data
+    generators (the starts of one run, the fine-tunings of one seed's targets) share one."""
+    ids = [0]
+    for i in range(1, len(xs)):
+        same = (xs[i] is xs[i - 1] and ys[i] is ys[i - 1]
+                and torch.equal(data_gens[i].get_state(), data_gens[i - 1].get_state()))
+        ids.append(ids[-1] if same else ids[-1] + 1)
+    return ids
+
+
+def _group_size(group_of: Sequence[int]) -> int:
+    """K when the groups are consecutive runs of one size K, else 1 (no input sharing)."""
+    sizes = {group_of.count(g) for g in set(group_of)}
     return sizes.pop() if len(sizes) == 1 else 1
+
+
+def _select(obj: Any, idx: torch.Tensor, runs: int, seen: set[int] | None = None) -> Any:
+    """``obj`` (a tensor, or a list / tuple / dict of them) with every tensor whose leading
+    dimension is ``runs`` cut to the rows ``idx``; anything else as it is."""
+    if torch.is_tensor(obj):
+        return obj.index_select(0, idx.to(obj.device)) if obj.dim() > 0 and obj.shape[0] == runs else obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_select(v, idx, runs) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _select(v, idx, runs) for k, v in obj.items()}
+    return obj
+
+
+#: screen(model, members) -> positions of the runs that train on, called once after the
+#: screening epoch (restarts' successive halving, see :func:`fit_stacked`)
+Screen = tuple[int, Callable[[nn.Module, Sequence["Member"]], Sequence[int]]]
 
 
 def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], *,
                 epochs: int, batch_size: int, lr: float, task: str, noise_sd: float,
                 data_gens: Sequence[torch.Generator], noise_gens: Sequence[torch.Generator],
-                stop_on_divergence: bool = True) -> None:
+                stop_on_divergence: bool = True, screen: Screen | None = None) -> list[int]:
     """Train ``model`` with the core's loss convention: the sum over its runs of
     [mean NLL_s + beta * penalty_s / N].  ``model`` is stacked (S runs, see
     :mod:`slabbench.stack`) or an ordinary model (one run, S = 1, noise from torch's global
@@ -158,7 +185,14 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     ``data_gens[s]`` and its layers' noise from ``noise_gens[s]``.  The method's hooks are called
     once on the model when it is ordinary or the method's class declares ``stackable = True``,
     else ``after_step`` / ``after_epoch`` once per run on views of the run's slice (its own
-    method instance, e.g. its own target).  NaN / inf is checked once per epoch."""
+    method instance, e.g. its own target).  NaN / inf is checked once per epoch.
+
+    ``screen = (epoch, choose)`` (stacked models only): after that many epochs, ``choose(model,
+    members)`` names the runs that train on and the stack is cut to them in place: every
+    parameter and buffer (:func:`slabbench.stack.select_runs`), the optimizer's state and any
+    tensor of the stackable method's instance with the run dimension (e.g. l0's parameter
+    averages); the others stop there.  Returns the positions (in ``members``) of the runs the
+    model holds at the end."""
     lead = members[0].method
     opt = lead.optimizer(model, lr)
     base_lrs = [g["lr"] for g in opt.param_groups]  # lr_factor scales these (one value for the stack)
@@ -180,8 +214,13 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     x_buf = x_all.new_empty((s_runs * min(batch_size, n), *x_all.shape[1:]))
     # runs that see the same rows (restarts' starts): gathered once per group, and the stacked
     # linear layers fed the batch run one matmul per group (layers.stacked.shared_input)
-    per_group = _shared_groups(xs, ys, data_gens) if SHARE_INPUTS and stacked and len(members) > 1 else 1
-    xu_buf = x_all.new_empty(((s_runs // per_group) * min(batch_size, n), *x_all.shape[1:])) if per_group > 1 else None
+    group_of = _data_groups(xs, ys, data_gens) if SHARE_INPUTS and stacked else list(range(s_runs))
+    order_gens = [data_gens[group_of.index(g)] for g in range(group_of[-1] + 1)]  # one data order per group
+    per_group = _group_size(group_of)
+    xu_buf = x_all.new_empty((len(order_gens) * min(batch_size, n), *x_all.shape[1:])) if per_group > 1 else None
+    members, noise_gens, kept = list(members), list(noise_gens), list(range(s_runs))
+    if screen is not None and not stacked:
+        raise ValueError("fit_stacked: screening needs a stacked model")
     model.train()
     step = 0
     for epoch in range(epochs):
@@ -189,10 +228,11 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
         factor = lead.lr_factor(epoch)
         for group, base in zip(opt.param_groups, base_lrs):
             group["lr"] = base * factor
-        # one data order per group of runs that share it (their generators are equal; the
-        # others of a group are not drawn from)
-        perm = (torch.stack([torch.randperm(n, generator=data_gens[i]) for i in range(0, s_runs, per_group)])
-                + offsets[::per_group, None]).to(x_all.device)
+        # one data order per group of runs that share it, drawn from the generator of its first
+        # run (the others are equal and not drawn from)
+        perm = torch.stack([torch.randperm(n, generator=g) for g in order_gens])
+        perm = (perm + offsets[::per_group, None] if per_group > 1
+                else perm[torch.tensor(group_of)] + offsets[:, None]).to(x_all.device)
         nll_sums = torch.zeros(s_runs, device=x_all.device)
         for start in range(0, n, batch_size):
             idx = perm[:, start:start + batch_size]
@@ -233,7 +273,30 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
         else:
             lead.after_epoch(model, epoch)
         _check_finite(members, nll_sums, params, epoch, epochs, lr, stop_on_divergence)
+        if screen is not None and epoch + 1 == screen[0] and epoch + 1 < epochs:
+            keep = sorted(set(screen[1](model, members)))
+            if len(keep) < s_runs:
+                idx = torch.tensor(keep, dtype=torch.long)
+                renamed = select_runs(model, keep)
+                state = {renamed[id(p)]: _select(dict(v), idx, s_runs) for p, v in opt.state.items()}
+                for group in opt.param_groups:
+                    group["params"] = [renamed[id(p)] for p in group["params"]]
+                opt.state.clear()
+                opt.state.update(state)
+                if not per_run_hooks:  # the stack's one method instance: its per-run tensors
+                    for key, value in vars(lead).items():
+                        setattr(lead, key, _select(value, idx, s_runs))
+                members, noise_gens, kept = [members[i] for i in keep], [noise_gens[i] for i in keep], [kept[i] for i in keep]
+                offsets = offsets[idx]
+                groups = sorted(set(group_of[i] for i in keep))
+                order_gens = [order_gens[g] for g in groups]
+                group_of = [groups.index(group_of[i]) for i in keep]
+                per_group = _group_size(group_of)
+                s_runs = len(keep)
+                params = list(model.parameters())
+                views = run_views(model) if per_run_hooks else None
     model.eval()
+    return kept
 
 
 def fit(model: nn.Module, method: Method, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int,
@@ -409,14 +472,50 @@ def _bytes_per_run(model: nn.Module, batch_size: int, x: torch.Tensor) -> int:
     return 8 * tensors + 4 * batch_size * _activations_per_example(model, x[:1]) * x.element_size()
 
 
+def _screen_starts(model: nn.Module, members: Sequence[Member], data, keep: int, *, task: str, noise_sd: float,
+                   what: str, epoch: int) -> list[int]:
+    """Restarts' screening: of the starts of each run (and target) in a stack, the ``keep``
+    with the lowest training objective now (:func:`training_objective` of each start's
+    unstacked copy, training data only; a diverged start loses).  Records each start's value
+    and state there; returns the positions of the kept starts.  torch's global generator is
+    left as it was."""
+    values = []
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+        for s, m in enumerate(members):
+            m.model = unstack(model, s)
+            torch.manual_seed(m.noise_seed + 2)  # the start's own draws, as for the final choice
+            v = math.inf if m.diverged else training_objective(m.model, m.method, *data[s], task=task, noise_sd=noise_sd)
+            values.append(v if math.isfinite(v) else math.inf)
+            m.screen_objective = None if math.isinf(values[-1]) else v
+    groups: dict[tuple, list[int]] = {}
+    for s, m in enumerate(members):
+        groups.setdefault((m.seed, m.target), []).append(s)
+    kept = []
+    for idx in groups.values():
+        best = sorted(idx, key=lambda s: (values[s], s))[:keep]
+        kept += best
+        log.info("%s: after epoch %d, starts %s of %d train on (training objectives %s nats per point)",
+                 members[idx[0]].label.rsplit(" start=", 1)[0], epoch, sorted(members[s].start for s in best), len(idx),
+                 ", ".join(f"{values[s]:.4f}" for s in idx))
+    for s, m in enumerate(members):
+        m.screened_out = s not in kept
+    return sorted(kept)
+
+
 def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: float, task: str, noise_sd: float,
-           device: torch.device, data_seeds: Sequence[int], stop: bool, what: str) -> list[float]:
+           device: torch.device, data_seeds: Sequence[int], stop: bool, what: str,
+           screen: tuple[int, int] | None = None) -> list[float]:
     """Train every member's model (stacked where possible, else one after another); returns
-    each member's share of the wall time in seconds."""
+    each member's share of the wall time in seconds.  ``screen = (epoch, keep)``: restarts'
+    screening (stacked runs only, see :func:`_screen_starts`): after ``epoch`` epochs only
+    the ``keep`` best starts of each run train on; every start's share counts the whole stack."""
     refusal = stack_refusal(members[0].method, members[0].model)
     seconds = [0.0] * len(members)
     kw = dict(epochs=epochs, batch_size=batch_size, lr=lr, task=task, noise_sd=noise_sd, stop_on_divergence=stop)
     if refusal is not None:
+        if screen is not None:
+            raise ValueError(f"{what}: screening restarts (restarts_keep) needs runs that train stacked; these do not "
+                             f"({refusal})")
         log.info("%s: %d runs train one after another (not stacked: %s)", what, len(members), refusal)
         for i, m in enumerate(members):
             torch.manual_seed(m.noise_seed)
@@ -437,16 +536,20 @@ def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: f
     for chunk in chunks:
         group = [members[i] for i in chunk]
         stacked = stack_modules([m.model for m in group])
+        data = [(xs[i], ys[i]) for i in chunk]
+        scr = None if screen is None else (screen[0], lambda model, ms, data=data: _screen_starts(
+            model, ms, data, screen[1], task=task, noise_sd=noise_sd, what=what, epoch=screen[0]))
         t0 = time.perf_counter()
-        fit_stacked(stacked, group, [xs[i] for i in chunk], [ys[i] for i in chunk],
-                    data_gens=[torch.Generator().manual_seed(int(data_seeds[i])) for i in chunk],
-                    noise_gens=[_generator(m.noise_seed, device) for m in group], **kw)
+        kept = fit_stacked(stacked, group, [d[0] for d in data], [d[1] for d in data],
+                           data_gens=[torch.Generator().manual_seed(int(data_seeds[i])) for i in chunk],
+                           noise_gens=[_generator(m.noise_seed, device) for m in group], screen=scr, **kw)
         _sync(device)
         share = (time.perf_counter() - t0) / len(group)
-        for j, (i, m) in enumerate(zip(chunk, group)):
-            m.model = unstack(stacked, j)
+        for i, m in zip(chunk, group):
             m.stack_runs = len(group)
             seconds[i] = share
+        for j, pos in enumerate(kept):
+            group[pos].model = unstack(stacked, j)
     return seconds
 
 
@@ -513,6 +616,12 @@ def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], 
     restarts = int(cfg0.get("restarts", 1))
     if restarts < 1:
         raise ValueError(f"restarts is {restarts!r}; expected an integer >= 1")
+    screen = None
+    if cfg0.get("restarts_keep") is not None:
+        screen = (int(cfg0["restarts_screen_epochs"]), int(cfg0["restarts_keep"]))
+        if not (1 <= screen[1] < restarts and 1 <= screen[0] < int(cfg0["epochs"])):
+            raise ValueError(f"restarts_keep {screen[1]} / restarts_screen_epochs {screen[0]}: expected 1 <= keep < "
+                             f"restarts ({restarts}) and 1 <= screen epochs < epochs ({cfg0['epochs']})")
     stop = cfg0.get("on_divergence", "stop") == "stop"
     label = f"{cfg0['experiment']}/{cfg0['method']}"
     # a fixed split (the spec's promise, checked by the dataset contract test) is loaded once
@@ -548,14 +657,18 @@ def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], 
     seconds = _train(members, [loaded[r][1]["train"][0] for r in member_run], [loaded[r][1]["train"][1] for r in member_run],
                      epochs=int(cfg0["epochs"]), batch_size=int(cfg0["batch_size"]), lr=float(cfg0["lr"]), task=task,
                      noise_sd=noise_sd, device=device, data_seeds=[m.seed for m in members],
-                     stop=stop and restarts == 1, what=label)  # with restarts, a diverged start just loses
+                     stop=stop and restarts == 1, what=label, screen=screen)  # with restarts, a diverged start just loses
     restart_info = [{"restarts": restarts}] * len(members)
     if restarts > 1:
         members, member_run, seconds, restart_info = _choose_starts(
             members, member_run, seconds, [loaded[r][1]["train"] for r in member_run], task=task, noise_sd=noise_sd)
+        for m in members:  # the kept start stopped at the screening: every start that went on diverged
+            if m.screened_out and not m.diverged:
+                m.diverged = "every start trained to the end diverged"
         lost = [m for m in members if m.diverged]  # the kept start diverged: so did every start of its run
         if lost and stop:
-            raise TrainingDiverged(f"{lost[0].label}: every one of its {restarts} starts diverged (start "
+            which = f"every one of its {restarts} starts" if screen is None else "every start trained to the end"
+            raise TrainingDiverged(f"{lost[0].label}: {which} diverged (start "
                                    f"{lost[0].start}: {lost[0].diverged}). {_divergence_advice(float(cfg0['lr']))}")
 
     prov = provenance(device)
@@ -610,7 +723,7 @@ def _choose_starts(members: list[Member], member_run: list[int], seconds: list[f
                    noise_sd: float):
     """Restarts: of the starts of each run (and target), keep the one with the lowest final
     training objective (:func:`training_objective`, training data only, never validation or
-    test data); a diverged start loses to any finite one.  Returns the kept members, their
+    test data); a diverged start, or one that stopped at the screening, loses to any finite one.  Returns the kept members, their
     runs, their seconds (the sum over all the run's starts) and each one's restart record
     fields."""
     groups: dict[tuple, list[int]] = {}
@@ -622,13 +735,16 @@ def _choose_starts(members: list[Member], member_run: list[int], seconds: list[f
         for i in idx:
             m = members[i]
             torch.manual_seed(m.noise_seed + 2)  # the start's own draws
-            value = math.inf if m.diverged else training_objective(m.model, m.method, *train_data[i], task=task,
-                                                                   noise_sd=noise_sd)
+            value = math.inf if m.diverged or m.screened_out else training_objective(
+                m.model, m.method, *train_data[i], task=task, noise_sd=noise_sd)
             objectives.append(value if math.isfinite(value) else math.inf)
         i = idx[min(range(len(idx)), key=lambda j: (objectives[j], j))]
-        chosen.append((i, sum(seconds[j] for j in idx),
-                       dict(restarts=len(idx), restart_chosen=members[i].start,
-                            restart_objectives=[None if math.isinf(v) else v for v in objectives])))
+        fields = dict(restarts=len(idx), restart_chosen=members[i].start,
+                      restart_objectives=[None if math.isinf(v) else v for v in objectives])
+        if any(members[j].screened_out for j in idx):  # screened: who went on, and everyone's value then
+            fields.update(restart_finalists=[members[j].start for j in idx if not members[j].screened_out],
+                          restart_screen_objectives=[members[j].screen_objective for j in idx])
+        chosen.append((i, sum(seconds[j] for j in idx), fields))
         log.info("%s: start %d of %d kept (training objectives %s nats per point)", members[i].label, members[i].start,
                  len(idx), ", ".join(f"{v:.4f}" for v in objectives))
     chosen.sort(key=lambda c: c[0])
