@@ -346,3 +346,20 @@ def test_screening_options_reach_the_spec_from_a_variant_or_an_experiment(defaul
            for s in specs}
     assert got[("simulation", "spike_slab_s")] == (6, 2, 1)
     assert got[("digits", "l0")] == (3, 1, 1) and got[("simulation", "l0")] == (None, None, None)
+
+
+def test_a_stack_too_large_is_split_between_runs_never_inside_a_runs_starts(monkeypatch):
+    """Under memory pressure the screening still compares all of a run's starts: the split is
+    between runs, and the result is the one of the unsplit stack."""
+    specs = [tiny_spec("spike_slab", seed=s, restarts=4, restarts_keep=2, restarts_screen_epochs=1, epochs=3) for s in (0, 1)]
+    whole = run_stack(specs)
+    stacks = []
+    real = T.fit_stacked
+    monkeypatch.setattr(T, "plan_chunks", lambda n, per, free, fraction=0.5: [range(i, min(i + 1, n)) for i in range(n)])
+    monkeypatch.setattr(T, "fit_stacked", lambda model, members, *a, **k: stacks.append(len(members)) or real(model, members, *a, **k))
+    split = run_stack(specs)
+    assert stacks[:2] == [4, 4]  # one run (4 starts) per stack
+    for (a, _), (b, _) in zip(whole, split):
+        assert a[0]["restart_finalists"] == b[0]["restart_finalists"] and len(b[0]["restart_finalists"]) == 2
+        fin = a[0]["restart_finalists"]
+        assert [b[0]["restart_objectives"][k] for k in fin] == pytest.approx([a[0]["restart_objectives"][k] for k in fin], rel=1e-4)

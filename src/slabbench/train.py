@@ -217,7 +217,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     group_of = _data_groups(xs, ys, data_gens) if SHARE_INPUTS and stacked else list(range(s_runs))
     order_gens = [data_gens[group_of.index(g)] for g in range(group_of[-1] + 1)]  # one data order per group
     per_group = _group_size(group_of)
-    xu_buf = x_all.new_empty((len(order_gens) * min(batch_size, n), *x_all.shape[1:])) if per_group > 1 else None
+    xu_buf = x_all.new_empty((len(order_gens) * min(batch_size, n), *x_all.shape[1:]))  # a group's rows once
     members, noise_gens, kept = list(members), list(noise_gens), list(range(s_runs))
     if screen is not None and not stacked:
         raise ValueError("fit_stacked: screening needs a stacked model")
@@ -531,7 +531,19 @@ def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: f
     for i, m in enumerate(members):
         by_target.setdefault(m.target if declares_stackable(type(m.method)) else None, []).append(i)
     per_run = _bytes_per_run(members[0].model, batch_size, xs[0])
-    chunks = [[idx[i] for i in c] for idx in by_target.values() for c in plan_chunks(len(idx), per_run, _free_bytes(device))]
+    # a stack that does not fit is split between runs, never inside the starts of one run (and
+    # target): their screening compares them all, and they share their batches
+    chunks = []
+    for idx in by_target.values():
+        units: list[list[int]] = []
+        for i in idx:
+            key = (members[i].seed, members[i].target)
+            if units and (members[units[-1][0]].seed, members[units[-1][0]].target) == key:
+                units[-1].append(i)
+            else:
+                units.append([i])
+        size = max(map(len, units))
+        chunks += [[i for u in c for i in units[u]] for c in plan_chunks(len(units), per_run * size, _free_bytes(device))]
     log.info("%s: %d runs train stacked in %d stack(s) of up to %d", what, len(members), len(chunks), max(map(len, chunks)))
     for chunk in chunks:
         group = [members[i] for i in chunk]
