@@ -102,8 +102,9 @@ def _apply_defaults(config: dict, schema: dict) -> dict:
 #: ``method`` names a variant's base method, ``restarts`` is the number of starts of each run,
 #: ``restarts_keep`` / ``restarts_screen_epochs`` screen them (successive halving: after that
 #: many epochs only the ``restarts_keep`` best starts train on)
-CORE_OPTIONS = ("method", "restarts", "restarts_keep", "restarts_screen_epochs")
-RUN_OPTIONS = ("restarts", "restarts_keep", "restarts_screen_epochs")
+RUN_DEFAULTS = {"restarts": 1, "restarts_keep": None, "restarts_screen_epochs": None}
+RUN_OPTIONS = tuple(RUN_DEFAULTS)
+CORE_OPTIONS = ("method", *RUN_OPTIONS)
 VARIANT_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -144,12 +145,12 @@ def run_options(config: dict, experiment: str, method: str) -> dict:
     experiment's, else the default (``restarts`` 1, no screening)."""
     opts = _merged_options(config, experiment, method)
     exp = config["experiments"][experiment]
-    defaults = {"restarts": 1, "restarts_keep": None, "restarts_screen_epochs": None}
-    return {k: opts.get(k, exp.get(k, d)) for k, d in defaults.items()}
+    return {k: opts.get(k, exp.get(k, d)) for k, d in RUN_DEFAULTS.items()}
 
 
-def _core_option_error(options: dict, epochs: int) -> str | None:
-    """Why the core options ``options`` (:func:`run_options`) are not valid, or None."""
+def run_option_error(options: dict, epochs: int) -> str | None:
+    """Why the core options ``options`` (:func:`run_options`, or a run spec) are not valid for
+    a run of ``epochs`` epochs, or None."""
     k = options.get("restarts", 1)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         return f"option 'restarts' is {k!r}; expected an integer >= 1 (the starts of each run; 1 = one start)"
@@ -262,7 +263,7 @@ def validate(config: Any) -> dict:
         first = users[0] if users else next(iter(config["experiments"]))
         exp = config["experiments"][first]
         own = any(k in _merged_options(config, first, m) for k in RUN_OPTIONS)  # else its experiments' (checked there)
-        err = (own and _core_option_error(run_options(config, first, m), exp["epochs"])) or _method_error(
+        err = (own and run_option_error(run_options(config, first, m), exp["epochs"])) or _method_error(
             base, method_options(config, first, m), epochs=exp["epochs"], lr=exp["lr"], name=m)
         if err:
             problems.append(f"config.method_params.{m}: {err}")
@@ -298,7 +299,7 @@ def validate(config: Any) -> dict:
         for m in sorted(experiment_methods(config, name), key=lambda m: m in variants):  # method files first
             if m not in names or m in bad_globals or variants.get(m) in bad_here:
                 continue
-            err = _core_option_error(run_options(config, name, m), exp["epochs"]) or _method_error(
+            err = run_option_error(run_options(config, name, m), exp["epochs"]) or _method_error(
                 variants.get(m, m), method_options(config, name, m), epochs=exp["epochs"], lr=exp["lr"], name=m)
             if err:
                 bad_here.add(m)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -32,7 +33,7 @@ from torch import nn
 
 from slabbench import metrics as M
 from slabbench.api import Method, TrainContext, make_params
-from slabbench.config import method_plugin
+from slabbench.config import method_plugin, run_option_error
 from slabbench.layers.stacked import run_generators, shared_input
 from slabbench.models import build_model
 from slabbench.prune import apply_masks, topk_masks
@@ -157,7 +158,7 @@ def _group_size(group_of: Sequence[int]) -> int:
     return sizes.pop() if len(sizes) == 1 else 1
 
 
-def _select(obj: Any, idx: torch.Tensor, runs: int, seen: set[int] | None = None) -> Any:
+def _select(obj: Any, idx: torch.Tensor, runs: int) -> Any:
     """``obj`` (a tensor, or a list / tuple / dict of them) with every tensor whose leading
     dimension is ``runs`` cut to the rows ``idx``; anything else as it is."""
     if torch.is_tensor(obj):
@@ -217,7 +218,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     group_of = _data_groups(xs, ys, data_gens) if SHARE_INPUTS and stacked else list(range(s_runs))
     order_gens = [data_gens[group_of.index(g)] for g in range(group_of[-1] + 1)]  # one data order per group
     per_group = _group_size(group_of)
-    xu_buf = x_all.new_empty((len(order_gens) * min(batch_size, n), *x_all.shape[1:]))  # a group's rows once
+    xu_buf = x_all.new_empty((len(order_gens) * min(batch_size, n), *x_all.shape[1:])) if per_group > 1 else None
     members, noise_gens, kept = list(members), list(noise_gens), list(range(s_runs))
     if screen is not None and not stacked:
         raise ValueError("fit_stacked: screening needs a stacked model")
@@ -292,6 +293,8 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
                 order_gens = [order_gens[g] for g in groups]
                 group_of = [groups.index(group_of[i]) for i in keep]
                 per_group = _group_size(group_of)
+                if per_group > 1 and xu_buf is None:  # the groups became equal (groups only shrink)
+                    xu_buf = x_all.new_empty((len(order_gens) * min(batch_size, n), *x_all.shape[1:]))
                 s_runs = len(keep)
                 params = list(model.parameters())
                 views = run_views(model) if per_run_hooks else None
@@ -535,13 +538,7 @@ def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: f
     # target): their screening compares them all, and they share their batches
     chunks = []
     for idx in by_target.values():
-        units: list[list[int]] = []
-        for i in idx:
-            key = (members[i].seed, members[i].target)
-            if units and (members[units[-1][0]].seed, members[units[-1][0]].target) == key:
-                units[-1].append(i)
-            else:
-                units.append([i])
+        units = [list(u) for _, u in itertools.groupby(idx, key=lambda i: (members[i].seed, members[i].target))]
         size = max(map(len, units))
         chunks += [[i for u in c for i in units[u]] for c in plan_chunks(len(units), per_run * size, _free_bytes(device))]
     log.info("%s: %d runs train stacked in %d stack(s) of up to %d", what, len(members), len(chunks), max(map(len, chunks)))
@@ -625,15 +622,13 @@ def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], 
     device = resolve_device(cfg0["device"])
     m_cls = method_class(method_plugin(cfg0))
     m_params = make_params(m_cls.Params, cfg0.get("method_params"), f"method {cfg0['method']!r}")
+    err = run_option_error(cfg0, int(cfg0["epochs"]))  # validate() checked it; run_stack is also called directly
+    if err:
+        raise ValueError(f"{cfg0['experiment']}/{cfg0['method']}: {err}")
     restarts = int(cfg0.get("restarts", 1))
-    if restarts < 1:
-        raise ValueError(f"restarts is {restarts!r}; expected an integer >= 1")
     screen = None
     if cfg0.get("restarts_keep") is not None:
         screen = (int(cfg0["restarts_screen_epochs"]), int(cfg0["restarts_keep"]))
-        if not (1 <= screen[1] < restarts and 1 <= screen[0] < int(cfg0["epochs"])):
-            raise ValueError(f"restarts_keep {screen[1]} / restarts_screen_epochs {screen[0]}: expected 1 <= keep < "
-                             f"restarts ({restarts}) and 1 <= screen epochs < epochs ({cfg0['epochs']})")
     stop = cfg0.get("on_divergence", "stop") == "stop"
     label = f"{cfg0['experiment']}/{cfg0['method']}"
     # a fixed split (the spec's promise, checked by the dataset contract test) is loaded once
