@@ -31,6 +31,10 @@ class PluginError(ValueError):
     """A plugin was given options it does not declare, or values it cannot use."""
 
 
+class MethodOutputError(ValueError):
+    """A method hook returned something the core cannot use (see :mod:`slabbench.outputs`)."""
+
+
 @dataclass(frozen=True)
 class NoParams:
     """A plugin without options."""

@@ -15,7 +15,8 @@ trains run by run.
 
 Plugins stay unaware of stacking: hooks that read or write parameters after training (export,
 scores, natural masks, the model average, artefacts) are called on each run's own unstacked
-copy (:func:`unstack`).
+copy (:func:`unstack`); per-step hooks of a method that does not declare itself stackable get
+each run's view (:func:`run_views`), gradients included.
 """
 
 from __future__ import annotations
@@ -105,12 +106,40 @@ def unstack(stacked: nn.Module, s: int) -> nn.Module:
     return _copy_run(stacked, s, share=False)
 
 
-def run_views(stacked: nn.Module) -> list[nn.Module]:
-    """One ordinary model per run whose tensors share storage with the stacked model's slices:
-    an in-place change through a view (a clamp, a new mask) changes that run in the stack.
-    For hooks that change state in place; not for gradients (views are leaves of their own)."""
-    n = next(t for _, _, _, t in _tensors(stacked)).shape[0]
-    return [_copy_run(stacked, s, share=True) for s in range(n)]
+class RunViews(list):
+    """One ordinary model per run of a stacked model (a list, in run order), whose tensors share
+    storage with the stacked model's slices: an in-place change through a view (a clamp, a new
+    mask) changes that run in the stack.  After :meth:`share_grads`, each view parameter's
+    ``.grad`` is its run's slice of the stacked parameter's gradient, so a hook that reads
+    ``layer.weight.grad`` sees what it would see training alone."""
+
+    def __init__(self, stacked: nn.Module):
+        params = [t for _, kind, _, t in _tensors(stacked) if kind == "p"]
+        n = params[0].shape[0] if params else next(t for _, _, _, t in _tensors(stacked)).shape[0]
+        super().__init__(_copy_run(stacked, s, share=True) for s in range(n))
+        # (stacked parameter, its view in every run): both walks visit the same modules in order
+        per_view = [[t for _, kind, _, t in _tensors(v) if kind == "p"] for v in self]
+        self._pairs = [(p, [vp[i] for vp in per_view]) for i, p in enumerate(params)]
+        self._seen: list = [None] * len(params)
+
+    def share_grads(self) -> None:
+        """Point every view parameter's ``.grad`` at its run's slice of the stacked gradient
+        (``None`` where the stacked parameter has none).  Cheap when the stacked gradients are
+        the same tensors as at the last call (zeroed in place, not set to ``None``): nothing
+        is redone then."""
+        for i, (p, per_run) in enumerate(self._pairs):
+            g = p.grad
+            if g is self._seen[i]:
+                continue
+            self._seen[i] = g
+            for s, vp in enumerate(per_run):
+                vp.grad = None if g is None else g[s]
+
+
+def run_views(stacked: nn.Module) -> RunViews:
+    """:class:`RunViews` of ``stacked``: one ordinary model per run sharing the stack's storage,
+    for hooks that change state in place or read gradients (after :meth:`RunViews.share_grads`)."""
+    return RunViews(stacked)
 
 
 @torch.no_grad()

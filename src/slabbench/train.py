@@ -36,6 +36,7 @@ from slabbench.api import Method, TrainContext, make_params
 from slabbench.config import method_plugin, run_option_error
 from slabbench.layers.stacked import run_generators, shared_input
 from slabbench.models import build_model
+from slabbench.outputs import check_mask, check_scores
 from slabbench.prune import apply_masks, topk_masks
 from slabbench.provenance import provenance
 from slabbench.registry import dataset_class, method_class
@@ -200,8 +201,9 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     stacked = stacked_runs(model) > 0
     forward = model if stacked else (lambda xb: model(xb[0]).unsqueeze(0))
     cls = type(lead)
-    # hooks once per run (on views) only where they could tell runs apart: a method that does
-    # not declare stackable and overrides a per-step hook (e.g. magnitude's gradual schedule)
+    # hooks once per run (on views, with their run's gradients) only where they could tell runs
+    # apart: a method that does not declare stackable and overrides a per-step hook (e.g.
+    # magnitude's gradual schedule, a plugin that reads gradients)
     per_run_hooks = stacked and not declares_stackable(cls) and (
         cls.after_step is not Method.after_step or cls.after_epoch is not Method.after_epoch)
     views = run_views(model) if per_run_hooks else None
@@ -258,10 +260,13 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
             penalty = lead.penalty(model)
             if penalty is not None and beta != 0.0:
                 loss = loss + beta * penalty / n
-            opt.zero_grad(set_to_none=True)
+            # per-run hooks read their run's slice of the gradients (views.share_grads): zeroed in
+            # place, the gradient tensors stay the same and the slices are taken once
+            opt.zero_grad(set_to_none=not per_run_hooks)
             loss.backward()
             opt.step()
             if per_run_hooks:
+                views.share_grads()
                 for m, view in zip(members, views):
                     m.method.after_step(view, step, epoch)
             else:
@@ -694,9 +699,13 @@ def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], 
             common["diverged"] = m.diverged
         exported = method.export(model).to(device).eval()
         scores = method.scores(model)
+        if scores is not None:
+            check_scores(scores, exported, c["method"], diverged=bool(m.diverged))
         torch.manual_seed(noise_seed(m.seed) + 1)  # model averages: the run's own draws (whichever start won)
         if m.target is None:
             natural = method.natural_mask(model)
+            if natural is not None:
+                check_mask(natural, exported, c["method"])
             if natural is not None or scores is None:
                 net = apply_masks(copy.deepcopy(exported), natural) if natural is not None else exported
                 records.append(dict(common, selection="natural", target_sparsity=None, finetune_epochs=0,
