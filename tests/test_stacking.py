@@ -143,7 +143,10 @@ def test_seed_in_a_stack_equals_seed_alone(name, options, dataset):
     alone = run(specs[1])
     assert stacked[1][0][0]["stack_runs"] >= 3 and alone[0][0]["stack_runs"] == len(alone[0][0]["spec"]["sparsities"]) ** (
         options.get("schedule") in ("gradual", "iterative"))  # a stackable method's targets train in stacks of their own
-    assert_records_close(stacked[1][0], alone[0])
+    # sparse VD at lr 1e-2 without clipping amplifies the last-digit rounding of batched matmuls
+    # most: on one Xeon, digits' natural test NLL 6.6e-5 and ECE 1.3e-4 apart (relative)
+    rel = 5e-4 if name == "sparse_vd" and "lr_schedule" in options else 1e-4
+    assert_records_close(stacked[1][0], alone[0], rel=rel)
     # the three runs really differ (no run copied another's numbers)
     rmse = "test_rmse" if dataset == "simulation" else "test_nll"
     assert len({round(r[0][-1][rmse], 9) for r in stacked}) == 3
@@ -434,7 +437,10 @@ def test_stacked_image_layers_equal_each_run_alone(impl, monkeypatch):
         (alone * r).sum().backward()
         for (name, p), *ps in zip(stacked.named_parameters(), *[m.parameters() for m in models]):
             for s, q in enumerate(ps):
-                assert torch.allclose(p.grad[s], q.grad, atol=1e-5), (mode, name, s)
+                # float32 rounding scales with the gradient's size (up to ~30 here): on an AVX-512
+                # CPU the grouped convolution's weight gradients differ by 1.6e-5 at |g| ~ 18
+                scale = max(1.0, float(q.grad.abs().max()))
+                assert torch.allclose(p.grad[s], q.grad, atol=1e-5 * scale), (mode, name, s)
         for (name, b), *bs in zip(stacked.named_buffers(), *[m.buffers() for m in models]):
             for s, c in enumerate(bs):
                 assert torch.allclose(b[s].double(), c.double(), atol=1e-6), (mode, name, s)
