@@ -1,7 +1,7 @@
 """A stacked training step captured once as a CUDA graph and replayed, against the same step
 run eagerly: speed, and whether replay reproduces the eager numbers with per-run generators.
 
-    python3 benchmarks/graph_replay.py [--stacks 1 3 30] [--steps 200] [--out graph_replay.json]
+    python3 benchmarks/graph_replay.py [--stacks 1 3 30] [--steps 200] [--only l0 ...] [--out rows.json]
 
 For LeNet-300-100 (784-300-100-10) at batch 128 on random MNIST-shaped data held on the GPU, one
 step is what the core's training loop does per minibatch: gather the minibatch by a device index
@@ -138,7 +138,7 @@ def probe(name, options, stack, steps, device):
             ea[1].after_epoch(ea[0], 10 ** 6)
             lead_b.after_epoch(model_b, 10 ** 6)
     torch.cuda.synchronize()
-    diffs = [float((p - q).abs().max()) for p, q in zip(ea[0].parameters(), model_b.parameters())]
+    diffs = [float((p - q).detach().abs().max()) for p, q in zip(ea[0].parameters(), model_b.parameters())]
     row["max_abs_diff"] = max(diffs)
     row["params_finite"] = all(bool(torch.isfinite(p).all()) for p in model_b.parameters())
 
@@ -169,6 +169,7 @@ def main(argv=None):
     parser.add_argument("--stacks", type=int, nargs="+", default=[1, 3, 30])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--only", nargs="+", default=None, help="methods to probe (default: every variant)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("graph_replay.py needs a CUDA device (torch sees none)")
@@ -180,6 +181,8 @@ def main(argv=None):
     print("| method | S | eager ms/step | graph ms/step | graph, no hooks | speed-up | max abs diff eager vs replay |")
     print("|---|---|---|---|---|---|---|")
     for name, options in VARIANTS:
+        if args.only and name not in args.only:
+            continue
         for stack in args.stacks:
             row = probe(name, options, stack, args.steps, device)
             rows.append(row)

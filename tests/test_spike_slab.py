@@ -450,3 +450,23 @@ def test_a_damped_closed_form_update_moves_theta_that_fraction_of_the_way():
     again = copy.deepcopy(full)
     again.closed_form_update(logit(0.1), 1.3, step=1.0)
     assert torch.equal(again.theta, full.theta)  # step 1 is the update itself, exactly
+
+
+@pytest.mark.parametrize("granularity", ["edge", "node"])
+def test_closed_form_update_rewrites_the_cached_gate_in_place(granularity):
+    """What ``_fixed_gate`` hands out (φ, φ broadcast to the weight, the KL's constant part) stays
+    the same tensors across an update and holds the new values, bit for bit those of a fresh
+    computation: a CUDA graph captured before the update reads these very tensors."""
+    torch.manual_seed(0)
+    layer = SpikeSlabLinear(MaskedLinear(3, 2), granularity=granularity)
+    with torch.no_grad():
+        layer.mu.uniform_(-1, 1)
+    phi, phi_w, const = layer._fixed_gate(logit(0.1), 1.3)
+    before = phi_w.clone()
+    layer.closed_form_update(logit(0.1), 1.3)
+    phi2, phi_w2, const2 = layer._fixed_gate(logit(0.1), 1.3)
+    assert phi2 is phi and phi_w2 is phi_w and const2 is const
+    assert not torch.equal(phi_w, before)
+    layer._gate_cache = None  # a fresh computation from the updated θ
+    fresh = layer._fixed_gate(logit(0.1), 1.3)
+    assert torch.equal(phi, fresh[0]) and torch.equal(phi_w, fresh[1]) and torch.equal(const, fresh[2])

@@ -256,7 +256,24 @@ class _SpikeSlab(nn.Module):
             else:
                 self.bias_theta.lerp_(logit_lam + term_b, step)
         self.theta.lerp_(theta, step)  # step 1: θ* itself
-        self._gate_cache = None
+        self._refresh_gate_cache()
+
+    @torch.no_grad()
+    def _refresh_gate_cache(self) -> None:
+        """After an in-place change of θ: the tensors that :meth:`_fixed_gate` caches are
+        rewritten in place, not replaced, so whatever holds them (a captured CUDA graph replays
+        reads of these very tensors) sees the new φ; the values are those a fresh computation
+        gives, bit for bit."""
+        c = self._gate_cache
+        if c is None or c[0] is not self.theta:
+            self._gate_cache = None
+            return
+        phi = self.phi
+        c[2].copy_(phi)
+        c[3].copy_(self.expand(phi))
+        for (logit_lam, sigma0), const in c[4].items():
+            const.copy_(self._gate_kl(logit_lam) + (math.log(sigma0) - 0.5) * c[3].sum())
+        self._gate_cache = (self.theta, self.theta._version, *c[2:])
 
     # -- forward ------------------------------------------------------------------------
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
