@@ -7,8 +7,13 @@
 #    LeNet-300-100 and LeNet-5 with grouped stacked convolutions), and LeNet-5 with one
 #    convolution per run for comparison;
 # 2. benchmarks/step_time.py on CUDA (each method's step against dense);
-# 3. the stacking equivalence tests with their runs on CUDA (seed 1 in a stack == seed 1
-#    alone, every method and option, mlp and conv nets), when pytest is installed.
+# 3. benchmarks/graph_replay.py (a captured stacked step replayed vs eager: speed, and whether
+#    replay reproduces eager training);
+# 4. with pytest: the training loop's CUDA graphs against its eager steps (tests/test_graphs.py:
+#    same records, every method and option; no host synchronisation in a step), a
+#    gradient-reading method stacked vs alone (tests/test_plugin_hooks.py), and the stacking
+#    equivalence tests with their runs on CUDA (seed 1 in a stack == seed 1 alone, every method
+#    and option, mlp and conv nets).
 # Each writes its output to OUT_DIR; a failing step does not stop the others. PYTHON picks the
 # interpreter (default python3). The paper grid has its own script: paper/run_grid.sh.
 set -uo pipefail
@@ -30,7 +35,9 @@ command -v nvidia-smi > /dev/null && nvidia-smi > "$out/nvidia-smi.txt" 2>&1
 step stacking_cuda "$py" benchmarks/stacking.py --device cuda --sim-epochs 30 --workloads simulation lenet300 lenet5 --conv grouped
 step stacking_cuda_lenet5_loop "$py" benchmarks/stacking.py --device cuda --workloads lenet5 --conv loop --stacks 1 10 30
 step step_time_cuda "$py" benchmarks/step_time.py --device cuda
+step graph_replay_cuda "$py" benchmarks/graph_replay.py
 if "$py" -c "import pytest" 2> /dev/null; then
+    step graph_tests_cuda env SLABBENCH_TEST_DEVICE=cuda "$py" -m pytest tests/test_graphs.py tests/test_plugin_hooks.py -q -p no:cacheprovider
     step stacking_tests_cuda env SLABBENCH_TEST_DEVICE=cuda "$py" -m pytest tests/test_stacking.py -q -x -p no:cacheprovider
 else
     echo "== stacking_tests_cuda: skipped (no pytest for $py)"

@@ -333,7 +333,8 @@ def run_specs(config: dict) -> list[dict]:
         for method in experiment_methods(config, name):
             for seed in experiment_seeds(config, name):
                 spec = {k: copy.deepcopy(v) for k, v in exp.items()
-                        if k not in ("method_params", "methods", "seeds", "sparsities", "device", "stack_size", *RUN_OPTIONS)}
+                        if k not in ("method_params", "methods", "seeds", "sparsities", "device", "stack_size", "graphs",
+                                     *RUN_OPTIONS)}
                 spec.update(experiment=name, method=method, seed=int(seed), device=exp.get("device") or config["device"],
                             sparsities=experiment_sparsities(config, name),
                             method_params=method_options(config, name, method))
@@ -349,6 +350,8 @@ def run_specs(config: dict) -> list[dict]:
                         spec[key] = int(core[key])
                 if config.get("on_divergence", "stop") != "stop":  # the default stays out of the spec
                     spec["on_divergence"] = config["on_divergence"]
+                if exp.get("graphs", config.get("graphs", False)):  # CUDA graphs (off by default)
+                    spec["graphs"] = True
                 specs.append(spec)
     return specs
 

@@ -34,6 +34,7 @@ from torch import nn
 from slabbench import metrics as M
 from slabbench.api import Method, TrainContext, make_params
 from slabbench.config import method_plugin, run_option_error
+from slabbench.engine import StepGraphs, state_entries
 from slabbench.layers.stacked import run_generators, shared_input
 from slabbench.models import build_model
 from slabbench.outputs import check_mask, check_scores
@@ -179,7 +180,7 @@ Screen = tuple[int, Callable[[nn.Module, Sequence["Member"]], Sequence[int]]]
 def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], *,
                 epochs: int, batch_size: int, lr: float, task: str, noise_sd: float,
                 data_gens: Sequence[torch.Generator], noise_gens: Sequence[torch.Generator],
-                stop_on_divergence: bool = True, screen: Screen | None = None) -> list[int]:
+                stop_on_divergence: bool = True, screen: Screen | None = None, graphs: bool = False) -> list[int]:
     """Train ``model`` with the core's loss convention: the sum over its runs of
     [mean NLL_s + beta * penalty_s / N].  ``model`` is stacked (S runs, see
     :mod:`slabbench.stack`) or an ordinary model (one run, S = 1, noise from torch's global
@@ -194,10 +195,33 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     parameter and buffer (:func:`slabbench.stack.select_runs`), the optimizer's state and any
     tensor of the stackable method's instance with the run dimension (e.g. l0's parameter
     averages); the others stop there.  Returns the positions (in ``members``) of the runs the
-    model holds at the end."""
+    model holds at the end.
+
+    ``graphs`` (CUDA): each kind of step is captured once as a CUDA graph and replayed
+    (:mod:`slabbench.engine`); β and the learning rates then live in device tensors and Adam is
+    made capturable.  Eager otherwise, and wherever capture is not possible (the log says why)."""
     lead = members[0].method
     opt = lead.optimizer(model, lr)
     base_lrs = [g["lr"] for g in opt.param_groups]  # lr_factor scales these (one value for the stack)
+    device = next(model.parameters()).device
+    step_graphs = None
+    if _use_graphs(graphs, device):
+        opt, why = _capturable(opt, device)
+        if why is None:
+            # each graph writes gradients of its own (captured with none there): hooks read that
+            # graph's, so .grad is pointed at them around every replay
+            step_graphs = StepGraphs(lambda key: body(idx_bufs[key[0]], beta_t, key[1], False),
+                                     state=lambda: state_entries(model, opt, lead), generators=noise_gens,
+                                     label=members[0].label.split(" seed=")[0], backend=GRAPH_BACKEND,
+                                     prepare=lambda key: opt.zero_grad(set_to_none=True),
+                                     before_replay=lambda key: _point_grads(grads_of.get(key, ())),
+                                     after_replay=lambda key: grads_of.setdefault(
+                                         key, [(q, q.grad) for q in model.parameters()]))
+        else:
+            log.info("%s: CUDA graphs off: %s", members[0].label, why)
+    beta_t = torch.zeros((), device=device) if step_graphs is not None else None
+    idx_bufs: dict[int, torch.Tensor] = {}  # minibatch size -> the index buffer a graph reads
+    grads_of: dict = {}  # step kind -> (parameter, the gradient its graph writes)
     stacked = stacked_runs(model) > 0
     forward = model if stacked else (lambda xb: model(xb[0]).unsqueeze(0))
     cls = type(lead)
@@ -224,60 +248,89 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     members, noise_gens, kept = list(members), list(noise_gens), list(range(s_runs))
     if screen is not None and not stacked:
         raise ValueError("fit_stacked: screening needs a stacked model")
+    hooked = per_run_hooks or cls.after_step is not Method.after_step or cls.after_epoch is not Method.after_epoch
+    nll_sums = torch.zeros(s_runs, device=x_all.device)
+
+    def body(idx: torch.Tensor, beta, with_penalty: bool, set_to_none: bool) -> None:
+        """One step on the minibatch rows ``idx`` (groups x B): gather, forward, loss, backward,
+        optimizer step; adds each run's mean NLL to ``nll_sums``.  Reads only ``idx``, ``beta``
+        (a number, or a device tensor under graphs) and tensors that stay in place."""
+        flat, b = idx.reshape(-1), idx.shape[1]
+        # index_select, not x[idx]: the same rows, but advanced indexing's general kernel
+        # takes ~6x longer on CPU (0.19 vs 0.03 ms for 500 x 200 floats)
+        if per_group > 1:
+            xu = torch.index_select(x_all, 0, flat, out=xu_buf[:flat.numel()]).view(-1, b, *x_all.shape[1:])
+            xb = x_buf[:s_runs * b].view(xu.shape[0], per_group, *xu.shape[1:])
+            xb.copy_(xu.unsqueeze(1).expand_as(xb))
+            xb = xb.view(s_runs, *xu.shape[1:])
+            yb = y_all.index_select(0, flat).view(-1, 1, b).expand(-1, per_group, b).reshape(s_runs, b)
+            with run_generators(noise_gens), shared_input(xb, xu):
+                out = forward(xb)
+        else:
+            xb = torch.index_select(x_all, 0, flat, out=x_buf[:flat.numel()]).view(s_runs, b, *x_all.shape[1:])
+            yb = y_all.index_select(0, flat).view(s_runs, b)
+            with run_generators(noise_gens):
+                out = forward(xb)
+        nll = _nll_per_run(out, yb, task, noise_sd)
+        loss = nll.sum()
+        if with_penalty:  # not while beta = 0 (a KL warm-up's first epochs)
+            penalty = lead.penalty(model)
+            if penalty is not None:
+                loss = loss + beta * penalty / n
+        opt.zero_grad(set_to_none=set_to_none)
+        loss.backward()
+        opt.step()
+        nll_sums.add_(nll.detach())
+
     model.train()
     step = 0
     for epoch in range(epochs):
         beta = lead.beta(epoch)
         factor = lead.lr_factor(epoch)
         for group, base in zip(opt.param_groups, base_lrs):
-            group["lr"] = base * factor
+            if torch.is_tensor(group["lr"]):
+                group["lr"].fill_(base * factor)
+            else:
+                group["lr"] = base * factor
+        if beta_t is not None:
+            beta_t.fill_(beta)
         # one data order per group of runs that share it, drawn from the generator of its first
         # run (the others are equal and not drawn from)
         perm = torch.stack([torch.randperm(n, generator=g) for g in order_gens])
         perm = (perm + offsets[::per_group, None] if per_group > 1
                 else perm[torch.tensor(group_of)] + offsets[:, None]).to(x_all.device)
-        nll_sums = torch.zeros(s_runs, device=x_all.device)
+        if nll_sums.shape[0] == s_runs:
+            nll_sums.zero_()
+        else:  # the stack was cut
+            nll_sums = torch.zeros(s_runs, device=x_all.device)
         for start in range(0, n, batch_size):
             idx = perm[:, start:start + batch_size]
-            flat, b = idx.reshape(-1), idx.shape[1]
-            # index_select, not x[idx]: the same rows, but advanced indexing's general kernel
-            # takes ~6x longer on CPU (0.19 vs 0.03 ms for 500 x 200 floats)
-            if per_group > 1:
-                xu = torch.index_select(x_all, 0, flat, out=xu_buf[:flat.numel()]).view(-1, b, *x_all.shape[1:])
-                xb = x_buf[:s_runs * b].view(xu.shape[0], per_group, *xu.shape[1:])
-                xb.copy_(xu.unsqueeze(1).expand_as(xb))
-                xb = xb.view(s_runs, *xu.shape[1:])
-                yb = y_all.index_select(0, flat).view(-1, 1, b).expand(-1, per_group, b).reshape(s_runs, b)
-                with run_generators(noise_gens), shared_input(xb, xu):
-                    out = forward(xb)
+            if step_graphs is None:
+                # per-run hooks read their run's slice of the gradients (views.share_grads): zeroed
+                # in place, the gradient tensors stay the same and the slices are taken once
+                body(idx, beta, beta != 0.0, not per_run_hooks)
             else:
-                xb = torch.index_select(x_all, 0, flat, out=x_buf[:flat.numel()]).view(s_runs, b, *x_all.shape[1:])
-                yb = y_all.index_select(0, flat).view(s_runs, b)
-                with run_generators(noise_gens):
-                    out = forward(xb)
-            nll = _nll_per_run(out, yb, task, noise_sd)
-            loss = nll.sum()
-            penalty = lead.penalty(model)
-            if penalty is not None and beta != 0.0:
-                loss = loss + beta * penalty / n
-            # per-run hooks read their run's slice of the gradients (views.share_grads): zeroed in
-            # place, the gradient tensors stay the same and the slices are taken once
-            opt.zero_grad(set_to_none=not per_run_hooks)
-            loss.backward()
-            opt.step()
+                b = idx.shape[1]
+                if b not in idx_bufs or idx_bufs[b].shape != idx.shape:
+                    idx_bufs[b] = torch.empty_like(idx)
+                idx_bufs[b].copy_(idx)
+                step_graphs.run((b, beta != 0.0))
             if per_run_hooks:
                 views.share_grads()
                 for m, view in zip(members, views):
                     m.method.after_step(view, step, epoch)
             else:
                 lead.after_step(model, step, epoch)
-            nll_sums += nll.detach()
+            if step_graphs is not None and hooked:
+                step_graphs.check()
             step += 1
         if per_run_hooks:
             for m, view in zip(members, views):
                 m.method.after_epoch(view, epoch)
         else:
             lead.after_epoch(model, epoch)
+        if step_graphs is not None and hooked:
+            step_graphs.check()
         _check_finite(members, nll_sums, params, epoch, epochs, lr, stop_on_divergence)
         if screen is not None and epoch + 1 == screen[0] and epoch + 1 < epochs:
             keep = sorted(set(screen[1](model, members)))
@@ -303,19 +356,58 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
                 s_runs = len(keep)
                 params = list(model.parameters())
                 views = run_views(model) if per_run_hooks else None
+                if step_graphs is not None:  # new tensors, fewer runs: every step kind is captured anew
+                    step_graphs.invalidate()
+                    step_graphs.generators = list(noise_gens)
+                    idx_bufs.clear()
+                    grads_of.clear()
+    if step_graphs is not None:
+        log.info("%s: %s", members[0].label.split(" seed=")[0], step_graphs.summary())
     model.eval()
     return kept
 
 
+#: captures and replays the steps of ``graphs: true`` (None: :class:`slabbench.engine.CudaGraphs`,
+#: CUDA only; tests set a stand-in that runs the captured function, to run the same code on a CPU)
+GRAPH_BACKEND = None
+
+
+def _use_graphs(requested: bool, device: torch.device) -> bool:
+    return bool(requested) and (device.type == "cuda" or GRAPH_BACKEND is not None)
+
+
+def _capturable(opt: torch.optim.Optimizer, device: torch.device) -> tuple[torch.optim.Optimizer, str | None]:
+    """``opt`` rebuilt for capture: the same class, groups and settings, ``fused`` and
+    ``capturable``, every learning rate a device tensor (so a schedule changes it in place).
+    Returns (optimizer, None), or (``opt``, why not) for an optimizer other than Adam / AdamW."""
+    if type(opt) not in (torch.optim.Adam, torch.optim.AdamW):
+        return opt, f"its optimizer ({type(opt).__name__}) is not Adam or AdamW, whose fused kernels capture"
+    if opt.state:
+        return opt, "its optimizer has stepped already"
+    groups = []
+    for g in opt.param_groups:
+        group = {k: v for k, v in g.items() if k not in ("fused", "capturable", "foreach", "differentiable")}
+        group["lr"] = torch.tensor(float(g["lr"]), device=device)
+        groups.append(group)
+    return type(opt)(groups, fused=True, capturable=True), None
+
+
+def _point_grads(pairs) -> None:
+    """Each parameter's ``.grad`` is the tensor the graph just replayed writes (hooks read it)."""
+    for p, g in pairs:
+        if p.grad is not g:
+            p.grad = g
+
+
 def fit(model: nn.Module, method: Method, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int,
         lr: float, task: str, noise_sd: float, generator: torch.Generator, member: Member | None = None,
-        stop_on_divergence: bool = True) -> None:
+        stop_on_divergence: bool = True, graphs: bool = False) -> None:
     """Minibatch training of one ordinary (unstacked) model, see :func:`fit_stacked`; ``x``,
     ``y`` live on the model's device; shuffling draws from ``generator`` (CPU), noise from
     torch's global generator."""
     member = member or Member(label="run", seed=0, target=None, method=method)
     fit_stacked(model, [member], [x], [y], epochs=epochs, batch_size=batch_size, lr=lr, task=task, noise_sd=noise_sd,
-                data_gens=[generator], noise_gens=[], stop_on_divergence=stop_on_divergence)
+                data_gens=[generator], noise_gens=[], stop_on_divergence=stop_on_divergence, graphs=graphs)
 
 
 def evaluate(net: nn.Module, data: dict, spec, task: str, noise_sd: float) -> dict[str, Any]:
@@ -512,14 +604,15 @@ def _screen_starts(model: nn.Module, members: Sequence[Member], data, keep: int,
 
 def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: float, task: str, noise_sd: float,
            device: torch.device, data_seeds: Sequence[int], stop: bool, what: str,
-           screen: tuple[int, int] | None = None) -> list[float]:
+           screen: tuple[int, int] | None = None, graphs: bool = False) -> list[float]:
     """Train every member's model (stacked where possible, else one after another); returns
     each member's share of the wall time in seconds.  ``screen = (epoch, keep)``: restarts'
     screening (stacked runs only, see :func:`_screen_starts`): after ``epoch`` epochs only
     the ``keep`` best starts of each run train on; every start's share counts the whole stack."""
     refusal = stack_refusal(members[0].method, members[0].model)
     seconds = [0.0] * len(members)
-    kw = dict(epochs=epochs, batch_size=batch_size, lr=lr, task=task, noise_sd=noise_sd, stop_on_divergence=stop)
+    kw = dict(epochs=epochs, batch_size=batch_size, lr=lr, task=task, noise_sd=noise_sd, stop_on_divergence=stop,
+              graphs=graphs)
     if refusal is not None:
         if screen is not None:
             raise ValueError(f"{what}: screening restarts (restarts_keep) needs runs that train stacked; these do not "
@@ -594,7 +687,7 @@ def _finetune_all(jobs: list[tuple[nn.Module, dict, int, dict]], cfg: dict, task
     seconds = _train(members, [j[3]["train"][0] for j in jobs], [j[3]["train"][1] for j in jobs], epochs=epochs,
                      batch_size=cfg["batch_size"], lr=lr, task=task, noise_sd=cfg["noise_sd"], device=device,
                      data_seeds=[j[2] + 7919 for j in jobs], stop=cfg.get("on_divergence", "stop") == "stop",
-                     what=f"{label} fine-tuning")
+                     what=f"{label} fine-tuning", graphs=bool(cfg.get("graphs", False)))
     out = []
     for m, (_, masks, _, _) in zip(members, jobs):
         with torch.no_grad():  # Adam moments may move masked weights; they never act, zero them
@@ -669,7 +762,8 @@ def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], 
     seconds = _train(members, [loaded[r][1]["train"][0] for r in member_run], [loaded[r][1]["train"][1] for r in member_run],
                      epochs=int(cfg0["epochs"]), batch_size=int(cfg0["batch_size"]), lr=float(cfg0["lr"]), task=task,
                      noise_sd=noise_sd, device=device, data_seeds=[m.seed for m in members],
-                     stop=stop and restarts == 1, what=label, screen=screen)  # with restarts, a diverged start just loses
+                     stop=stop and restarts == 1, what=label, screen=screen,  # with restarts, a diverged start just loses
+                     graphs=bool(cfg0.get("graphs", False)))
     restart_info = [{"restarts": restarts}] * len(members)
     if restarts > 1:
         members, member_run, seconds, restart_info = _choose_starts(

@@ -1,0 +1,181 @@
+"""`graphs: true`: the training loop's capture-and-replay path (slabbench.engine), run on the CPU
+with a stand-in for CUDA graphs whose "replay" calls the captured step.  It checks what the CPU
+can: the same records as eager training for every method and option (static buffers, β and the
+learning rates as tensors, capturable fused Adam, each step kind captured after its warm-up,
+gradients pointed at the replaying graph's), the guard that drops graphs when a hook replaces a
+tensor, and the eager fallback.  Whether a real CUDA graph replays the same numbers is checked
+on a GPU (benchmarks/graph_replay.py, benchmarks/gpu_checks.sh)."""
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import TEST_DEVICE, tiny_spec
+from slabbench import train as T
+from slabbench.engine import StepGraphs, state_entries
+from slabbench.layers import prunable_layers
+from test_stacking import CASES, assert_records_close
+
+
+class StandIn:
+    """Captures by keeping the step function; a replay calls it."""
+
+    def __init__(self):
+        self.captures, self.warms = [], 0
+
+    def warm(self, fn):
+        self.warms += 1
+        fn()
+
+    def capture(self, fn, generators):
+        self.captures.append(len(generators))
+        return SimpleNamespace(replay=fn)
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    backend = StandIn()
+    monkeypatch.setattr(T, "GRAPH_BACKEND", backend)
+    return backend
+
+
+@pytest.fixture
+def backend(request):
+    """The stand-in on the CPU; real CUDA graphs when the runs train on CUDA
+    (``SLABBENCH_TEST_DEVICE=cuda``, benchmarks/gpu_checks.sh)."""
+    if TEST_DEVICE == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        return None
+    return request.getfixturevalue("stand_in")
+
+
+# batch 24 of 64 training points: two full batches and a partial one of 16 per epoch (two step
+# kinds); 4 epochs, so every kind is captured after its two warm-up runs and replayed
+SPEC = dict(batch_size=24, epochs=4)
+
+
+@pytest.mark.parametrize("name,options", CASES, ids=[f"{m}-{'-'.join(f'{k}={v}' for k, v in o.items() if k != 'layer_sparsity') or 'default'}" for m, o in CASES])
+def test_graph_steps_give_the_records_of_eager_steps(name, options, backend, caplog):
+    specs = [tiny_spec(name, method_params=options, seed=s, **SPEC) for s in (0, 1, 2)]
+    eager = T.run_stack(specs)
+    with caplog.at_level(logging.INFO, logger="slabbench.train"):
+        graphed = T.run_stack([dict(s, graphs=True) for s in specs])
+    assert "graph capture(s)" in caplog.text and "CUDA graphs off" not in caplog.text, "the graph path ran"
+    for e, g in zip(eager, graphed):
+        assert_records_close([dict(r, spec=None) for r in g[0]], [dict(r, spec=None) for r in e[0]], rel=1e-5)
+
+
+def test_each_step_kind_is_warmed_up_then_captured_once(stand_in, caplog):
+    spec = tiny_spec("spike_slab", seed=0, finetune_epochs=0, **SPEC)
+    with caplog.at_level(logging.INFO, logger="slabbench.train"):
+        T.run_stack([dict(spec, graphs=True), dict(spec, seed=1, graphs=True)])
+    # full and partial batches, penalty on (spike_slab has no warm-up of beta): two kinds
+    assert stand_in.captures == [2, 2]  # each graph registers both runs' generators
+    assert stand_in.warms == 2 * 2
+    assert "2 graph capture(s), 0 invalidation(s)" in caplog.text
+
+
+def test_screened_restarts_capture_again_after_the_cut(stand_in):
+    spec = tiny_spec("spike_slab", restarts=3, restarts_keep=1, restarts_screen_epochs=3, finetune_epochs=0,
+                     **dict(SPEC, epochs=6))
+    eager = T.run_stack([spec])
+    graphed = T.run_stack([dict(spec, graphs=True)])
+    # full and partial batches captured for the 3 starts, then again for the finalist alone
+    assert stand_in.captures == [3, 3, 1, 1]
+    assert_records_close([dict(r, spec=None) for r in graphed[0][0]], [dict(r, spec=None) for r in eager[0][0]], rel=1e-5)
+
+
+def test_a_gradient_reading_method_under_graphs(stand_in, tmp_path, monkeypatch):
+    from test_plugin_hooks import _readme_method
+    cls = _readme_method(tmp_path, "# methods/taylor.py")
+    monkeypatch.setattr(T, "method_class", lambda name: cls)
+    specs = [tiny_spec("taylor", seed=s, **SPEC) for s in (0, 1)]
+    eager = T.run_stack(specs)
+    graphed = T.run_stack([dict(s, graphs=True) for s in specs])
+    for e, g in zip(eager, graphed):
+        for key in e[1]["scores"]:
+            torch.testing.assert_close(g[1]["scores"][key], e[1]["scores"][key], rtol=1e-5, atol=1e-8)
+
+
+def test_a_replaced_tensor_drops_the_graphs():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    calls = []
+    graphs = StepGraphs(lambda key: calls.append(key), state=lambda: state_entries(model, opt, T.Method(None, None)),
+                        generators=[], label="toy", backend=StandIn(), warmup=1)
+    for _ in range(3):
+        graphs.run("a")
+    assert calls == ["a"] * 3 and graphs.captures == 1
+    graphs.check()  # nothing moved
+    assert graphs.graphs
+    model[0].weight.data.mul_(2)  # in place: fine
+    graphs.check()
+    assert graphs.graphs
+    model[0].weight = torch.nn.Parameter(torch.zeros(2, 3))  # replaced: the graph would read the old one
+    graphs.check()
+    assert not graphs.graphs and graphs.invalidations == 1
+    graphs.run("a")  # warms up again, then captures again
+    graphs.run("a")
+    assert graphs.captures == 2
+    model.training = False  # a plain attribute the forward may branch on
+    graphs.check()
+    assert not graphs.graphs
+
+
+def test_a_failing_capture_falls_back_to_eager_steps(caplog):
+    class Failing(StandIn):
+        def capture(self, fn, generators):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    calls = []
+    graphs = StepGraphs(lambda key: calls.append(key), state=list, generators=[], label="toy/l0", backend=Failing(),
+                        warmup=1)
+    with caplog.at_level(logging.WARNING, logger="slabbench.engine"):
+        for _ in range(4):
+            graphs.run("k")
+    assert calls == ["k"] * 4 and graphs.disabled
+    assert "toy/l0: CUDA graphs off, eager steps from here: capture failed (RuntimeError: operation not permitted" in caplog.text
+
+
+def test_graphs_are_off_on_the_cpu_without_a_backend():
+    assert not T._use_graphs(True, torch.device("cpu"))
+    assert not T._use_graphs(False, torch.device("cuda"))
+
+
+# operators whose result the host must wait for (a CUDA graph cannot capture them)
+SYNCING = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::equal", "aten::is_nonzero",
+           "aten::unique", "aten::_unique2", "aten::item"}
+
+
+class CountingStandIn(StandIn):
+    """Runs each captured step once more under a dispatch counter: which operators one step calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: dict = {}
+
+    def capture(self, fn, generators):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        ops = self.ops
+
+        class Count(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name = func._schema.name
+                ops[name] = ops.get(name, 0) + 1
+                return func(*args, **(kwargs or {}))
+
+        with Count():
+            fn()
+        return super().capture(fn, generators)
+
+
+@pytest.mark.parametrize("name,options", CASES, ids=[f"{m}-{'-'.join(f'{k}={v}' for k, v in o.items() if k != 'layer_sparsity') or 'default'}" for m, o in CASES])
+def test_the_captured_step_never_waits_for_the_device(name, options, monkeypatch):
+    counting = CountingStandIn()
+    monkeypatch.setattr(T, "GRAPH_BACKEND", counting)
+    T.run_stack([tiny_spec(name, method_params=options, seed=s, graphs=True, finetune_epochs=0, **SPEC) for s in (0, 1)])
+    assert counting.ops, "a step was captured"
+    assert not SYNCING & set(counting.ops), sorted(SYNCING & set(counting.ops))
