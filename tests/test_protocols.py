@@ -121,3 +121,24 @@ def test_published_comparison_names_the_official_schedules_when_used():
     assert "Adam at a constant learning rate for every method" in published_comparison(rows("{}"), None)
     md = published_comparison(rows('{"lr_schedule": "linear_to0"}'), None)
     assert "for every method" not in md and "`sparse_vd`'s `lr_schedule`" in md
+
+
+def test_subnormal_floats_flush_to_zero_while_a_job_trains_on_the_cpu(monkeypatch):
+    """flush_denormal (default true) flushes subnormal floats on the CPU during the job only;
+    false keeps them; the records say which."""
+    from slabbench import train as T
+    from slabbench.api import Method
+
+    seen = []
+
+    class Probe(Method):
+        def after_epoch(self, model, epoch):
+            seen.append(float(torch.tensor(1e-39) * 1.0))  # 1e-39 < 1.18e-38: subnormal in float32
+
+    monkeypatch.setattr(T, "method_class", lambda name: Probe)
+    on = T.run_stack([tiny_spec("probe", epochs=1, device="cpu")])
+    off = T.run_stack([tiny_spec("probe", epochs=1, device="cpu", flush_denormal=False)])
+    assert seen == [0.0, pytest.approx(1e-39, rel=1e-3)]
+    assert on[0][0][0]["provenance"]["flush_denormal"] is True
+    assert off[0][0][0]["provenance"]["flush_denormal"] is False
+    assert float(torch.tensor(1e-39) * 1.0) != 0.0  # switched off again after the job

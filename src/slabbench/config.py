@@ -334,7 +334,7 @@ def run_specs(config: dict) -> list[dict]:
             for seed in experiment_seeds(config, name):
                 spec = {k: copy.deepcopy(v) for k, v in exp.items()
                         if k not in ("method_params", "methods", "seeds", "sparsities", "device", "stack_size", "graphs",
-                                     *RUN_OPTIONS)}
+                                     "flush_denormal", *RUN_OPTIONS)}
                 spec.update(experiment=name, method=method, seed=int(seed), device=exp.get("device") or config["device"],
                             sparsities=experiment_sparsities(config, name),
                             method_params=method_options(config, name, method))
@@ -352,6 +352,8 @@ def run_specs(config: dict) -> list[dict]:
                     spec["on_divergence"] = config["on_divergence"]
                 if exp.get("graphs", config.get("graphs", False)):  # CUDA graphs (off by default)
                     spec["graphs"] = True
+                if not exp.get("flush_denormal", config.get("flush_denormal", True)):  # on by default
+                    spec["flush_denormal"] = False
                 specs.append(spec)
     return specs
 
