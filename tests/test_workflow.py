@@ -95,6 +95,44 @@ def test_rerun_does_only_what_is_missing(finished):
     assert stack.exists() and all(p.exists() for p in seeds) and planned_jobs(finished) == {}
 
 
+def verify_stacks(workdir: Path) -> list[Path]:
+    """Check every stack file under workdir against the checksums it records (the aggregate's
+    check); the stack files, sorted."""
+    from slabbench.stackfile import verified_files
+
+    stacks = sorted((workdir / "results" / "runs").rglob("stack-*.json"))
+    cwd = os.getcwd()
+    os.chdir(workdir)  # the paths in a stack file are relative to Snakemake's working directory
+    try:
+        for stack in stacks:
+            assert json.loads(stack.read_text())["format"] == 2, stack
+            verified_files(stack.relative_to(workdir), "metrics")
+    finally:
+        os.chdir(cwd)
+    return stacks
+
+
+def test_damaged_run_is_named_with_the_command_that_retrains_it(finished):
+    """A truncated metrics.jsonl of a finished grid: the aggregate stops naming the file and
+    the command that retrains its stack; that command retrains it and everything downstream."""
+    stack = "results/runs/sim-tiny/spike_slab/stack-0.json"
+    metrics = finished / "results" / "runs" / "sim-tiny" / "spike_slab" / "seed=1" / "metrics.jsonl"
+    data = metrics.read_bytes()
+    metrics.write_bytes(data[: len(data) // 2])
+    proc = snakemake(finished, "--cores", "1", "--forcerun", "aggregate", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "results/runs/sim-tiny/spike_slab/seed=1/metrics.jsonl is damaged" in out
+    assert f"{len(data) // 2} bytes where {stack} recorded {len(data)}" in out
+    command = f"snakemake --cores 8 --forcerun {stack}"
+    assert command in out
+    planned = job_counts(snakemake(finished, "-n", *command.split()[1:]).stdout)
+    assert planned == {"train": 1, "aggregate": 1, "pips": 1, "tables": 1, "feature_table": 1, "figure": 2, "all": 1}
+    snakemake(finished, *command.split()[1:])
+    assert metrics.read_bytes().count(b"\n") == data.count(b"\n") and planned_jobs(finished) == {}
+    verify_stacks(finished)
+
+
 def test_configfile_replaces_the_default_grid(tmp_path):
     """`--configfile X` runs X's grid alone: the default config/config.yaml (read relative to
     the working directory) is not merged into it."""
