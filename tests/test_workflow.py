@@ -133,6 +133,35 @@ def test_damaged_run_is_named_with_the_command_that_retrains_it(finished):
     verify_stacks(finished)
 
 
+#: what a checkout needs to run the .test grid with its own Snakefile (the package itself comes
+#: from the editable install)
+CHECKOUT = ["Snakefile", "environment.yml", "workflow", "config", "methods", "datasets", "profiles", ".test"]
+
+
+def test_a_moved_or_copied_checkout_retrains_nothing(tmp_path):
+    """The .test grid run in a checkout (cwd = the checkout, its own Snakefile), then the whole
+    folder copied with timestamps (cp -a) to another path, at another depth: Snakemake plans
+    nothing there (inputs are recorded relative to the working directory, not as absolute paths)."""
+    first = tmp_path / "first"
+    first.mkdir()
+    for name in CHECKOUT:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, first / name, ignore=shutil.ignore_patterns("__pycache__", "results"))
+        else:
+            shutil.copy2(src, first / name)
+    cmd = [sys.executable, "-m", "snakemake", "--configfile", ".test/config.yaml"]
+    done = subprocess.run([*cmd, "--cores", "2"], cwd=first, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    moved = tmp_path / "elsewhere" / "deeper" / "copy"
+    moved.parent.mkdir(parents=True)
+    subprocess.run(["cp", "-a", str(first), str(moved)], check=True)
+    dry = subprocess.run([*cmd, "-n", "--cores", "1"], cwd=moved, capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert job_counts(dry.stdout) == {}, dry.stdout[-3000:]
+    verify_stacks(moved)
+
+
 def test_configfile_replaces_the_default_grid(tmp_path):
     """`--configfile X` runs X's grid alone: the default config/config.yaml (read relative to
     the working directory) is not merged into it."""
