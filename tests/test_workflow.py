@@ -33,9 +33,9 @@ def snakemake(workdir: Path, *args: str, config: Path = TEST_CONFIG, check: bool
     return proc
 
 
-def planned_jobs(workdir: Path) -> dict[str, int]:
+def planned_jobs(workdir: Path, config: Path = TEST_CONFIG) -> dict[str, int]:
     """Job counts of a dry run ({} when nothing is to be done)."""
-    return job_counts(snakemake(workdir, "-n", "--cores", "1").stdout)
+    return job_counts(snakemake(workdir, "-n", "--cores", "1", config=config).stdout)
 
 
 def cfg_runs():
@@ -211,6 +211,62 @@ def test_killed_run_resumes_with_only_the_missing_jobs(tmp_path):
     assert planned_jobs(tmp_path)["train"] == len(cfg_stacks()) - len(done)
     snakemake(tmp_path, "--cores", "2")
     assert {p: p.stat().st_mtime_ns for p in done} == done  # finished stacks were not redone
+    assert len(list(runs.rglob("metrics.jsonl"))) == len(list(cfg_runs()))
+
+
+def one_experiment_config(tmp_path: Path) -> Path:
+    """The .test grid with its simulation experiment and two methods only (2 train jobs)."""
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["experiments"] = {"sim-tiny": cfg["experiments"]["sim-tiny"]}
+    cfg["methods"] = ["dense", "magnitude"]
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_second_invocation_in_the_same_folder_is_refused(tmp_path):
+    """Two `snakemake` runs in one folder: the second refuses (Snakemake's directory lock), the
+    first finishes every run intact."""
+    config = one_experiment_config(tmp_path)
+    first = subprocess.Popen([*SNAKEMAKE, "--configfile", str(config), "--directory", str(tmp_path), "--cores", "1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    locks = tmp_path / ".snakemake" / "locks"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (locks.is_dir() and any(locks.iterdir())):
+        time.sleep(0.1)
+    assert locks.is_dir() and any(locks.iterdir()), "the first run should hold the lock"
+    second = snakemake(tmp_path, "--cores", "1", config=config, check=False)
+    assert first.poll() is None, "the first run should still be running when the second tries"
+    assert second.returncode != 0 and "Directory cannot be locked" in second.stdout + second.stderr
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
+    assert len(verify_stacks(tmp_path)) == 2 and len(list((tmp_path / "results" / "runs").rglob("metrics.jsonl"))) == 4
+    assert planned_jobs(tmp_path, config) == {}
+
+
+def test_sigkilled_run_resumes_after_unlock_with_only_the_interrupted_stacks(tmp_path):
+    """The whole process group killed with SIGKILL while a train job runs: every stack file
+    left verifies, the lock stays until `snakemake --unlock`, and the rerun trains only the
+    stacks that had not finished (finished stack files keep their mtime)."""
+    proc = subprocess.Popen([*SNAKEMAKE, "--configfile", str(TEST_CONFIG), "--directory", str(tmp_path), "--cores", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    runs, logs = tmp_path / "results" / "runs", tmp_path / "results" / "logs" / "train"
+    deadline = time.time() + 300
+    # two stacks finished and the third job started (its log exists): with one core Snakemake
+    # starts a job only after recording the previous one as finished
+    while time.time() < deadline and not (len(list(runs.rglob("stack-*.json"))) >= 2
+                                          and len(list(logs.rglob("*.log"))) > len(list(runs.rglob("stack-*.json")))):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    done = {p: p.stat().st_mtime_ns for p in verify_stacks(tmp_path)}
+    assert 2 <= len(done) < len(cfg_stacks()), "the kill should land mid-run"
+    locked = snakemake(tmp_path, "--cores", "1", check=False)
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
+    snakemake(tmp_path, "--unlock")
+    assert planned_jobs(tmp_path)["train"] == len(cfg_stacks()) - len(done)
+    snakemake(tmp_path, "--cores", "2")
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # finished stacks were not redone
+    assert len(verify_stacks(tmp_path)) == len(cfg_stacks()) and planned_jobs(tmp_path) == {}
     assert len(list(runs.rglob("metrics.jsonl"))) == len(list(cfg_runs()))
 
 
