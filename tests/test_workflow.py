@@ -214,11 +214,11 @@ def test_killed_run_resumes_with_only_the_missing_jobs(tmp_path):
     assert len(list(runs.rglob("metrics.jsonl"))) == len(list(cfg_runs()))
 
 
-def one_experiment_config(tmp_path: Path) -> Path:
-    """The .test grid with its simulation experiment and two methods only (2 train jobs)."""
+def one_experiment_config(tmp_path: Path, methods: tuple[str, ...] = ("dense", "magnitude")) -> Path:
+    """The .test grid with its simulation experiment and ``methods`` only (one train job each)."""
     cfg = yaml.safe_load(TEST_CONFIG.read_text())
     cfg["experiments"] = {"sim-tiny": cfg["experiments"]["sim-tiny"]}
-    cfg["methods"] = ["dense", "magnitude"]
+    cfg["methods"] = list(methods)
     path = tmp_path / "one.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -247,7 +247,9 @@ def test_sigkilled_run_resumes_after_unlock_with_only_the_interrupted_stacks(tmp
     """The whole process group killed with SIGKILL while a train job runs: every stack file
     left verifies, the lock stays until `snakemake --unlock`, and the rerun trains only the
     stacks that had not finished (finished stack files keep their mtime)."""
-    proc = subprocess.Popen([*SNAKEMAKE, "--configfile", str(TEST_CONFIG), "--directory", str(tmp_path), "--cores", "1"],
+    methods = ("dense", "magnitude", "spike_slab")
+    config = one_experiment_config(tmp_path, methods)
+    proc = subprocess.Popen([*SNAKEMAKE, "--configfile", str(config), "--directory", str(tmp_path), "--cores", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     runs, logs = tmp_path / "results" / "runs", tmp_path / "results" / "logs" / "train"
     deadline = time.time() + 300
@@ -259,15 +261,15 @@ def test_sigkilled_run_resumes_after_unlock_with_only_the_interrupted_stacks(tmp
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     done = {p: p.stat().st_mtime_ns for p in verify_stacks(tmp_path)}
-    assert 2 <= len(done) < len(cfg_stacks()), "the kill should land mid-run"
-    locked = snakemake(tmp_path, "--cores", "1", check=False)
+    assert len(done) == 2, "the kill should land in the third train job"
+    locked = snakemake(tmp_path, "--cores", "1", config=config, check=False)
     assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
-    snakemake(tmp_path, "--unlock")
-    assert planned_jobs(tmp_path)["train"] == len(cfg_stacks()) - len(done)
-    snakemake(tmp_path, "--cores", "2")
+    snakemake(tmp_path, "--unlock", config=config)
+    assert planned_jobs(tmp_path, config)["train"] == 1
+    snakemake(tmp_path, "--cores", "2", config=config)
     assert {p: p.stat().st_mtime_ns for p in done} == done  # finished stacks were not redone
-    assert len(verify_stacks(tmp_path)) == len(cfg_stacks()) and planned_jobs(tmp_path) == {}
-    assert len(list(runs.rglob("metrics.jsonl"))) == len(list(cfg_runs()))
+    assert len(verify_stacks(tmp_path)) == len(methods) and planned_jobs(tmp_path, config) == {}
+    assert len(list(runs.rglob("metrics.jsonl"))) == 2 * len(methods)
 
 
 def test_train_jobs_ask_for_a_gpu_per_experiment_device(tmp_path):
