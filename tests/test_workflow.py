@@ -33,9 +33,9 @@ def snakemake(workdir: Path, *args: str, config: Path = TEST_CONFIG, check: bool
     return proc
 
 
-def planned_jobs(workdir: Path) -> dict[str, int]:
+def planned_jobs(workdir: Path, config: Path = TEST_CONFIG) -> dict[str, int]:
     """Job counts of a dry run ({} when nothing is to be done)."""
-    return job_counts(snakemake(workdir, "-n", "--cores", "1").stdout)
+    return job_counts(snakemake(workdir, "-n", "--cores", "1", config=config).stdout)
 
 
 def cfg_runs():
@@ -95,6 +95,73 @@ def test_rerun_does_only_what_is_missing(finished):
     assert stack.exists() and all(p.exists() for p in seeds) and planned_jobs(finished) == {}
 
 
+def verify_stacks(workdir: Path) -> list[Path]:
+    """Check every stack file under workdir against the checksums it records (the aggregate's
+    check); the stack files, sorted."""
+    from slabbench.stackfile import verified_files
+
+    stacks = sorted((workdir / "results" / "runs").rglob("stack-*.json"))
+    cwd = os.getcwd()
+    os.chdir(workdir)  # the paths in a stack file are relative to Snakemake's working directory
+    try:
+        for stack in stacks:
+            assert json.loads(stack.read_text())["format"] == 2, stack
+            verified_files(stack.relative_to(workdir), "metrics")
+    finally:
+        os.chdir(cwd)
+    return stacks
+
+
+def test_damaged_run_is_named_with_the_command_that_retrains_it(finished):
+    """A truncated metrics.jsonl of a finished grid: the aggregate stops naming the file and
+    the command that retrains its stack; that command retrains it and everything downstream."""
+    stack = "results/runs/sim-tiny/spike_slab/stack-0.json"
+    metrics = finished / "results" / "runs" / "sim-tiny" / "spike_slab" / "seed=1" / "metrics.jsonl"
+    data = metrics.read_bytes()
+    metrics.write_bytes(data[: len(data) // 2])
+    proc = snakemake(finished, "--cores", "1", "--forcerun", "aggregate", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "results/runs/sim-tiny/spike_slab/seed=1/metrics.jsonl is damaged" in out
+    assert f"{len(data) // 2} bytes where {stack} recorded {len(data)}" in out
+    command = f"snakemake --cores 8 --forcerun {stack}"
+    assert command in out
+    planned = job_counts(snakemake(finished, "-n", *command.split()[1:]).stdout)
+    assert planned == {"train": 1, "aggregate": 1, "pips": 1, "tables": 1, "feature_table": 1, "figure": 2, "all": 1}
+    snakemake(finished, *command.split()[1:])
+    assert metrics.read_bytes().count(b"\n") == data.count(b"\n") and planned_jobs(finished) == {}
+    verify_stacks(finished)
+
+
+#: what a checkout needs to run the .test grid with its own Snakefile (the package itself comes
+#: from the editable install)
+CHECKOUT = ["Snakefile", "environment.yml", "workflow", "config", "methods", "datasets", "profiles", ".test"]
+
+
+def test_a_moved_or_copied_checkout_retrains_nothing(tmp_path):
+    """The .test grid run in a checkout (cwd = the checkout, its own Snakefile), then the whole
+    folder copied with timestamps (cp -a) to another path, at another depth: Snakemake plans
+    nothing there (inputs are recorded relative to the working directory, not as absolute paths)."""
+    first = tmp_path / "first"
+    first.mkdir()
+    for name in CHECKOUT:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, first / name, ignore=shutil.ignore_patterns("__pycache__", "results"))
+        else:
+            shutil.copy2(src, first / name)
+    cmd = [sys.executable, "-m", "snakemake", "--configfile", ".test/config.yaml"]
+    done = subprocess.run([*cmd, "--cores", "2"], cwd=first, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    moved = tmp_path / "elsewhere" / "deeper" / "copy"
+    moved.parent.mkdir(parents=True)
+    subprocess.run(["cp", "-a", str(first), str(moved)], check=True)
+    dry = subprocess.run([*cmd, "-n", "--cores", "1"], cwd=moved, capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert job_counts(dry.stdout) == {}, dry.stdout[-3000:]
+    verify_stacks(moved)
+
+
 def test_configfile_replaces_the_default_grid(tmp_path):
     """`--configfile X` runs X's grid alone: the default config/config.yaml (read relative to
     the working directory) is not merged into it."""
@@ -145,6 +212,64 @@ def test_killed_run_resumes_with_only_the_missing_jobs(tmp_path):
     snakemake(tmp_path, "--cores", "2")
     assert {p: p.stat().st_mtime_ns for p in done} == done  # finished stacks were not redone
     assert len(list(runs.rglob("metrics.jsonl"))) == len(list(cfg_runs()))
+
+
+def one_experiment_config(tmp_path: Path, methods: tuple[str, ...] = ("dense", "magnitude")) -> Path:
+    """The .test grid with its simulation experiment and ``methods`` only (one train job each)."""
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["experiments"] = {"sim-tiny": cfg["experiments"]["sim-tiny"]}
+    cfg["methods"] = list(methods)
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_second_invocation_in_the_same_folder_is_refused(tmp_path):
+    """Two `snakemake` runs in one folder: the second refuses (Snakemake's directory lock), the
+    first finishes every run intact."""
+    config = one_experiment_config(tmp_path)
+    first = subprocess.Popen([*SNAKEMAKE, "--configfile", str(config), "--directory", str(tmp_path), "--cores", "1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    locks = tmp_path / ".snakemake" / "locks"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (locks.is_dir() and any(locks.iterdir())):
+        time.sleep(0.1)
+    assert locks.is_dir() and any(locks.iterdir()), "the first run should hold the lock"
+    second = snakemake(tmp_path, "--cores", "1", config=config, check=False)
+    assert first.poll() is None, "the first run should still be running when the second tries"
+    assert second.returncode != 0 and "Directory cannot be locked" in second.stdout + second.stderr
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
+    assert len(verify_stacks(tmp_path)) == 2 and len(list((tmp_path / "results" / "runs").rglob("metrics.jsonl"))) == 4
+    assert planned_jobs(tmp_path, config) == {}
+
+
+def test_sigkilled_run_resumes_after_unlock_with_only_the_interrupted_stacks(tmp_path):
+    """The whole process group killed with SIGKILL while a train job runs: every stack file
+    left verifies, the lock stays until `snakemake --unlock`, and the rerun trains only the
+    stacks that had not finished (finished stack files keep their mtime)."""
+    methods = ("dense", "magnitude", "spike_slab")
+    config = one_experiment_config(tmp_path, methods)
+    proc = subprocess.Popen([*SNAKEMAKE, "--configfile", str(config), "--directory", str(tmp_path), "--cores", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    runs, logs = tmp_path / "results" / "runs", tmp_path / "results" / "logs" / "train"
+    deadline = time.time() + 300
+    # two stacks finished and the third job started (its log exists): with one core Snakemake
+    # starts a job only after recording the previous one as finished
+    while time.time() < deadline and not (len(list(runs.rglob("stack-*.json"))) >= 2
+                                          and len(list(logs.rglob("*.log"))) > len(list(runs.rglob("stack-*.json")))):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    done = {p: p.stat().st_mtime_ns for p in verify_stacks(tmp_path)}
+    assert len(done) == 2, "the kill should land in the third train job"
+    locked = snakemake(tmp_path, "--cores", "1", config=config, check=False)
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
+    snakemake(tmp_path, "--unlock", config=config)
+    assert planned_jobs(tmp_path, config)["train"] == 1
+    snakemake(tmp_path, "--cores", "2", config=config)
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # finished stacks were not redone
+    assert len(verify_stacks(tmp_path)) == len(methods) and planned_jobs(tmp_path, config) == {}
+    assert len(list(runs.rglob("metrics.jsonl"))) == 2 * len(methods)
 
 
 def test_train_jobs_ask_for_a_gpu_per_experiment_device(tmp_path):

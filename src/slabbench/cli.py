@@ -61,10 +61,9 @@ def _write_run(records: list[dict], artefacts: dict, metrics_path: str | Path, a
 def train_stack_job(specs: list[dict], stack_path: str, threads: int = 1) -> None:
     """Train the runs ``specs`` (one experiment x method, several seeds) together and write,
     per seed, ``seed={seed}/metrics.jsonl`` and ``artefacts.pt`` beside ``stack_path``; then the
-    stack file itself (JSON: the seeds and their files), atomically and last."""
-    import json
-
-    from slabbench.io import write_text
+    stack file itself (:mod:`slabbench.stackfile`: the seeds, their files and the files'
+    checksums), atomically and last."""
+    from slabbench.stackfile import write_stack_file
     from slabbench.train import run_stack
 
     folder = Path(stack_path).parent
@@ -73,39 +72,49 @@ def train_stack_job(specs: list[dict], stack_path: str, threads: int = 1) -> Non
     for spec, (records, artefacts) in zip(specs, results):
         run = folder / f"seed={spec['seed']}"
         _write_run(records, artefacts, run / "metrics.jsonl", run / "artefacts.pt")
-        runs.append({"seed": int(spec["seed"]), "metrics": str(run / "metrics.jsonl"), "artefacts": str(run / "artefacts.pt")})
-    write_text(stack_path, json.dumps({"experiment": specs[0]["experiment"], "method": specs[0]["method"], "runs": runs},
-                                      indent=1) + "\n")
+        runs.append({"seed": int(spec["seed"]), "metrics": run / "metrics.jsonl", "artefacts": run / "artefacts.pt"})
+    write_stack_file(stack_path, specs[0]["experiment"], specs[0]["method"], runs)
 
 
 def stack_outputs(paths: list[str], kind: str) -> list[str]:
     """The per-seed files (``kind``: ``metrics`` or ``artefacts``) that the stack files
-    ``paths`` list; other paths (a ``metrics.jsonl`` itself) pass through.  A listed file that
-    is missing is an error naming it (delete the stack file to retrain its runs)."""
-    import json
+    ``paths`` list, each stack's files checked against the checksums it recorded; other paths
+    (a ``metrics.jsonl`` itself) pass through.  A missing, unreadable or changed file is a
+    :class:`slabbench.stackfile.DamagedRunError` naming it and the command that retrains its stack."""
+    return [f for _, f in _stack_outputs(paths, kind)]
+
+
+def _stack_outputs(paths: list[str], kind: str) -> list[tuple[str | None, str]]:
+    """(stack file or None, file) for every file :func:`stack_outputs` returns."""
+    from slabbench.stackfile import verified_files
 
     out = []
     for p in paths:
         if not str(p).endswith(".json"):
-            out.append(str(p))
-            continue
-        with open(p) as fh:
-            listed = [run[kind] for run in json.load(fh)["runs"]]
-        missing = [f for f in listed if not Path(f).is_file()]
-        if missing:
-            raise FileNotFoundError(f"{p} lists {', '.join(missing)}, which is missing; delete {p} and rerun to retrain its runs")
-        out.extend(listed)
+            out.append((None, str(p)))
+        else:
+            out.extend((str(p), f) for f in verified_files(p, kind))
     return out
 
 
 def aggregate_job(metrics_paths: list[str], runs_csv: str, summary_csv: str) -> None:
-    from slabbench.aggregate import runs_table, summary_table, write_csv
+    from slabbench.aggregate import records_table, summary_table, write_csv
+    from slabbench.io import RecordFileError, read_jsonl
+    from slabbench.stackfile import DamagedRunError, retrain_advice
 
-    metrics_paths = stack_outputs(metrics_paths, "metrics")
-    runs = runs_table(metrics_paths)
+    files = _stack_outputs(metrics_paths, "metrics")
+    records = []
+    for stack, path in files:
+        try:
+            records.extend(read_jsonl(path))
+        except RecordFileError as err:
+            if stack is None:
+                raise
+            raise DamagedRunError(f"{err}; {retrain_advice(stack)}") from None
+    runs = records_table(records)
     write_csv(runs, runs_csv)
     write_csv(summary_table(runs), summary_csv)
-    log.info("%d rows from %d runs", len(runs), len(metrics_paths))
+    log.info("%d rows from %d runs", len(runs), len(files))
 
 
 def tables_job(runs_csv: str, md_path: str, tex_path: str) -> None:
@@ -136,13 +145,30 @@ def pips_job(artefact_paths: list[str], spec: dict, png: str, pdf: str) -> None:
     from slabbench.plotting import plot_pips, save
     from slabbench.registry import dataset_class
 
+    arts = [_load_artefacts(stack, p) for stack, p in _stack_outputs(artefact_paths, "artefacts")]
     ds_cls = dataset_class(spec["dataset"])
     dataset = ds_cls(make_params(ds_cls.Params, spec.get("dataset_params"), spec["dataset"]), 0)
     dataset.prepare()  # the dataset contract: prepare() before spec() (a spec may need the files)
     dspec = dataset.spec()
-    arts = [torch.load(p, weights_only=True) for p in stack_outputs(artefact_paths, "artefacts")]
     title = f"{spec['experiment']}: spike-and-slab PIPs ({len(arts)} seeds)"
     save(plot_pips(arts, dspec.feature_shape, dspec.true_support, title), png, pdf)
+
+
+def _load_artefacts(stack: str | None, path: str) -> dict:
+    """``torch.load`` of one run's artefacts.pt; a file that does not load is named (with the
+    command that retrains its stack), not left to a bare unpickling error."""
+    import pickle
+
+    import torch
+
+    from slabbench.stackfile import DamagedRunError, retrain_advice
+
+    try:
+        return torch.load(path, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        advice = retrain_advice(stack) if stack else "write it again"
+        raise DamagedRunError(f"{path} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                              f"{advice}") from None
 
 
 def feature_table_job(runs_csv: str, md_path: str, tex_path: str) -> None:

@@ -110,9 +110,28 @@ def write_records(path: str | os.PathLike, records: Iterable[dict]) -> None:
     write_jsonl(path, out)
 
 
+class RecordFileError(ValueError):
+    """A JSON-lines file holds a line that is not a JSON object (cut short, overwritten)."""
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    """The JSON objects of the lines of ``path`` (blank lines skipped); a line that is not a
+    JSON object is a :class:`RecordFileError` naming the file and the line."""
+    out = []
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                what = f"{err.msg}, column {err.colno}" if isinstance(err, json.JSONDecodeError) else "not UTF-8 text"
+                raise RecordFileError(f"{path}, line {n}: not a valid JSON record ({what}); the file is damaged "
+                                      "or was cut short") from None
+            if not isinstance(rec, dict):
+                raise RecordFileError(f"{path}, line {n}: a JSON {type(rec).__name__}, not a record (a JSON object)")
+            out.append(rec)
+    return out
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -40,10 +40,17 @@ def stacks_of(experiment, method):
     return [STACK_FILE.format(experiment=e, method=m, stack=i) for e, m, i in JOBS if (e, m) == (experiment, method)]
 
 
+def from_basedir(path):
+    """``path`` (relative to the Snakefile's folder) relative to the working directory: Snakemake
+    records inputs as given, and a relative path keeps a moved or copied checkout (with its
+    results/ and .snakemake/) from rerunning every job for a changed set of input files."""
+    return os.path.relpath(os.path.join(workflow.basedir, path))
+
+
 def plugin_files(wildcards):
     spec = spec_of(wildcards)
-    base = workflow.basedir  # plugin files live beside the Snakefile, whatever the working directory
-    return [f"{base}/methods/{method_plugin(spec)}.py", f"{base}/datasets/{spec['dataset']}.py"]
+    # plugin files live beside the Snakefile, whatever the working directory
+    return [from_basedir(f"methods/{method_plugin(spec)}.py"), from_basedir(f"datasets/{spec['dataset']}.py")]
 
 
 @functools.lru_cache(maxsize=None)

@@ -20,7 +20,7 @@ rule paper:
     input:
         data="paper/data/runs.csv",
         provenance="paper/data/provenance.json",
-        scripts=expand(f"{workflow.basedir}/paper/{{script}}.py", script=PAPER_SCRIPTS),
+        scripts=[from_basedir(f"paper/{script}.py") for script in PAPER_SCRIPTS],
     params:
         python=sys.executable,
     log:
