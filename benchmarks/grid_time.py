@@ -1,0 +1,126 @@
+"""How long a config's grid takes here: every train job timed at two short lengths, extrapolated.
+
+    .venv/bin/python benchmarks/grid_time.py config/paper.yaml [--experiments simulation friedman]
+        [--epochs 2 6] [--device cpu|cuda|auto] [--slots 2] [--graphs] [--out rows.csv]
+
+Each train job of the config (one experiment x method x stack of seeds, as Snakemake runs it) is
+run through the core (``slabbench.train.run_stack``) three times, shortened: at ``E1`` and ``E2``
+training epochs without fine-tuning, and at ``E1`` with one fine-tuning epoch.  Wall times give,
+per job, the cost of one training epoch, of one fine-tuning epoch and the rest (data, building,
+evaluation of every target), and so the job at the config's own length:
+
+    T = rest + epochs x per_epoch + finetune_epochs x per_finetune_epoch.
+
+A screened-restarts variant screens at the same fraction of its shortened schedule.  The grid's
+wall time is then the longest-first schedule of the jobs on ``--slots`` parallel lanes (CPU
+cores, or GPU slots with ``resources: gpu=N``), assuming jobs do not slow each other down (they
+do when they share a core or a GPU's launch queue: a lower bound).  Records are not written.
+Prints a markdown table per job and the totals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import heapq
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from slabbench.config import load_yaml, stack_jobs, validate
+from slabbench.train import resolve_device, run_stack
+
+
+def shortened(specs: list[dict], epochs: int, finetune: int, device: str, graphs: bool) -> list[dict]:
+    out = []
+    for spec in specs:
+        s = copy.deepcopy(spec)
+        full = int(s["epochs"])
+        s.update(epochs=epochs, finetune_epochs=finetune, device=device)
+        if graphs:
+            s["graphs"] = True
+        if s.get("restarts_screen_epochs") is not None:  # the same fraction of the shortened run
+            s["restarts_screen_epochs"] = max(1, min(epochs - 1, round(epochs * s["restarts_screen_epochs"] / full)))
+        out.append(s)
+    return out
+
+
+def timed(specs: list[dict], threads: int) -> float:
+    dev = resolve_device(specs[0]["device"])
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    run_stack(specs, threads=threads)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def makespan(seconds: list[float], slots: int) -> float:
+    """Longest-first list scheduling of jobs of ``seconds`` on ``slots`` lanes."""
+    lanes = [0.0] * max(1, slots)
+    heapq.heapify(lanes)
+    for s in sorted(seconds, reverse=True):
+        heapq.heappush(lanes, heapq.heappop(lanes) + s)
+    return max(lanes)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", type=Path)
+    ap.add_argument("--experiments", nargs="+", help="only these experiments (default: all)")
+    ap.add_argument("--methods", nargs="+", help="only these methods (default: all)")
+    ap.add_argument("--epochs", type=int, nargs=2, default=[2, 6], metavar=("E1", "E2"))
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--slots", type=int, default=1, help="jobs running at once (cores, or GPU slots)")
+    ap.add_argument("--graphs", action="store_true", help="train with graphs: true (CUDA)")
+    ap.add_argument("--out", type=Path, help="also write the rows as CSV")
+    args = ap.parse_args(argv)
+    e1, e2 = args.epochs
+    if not 1 <= e1 < e2:
+        ap.error(f"--epochs E1 E2 needs 1 <= E1 < E2, got {e1} {e2}")
+    logging.basicConfig(level=logging.WARNING)
+    config = validate(load_yaml(args.config))
+    jobs = {k: v for k, v in stack_jobs(config).items()
+            if (not args.experiments or k[0] in args.experiments) and (not args.methods or k[1] in args.methods)}
+    if not jobs:
+        ap.error("no train job matches --experiments / --methods")
+    device = str(resolve_device(args.device))
+    rows = []
+    print(f"{args.config}: {len(jobs)} train jobs on {device}{' with graphs' if args.graphs else ''}, "
+          f"timed at {e1} and {e2} epochs (and {e1} + 1 fine-tuning epoch)")
+    print("| experiment | method | runs | epochs | s / epoch | s / fine-tuning epoch | rest s | job s (extrapolated) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (experiment, method, stack), specs in jobs.items():
+        full_epochs, full_ft = int(specs[0]["epochs"]), int(specs[0].get("finetune_epochs", 0))
+        t1 = timed(shortened(specs, e1, 0, device, args.graphs), args.threads)
+        t2 = timed(shortened(specs, e2, 0, device, args.graphs), args.threads)
+        t1f = timed(shortened(specs, e1, 1, device, args.graphs), args.threads) if full_ft else t1
+        per_epoch = max(0.0, (t2 - t1) / (e2 - e1))
+        per_ft = max(0.0, t1f - t1)
+        rest = max(0.0, t1 - e1 * per_epoch)
+        total = rest + full_epochs * per_epoch + full_ft * per_ft
+        rows.append(dict(experiment=experiment, method=method, stack=stack, runs=len(specs), epochs=full_epochs,
+                         finetune_epochs=full_ft, s_per_epoch=per_epoch, s_per_finetune_epoch=per_ft, rest_s=rest,
+                         job_s=total))
+        print(f"| {experiment} | {method} | {len(specs)} | {full_epochs} + {full_ft} | {per_epoch:.3f} | {per_ft:.3f} | "
+              f"{rest:.1f} | {total:.0f} |", flush=True)
+    serial = sum(r["job_s"] for r in rows)
+    print(f"\none job after another: {serial:.0f} s ({serial / 60:.1f} min); on {args.slots} slot(s), longest first: "
+          f"{makespan([r['job_s'] for r in rows], args.slots) / 60:.1f} min (jobs assumed not to slow each other)")
+    by_exp: dict[str, float] = {}
+    for r in rows:
+        by_exp[r["experiment"]] = by_exp.get(r["experiment"], 0.0) + r["job_s"]
+    for exp, s in by_exp.items():
+        print(f"  {exp}: {s / 60:.1f} min of jobs")
+    if args.out:
+        import pandas as pd
+
+        pd.DataFrame(rows).to_csv(args.out, index=False)
+
+
+if __name__ == "__main__":
+    main()
