@@ -33,6 +33,17 @@ def _check_keys(got: dict, expected: dict, where: str) -> None:
         raise MethodOutputError(f"{where} returned {'; '.join(parts)}; expected exactly: {', '.join(expected)}")
 
 
+def _keyed_by_weight(value: Any, net: nn.Module, where: str, what: str, otherwise: str) -> dict[str, torch.Size]:
+    """Check that ``value`` is a dict keyed by exactly the prunable weights of ``net``; return
+    {key: the weight's shape}."""
+    if not isinstance(value, dict):
+        raise MethodOutputError(f"{where} returned a {type(value).__name__}; expected a dict of {what} keyed "
+                                f"'<layer>.weight', or {otherwise}")
+    expected = _expected(net)
+    _check_keys(value, expected, where)
+    return expected
+
+
 def check_scores(scores: Any, net: nn.Module, method: str, diverged: bool = False) -> None:
     """``scores`` (a :meth:`Method.scores` result, not ``None``) has one tensor (or a
     ``(primary, tiebreak)`` pair of tensors) of each prunable weight's shape of the exported
@@ -40,11 +51,7 @@ def check_scores(scores: Any, net: nn.Module, method: str, diverged: bool = Fals
     ``on_divergence: record`` keeps ranking NaN last).  ±inf ranks first / last and is allowed
     (a closed-form PIP logit reaches +inf when σ underflows)."""
     where = f"method {method!r}: scores()"
-    if not isinstance(scores, dict):
-        raise MethodOutputError(f"{where} returned a {type(scores).__name__}; expected a dict of tensors keyed "
-                                "'<layer>.weight', or None for a method that never prunes")
-    expected = _expected(net)
-    _check_keys(scores, expected, where)
+    expected = _keyed_by_weight(scores, net, where, "tensors", "None for a method that never prunes")
     for key, shape in expected.items():
         value = scores[key]
         parts = list(value) if isinstance(value, (tuple, list)) else [value]
@@ -67,11 +74,7 @@ def check_mask(mask: Any, net: nn.Module, method: str) -> None:
     """``mask`` (a :meth:`Method.natural_mask` result, not ``None``) has one 0/1 tensor of each
     prunable weight's shape of the exported ``net``, keyed ``"<layer>.weight"``."""
     where = f"method {method!r}: natural_mask()"
-    if not isinstance(mask, dict):
-        raise MethodOutputError(f"{where} returned a {type(mask).__name__}; expected a dict of 0/1 tensors keyed "
-                                "'<layer>.weight', or None for a method without a natural selection")
-    expected = _expected(net)
-    _check_keys(mask, expected, where)
+    expected = _keyed_by_weight(mask, net, where, "0/1 tensors", "None for a method without a natural selection")
     for key, shape in expected.items():
         m = mask[key]
         if not torch.is_tensor(m):
