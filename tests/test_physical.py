@@ -254,3 +254,17 @@ def test_the_readme_lines_run_a_saved_node_pruned_spike_slab_net(tmp_path, monke
     torch.testing.assert_close(scope["y"], P.forward(saved["layers"], scope["x"]))
     assert scope["y"].shape == (5, 1)
     assert torch.load(folder / "artefacts.pt", weights_only=True).keys() == artefacts.keys() - {"physical"}
+
+
+def test_latency_rows_merge_by_run_and_a_missing_one_is_named():
+    import pandas as pd
+
+    from slabbench.aggregate import LATENCY, PoolingError, merge_latency
+
+    runs = pd.DataFrame({"experiment": ["e", "e"], "method": ["m", "m"], "seed": [0, 0],
+                         "selection": ["natural", "target"], "target_sparsity": [float("nan"), 0.9]})
+    lat = runs.iloc[::-1].assign(**{c: [2.0, 1.0] for c in LATENCY})  # the other order: merged by key, not row
+    merged = merge_latency(runs, lat)
+    assert merged["latency_ms_b1"].tolist() == [1.0, 2.0]
+    with pytest.raises(PoolingError, match="1 run.* no row in the latency table: e/m/0/target/0.9"):
+        merge_latency(runs, lat.iloc[1:])
