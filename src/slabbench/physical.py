@@ -157,17 +157,6 @@ def forward(layers: Sequence[dict], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _positions(ops: list[dict], input_shape: Sequence[int]) -> list[int]:
-    """For each op, the spatial positions per channel of its output (1 for flat tensors)."""
-    x = torch.zeros(1, *input_shape)
-    out = []
-    with torch.no_grad():
-        for op in ops:
-            x = forward([op], x)
-            out.append(math.prod(x.shape[2:]) if x.dim() > 2 else 1)
-    return out
-
-
 def _channel_value(ops: Sequence[dict], v: torch.Tensor) -> torch.Tensor:
     """Per-channel constants ``v`` (C,) through the per-channel ops ``ops`` (batch norm in eval
     form, relu, tanh; pooling and flatten leave a spatially constant map's value as it is)."""
@@ -190,7 +179,6 @@ def physical_network(net: nn.Module, input_shape: Sequence[int], remove: bool = 
     the dense network, whose serialized size is ``model_bytes_dense``.  Tensors are float32
     copies on the CPU; ``net`` is not changed."""
     ops = _describe(net)
-    pos = _positions(ops, input_shape)
     prunable = [i for i, o in enumerate(ops) if o["op"] in ("linear", "conv2d")]
     for i in prunable:
         ops[i]["dense_shape"] = list(ops[i]["weight"].shape)
@@ -451,11 +439,13 @@ def physical_record(net: nn.Module, input_shape: Sequence[int]) -> tuple[dict, d
     the physical network and its sparse form (float32) to save."""
     payload = physical_network(net, input_shape)
     sparse = sparse_network(payload)
+    half = dict(sparse, layers=[dict(o, weight=dict(o["weight"], values=o["weight"]["values"].half()))
+                                if o["op"] in ("linear", "conv2d") else o for o in sparse["layers"]])
     fields = {
         "model_bytes_dense": serialized_bytes(physical_network(net, input_shape, remove=False)),
         "model_bytes_pruned": serialized_bytes(payload),
         "model_bytes_sparse": serialized_bytes(sparse),
-        "model_bytes_sparse_fp16": serialized_bytes(sparse_network(payload, torch.float16)),
+        "model_bytes_sparse_fp16": serialized_bytes(half),
         "physical_empty": bool(payload["empty"]),
         "physical_widths": widths(payload),
     }
