@@ -11,7 +11,7 @@ rule latency:
     threads: workflow.cores
     resources:
         mem_mb=2000,
-        runtime=30,
+        runtime=15,
     benchmark:
         "results/benchmarks/latency.tsv"
     log:
