@@ -28,5 +28,7 @@ rule all:
         expand("results/figures/{experiment}.png", experiment=EXPERIMENTS),
         expand("results/figures/{experiment}.pdf", experiment=EXPERIMENTS),
         "results/tables/feature_selection.md",
+        "results/tables/deploy.md",
+        "results/figures/deploy.png",
         expand("results/figures/pips/{experiment}.png", experiment=PIP_EXPERIMENTS),
     default_target: True

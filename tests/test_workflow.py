@@ -22,6 +22,7 @@ REQUIRED_COLUMNS = [
     "experiment", "dataset", "model", "method", "seed", "selection", "target_sparsity", "sparsity", "sparsity_all",
     "compression", "test_accuracy", "test_rmse", "test_nll", "ece", "flops_kept", "nodes_kept", "features_kept",
     "fnr", "fpr", "train_seconds", "device", "git_commit", "torch_version",
+    "model_bytes_dense", "model_bytes_pruned", "model_bytes_sparse", "physical_empty", "latency_ms_b1", "latency_ms_b256",
 ]
 
 
@@ -79,6 +80,18 @@ def test_outputs(finished):
     assert "sim-tiny" in (finished / "results" / "tables" / "feature_selection.md").read_text()
     for exp in cfg["experiments"]:  # spike-and-slab inclusion-probability figures
         assert (finished / "results" / "figures" / "pips" / f"{exp}.png").stat().st_size > 1000
+    # physical networks: one file (and its sparse form) per record, measured sizes, latency
+    # where the net has a path from input to output (merged from the latency rule's table)
+    for _, r in runs.iterrows():
+        sel = "natural" if r["selection"] == "natural" else f"target={r['target_sparsity']:g}"
+        folder = finished / "results" / "runs" / r["experiment"] / r["method"] / f"seed={r['seed']}"
+        assert (folder / f"physical-{sel}.pt").is_file() and (folder / f"physical-{sel}.sparse.pt").is_file()
+    assert (runs["model_bytes_pruned"] <= runs["model_bytes_dense"] + 2000).all()
+    timed = runs[~runs["physical_empty"].astype(bool)]
+    assert timed["latency_ms_b1"].gt(0).all() and timed["latency_ms_b256_dense"].gt(0).all()
+    assert runs.loc[runs["physical_empty"].astype(bool), "latency_ms_b1"].isna().all()
+    assert all(exp in (finished / "results" / "tables" / "deploy.md").read_text() for exp in cfg["experiments"])
+    assert (finished / "results" / "figures" / "deploy.png").stat().st_size > 1000
 
 
 def test_rerun_does_only_what_is_missing(finished):
@@ -90,7 +103,8 @@ def test_rerun_does_only_what_is_missing(finished):
     seeds[0].unlink()
     # (Snakemake does not redo a missing intermediate file while what depends on it is up to date)
     (finished / "results" / "summary" / "runs.csv").unlink()
-    assert planned_jobs(finished) == {"train": 1, "aggregate": 1, "tables": 1, "feature_table": 1, "figure": 2, "all": 1}
+    assert planned_jobs(finished) == {"train": 1, "latency": 1, "aggregate": 1, "tables": 1, "feature_table": 1, "figure": 2,
+                                      "deploy": 1, "all": 1}
     snakemake(finished, "--cores", "1")
     assert stack.exists() and all(p.exists() for p in seeds) and planned_jobs(finished) == {}
 

@@ -28,6 +28,8 @@ import pandas as pd
 from slabbench.io import atomic_path, read_jsonl
 from slabbench.stats import describe
 
+#: measured apart (rule ``latency``, :func:`slabbench.cli.latency_job`), merged in by run
+LATENCY = ["latency_ms_b1", "latency_ms_b256", "latency_ms_b1_dense", "latency_ms_b256_dense", "speedup_b1", "speedup_b256"]
 KEYS = ["experiment", "dataset", "model", "method", "seed", "task", "selection", "target_sparsity"]
 COLUMNS = KEYS + [
     "sparsity", "sparsity_all", "compression", "n_weights", "nonzero_weights", "n_biases", "nonzero_biases",
@@ -35,13 +37,16 @@ COLUMNS = KEYS + [
     "test_accuracy_bma", "test_rmse_bma", "test_nll_bma", "ece_bma", "test_rmse_constant",
     "test_accuracy_sampled", "val_accuracy_sampled", "test_rmse_sampled", "val_rmse_sampled",
     "flops_kept", "nodes_kept", "features_kept", "fnr", "fpr", "train_seconds", "finetune_seconds", "epochs", "finetune_epochs",
+    "model_bytes_dense", "model_bytes_pruned", "model_bytes_sparse", "model_bytes_sparse_fp16", "physical_widths",
+    "physical_empty",
     "nan_metrics", "setting", "variant_of", "restarts", "restart_chosen", "stack_runs",
     "device", "device_name", "git_commit", "git_dirty", "slabbench_version", "torch_version", "python_version",
     "method_params",
 ]
 METRICS = ["sparsity", "sparsity_all", "compression", "test_accuracy", "test_rmse", "test_nll", "ece", "val_ece",
            "test_accuracy_bma", "test_rmse_bma", "test_nll_bma", "ece_bma", "test_rmse_constant",
-           "test_accuracy_sampled", "test_rmse_sampled", "flops_kept", "features_kept", "fnr", "fpr", "train_seconds"]
+           "test_accuracy_sampled", "test_rmse_sampled", "flops_kept", "features_kept", "fnr", "fpr", "train_seconds",
+           "model_bytes_dense", "model_bytes_pruned", "model_bytes_sparse", "model_bytes_sparse_fp16"] + LATENCY
 #: one run's row is identified by these; a second row with the same values is refused
 RUN_KEY = ["experiment", "method", "seed", "selection", "target_sparsity"]
 #: what distinguishes settings of one method in one experiment (summary keys; tables refuse mixing)
@@ -71,6 +76,8 @@ def flatten(rec: dict) -> dict:
             row[key] = float(what)  # "nan", "inf", "-inf"
     row["nan_metrics"] = ";".join(sorted(k for k, v in nonfinite.items() if v == "nan"))
     row["nodes_kept"] = "-".join(str(n) for n in rec.get("nodes_kept", []))
+    if "physical_widths" in rec:
+        row["physical_widths"] = "-".join(str(n) for n in rec["physical_widths"])
     spec = rec.get("spec", {})
     row["epochs"] = spec.get("epochs")
     row["variant_of"] = spec.get("variant_of")  # the base method of a variant (None: the method itself)
@@ -80,6 +87,27 @@ def flatten(rec: dict) -> dict:
                slabbench_version=prov.get("slabbench"), torch_version=prov.get("torch"), python_version=prov.get("python"),
                method_params=json.dumps(spec.get("method_params", {}), sort_keys=True))
     return row
+
+
+def merge_latency(runs: pd.DataFrame, latency: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with the ``LATENCY`` columns of ``latency`` (one row per run, keyed by
+    ``RUN_KEY``; an empty network's cells empty) merged in.  A run without a latency row is
+    an error naming it (a stale latency table)."""
+    if runs.empty:
+        return runs.assign(**{c: pd.Series(dtype=float) for c in LATENCY})
+    key = "_run"
+    def label(df):
+        return pd.Series([_label(k) for k in df[RUN_KEY].itertuples(index=False, name=None)], index=df.index)
+    lat = latency.assign(**{key: label(latency)}).drop_duplicates(key).set_index(key)
+    ids = label(runs)
+    missing = sorted(set(ids) - set(lat.index))
+    if missing:
+        raise PoolingError(f"{len(missing)} run(s) have no row in the latency table: {', '.join(missing[:5])}; "
+                           "rerun the latency rule")
+    out = runs.copy()
+    for c in LATENCY:
+        out[c] = lat[c].reindex(ids).to_numpy(dtype=float) if c in lat else float("nan")
+    return out
 
 
 def runs_table(paths: Iterable[str | Path]) -> pd.DataFrame:

@@ -49,12 +49,23 @@ def train_job(spec: dict, metrics_path: str, artefacts_path: str, threads: int =
 
 
 def _write_run(records: list[dict], artefacts: dict, metrics_path: str | Path, artefacts_path: str | Path) -> None:
+    """Write one run's files: ``artefacts.pt``, each record's physical network and its sparse
+    form (``artefacts["physical"]``, see :func:`slabbench.physical.attach`) as
+    ``physical-{selection}.pt`` and ``physical-{selection}.sparse.pt`` beside it, and last
+    ``metrics.jsonl``; each atomically."""
     import torch
 
     from slabbench.io import atomic_path, write_records
 
+    artefacts = dict(artefacts)
+    nets = artefacts.pop("physical", {})
     with atomic_path(artefacts_path) as tmp:
         torch.save(artefacts, tmp)
+    folder = Path(artefacts_path).parent
+    for stem, (payload, sparse) in nets.items():
+        for path, obj in ((folder / f"{stem}.pt", payload), (folder / f"{stem}.sparse.pt", sparse)):
+            with atomic_path(path) as tmp:
+                torch.save(obj, tmp)
     write_records(metrics_path, records)
 
 
@@ -97,8 +108,46 @@ def _stack_outputs(paths: list[str], kind: str) -> list[tuple[str | None, str]]:
     return out
 
 
-def aggregate_job(metrics_paths: list[str], runs_csv: str, summary_csv: str) -> None:
-    from slabbench.aggregate import records_table, summary_table, write_csv
+def latency_job(stack_paths: list[str], latency_csv: str, batches: tuple[int, ...] = (1, 256)) -> None:
+    """Time every saved physical network of the runs the stack files ``stack_paths`` list
+    (:func:`slabbench.physical.latency`: one thread, the dense network of each architecture
+    timed once in this process) and write one row per run record to ``latency_csv``: the run
+    key, ``physical_empty`` and the latencies (empty for an empty network)."""
+    import time
+
+    import pandas as pd
+    import torch
+
+    from slabbench import physical as P
+    from slabbench.aggregate import RUN_KEY, write_csv
+    from slabbench.io import read_jsonl
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    rows, dense_ms = [], {}
+    for metrics in stack_outputs(stack_paths, "metrics"):
+        folder = Path(metrics).parent
+        for rec in read_jsonl(metrics):
+            path = folder / f"{P.file_stem(rec)}.pt"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing (its run {metrics} predates physical networks?); "
+                                        f"delete the run's stack file and rerun to retrain it")
+            payload = P.check_payload(torch.load(path, weights_only=True), str(path))
+            arch = repr([payload["input_shape"]] + [o.get("dense_shape") for o in payload["layers"]])
+            timed = P.latency(payload, batches, dense_ms=dense_ms.get(arch))
+            dense_ms[arch] = {b: timed[f"latency_ms_b{b}_dense"] for b in batches}
+            rows.append(dict({k: rec[k] for k in RUN_KEY}, physical_empty=bool(payload["empty"]), **timed))
+    write_csv(pd.DataFrame(rows), latency_csv)
+    log.info("timed %d physical networks (%d architectures) in %.1f s", len(rows), len(dense_ms), time.perf_counter() - t0)
+
+
+def aggregate_job(metrics_paths: list[str], runs_csv: str, summary_csv: str, latency_csv: str | None = None) -> None:
+    """runs.csv and summary.csv from the records the stack files (or metrics files)
+    ``metrics_paths`` list, each checked against its stack's checksums, with the latencies of
+    ``latency_csv`` merged in by run."""
+    import pandas as pd
+
+    from slabbench.aggregate import merge_latency, records_table, summary_table, write_csv
     from slabbench.io import RecordFileError, read_jsonl
     from slabbench.stackfile import DamagedRunError, retrain_advice
 
@@ -112,6 +161,8 @@ def aggregate_job(metrics_paths: list[str], runs_csv: str, summary_csv: str) -> 
                 raise
             raise DamagedRunError(f"{err}; {retrain_advice(stack)}") from None
     runs = records_table(records)
+    if latency_csv is not None:
+        runs = merge_latency(runs, pd.read_csv(latency_csv))
     write_csv(runs, runs_csv)
     write_csv(summary_table(runs), summary_csv)
     log.info("%d rows from %d runs", len(runs), len(files))
@@ -135,6 +186,19 @@ def figure_job(runs_csv: str, experiment: str, png: str, pdf: str) -> None:
 
     runs = pd.read_csv(runs_csv)
     save(plot_experiment(runs[runs["experiment"] == experiment]), png, pdf)
+
+
+def deploy_job(runs_csv: str, md_path: str, png: str, pdf: str) -> None:
+    """Test metric against measured latency and bytes: the table and the figure."""
+    import pandas as pd
+
+    from slabbench.deploy import plot, render
+    from slabbench.io import write_text
+    from slabbench.plotting import save
+
+    runs = pd.read_csv(runs_csv)
+    write_text(md_path, render(runs))
+    save(plot(runs), png, pdf)
 
 
 def pips_job(artefact_paths: list[str], spec: dict, png: str, pdf: str) -> None:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from slabbench import metrics as M
+from slabbench import physical
 from slabbench.api import Method, TrainContext, make_params
 from slabbench.config import method_plugin, run_option_error
 from slabbench.engine import StepGraphs, state_entries
@@ -816,10 +817,10 @@ def _run_stack(cfgs: Sequence[dict], threads: int, flushed: bool) -> list[tuple[
                 check_mask(natural, exported, c["method"])
             if natural is not None or scores is None:
                 net = apply_masks(copy.deepcopy(exported), natural) if natural is not None else exported
-                records.append(dict(common, selection="natural", target_sparsity=None, finetune_epochs=0,
-                                    **evaluate(net, data, spec, task, noise_sd),
-                                    **_bma_metrics(method, model, natural, data, task, noise_sd),
-                                    **_sampled_metrics(method, model, data, task, noise_sd, m.seed, device)))
+                records.append(physical.attach(dict(
+                    common, selection="natural", target_sparsity=None, finetune_epochs=0,
+                    **evaluate(net, data, spec, task, noise_sd), **_bma_metrics(method, model, natural, data, task, noise_sd),
+                    **_sampled_metrics(method, model, data, task, noise_sd, m.seed, device)), artefacts, net, spec.input_shape))
             artefacts.update(method.extra_artifacts(model))
             if scores is not None:
                 artefacts["scores"] = {k: (v[0] if isinstance(v, tuple) else v).detach().cpu() for k, v in scores.items()}
@@ -834,9 +835,9 @@ def _run_stack(cfgs: Sequence[dict], threads: int, flushed: bool) -> list[tuple[
     tuned, tune_seconds = _finetune_all([(net, masks, seed, data) for _, net, masks, seed, data, *_ in pending], cfg0,
                                         task, device, label)
     for (r, _, _, _, data, common, bma, target), net, secs in zip(pending, tuned, tune_seconds):
-        results[r][0].append(dict(common, selection="target", target_sparsity=target,
+        results[r][0].append(physical.attach(dict(common, selection="target", target_sparsity=target,
                                   finetune_epochs=int(cfg0.get("finetune_epochs", 0)), finetune_seconds=secs,
-                                  **evaluate(net, data, spec, task, noise_sd), **bma))
+                                  **evaluate(net, data, spec, task, noise_sd), **bma), results[r][1], net, spec.input_shape))
     for (records, _), c in zip(results, cfgs):
         records.sort(key=lambda rec: (rec["selection"] != "natural", rec["target_sparsity"] or 0.0))
         log.info("%s seed=%s: %d records", label, c["seed"], len(records))

