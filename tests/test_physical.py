@@ -201,12 +201,12 @@ def test_sparse_network_restores_the_physical_one_and_is_smaller_when_sparse():
     assert 4 * (100 * 200 + 200 + 200 * 10 + 10) < fields["model_bytes_dense"] < 4 * (100 * 200 + 200 + 200 * 10 + 10) + 4000
 
 
-def test_time_forward_returns_milliseconds_per_call():
-    lin = nn.Linear(8, 4)
-    ms = P.time_forward(lin, torch.randn(2, 8), warmup=1, repeats=3, min_block_s=1e-4)
-    assert 0 < ms < 100
+def test_time_pair_returns_milliseconds_per_call_and_their_ratio():
+    small, big = nn.Linear(8, 4), nn.Sequential(*[nn.Linear(8, 8) for _ in range(6)])
+    a, b, ratio = P.time_pair(small, big, torch.randn(2, 8), warmup=1, repeats=3, min_block_s=1e-4)
+    assert 0 < a < 100 and 0 < b < 100 and ratio > 0
     with pytest.raises(ValueError, match="repeats must be >= 1"):
-        P.time_forward(lin, torch.randn(2, 8), repeats=0)
+        P.time_pair(small, big, torch.randn(2, 8), repeats=0)
 
 
 def test_latency_marks_an_empty_network_untimed():

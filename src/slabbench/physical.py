@@ -46,7 +46,7 @@ input to an output): the network is then a constant and is not timed.
 
 :func:`sparse_network` stores the same layers with each weight in a sparse form (CSR or a
 bitmask plus values, whichever is smaller, values float32 or float16); :func:`from_sparse`
-restores the physical network.  :func:`time_forward` measures CPU inference latency.
+restores the physical network.  :func:`time_pair` measures CPU inference latency (two networks in alternation).
 """
 
 from __future__ import annotations
@@ -473,46 +473,52 @@ def attach(record: dict, artefacts: dict, net: nn.Module, input_shape: Sequence[
 
 # ---------------------------------------------------------------- latency
 
-def time_forward(module: nn.Module, x: torch.Tensor, *, warmup: int = 3, repeats: int = 9,
-                 min_block_s: float = 2e-3) -> float:
-    """CPU inference latency of ``module`` on the batch ``x``: milliseconds per forward pass,
-    the median over ``repeats`` timed blocks after ``warmup`` untimed calls.  A block repeats
-    the call often enough to last at least ``min_block_s`` seconds (short calls are timed in
-    bulk, so the timer's resolution does not matter).  Runs under ``torch.inference_mode``
-    with whatever thread count the caller set (the latency job sets one)."""
+def time_pair(first: nn.Module, second: nn.Module, x: torch.Tensor, *, warmup: int = 3, repeats: int = 9,
+              min_block_s: float = 2e-3) -> tuple[float, float, float]:
+    """Latencies of two modules on the batch ``x`` timed in alternation, so that a change of
+    the machine's load hits both alike: after ``warmup`` untimed calls of each, ``repeats``
+    rounds each time a block of ``first`` then a block of ``second`` (each block long enough to
+    last ``min_block_s``).  Returns (ms of ``first``, ms of ``second``, ratio first / second),
+    each the median over the rounds (the ratio the median of the rounds' ratios)."""
     if repeats < 1 or warmup < 0:
-        raise ValueError(f"time_forward: repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+        raise ValueError(f"time_pair: repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     with torch.inference_mode():
-        for _ in range(warmup):
-            module(x)
-        t0 = time.perf_counter()
-        module(x)
-        one = max(time.perf_counter() - t0, 1e-7)
-        calls = max(1, math.ceil(min_block_s / one))
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(calls):
+        calls = []
+        for module in (first, second):
+            for _ in range(warmup):
                 module(x)
-            times.append((time.perf_counter() - t0) / calls)
-    return 1e3 * statistics.median(times)
+            t0 = time.perf_counter()
+            module(x)
+            calls.append(max(1, math.ceil(min_block_s / max(time.perf_counter() - t0, 1e-7))))
+        rounds = []
+        for _ in range(repeats):
+            pair = []
+            for module, n in zip((first, second), calls):
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    module(x)
+                pair.append((time.perf_counter() - t0) / n)
+            rounds.append(pair)
+    a = statistics.median(r[0] for r in rounds)
+    b = statistics.median(r[1] for r in rounds)
+    return 1e3 * a, 1e3 * b, statistics.median(r[0] / r[1] for r in rounds)
 
 
-def latency(payload: dict, batches: Sequence[int] = (1, 256), dense_ms: dict[int, float] | None = None,
-            seed: int = 0, **timing) -> dict[str, float]:
+def latency(payload: dict, batches: Sequence[int] = (1, 256), seed: int = 0, **timing) -> dict[str, float]:
     """Latency of the physical network ``payload`` and of the dense network of its
-    architecture (:func:`dense_layers`), each timed by :func:`time_forward` on random inputs
-    (B, *input_shape) for each batch size B: ``latency_ms_b{B}``, ``latency_ms_b{B}_dense``
-    and ``speedup_b{B}`` = dense / physical.  ``dense_ms`` ({B: ms}) reuses dense timings
-    already taken in this process for the same architecture.  An empty network (no path from
-    input to output) is not timed: its latencies are NaN."""
+    architecture (:func:`dense_layers`), timed in alternation by :func:`time_pair` on random
+    inputs (B, *input_shape) for each batch size B: ``latency_ms_b{B}``, ``latency_ms_b{B}_dense``
+    and ``speedup_b{B}`` = dense / physical (the median of the rounds' ratios).  An empty network
+    (no path from input to output) is not timed: its latencies are NaN."""
     out: dict[str, float] = {}
     phys = Physical(payload["layers"]).eval()
     dense = Physical(dense_layers(payload, seed)).eval()
     gen = torch.Generator().manual_seed(seed)
     for b in batches:
         x = torch.randn(b, *payload["input_shape"], generator=gen)
-        d = dense_ms[b] if dense_ms is not None and b in dense_ms else time_forward(dense, x, **timing)
-        p = math.nan if payload["empty"] else time_forward(phys, x, **timing)
-        out.update({f"latency_ms_b{b}": p, f"latency_ms_b{b}_dense": d, f"speedup_b{b}": d / p})
+        if payload["empty"]:  # nothing to time but the reference
+            d, p, ratio = time_pair(dense, dense, x, **timing)[0], math.nan, math.nan
+        else:
+            d, p, ratio = time_pair(dense, phys, x, **timing)
+        out.update({f"latency_ms_b{b}": p, f"latency_ms_b{b}_dense": d, f"speedup_b{b}": ratio})
     return out
