@@ -15,7 +15,7 @@ from pathlib import Path
 
 from slabbench.api import Dataset as _Base
 from slabbench.api import DatasetSpec
-from slabbench.data import load_mnist_like, resources_dir
+from slabbench.data import load_mnist_like, resources_dir, split_sizes
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 SHA256_DECODED = {
@@ -56,7 +56,7 @@ class Dataset(_Base):
 
     def spec(self) -> DatasetSpec:
         return DatasetSpec(name="fashion_mnist", task="classification", input_shape=(1, 28, 28), outputs=10,
-                           sizes={"train": 60000 - self.params.val_size, "val": self.params.val_size, "test": 10000},
+                           sizes=split_sizes(getattr(self, "_splits", None), 60000, 10000, self.params.val_size),
                            feature_shape=(28, 28))
 
     def load(self, split: str):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from slabbench.api import Dataset as _Base
 from slabbench.api import DatasetSpec
-from slabbench.data import load_mnist_like, resources_dir
+from slabbench.data import load_mnist_like, resources_dir, split_sizes
 
 SHA256_DECODED = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
@@ -52,7 +52,7 @@ class Dataset(_Base):
 
     def spec(self) -> DatasetSpec:
         return DatasetSpec(name="mnist", task="classification", input_shape=(1, 28, 28), outputs=10,
-                           sizes={"train": 60000 - self.params.val_size, "val": self.params.val_size, "test": 10000},
+                           sizes=split_sizes(getattr(self, "_splits", None), 60000, 10000, self.params.val_size),
                            feature_shape=(28, 28))
 
     def load(self, split: str):

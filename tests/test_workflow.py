@@ -141,7 +141,8 @@ def test_damaged_run_is_named_with_the_command_that_retrains_it(finished):
     command = f"snakemake --cores 8 --forcerun {stack}"
     assert command in out
     planned = job_counts(snakemake(finished, "-n", *command.split()[1:]).stdout)
-    assert planned == {"train": 1, "aggregate": 1, "pips": 1, "tables": 1, "feature_table": 1, "figure": 2, "all": 1}
+    assert planned == {"train": 1, "aggregate": 1, "pips": 1, "tables": 1, "feature_table": 1, "figure": 2, "latency": 1,
+                       "deploy": 1, "all": 1}
     snakemake(finished, *command.split()[1:])
     assert metrics.read_bytes().count(b"\n") == data.count(b"\n") and planned_jobs(finished) == {}
     verify_stacks(finished)

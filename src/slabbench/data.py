@@ -45,6 +45,15 @@ def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) 
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
+def split_sizes(splits: dict | None, n_train_official: int, n_test: int, val_size: int) -> dict[str, int]:
+    """Split sizes for a spec: those of the loaded ``splits`` ({split: (x, y)}) when loaded, else
+    the nominal ones.  A stratified validation split rounds per class, so its size can differ from
+    ``val_size`` by a few images (MNIST: 5,001 validation, 54,999 training images at val_size 5,000)."""
+    if splits is not None:
+        return {k: len(v[1]) for k, v in splits.items()}
+    return {"train": n_train_official - val_size, "val": val_size, "test": n_test}
+
+
 def random_split(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
     """Unstratified version of :func:`stratified_split` (regression targets)."""
     return stratified_split(np.zeros(n), fractions, seed)
