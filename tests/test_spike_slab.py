@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from slabbench.api import TrainContext, make_params
+from slabbench.api import DatasetSpec, TrainContext, make_params
 from slabbench.layers import MaskedConv2d, MaskedLinear
 from slabbench.layers.spike_slab import SpikeSlabConv2d, SpikeSlabLinear, from_plain, logit
+from slabbench.models import build_model
 from slabbench.registry import method_class
 from slabbench.train import fit
 
@@ -561,3 +562,16 @@ def test_a_layer_without_its_own_prior_needs_a_float():
     with pytest.raises(ValueError, match="logit_lam None.*built without one"):
         layer.kl(None, 1.3)
 
+
+@pytest.mark.parametrize("options", [{}, {"prior_from_target": True}])
+def test_only_prior_from_target_puts_lambda_in_the_layers(options):
+    """Plain spike_slab keeps one float λ (its layers hold none: its stacks compute as before);
+    ``prior_from_target`` stores 1 − target in every layer."""
+    cls = method_class("spike_slab")
+    spec = DatasetSpec("toy", "regression", (5,), 1, {"train": 10})
+    ctx = TrainContext("regression", 10, 1, 1, 1e-2, torch.device("cpu"), spec, target=0.9)
+    method = cls(make_params(cls.Params, options, "spike_slab"), ctx)
+    model = method.build(build_model("mlp", spec, {"hidden": [4]}))
+    held = [m.prior_logit.item() for m in model.modules() if "prior_logit" in m._buffers]
+    assert held == ([pytest.approx(logit(0.1), rel=1e-6)] * 2 if options else [])
+    assert method.penalty(model).item() > 0
