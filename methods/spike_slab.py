@@ -25,7 +25,9 @@ Options (``Params``):
 * ``prior_from_target`` (ours): train once per sparsity target s with λ = 1 − s, the prior
   whose expected sparsity is s (``prior_inclusion`` must stay null), as magnitude's gradual
   schedule trains once per target: a method aimed at each target, beside the plain method
-  whose one posterior (under Bai's λ, ≈ 1e-4 to 1e-7) is ranked for every target.
+  whose one posterior (under Bai's λ, ≈ 1e-4 to 1e-7) is ranked for every target.  Each run's
+  λ is a buffer of its layers (``prior_logit``), so the runs of all targets × seeds train in
+  one stack, each under its own λ (``target_in_model``; README, "Many runs, one process").
 * ``rho_lr_factor`` (ours; 1 = one learning rate for every parameter): Adam's learning rate of
   ρ (the slab scales, weights' and biases') is ``lr × rho_lr_factor``.  Adam moves a parameter
   by about lr per step whatever its scale; σ starts at softplus(ρ_init) ≈ 0.0025, and ρ must
@@ -110,6 +112,9 @@ def bai_prior_inclusion(n_coef: int, hidden_layers: int, width: int, n: int, p: 
 class Method(_Base):
     Params = Params
     stackable = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
+    # prior_from_target: the target enters only through λ, which build() stores in the layers
+    # (a buffer, stacked per run), so runs of different targets share one stack
+    target_in_model = True
 
     def __init__(self, params: Params, ctx):
         super().__init__(params, ctx)
@@ -155,10 +160,12 @@ class Method(_Base):
             self.logit_lam = logit(lam)
         first = layers[0][0]
         p = self.params
+        # prior_from_target: λ differs between runs, so each layer holds its run's own
+        own = self.logit_lam if p.prior_from_target else None
         return replace_layers(model, lambda name, layer: from_plain(
             layer, granularity=("edge" if p.granularity == "input" and name != first else p.granularity),
             mode=p.phi_update, phi_init=p.phi_init, rho_init=p.rho_init, tau=p.tau, lrt_forward=p.lrt_forward,
-            bias_prior=p.bias_prior))
+            bias_prior=p.bias_prior, prior_logit=own))
 
     @property
     def prior_inclusion(self) -> float:
@@ -177,12 +184,18 @@ class Method(_Base):
         k = self.params.kl_warmup_epochs
         return 1.0 if k <= 0 else min(1.0, epoch / k)
 
+    @property
+    def _layer_lam(self) -> float | None:
+        """The logit λ handed to the layers: ``None`` (each layer's own, see :meth:`build`)
+        under ``prior_from_target``, else the one float."""
+        return None if self.params.prior_from_target else self.logit_lam
+
     def penalty(self, model):
-        return sum(layer.kl(self.logit_lam, self.params.sigma0) for _, layer in self._layers(model))
+        return sum(layer.kl(self._layer_lam, self.params.sigma0) for _, layer in self._layers(model))
 
     def _update(self, model):
         for _, layer in self._layers(model):
-            layer.closed_form_update(self.logit_lam, self.params.sigma0, self.params.phi_step)
+            layer.closed_form_update(self._layer_lam, self.params.sigma0, self.params.phi_step)
 
     def after_step(self, model, step, epoch):
         p = self.params

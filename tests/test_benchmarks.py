@@ -65,3 +65,10 @@ def test_stacking_compares_shared_batches_of_restarts_with_per_start_ones(capsys
     assert len(rows) == 3  # closed form, lrt, gumbel
     assert all(len(r.split("|")[2:-1]) == 2 and all(" vs " in c and c.strip().endswith("x)") for c in r.split("|")[2:-1])
                for r in rows)
+
+
+def test_per_target_prints_cpu_time_per_epoch_of_a_job(capsys):
+    load("per_target").main([str(ROOT / ".test" / "config.yaml"), "--experiment", "sim-tiny", "--method", "spike_slab",
+                             "--seeds", "2", "--epochs", "1", "2"])
+    out = capsys.readouterr().out
+    assert out.startswith("sim-tiny/spike_slab: 2 seeds x ") and "stacks of [2] runs" in out and "ms per epoch" in out

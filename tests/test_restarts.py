@@ -260,13 +260,21 @@ def test_prior_aimed_at_the_target_trains_once_per_target_with_lambda_one_minus_
     assert cls(params, ctx).prior_inclusion == pytest.approx(0.1)
     with pytest.raises(Exception, match="prior_from_target.*leave 'prior_inclusion' null"):
         cls(make_params(cls.Params, {"prior_from_target": True, "prior_inclusion": 0.5}, "spike_slab"), ctx)
-    # each target's training uses its own λ (the stacks never mix targets): record λ per call
+    # both targets train in one stack, each run under its own λ: every layer of the stacked
+    # model the penalty sees holds λ per run (prior_logit, (S,)), in the members' target order
     seen = []
     real = cls.penalty
-    monkeypatch.setattr(cls, "penalty", lambda self, model: seen.append((self.ctx.target, self.prior_inclusion)) or real(self, model))
+
+    def spy(self, model):
+        seen.append({tuple(round(v, 6) for v in torch.sigmoid(layer.prior_logit).tolist())
+                     for layer in model.modules() if "prior_logit" in layer._buffers})
+        return real(self, model)
+
+    monkeypatch.setattr(cls, "penalty", spy)
     records, _ = run(tiny_spec("spike_slab", method_params={"prior_from_target": True}))
     assert [r["target_sparsity"] for r in records] == [0.5, 0.9] and all(r["selection"] == "target" for r in records)
-    assert {(t, round(lam, 9)) for t, lam in seen} == {(0.5, 0.5), (0.9, 0.1)}
+    assert seen and all(s == {(0.5, 0.1)} for s in seen)
+    assert {r["stack_runs"] for r in records} == {2}
 
 
 def test_variants_sort_beside_their_base_and_keep_their_colour_across_figures():

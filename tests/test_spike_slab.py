@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from slabbench.api import TrainContext, make_params
+from slabbench.api import DatasetSpec, TrainContext, make_params
 from slabbench.layers import MaskedConv2d, MaskedLinear
 from slabbench.layers.spike_slab import SpikeSlabConv2d, SpikeSlabLinear, from_plain, logit
+from slabbench.models import build_model
 from slabbench.registry import method_class
 from slabbench.train import fit
 
@@ -470,3 +471,107 @@ def test_closed_form_update_rewrites_the_cached_gate_in_place(granularity):
     layer._gate_cache = None  # a fresh computation from the updated θ
     fresh = layer._fixed_gate(logit(0.1), 1.3)
     assert torch.equal(phi, fresh[0]) and torch.equal(phi_w, fresh[1]) and torch.equal(const, fresh[2])
+
+
+def _two_runs(granularity, mode, bias_prior, lams=(0.5, 0.01)):
+    """Two layers of one shape with their own λ (prior_logit) and random μ, ρ, θ."""
+    layers = []
+    for seed, lam in enumerate(lams):
+        torch.manual_seed(seed)
+        layer = SpikeSlabLinear(MaskedLinear(4, 3), granularity=granularity, mode=mode, bias_prior=bias_prior,
+                                prior_logit=logit(lam))
+        with torch.no_grad():
+            layer.mu.uniform_(-1, 1)
+            layer.rho.uniform_(-2, 0.5)
+            layer.theta.uniform_(-2, 2)
+            if bias_prior == "spike_slab":
+                layer.bias.uniform_(-1, 1)
+                layer.bias_rho.uniform_(-2, 0.5)
+                if granularity != "node":
+                    layer.bias_theta.uniform_(-2, 2)
+        layers.append(layer)
+    return layers
+
+
+@pytest.mark.parametrize("granularity,mode,bias_prior", [
+    ("edge", "closed_form", "none"), ("node", "closed_form", "spike_slab"), ("edge", "closed_form", "spike_slab"),
+    ("input", "lrt", "none"), ("node", "gumbel", "spike_slab"), ("edge", "lrt", "spike_slab")])
+def test_a_stack_of_runs_with_their_own_prior_gives_each_runs_kl_and_update(granularity, mode, bias_prior):
+    """``prior_from_target``: runs of different λ in one stack.  The stacked layer's KL (its own
+    λ per run, ``logit_lam=None``) is the sum of each run's KL alone under its λ (a float), with
+    each run's gradient; its closed-form update gives each run the θ it gets alone."""
+    from slabbench.stack import stack_modules, unstack
+
+    lams = (0.5, 0.01)
+    alone = _two_runs(granularity, mode, bias_prior, lams)
+    stacked = stack_modules(alone)
+    assert stacked.prior_logit.shape == (2,)
+    kl = stacked.kl(None, 1.3)
+    kl.backward()
+    kls = [layer.kl(logit(lam), 1.3) for layer, lam in zip(alone, lams)]
+    for k in kls:
+        k.backward()
+    assert kl.item() == pytest.approx(sum(k.item() for k in kls), rel=1e-6)
+    # one float λ for both runs gives another value: the per-run λ is what counts
+    assert abs(copy.deepcopy(stacked).kl(logit(lams[0]), 1.3).item() - kl.item()) > 1.0
+    for name, p in stacked.named_parameters():
+        grads = [dict(layer.named_parameters())[name].grad for layer in alone]
+        if p.grad is None:  # not in the KL (a plain bias): not alone either
+            assert grads == [None, None], name
+            continue
+        for s, g in enumerate(grads):
+            assert torch.allclose(p.grad[s], g, rtol=1e-5, atol=1e-6), name
+    if mode != "closed_form":
+        return
+    stacked.closed_form_update(None, 1.3)
+    for s, (layer, lam) in enumerate(zip(alone, lams)):
+        layer.closed_form_update(logit(lam), 1.3)
+        run = unstack(stacked, s)
+        assert torch.allclose(run.theta, layer.theta, atol=1e-5)
+        if bias_prior == "spike_slab" and granularity != "node":
+            assert torch.allclose(run.bias_theta, layer.bias_theta, atol=1e-5)
+        assert run.prior_logit.item() == pytest.approx(logit(lam), rel=1e-6)  # each run gets its own back
+
+
+def test_per_run_prior_by_hand():
+    """μ = 0 and σ = σ0: the update's term log(σ/σ0) + μ²/(2σ²) is 0, so each run's θ becomes
+    its own logit λ, φ = λ, and every run's KL is then 0 (q = p); the cached constant of the
+    KL follows the update in place (the same tensor, as a captured CUDA graph reads it)."""
+    from slabbench.stack import stack_modules
+
+    sigma0, lams = 1.3, (0.5, 0.1, 0.01)
+    layers = []
+    for lam in lams:
+        layer = SpikeSlabLinear(MaskedLinear(2, 2), granularity="edge", prior_logit=logit(lam))
+        with torch.no_grad():
+            layer.mu.zero_()
+            layer.rho.fill_(math.log(math.expm1(sigma0)))  # softplus(ρ) = σ0
+        layers.append(layer)
+    stacked = stack_modules(layers)
+    _, _, const = stacked._fixed_gate(stacked._prior(None), sigma0)
+    assert stacked.kl(None, sigma0).item() > 1.0  # φ = 0.99 everywhere: far from λ = 0.1, 0.01
+    stacked.closed_form_update(None, sigma0)
+    expected = torch.tensor([logit(lam) for lam in lams]).reshape(3, 1, 1).expand(3, 2, 2)
+    assert torch.allclose(stacked.theta, expected, atol=1e-5)
+    assert stacked._fixed_gate(stacked._prior(None), sigma0)[2] is const
+    assert stacked.kl(None, sigma0).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_a_layer_without_its_own_prior_needs_a_float():
+    layer = SpikeSlabLinear(MaskedLinear(2, 2))
+    with pytest.raises(ValueError, match="logit_lam None.*built without one"):
+        layer.kl(None, 1.3)
+
+
+@pytest.mark.parametrize("options", [{}, {"prior_from_target": True}])
+def test_only_prior_from_target_puts_lambda_in_the_layers(options):
+    """Plain spike_slab keeps one float λ (its layers hold none: its stacks compute as before);
+    ``prior_from_target`` stores 1 − target in every layer."""
+    cls = method_class("spike_slab")
+    spec = DatasetSpec("toy", "regression", (5,), 1, {"train": 10})
+    ctx = TrainContext("regression", 10, 1, 1, 1e-2, torch.device("cpu"), spec, target=0.9)
+    method = cls(make_params(cls.Params, options, "spike_slab"), ctx)
+    model = method.build(build_model("mlp", spec, {"hidden": [4]}))
+    held = [m.prior_logit.item() for m in model.modules() if "prior_logit" in m._buffers]
+    assert held == ([pytest.approx(logit(0.1), rel=1e-6)] * 2 if options else [])
+    assert method.penalty(model).item() > 0

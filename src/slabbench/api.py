@@ -223,6 +223,13 @@ class Method:
     name: ClassVar[str] = ""
     #: "global" (one threshold over all prunable weights) or "layerwise".
     prune_scope: str = "global"
+    #: a ``stackable`` method that trains per target (:meth:`trains_per_target`) sets this to
+    #: ``True`` in its own class body when ``ctx.target`` reaches training only through the
+    #: built model's buffers (e.g. a prior stored per layer), never through what a hook reads
+    #: from the instance: the core then stacks runs of different targets together (their
+    #: buffers stack per run) and calls the hooks once with the first run's instance.  Else
+    #: every target trains in stacks of its own.
+    target_in_model: ClassVar[bool] = False
 
     def __init__(self, params: Any, ctx: TrainContext):
         self.params = params

@@ -603,6 +603,15 @@ def _screen_starts(model: nn.Module, members: Sequence[Member], data, keep: int,
     return sorted(kept)
 
 
+def _target_splits_stacks(cls: type) -> bool:
+    """Whether runs of ``cls`` with different targets train in separate stacks: a stackable
+    method's hooks run once per stack with its first run's instance, so they do unless the
+    class declares in its own body that its per-target state lives in the model
+    (:attr:`slabbench.api.Method.target_in_model`; inherited declarations do not count, as for
+    ``stackable``).  A method that is not stackable gets hooks per run: never split."""
+    return declares_stackable(cls) and not cls.__dict__.get("target_in_model", False)
+
+
 def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: float, task: str, noise_sd: float,
            device: torch.device, data_seeds: Sequence[int], stop: bool, what: str,
            screen: tuple[int, int] | None = None, graphs: bool = False) -> list[float]:
@@ -628,10 +637,12 @@ def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: f
             seconds[i] = time.perf_counter() - t0
         return seconds
     # a stackable method's hooks run once per stack with the first run's method instance, so runs
-    # whose instances differ (per-target training: each its own target) never share a stack
+    # whose instances differ (per-target training: each its own target) share a stack only when
+    # the method keeps what the target changes in the model (target_in_model: buffers, stacked
+    # per run)
     by_target: dict = {}
     for i, m in enumerate(members):
-        by_target.setdefault(m.target if declares_stackable(type(m.method)) else None, []).append(i)
+        by_target.setdefault(m.target if _target_splits_stacks(type(m.method)) else None, []).append(i)
     per_run = _bytes_per_run(members[0].model, batch_size, xs[0])
     # a stack that does not fit is split between runs, never inside the starts of one run (and
     # target): their screening compares them all, and they share their batches

@@ -20,6 +20,11 @@ the closed-form update or a parameter trained by gradient), or the node's own γ
 (the unit's incoming weights and bias share one indicator, so the group's KL and closed-form
 update include the bias's slab term).  Biases are never masked: ``weight_mask`` acts on weights.
 
+Per-run prior (``prior_logit``): a layer built with its own logit λ holds it as a buffer, shape
+() for an ordinary layer and (S,) stacked, so runs with different priors (``prior_from_target``:
+λ = 1 − target) train in one stack, each under its own λ.  The KL and the closed-form update
+take ``logit_lam = None`` to mean that buffer; a float is one λ for every run.
+
 Training forward by ``mode``:
     * ``closed_form``: gates z ~ Bernoulli(φ) (no gradient to θ, which is a buffer set by
       :meth:`closed_form_update`), w = z (μ + σ ε), one sample of the network per minibatch;
@@ -65,7 +70,7 @@ class _SpikeSlab(nn.Module):
     stack = 0
 
     def _setup(self, plain: nn.Module, granularity: str, mode: str, phi_init: float, rho_init: float, tau: float,
-               lrt_forward: bool = False, bias_prior: str = "none") -> None:
+               lrt_forward: bool = False, bias_prior: str = "none", prior_logit: float | None = None) -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
         if mode not in MODES:
@@ -99,6 +104,8 @@ class _SpikeSlab(nn.Module):
                     self.register_buffer("bias_theta", bias_theta)
                 else:
                     self.bias_theta = nn.Parameter(bias_theta)
+        if prior_logit is not None:  # the run's own logit λ: () here, (S,) once stacked
+            self.register_buffer("prior_logit", torch.tensor(float(prior_logit), dtype=w.dtype))
 
     def restack(self, stack: int) -> None:
         """Called when the layer's tensors gain (``stack = S``) or lose (0) the run dimension."""
@@ -179,23 +186,51 @@ class _SpikeSlab(nn.Module):
         return self.theta if self.granularity == "node" else self.bias_theta
 
     # -- KL and the closed-form update --------------------------------------------------
-    def _gate_kl(self, logit_lam: float, theta: torch.Tensor | None = None) -> torch.Tensor:
+    def _prior(self, logit_lam: float | None) -> float | torch.Tensor:
+        """The logit λ the KL and the update use: ``logit_lam`` itself (one float for every
+        run), or for ``None`` the layer's own ``prior_logit`` buffer (shape () or, stacked, (S,):
+        one value per run)."""
+        if logit_lam is not None:
+            return logit_lam
+        lam = self._buffers.get("prior_logit")
+        if lam is None:
+            raise ValueError(f"{type(self).__name__}: logit_lam None asks for the layer's own prior (prior_logit), "
+                             f"but it was built without one; pass a float logit λ or build it with prior_logit")
+        return lam
+
+    @staticmethod
+    def _per_run(lam: float | torch.Tensor, t: torch.Tensor) -> float | torch.Tensor:
+        """``lam`` shaped to broadcast against ``t``: a float as it is; a per-run tensor (S,)
+        as (S, 1, ..., 1) against a stacked ``t`` (S, ...), a 0-dim one as it is."""
+        if not torch.is_tensor(lam) or lam.dim() == 0:
+            return lam
+        return lam.reshape((-1,) + (1,) * (t.dim() - 1))
+
+    def _gate_kl(self, logit_lam: float | torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         """Σ_g [φ log(φ/λ) + (1−φ) log((1−φ)/(1−λ))], computed stably from θ (default: the
-        weights' gates)."""
+        weights' gates), summed over runs; ``logit_lam`` a float or per run ((S,), see
+        :meth:`_prior`)."""
         theta = self.theta if theta is None else theta
         phi = torch.sigmoid(theta)
-        log_lam, log1m_lam = -math.log1p(math.exp(-logit_lam)), -math.log1p(math.exp(logit_lam))
+        if torch.is_tensor(logit_lam):
+            lam = self._per_run(logit_lam, theta)
+            log_lam, log1m_lam = F.logsigmoid(lam), F.logsigmoid(-lam)
+        else:
+            log_lam, log1m_lam = -math.log1p(math.exp(-logit_lam)), -math.log1p(math.exp(logit_lam))
         return (phi * (F.logsigmoid(theta) - log_lam) + (1 - phi) * (F.logsigmoid(-theta) - log1m_lam)).sum()
 
     @torch.no_grad()
-    def _fixed_gate(self, logit_lam: float | None = None, sigma0: float | None = None):
+    def _fixed_gate(self, logit_lam: float | torch.Tensor | None = None, sigma0: float | None = None):
         """``closed_form``: θ is a buffer that changes only at an update, so everything that
         depends on θ alone is computed once per update instead of every step: φ (gate shape),
         φ broadcast to the weight (contiguous) and, per (λ, σ0), the KL's constant part
-        Σ_g [φ log(φ/λ) + (1−φ) log((1−φ)/(1−λ))] + (log σ0 − ½) Σ_i φ_i.
+        Σ_g [φ log(φ/λ) + (1−φ) log((1−φ)/(1−λ))] + (log σ0 − ½) Σ_i φ_i (0-dim, summed over runs).
         The cache is keyed on the θ tensor itself and its version counter (an in-place write
         such as ``closed_form_update`` or ``load_state_dict`` bumps it; ``.to()`` makes a new
-        tensor), so a stale φ is never used.  Returns (φ, φ_w, const or None)."""
+        tensor), so a stale φ is never used.  A per-run λ (the ``prior_logit`` buffer, from
+        :meth:`_prior`) keys the constants by the tensor's identity: it is written only where θ
+        is too (``load_state_dict``), and a new one (``.to()``, stacking, cutting a stack)
+        comes with a new θ or a reset cache.  Returns (φ, φ_w, const or None)."""
         c = self._gate_cache
         if c is None or c[0] is not self.theta or c[1] != self.theta._version:
             phi = self.phi
@@ -208,37 +243,42 @@ class _SpikeSlab(nn.Module):
             consts[key] = self._gate_kl(logit_lam) + (math.log(sigma0) - 0.5) * c[3].sum()
         return c[2], c[3], consts[key]
 
-    def kl(self, logit_lam: float, sigma0: float) -> torch.Tensor:
+    def kl(self, logit_lam: float | None, sigma0: float) -> torch.Tensor:
         """KL(q ‖ p) in nats for this layer (exact; the spike cancels), SCIENCE.md §1:
         Σ_g [φ log(φ/λ) + (1−φ) log((1−φ)/(1−λ))] + Σ_g φ_g Σ_{i∈g} [log(σ0/σ_i) + (σ_i² + μ_i²)/(2σ0²) − ½].
+        0-dim, summed over the runs of a stacked layer.  ``logit_lam``: logit λ, one float for
+        every run, or ``None`` for the layer's own ``prior_logit`` (per run, see :meth:`_prior`).
 
         Computed by the fused functions of :mod:`spike_slab_ops` (hand-written backward).
         Under ``closed_form`` θ is a constant between updates, so the gate term and the
         slab's constant part come from :meth:`_fixed_gate` (same value, fewer operations).
         With ``bias_prior: spike_slab`` the biases' terms are added (:meth:`_bias_kl`).
         """
+        logit_lam = self._prior(logit_lam)
         if self.mode == "closed_form":
             _, phi_w, const = self._fixed_gate(logit_lam, sigma0)
             kl = const + ops.slab_kl_fixed_gate(self.mu, self.rho, phi_w, sigma0)
         else:
-            kl = ops.spike_slab_kl(self.mu, self.rho, self.theta, self._gate_view, logit_lam, sigma0)
+            kl = ops.spike_slab_kl(self.mu, self.rho, self.theta, self._gate_view, self._per_run(logit_lam, self.theta),
+                                   sigma0)
         return kl if self.bias_prior == "none" else kl + self._bias_kl(logit_lam, sigma0)
 
-    def _bias_kl(self, logit_lam: float, sigma0: float) -> torch.Tensor:
+    def _bias_kl(self, logit_lam: float | torch.Tensor, sigma0: float) -> torch.Tensor:
         """The biases' part of the KL, nats (plain autograd: (out,)-sized tensors):
         Σ_j φ_j [log(σ0/σ_j) + (σ_j² + μ_j²)/(2σ0²) − ½] over biases j with slab (μ_j, σ_j) and
         inclusion probability φ_j, plus their gate terms Σ_j [φ_j log(φ_j/λ) + (1−φ_j)
         log((1−φ_j)/(1−λ))] when each bias has its own gate (under node gates the unit's gate
-        term is already in the weights' part)."""
+        term is already in the weights' part).  ``logit_lam``: a float or per run ((S,))."""
         s = self.bias_sigma
         slab = (s * s + self.bias * self.bias) * (0.5 / sigma0 ** 2) - torch.log(s) + (math.log(sigma0) - 0.5)
         kl = (torch.sigmoid(self._bias_gate) * slab).sum()
         return kl if self.granularity == "node" else kl + self._gate_kl(logit_lam, self.bias_theta)
 
     @torch.no_grad()
-    def closed_form_update(self, logit_lam: float, sigma0: float, step: float = 1.0) -> None:
+    def closed_form_update(self, logit_lam: float | None, sigma0: float, step: float = 1.0) -> None:
         """θ ← logit λ + Σ_{i∈g} [log(σ_i/σ0) + μ_i²/(2σ_i²)]  (SCIENCE.md §1; the group
-        form sums the per-weight terms).  With ``step`` < 1 (ours) θ moves that fraction of the
+        form sums the per-weight terms).  ``logit_lam``: one float for every run, or ``None``
+        for the layer's own ``prior_logit`` (per run: run s's θ gets run s's logit λ).  With ``step`` < 1 (ours) θ moves that fraction of the
         way: θ ← θ + step (θ* − θ), θ* the value above: the damped step of stochastic
         variational inference on the Bernoulli's natural parameter θ = logit φ.
 
@@ -248,13 +288,14 @@ class _SpikeSlab(nn.Module):
         at σ² = β/(h + β/σ0²), μ = g/(h + β/σ0²), where (A − B)/β − KL_slab reduces to
         log(σ/σ0) + μ²/(2σ²) for every β: β acts through σ, not as a factor here (README,
         "KL warm-up and the closed-form update")."""
-        theta = logit_lam + self.group_sum(self._update_term(self.mu, self.sigma, sigma0))
+        lam = self._prior(logit_lam)
+        theta = self._per_run(lam, self.theta) + self.group_sum(self._update_term(self.mu, self.sigma, sigma0))
         if self.bias_prior == "spike_slab":  # the same update for each bias (Bai et al.'s prior)
             term_b = self._update_term(self.bias, self.bias_sigma, sigma0)
             if self.granularity == "node":  # one γ for the unit's weights and bias: the group sum
                 theta = theta + term_b
             else:
-                self.bias_theta.lerp_(logit_lam + term_b, step)
+                self.bias_theta.lerp_(self._per_run(lam, term_b) + term_b, step)
         self.theta.lerp_(theta, step)  # step 1: θ* itself
         self._refresh_gate_cache()
 
@@ -388,10 +429,10 @@ class SpikeSlabLinear(_SpikeSlab):
 
     def __init__(self, plain: nn.Linear, granularity: str = "edge", mode: str = "closed_form",
                  phi_init: float = 0.99, rho_init: float = -6.0, tau: float = 0.5, lrt_forward: bool = False,
-                 bias_prior: str = "none"):
+                 bias_prior: str = "none", prior_logit: float | None = None):
         super().__init__()
         self.in_features, self.out_features = plain.in_features, plain.out_features
-        self._setup(plain, granularity, mode, phi_init, rho_init, tau, lrt_forward, bias_prior)
+        self._setup(plain, granularity, mode, phi_init, rho_init, tau, lrt_forward, bias_prior, prior_logit)
 
     def _op(self, x, w, b):
         return stacked.linear(x, w, b, self.stack)
@@ -406,13 +447,13 @@ class SpikeSlabConv2d(_SpikeSlab):
 
     def __init__(self, plain: nn.Conv2d, granularity: str = "edge", mode: str = "closed_form",
                  phi_init: float = 0.99, rho_init: float = -6.0, tau: float = 0.5, lrt_forward: bool = False,
-                 bias_prior: str = "none"):
+                 bias_prior: str = "none", prior_logit: float | None = None):
         super().__init__()
         self.conv_args = dict(in_channels=plain.in_channels, out_channels=plain.out_channels, kernel_size=plain.kernel_size,
                               stride=plain.stride, padding=plain.padding, dilation=plain.dilation, groups=plain.groups)
         if plain.groups != 1:
             raise ValueError("spike-and-slab Conv2d supports groups=1 only")
-        self._setup(plain, granularity, mode, phi_init, rho_init, tau, lrt_forward, bias_prior)
+        self._setup(plain, granularity, mode, phi_init, rho_init, tau, lrt_forward, bias_prior, prior_logit)
 
     def _op(self, x, w, b):
         a = self.conv_args

@@ -191,7 +191,9 @@ def slab_kl_fixed_gate(mu, rho, phi_w, sigma0: float) -> torch.Tensor:
 class SpikeSlabKL(Function):
     """KL(q ‖ p) of a layer whose gates are trained by gradient (``lrt``, ``gumbel``), nats:
     Σ_g [φ_g a_g + log sigmoid(−θ_g)] − G log(1 − λ),  a_g = θ_g − logit λ + Σ_{i∈g} S_i,
-    S_i = (σ_i² + μ_i²)/(2σ0²) − log σ_i + log σ0 − ½  (see the module docstring)."""
+    S_i = (σ_i² + μ_i²)/(2σ0²) − log σ_i + log σ0 − ½  (see the module docstring).
+    ``logit_lam``: a float, or a tensor of logit λ per run that broadcasts against θ
+    ((S, 1, ..., 1) against a stacked θ (S, ...)): each run's KL under its own λ (no gradient)."""
 
     generate_vmap_rule = True
 
@@ -200,11 +202,15 @@ class SpikeSlabKL(Function):
         sigma = softplus(rho)
         a = _group_sum(_slab_terms(mu, sigma, sigma0), theta.reshape(gate_view).shape, theta.shape)
         group = mu.numel() // theta.numel()  # weights per gate
-        a.add_(theta).add_(group * (math.log(sigma0) - 0.5) - logit_lam)
         phi = torch.sigmoid(theta)
-        log1m_lam = -math.log1p(math.exp(logit_lam))  # log(1 − λ)
+        if torch.is_tensor(logit_lam):  # per run: G log(1 − λ_s) for each run's G gates
+            a.add_(theta).add_(group * (math.log(sigma0) - 0.5)).sub_(logit_lam)
+            lam_term = (F.logsigmoid(-logit_lam) * (theta.numel() // logit_lam.numel())).sum()
+        else:
+            a.add_(theta).add_(group * (math.log(sigma0) - 0.5) - logit_lam)
+            lam_term = theta.numel() * -math.log1p(math.exp(logit_lam))  # G log(1 − λ)
         # Σ log sigmoid(−θ) = −Σ softplus(θ)
-        kl = torch.dot(phi.reshape(-1), a.reshape(-1)) - F.softplus(theta).sum() - theta.numel() * log1m_lam
+        kl = torch.dot(phi.reshape(-1), a.reshape(-1)) - F.softplus(theta).sum() - lam_term
         return kl, sigma, a, phi
 
     @staticmethod
@@ -226,7 +232,7 @@ class SpikeSlabKL(Function):
         return g_mu, g_rho, g_theta, None, None, None
 
 
-def spike_slab_kl(mu, rho, theta, gate_view, logit_lam: float, sigma0: float) -> torch.Tensor:
+def spike_slab_kl(mu, rho, theta, gate_view, logit_lam: float | torch.Tensor, sigma0: float) -> torch.Tensor:
     return SpikeSlabKL.apply(mu, rho, theta, gate_view, logit_lam, sigma0)[0]
 
 
