@@ -216,7 +216,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
                                      label=members[0].label.split(" seed=")[0], backend=GRAPH_BACKEND,
                                      prepare=lambda key: opt.zero_grad(set_to_none=True),
                                      before_replay=lambda key: _point_grads(grads_of.get(key, ())),
-                                     after_replay=lambda key: grads_of.setdefault(
+                                     after_replay=lambda key: key in grads_of or grads_of.__setitem__(
                                          key, [(q, q.grad) for q in model.parameters()]))
         else:
             log.info("%s: CUDA graphs off: %s", members[0].label, why)
