@@ -72,3 +72,22 @@ def test_per_target_prints_cpu_time_per_epoch_of_a_job(capsys):
                              "--seeds", "2", "--epochs", "1", "2"])
     out = capsys.readouterr().out
     assert out.startswith("sim-tiny/spike_slab: 2 seeds x ") and "stacks of [2] runs" in out and "ms per epoch" in out
+
+
+def test_grid_time_schedules_longest_first():
+    makespan = load("grid_time").makespan
+    assert makespan([5, 4, 3, 3], 2) == 8  # lanes 5+3 and 4+3: the last 3 joins the shorter lane (7) -> 8, 7
+    assert makespan([5, 4, 3, 3], 1) == 15 and makespan([5, 4, 3, 3], 8) == 5
+
+
+def test_grid_time_extrapolates_each_job_of_a_config(tmp_path, capsys):
+    load("grid_time").main([str(ROOT / ".test" / "config.yaml"), "--experiments", "sim-tiny", "--methods", "dense",
+                            "magnitude", "--epochs", "1", "2", "--repeat", "1", "--device", "cpu", "--out",
+                            str(tmp_path / "rows.csv")])
+    rows = pd.read_csv(tmp_path / "rows.csv")
+    assert list(rows["method"]) == ["dense", "magnitude"] and (rows["runs"] == 2).all()
+    # T = rest + epochs x per epoch + fine-tuning epochs x per fine-tuning epoch, at the config's length (5 + 1)
+    expect = rows["rest_s"] + 5 * rows["s_per_epoch"] + 1 * rows["s_per_finetune_epoch"]
+    assert (rows["job_s"] - expect).abs().max() < 1e-9
+    out = capsys.readouterr().out
+    assert "| sim-tiny | magnitude | 2 | 5 + 1 |" in out and "one job after another" in out
