@@ -91,3 +91,22 @@ def test_grid_time_extrapolates_each_job_of_a_config(tmp_path, capsys):
     assert (rows["job_s"] - expect).abs().max() < 1e-9
     out = capsys.readouterr().out
     assert "| sim-tiny | magnitude | 2 | 5 + 1 |" in out and "one job after another" in out
+
+
+def test_noise_rng_times_both_ways_and_its_hash_draws_are_standard():
+    bench = load("noise_rng")
+    rows = bench.main(["--sizes", "3x100", "--reps", "1"])
+    assert [(r["S"], r["n"], r["draw"]) for r in rows] == [(3, 100, "uniform"), (3, 100, "normal")]
+    assert all(r["per_run_ms"] > 0 and r["hashed_ms"] > 0 for r in rows)
+    import torch
+    keys = torch.tensor([1, 2, 3], dtype=torch.int64)
+    z = bench.hashed_normal(keys, 1, 200_000)
+    u = bench.hashed_uniform(keys, 1, 200_000)
+    # moments within about 5 standard errors (n = 200,000 per run)
+    assert z.mean(1).abs().max() < 0.012 and (z.var(1) - 1).abs().max() < 0.02
+    assert (u.mean(1) - 0.5).abs().max() < 0.004 and ((u > 0) & (u < 1)).all()
+    # independent across runs and across steps: correlations within about 5 standard errors
+    z2 = bench.hashed_normal(keys, 2, 200_000)
+    corr = torch.corrcoef(torch.cat([z, z2]))
+    assert (corr - torch.eye(6)).abs().max() < 0.012
+    assert torch.equal(bench.hashed_normal(keys[1:2], 1, 1000), z[1:2, :1000])  # a run's draws depend on its key only
