@@ -1,4 +1,4 @@
-"""``sparse_vd``: sparse variational dropout (Molchanov, Ashukha & Vetrov, ICML 2017), SCIENCE.md §2.
+"""``sparse_vd``: sparse variational dropout (Molchanov, Ashukha & Vetrov, ICML 2017), docs/science.md §2.
 
 Every prunable layer becomes a sparse-VD layer (:mod:`slabbench.layers.sparse_vd`: theta
 initialised from the plain weight, log sigma^2 = ``log_sigma2_init``, bias in the mean

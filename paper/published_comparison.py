@@ -1,4 +1,4 @@
-"""paper/tables/published_comparison.md: our numbers beside the published ones (SCIENCE.md §4)."""
+"""paper/tables/published_comparison.md: our numbers beside the published ones (docs/published.md)."""
 
 import sys
 from pathlib import Path

@@ -86,7 +86,7 @@ def _without_biases_before_batch_norm(model: nn.Module) -> nn.Module:
     exact arithmetic and Adam, which divides by the gradient's scale, steps them on rounding
     noise; any last-bit change (a run's place in a stack, a thread count) then moves them by
     about the learning rate per step (measured: a dense VGG's test NLL 0.3% apart, stacked
-    against alone, after 8 steps; see the README, "Many runs, one process")."""
+    against alone, after 8 steps; see docs/performance.md, "How equal is equal")."""
     children = list(model.children())
     for layer, after in zip(children[:-1], children[1:]):
         if isinstance(after, nn.modules.batchnorm._BatchNorm) and getattr(layer, "bias", None) is not None:
@@ -304,7 +304,7 @@ def test_memory_estimate_counts_a_conv_nets_feature_maps():
 
 
 class _Template(Method):
-    """A method written from the README's template: knows nothing of stacking."""
+    """A method written from the template of docs/extending.md: knows nothing of stacking."""
 
     def optimizer(self, model, lr):
         from slabbench.api import adam

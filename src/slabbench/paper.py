@@ -5,7 +5,7 @@ and its provenance (``paper/data/provenance.json``), never from a training run.
                                 with the small per-run artefacts the figures need (freeze_artefacts)
     load_artefacts(...)         those artefacts back (input PIPs, mean images, selected features)
     error_vs_sparsity(...)      the central figure: test error vs sparsity, one panel per data set
-    published_comparison(...)   our numbers beside the published ones (SCIENCE.md §4)
+    published_comparison(...)   our numbers beside the published ones (docs/published.md)
     natural_sparsity(...)       the Bayesian methods' own selections beside dense
 
 Every output carries a source line built from the provenance, so a reduced run is labelled
@@ -36,7 +36,7 @@ from slabbench.stats import CI_NAME, describe
 
 log = logging.getLogger(__name__)
 
-#: published numbers of SCIENCE.md §4: (dataset, model, method, selection, error %, kept, source).
+#: published numbers of docs/published.md: (dataset, model, method, selection, error %, kept, source).
 #: ``selection`` says which of our records is compared: the method's natural selection, or the
 #: matched target nearest to the published fraction of weights kept.
 PUBLISHED = [
@@ -510,8 +510,8 @@ def _run_notes(runs: pd.DataFrame) -> list[str]:
 
 
 def published_comparison(runs: pd.DataFrame, prov: dict | None) -> str:
-    """Markdown: our test error and weights kept beside the published numbers of SCIENCE.md
-    §4, for the same data set and architecture, with the protocol differences listed (and the
+    """Markdown: our test error and weights kept beside the published numbers of docs/published.md,
+    for the same data set and architecture, with the protocol differences listed (and the
     source line of ``prov`` when given)."""
     check_runs(runs)
     rows = []

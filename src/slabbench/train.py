@@ -519,7 +519,7 @@ def _generator(seed: int, device: torch.device) -> torch.Generator:
 
 def stack_refusal(method: Method, model: nn.Module) -> str | None:
     """Why the runs of ``method`` with built model ``model`` cannot share one stacked model,
-    or ``None`` when they can (see :mod:`slabbench.stack` and the README)."""
+    or ``None`` when they can (see :mod:`slabbench.stack` and docs/extending.md)."""
     bad = unstackable_modules(model)
     if bad:
         return f"its model has layers that do not stack ({', '.join(bad)})"
@@ -726,7 +726,7 @@ def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], 
     Subnormal floats are flushed to zero on the CPU while it runs (``flush_denormal``, default
     true; switched off again at the end): long CPU runs otherwise slow down as weights decay
     into the subnormal range (magnitude on MNIST LeNet-300-100, epochs 3-12 of one thread: 4.77
-    s of CPU per epoch without, 1.20 s with; README, "Our choices")."""
+    s of CPU per epoch without, 1.20 s with; docs/config.md, "flush_denormal")."""
     if not cfgs:
         return []
     flush = bool(cfgs[0].get("flush_denormal", True))

@@ -1,4 +1,4 @@
-"""L0-regularised layers with hard-concrete gates (Louizos, Welling & Kingma, ICLR 2018), SCIENCE.md §2.
+"""L0-regularised layers with hard-concrete gates (Louizos, Welling & Kingma, ICLR 2018), docs/science.md §2.
 
 Each layer holds the weights ``theta`` (the paper's theta-tilde), a bias and one gate
 location ``log_alpha`` per gate.  Gate granularity (``gates``):

@@ -1,4 +1,4 @@
-"""Sparse variational dropout layers (Molchanov, Ashukha & Vetrov, ICML 2017), SCIENCE.md §2.
+"""Sparse variational dropout layers (Molchanov, Ashukha & Vetrov, ICML 2017), docs/science.md §2.
 
 Each weight has the factorised Gaussian posterior q(w_ij) = N(theta_ij, sigma_ij^2) in the
 additive noise reparameterisation (paper §4): the trained parameters are the mean ``theta`` and
