@@ -20,7 +20,8 @@ from torch import nn
 
 from slabbench import metrics as M
 from slabbench import physical
-from slabbench.api import Method
+from slabbench.api import DatasetSpec, Method
+from slabbench.config import RunSpec
 from slabbench.engine import Member, noise_seed
 from slabbench.outputs import check_mask, check_scores
 from slabbench.prune import apply_masks, topk_masks
@@ -31,7 +32,7 @@ class Measure:
     """What every record of a job is measured with: the data set's spec
     (:class:`slabbench.api.DatasetSpec`), its task, the likelihood's noise sd and the device."""
 
-    spec: Any
+    data_spec: DatasetSpec
     task: str
     noise_sd: float
     device: torch.device
@@ -81,7 +82,7 @@ def sampled_metrics(method: Method, model: nn.Module, data, task: str, noise_sd:
     return out
 
 
-def common_fields(spec: dict, member: Member, measure: Measure, data: dict, provenance: dict, seconds: float,
+def common_fields(spec: RunSpec, member: Member, measure: Measure, data: dict, provenance: dict, seconds: float,
                   restart_fields: dict) -> dict[str, Any]:
     """The fields every record of a trained run carries, in order: who it is (experiment, data
     set, model, method, seed), how it ran (task, device, its spec, provenance, its share of the
@@ -89,7 +90,7 @@ def common_fields(spec: dict, member: Member, measure: Measure, data: dict, prov
     predictor's metrics (regression: the reference a collapsed net is read against) and why it
     diverged, if it did."""
     common = {k: spec[k] for k in ("experiment", "dataset", "model", "method", "seed")}
-    common.update(task=measure.task, device=str(measure.device), spec=dict(spec), provenance=provenance,
+    common.update(task=measure.task, device=str(measure.device), spec=spec.to_dict(), provenance=provenance,
                   train_seconds=seconds, stack_runs=member.stack_runs, **restart_fields)
     if measure.task == "regression":  # the reference a collapsed net is read against
         common.update(M.constant_predictor_metrics(data["train"][1], data["test"][1]))
@@ -117,8 +118,8 @@ class TargetSelection:
         which took ``seconds``); its physical network goes to ``artefacts``."""
         return physical.attach(dict(self.common, selection="target", target_sparsity=self.target,
                                     finetune_epochs=finetune_epochs, finetune_seconds=seconds,
-                                    **evaluate(net, self.data, measure.spec, measure.task, measure.noise_sd), **self.bma),
-                               artefacts, net, measure.spec.input_shape)
+                                    **evaluate(net, self.data, measure.data_spec, measure.task, measure.noise_sd), **self.bma),
+                               artefacts, net, measure.data_spec.input_shape)
 
 
 def measure_run(member: Member, run: int, method_name: str, data: dict, common: dict, measure: Measure,
@@ -131,7 +132,7 @@ def measure_run(member: Member, run: int, method_name: str, data: dict, common: 
     model average under the mask measured now unless the selections will be fine-tuned
     (``fine_tuned``)."""
     method, model, device = member.method, member.model, measure.device
-    spec, task, noise_sd = measure.spec, measure.task, measure.noise_sd
+    data_spec, task, noise_sd = measure.data_spec, measure.task, measure.noise_sd
     exported = method.export(model).to(device).eval()
     scores = method.scores(model)
     if scores is not None:
@@ -145,8 +146,9 @@ def measure_run(member: Member, run: int, method_name: str, data: dict, common: 
             net = apply_masks(copy.deepcopy(exported), natural) if natural is not None else exported
             records.append(physical.attach(dict(
                 common, selection="natural", target_sparsity=None, finetune_epochs=0,
-                **evaluate(net, data, spec, task, noise_sd), **bma_metrics(method, model, natural, data, task, noise_sd),
-                **sampled_metrics(method, model, data, task, noise_sd, member.seed, device)), artefacts, net, spec.input_shape))
+                **evaluate(net, data, data_spec, task, noise_sd), **bma_metrics(method, model, natural, data, task, noise_sd),
+                **sampled_metrics(method, model, data, task, noise_sd, member.seed, device)), artefacts, net,
+                data_spec.input_shape))
         artefacts.update(method.extra_artifacts(model))
         if scores is not None:
             artefacts["scores"] = {k: (v[0] if isinstance(v, tuple) else v).detach().cpu() for k, v in scores.items()}

@@ -30,14 +30,14 @@ import os
 import sys
 import time
 import types
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from slabbench import engine
 from slabbench.api import Method, TrainContext, make_params
-from slabbench.config import method_plugin, run_option_error
+from slabbench.config import RunSpec, run_option_error
 from slabbench.engine import Member, Screen, TrainingDiverged, _divergence_advice, fit, fit_stacked, noise_seed
 from slabbench.models import build_model
 from slabbench.prune import apply_masks
@@ -224,17 +224,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _finetune_all(jobs: list[TargetSelection], cfg: dict, task: str, device,
+def _finetune_all(jobs: list[TargetSelection], spec: RunSpec, task: str, device,
                   label: str) -> tuple[list[nn.Module], list[float]]:
     """Masked copies of the networks of the selections ``jobs``, fine-tuned with
     NLL only, Adam at ``lr * finetune_lr_factor`` for ``finetune_epochs`` epochs (the same for
     every method), all targets x seeds in one stack where the network stacks; also each one's
     share of the fine-tuning's wall time in seconds."""
     nets = [apply_masks(copy.deepcopy(j.net), j.masks) for j in jobs]
-    epochs = int(cfg.get("finetune_epochs", 0))
+    epochs = int(spec.finetune_epochs)
     if epochs <= 0 or not jobs:
         return nets, [0.0] * len(nets)
-    lr = cfg["lr"] * cfg["finetune_lr_factor"]
+    lr = spec.lr * spec.finetune_lr_factor
     members = []
     for net, job in zip(nets, jobs):
         seed, data = job.seed, job.data
@@ -245,9 +245,9 @@ def _finetune_all(jobs: list[TargetSelection], cfg: dict, task: str, device,
         members.append(Member(label=f"{label} seed={seed} (fine-tuning)", seed=seed, target=None,
                               method=Method(None, ctx), model=net))
     seconds = _train(members, [j.data["train"][0] for j in jobs], [j.data["train"][1] for j in jobs], epochs=epochs,
-                     batch_size=cfg["batch_size"], lr=lr, task=task, noise_sd=cfg["noise_sd"], device=device,
-                     data_seeds=[j.seed + 7919 for j in jobs], stop=cfg.get("on_divergence", "stop") == "stop",
-                     what=f"{label} fine-tuning", graphs=bool(cfg.get("graphs", False)))
+                     batch_size=spec.batch_size, lr=lr, task=task, noise_sd=spec.noise_sd, device=device,
+                     data_seeds=[j.seed + 7919 for j in jobs], stop=spec.stops_on_divergence,
+                     what=f"{label} fine-tuning", graphs=bool(spec.graphs))
     out = []
     for m, job in zip(members, jobs):
         with torch.no_grad():  # Adam moments may move masked weights; they never act, zero them
@@ -256,75 +256,71 @@ def _finetune_all(jobs: list[TargetSelection], cfg: dict, task: str, device,
     return out, seconds
 
 
-def _load_data(cfg: dict, device: torch.device) -> tuple[Any, dict]:
-    """(spec, {split: (x, y)}) of a run's data set on ``device``."""
-    ds_cls = dataset_class(cfg["dataset"])
-    dataset = ds_cls(make_params(ds_cls.Params, cfg.get("dataset_params"), f"dataset {cfg['dataset']!r}"), int(cfg["seed"]))
+def _load_data(spec: RunSpec, device: torch.device) -> tuple[Any, dict]:
+    """(data set spec, {split: (x, y)}) of a run's data set on ``device``."""
+    ds_cls = dataset_class(spec.dataset)
+    dataset = ds_cls(make_params(ds_cls.Params, spec.dataset_params, f"dataset {spec.dataset!r}"), int(spec.seed))
     dataset.prepare()
-    spec = dataset.spec()
-    return spec, {s: tuple(t.to(device) for t in dataset.load(s)) for s in ("train", "val", "test")}
+    return dataset.spec(), {s: tuple(t.to(device) for t in dataset.load(s)) for s in ("train", "val", "test")}
 
 
-def run_stack(cfgs: Sequence[dict], threads: int = 1) -> list[tuple[list[dict], dict[str, Any]]]:
-    """Train and evaluate the runs ``cfgs`` (resolved run specs of one experiment x method
-    that differ in their seed only, see :func:`slabbench.config.run_specs`) in one process.
-    Returns, per spec, its records (one per target plus the natural selection) and its
-    artefacts (scores, natural masks) for figures.
+def run_stack(specs: Sequence[Mapping[str, Any]], threads: int = 1) -> list[tuple[list[dict], dict[str, Any]]]:
+    """Train and evaluate the runs ``specs`` (run specs of one experiment x method that differ
+    in their seed only: :class:`slabbench.config.RunSpec`, see :func:`slabbench.config.run_specs`,
+    or their dict form) in one process.  Returns, per spec, its records (one per target plus
+    the natural selection) and its artefacts (scores, natural masks) for figures.
 
     Subnormal floats are flushed to zero on the CPU while it runs (``flush_denormal``, default
     true; switched off again at the end): long CPU runs otherwise slow down as weights decay
     into the subnormal range (magnitude on MNIST LeNet-300-100, epochs 3-12 of one thread: 4.77
     s of CPU per epoch without, 1.20 s with; README, "Our choices")."""
-    if not cfgs:
+    if not specs:
         return []
-    flush = bool(cfgs[0].get("flush_denormal", True))
+    specs = [RunSpec.of(s) for s in specs]
+    flush = bool(specs[0].flush_denormal)
     applied = torch.set_flush_denormal(flush) and flush
     try:
-        return _run_stack(cfgs, threads, applied)
+        return _run_stack(specs, threads, applied)
     finally:
         torch.set_flush_denormal(False)
 
 
-def _run_stack(cfgs: Sequence[dict], threads: int, flushed: bool) -> list[tuple[list[dict], dict[str, Any]]]:
-    same = [{k: v for k, v in c.items() if k != "seed"} for c in cfgs]
+def _run_stack(specs: list[RunSpec], threads: int, flushed: bool) -> list[tuple[list[dict], dict[str, Any]]]:
+    same = [{k: v for k, v in s.items() if k != "seed"} for s in specs]
     if any(s != same[0] for s in same):
         raise ValueError("run_stack: the specs of one job must differ in their seed only")
-    cfg0 = cfgs[0]
+    spec = specs[0]  # the job's settings (every spec's but the seed)
     set_threads(threads)
-    device = resolve_device(cfg0["device"])
-    m_cls = method_class(method_plugin(cfg0))
-    m_params = make_params(m_cls.Params, cfg0.get("method_params"), f"method {cfg0['method']!r}")
-    err = run_option_error(cfg0, int(cfg0["epochs"]))  # validate() checked it; run_stack is also called directly
+    device = resolve_device(spec.device)
+    m_cls = method_class(spec.plugin)
+    m_params = make_params(m_cls.Params, spec.method_params, f"method {spec.method!r}")
+    err = run_option_error(spec, int(spec.epochs))  # validate() checked it; run_stack is also called directly
     if err:
-        raise ValueError(f"{cfg0['experiment']}/{cfg0['method']}: {err}")
-    restarts = int(cfg0.get("restarts", 1))
-    screen = None
-    if cfg0.get("restarts_keep") is not None:
-        screen = (int(cfg0["restarts_screen_epochs"]), int(cfg0["restarts_keep"]))
-    stop = cfg0.get("on_divergence", "stop") == "stop"
-    label = f"{cfg0['experiment']}/{cfg0['method']}"
+        raise ValueError(f"{spec.experiment}/{spec.method}: {err}")
+    restarts, screen, stop = int(spec.restarts), spec.screen, spec.stops_on_divergence
+    label = f"{spec.experiment}/{spec.method}"
     # a fixed split (the spec's promise, checked by the dataset contract test) is loaded once
     # and shared by every run; a simulation draws each seed's replicate
-    loaded = [_load_data(cfgs[0], device)]
-    for c in cfgs[1:]:
-        loaded.append(_load_data(c, device) if loaded[0][0].replicate_per_seed else loaded[0])
-    spec = loaded[0][0]
-    task, noise_sd = spec.task, float(cfg0["noise_sd"])
+    loaded = [_load_data(specs[0], device)]
+    for s in specs[1:]:
+        loaded.append(_load_data(s, device) if loaded[0][0].replicate_per_seed else loaded[0])
+    data_spec = loaded[0][0]
+    task, noise_sd = data_spec.task, float(spec.noise_sd)
     n_train = len(loaded[0][1]["train"][1])
-    targets = [float(s) for s in cfg0["sparsities"]]
+    targets = [float(s) for s in spec.sparsities]
     per_target = m_cls.trains_per_target(m_params)
 
     members, member_run = [], []
-    for r, c in enumerate(cfgs):
-        seed = int(c["seed"])
+    for r, s in enumerate(specs):
+        seed = int(s.seed)
         for train_target in (targets if per_target else [None]):
             for start in range(restarts):
                 init = start_seed(seed, start)
                 torch.manual_seed(init)
-                arch = build_model(c["model"], spec, c.get("model_params"))
-                ctx = TrainContext(task=task, n_train=n_train, epochs=int(c["epochs"]),
-                                   steps_per_epoch=-(-n_train // int(c["batch_size"])), lr=float(c["lr"]),
-                                   device=device, spec=spec, target=train_target)
+                arch = build_model(s.model, data_spec, s.model_params)
+                ctx = TrainContext(task=task, n_train=n_train, epochs=int(s.epochs),
+                                   steps_per_epoch=-(-n_train // int(s.batch_size)), lr=float(s.lr),
+                                   device=device, spec=data_spec, target=train_target)
                 method = m_cls(m_params, ctx)
                 tag = (f"{label} seed={seed}" + (f" target={train_target}" if train_target is not None else "")
                        + (f" start={start}" if restarts > 1 else ""))
@@ -334,10 +330,10 @@ def _run_stack(cfgs: Sequence[dict], threads: int, flushed: bool) -> list[tuple[
                 members.append(member)
                 member_run.append(r)
     seconds = _train(members, [loaded[r][1]["train"][0] for r in member_run], [loaded[r][1]["train"][1] for r in member_run],
-                     epochs=int(cfg0["epochs"]), batch_size=int(cfg0["batch_size"]), lr=float(cfg0["lr"]), task=task,
+                     epochs=int(spec.epochs), batch_size=int(spec.batch_size), lr=float(spec.lr), task=task,
                      noise_sd=noise_sd, device=device, data_seeds=[m.seed for m in members],
                      stop=stop and restarts == 1, what=label, screen=screen,  # with restarts, a diverged start just loses
-                     graphs=bool(cfg0.get("graphs", False)))
+                     graphs=bool(spec.graphs))
     restart_info = [{"restarts": restarts}] * len(members)
     if restarts > 1:
         members, member_run, seconds, restart_info = choose_starts(
@@ -349,30 +345,29 @@ def _run_stack(cfgs: Sequence[dict], threads: int, flushed: bool) -> list[tuple[
         if lost and stop:
             which = f"every one of its {restarts} starts" if screen is None else "every start trained to the end"
             raise TrainingDiverged(f"{lost[0].label}: {which} diverged (start "
-                                   f"{lost[0].start}: {lost[0].diverged}). {_divergence_advice(float(cfg0['lr']))}")
+                                   f"{lost[0].start}: {lost[0].diverged}). {_divergence_advice(float(spec.lr))}")
 
     prov = dict(provenance(device), flush_denormal=flushed)
-    measure = Measure(spec=spec, task=task, noise_sd=noise_sd, device=device)
-    results: list[tuple[list[dict], dict[str, Any]]] = [([], {}) for _ in cfgs]
+    measure = Measure(data_spec=data_spec, task=task, noise_sd=noise_sd, device=device)
+    results: list[tuple[list[dict], dict[str, Any]]] = [([], {}) for _ in specs]
     pending: list[TargetSelection] = []  # awaiting fine-tuning
     for m, r, secs, chosen in zip(members, member_run, seconds, restart_info):
         data = loaded[r][1]
-        common = common_fields(cfgs[r], m, measure, data, prov, secs, chosen)
-        pending += measure_run(m, r, cfgs[r]["method"], data, common, measure, targets,
-                               fine_tuned=bool(cfg0.get("finetune_epochs")), records=results[r][0],
-                               artefacts=results[r][1])
-    tuned, tune_seconds = _finetune_all(pending, cfg0, task, device, label)
+        common = common_fields(specs[r], m, measure, data, prov, secs, chosen)
+        pending += measure_run(m, r, spec.method, data, common, measure, targets, fine_tuned=bool(spec.finetune_epochs),
+                               records=results[r][0], artefacts=results[r][1])
+    tuned, tune_seconds = _finetune_all(pending, spec, task, device, label)
     for sel, net, secs in zip(pending, tuned, tune_seconds):
-        results[sel.run][0].append(sel.record(net, secs, int(cfg0.get("finetune_epochs", 0)), measure, results[sel.run][1]))
-    for (records, _), c in zip(results, cfgs):
+        results[sel.run][0].append(sel.record(net, secs, int(spec.finetune_epochs), measure, results[sel.run][1]))
+    for (records, _), s in zip(results, specs):
         records.sort(key=lambda rec: (rec["selection"] != "natural", rec["target_sparsity"] or 0.0))
-        log.info("%s seed=%s: %d records", label, c["seed"], len(records))
+        log.info("%s seed=%s: %d records", label, s.seed, len(records))
     return results
 
 
-def run(cfg: dict, threads: int = 1) -> tuple[list[dict], dict[str, Any]]:
+def run(spec: Mapping[str, Any], threads: int = 1) -> tuple[list[dict], dict[str, Any]]:
     """Train and evaluate one run (a job of one seed); see :func:`run_stack`."""
-    return run_stack([cfg], threads)[0]
+    return run_stack([spec], threads)[0]
 
 
 def _engine_switch(name: str) -> property:
