@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -136,16 +136,35 @@ def _group_size(group_of: Sequence[int]) -> int:
     return sizes.pop() if len(sizes) == 1 else 1
 
 
-def _select(obj: Any, idx: torch.Tensor, runs: int) -> Any:
-    """``obj`` (a tensor, or a list / tuple / dict of them) with every tensor whose leading
-    dimension is ``runs`` cut to the rows ``idx``; anything else as it is."""
-    if torch.is_tensor(obj):
-        return obj.index_select(0, idx.to(obj.device)) if obj.dim() > 0 and obj.shape[0] == runs else obj
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_select(v, idx, runs) for v in obj)
-    if isinstance(obj, dict):
-        return {k: _select(v, idx, runs) for k, v in obj.items()}
-    return obj
+def _cut_optimizer_state(opt: torch.optim.Optimizer, renamed: dict[int, nn.Parameter], idx: torch.Tensor) -> None:
+    """The optimizer of a stack cut to the runs ``idx``: its groups hold the new parameters
+    (``renamed``: {id(old parameter): new parameter}) and each parameter's state keeps the rows
+    of the kept runs where it is shaped like the parameter (Adam's moments; an elementwise
+    optimizer's state is per weight, so per run); other state (Adam's step count) stays."""
+    state = {}
+    for p, v in opt.state.items():
+        state[renamed[id(p)]] = {k: t.index_select(0, idx.to(t.device)) if torch.is_tensor(t) and t.shape == p.shape else t
+                                 for k, t in v.items()}
+    for group in opt.param_groups:
+        group["params"] = [renamed[id(p)] for p in group["params"]]
+    opt.state.clear()
+    opt.state.update(state)
+
+
+def _undeclared_run_state(method: Method, runs: int) -> list[str]:
+    """Attributes of a stack's method instance that look per run (a tensor, or a container of
+    tensors, with ``runs`` rows) but are not in its ``run_state``: left as they are when the
+    stack is cut (a plugin should declare them, or keep them in its model's buffers)."""
+    def per_run(v) -> bool:
+        if torch.is_tensor(v):
+            return v.dim() > 0 and v.shape[0] == runs
+        if isinstance(v, (list, tuple)):
+            return any(per_run(u) for u in v)
+        if isinstance(v, dict):
+            return any(per_run(u) for u in v.values())
+        return False
+
+    return sorted(k for k, v in vars(method).items() if k not in type(method).run_state and per_run(v))
 
 
 #: screen(model, members) -> positions of the runs that train on, called once after the
@@ -168,9 +187,9 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
 
     ``screen = (epoch, choose)`` (stacked models only): after that many epochs, ``choose(model,
     members)`` names the runs that train on and the stack is cut to them in place: every
-    parameter and buffer (:func:`slabbench.stack.select_runs`), the optimizer's state and any
-    tensor of the stackable method's instance with the run dimension (e.g. l0's parameter
-    averages); the others stop there.  Returns the positions (in ``members``) of the runs the
+    parameter and buffer (:func:`slabbench.stack.select_runs`), the optimizer's state and the
+    per-run state the stackable method's instance declares (:attr:`slabbench.api.Method.run_state`,
+    :meth:`slabbench.api.Method.select_runs`; e.g. l0's parameter averages); the others stop there.  Returns the positions (in ``members``) of the runs the
     model holds at the end.
 
     ``graphs`` (CUDA): each kind of step is captured once as a CUDA graph and replayed
@@ -312,15 +331,14 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
             keep = sorted(set(screen[1](model, members)))
             if len(keep) < s_runs:
                 idx = torch.tensor(keep, dtype=torch.long)
-                renamed = select_runs(model, keep)
-                state = {renamed[id(p)]: _select(dict(v), idx, s_runs) for p, v in opt.state.items()}
-                for group in opt.param_groups:
-                    group["params"] = [renamed[id(p)] for p in group["params"]]
-                opt.state.clear()
-                opt.state.update(state)
-                if not per_run_hooks:  # the stack's one method instance: its per-run tensors
-                    for key, value in vars(lead).items():
-                        setattr(lead, key, _select(value, idx, s_runs))
+                _cut_optimizer_state(opt, select_runs(model, keep), idx)
+                if not per_run_hooks:  # the stack's one method instance: its declared per-run state
+                    undeclared = _undeclared_run_state(lead, s_runs)
+                    if undeclared:
+                        log.warning("%s: %s holds %s with one row per run but does not name it in run_state: "
+                                    "not cut to the kept runs", members[0].label.split(" seed=")[0],
+                                    type(lead).__name__, ", ".join(undeclared))
+                    lead.select_runs(idx)
                 members, noise_gens, kept = [members[i] for i in keep], [noise_gens[i] for i in keep], [kept[i] for i in keep]
                 offsets = offsets[idx]
                 groups = sorted(set(group_of[i] for i in keep))
