@@ -11,7 +11,9 @@ from conftest import tiny_spec
 from slabbench import engine, records, restarts
 from slabbench import train as T
 from slabbench.api import Method, take_runs
+from slabbench.layers import MaskedLinear
 from slabbench.registry import method_class
+from slabbench.stack import handles_run_dim, hooks_per_stack, stack_modules, unstackable_modules
 
 #: names importable from slabbench.train before the split, that code outside the package uses
 MOVED = {"Member": engine, "TrainingDiverged": engine, "fit": engine, "fit_stacked": engine, "noise_seed": engine,
@@ -56,7 +58,7 @@ def test_a_stacks_cut_cuts_the_declared_run_state_and_names_undeclared_state(mon
     seen = []
 
     class Tracker(method_class("dense")):
-        stackable = True
+        hooks_per_stack = True
         run_state = ("_rows",)
 
         def __init__(self, params, ctx):
@@ -75,3 +77,33 @@ def test_a_stacks_cut_cuts_the_declared_run_state_and_names_undeclared_state(mon
         T.run(tiny_spec("dense", restarts=3, restarts_keep=1, restarts_screen_epochs=1, finetune_epochs=0))
     assert seen == [3, 1, 1]  # 2 steps per epoch: the step after the cut sees 1 row, not 3
     assert "Tracker holds _undeclared with one row per run but does not name it in run_state" in caplog.text
+
+
+# --------------------------------------------------------------------------- the two meanings of "stackable"
+
+
+def test_layers_declare_handles_run_dim_and_methods_hooks_per_stack():
+    assert handles_run_dim(MaskedLinear) and not hooks_per_stack(MaskedLinear)
+    for name in ("dense", "spike_slab", "sparse_vd", "l0"):
+        assert hooks_per_stack(method_class(name)) and not handles_run_dim(method_class(name))
+    assert not hooks_per_stack(method_class("magnitude"))  # its schedules: hooks per run
+
+
+def test_the_old_name_still_works_for_a_layer_and_a_method_and_warns_once_per_class(recwarn):
+    class OldLayer(MaskedLinear):
+        stackable = True
+
+    class OldMethod(Method):
+        stackable = True
+
+    class Inherits(OldLayer):  # inherits nothing, old name or new
+        pass
+
+    for _ in range(3):
+        assert handles_run_dim(OldLayer) and hooks_per_stack(OldMethod) and not handles_run_dim(Inherits)
+    assert unstackable_modules(torch.nn.Sequential(OldLayer(3, 2))) == []
+    assert stack_modules([torch.nn.Sequential(OldLayer(3, 2)) for _ in range(2)])[0].stack == 2
+    messages = [str(w.message) for w in recwarn.list if issubclass(w.category, DeprecationWarning)]
+    assert len(messages) == 2 and all("`stackable = True`, a deprecated name" in m for m in messages)
+    assert any("OldLayer" in m for m in messages) and any("OldMethod" in m for m in messages)
+    assert all("handles_run_dim = True" in m and "hooks_per_stack = True" in m for m in messages)

@@ -240,13 +240,13 @@ def test_conv_nets_stack_and_foreign_layers_do_not():
 
 
 class _MineConv(MaskedConv2d):
-    """A plugin's own conv layer: not declared stackable."""
+    """A plugin's own conv layer: not declared to handle the run dimension."""
 
 
 class _ForeignConv(Method):
     """A method whose build swaps in a layer type that does not stack."""
 
-    stackable = True
+    hooks_per_stack = True
 
     def build(self, model):
         def swap(name, layer):

@@ -223,7 +223,13 @@ class Method:
     name: ClassVar[str] = ""
     #: "global" (one threshold over all prunable weights) or "layerwise".
     prune_scope: str = "global"
-    #: a ``stackable`` method that trains per target (:meth:`trains_per_target`) sets this to
+    #: ``True`` in a method's own class body (not inherited) when every hook works on a stacked
+    #: model directly (the penalty a sum over runs, per-step hooks elementwise, no ``.item()``
+    #: or branching on tensor values): the core then calls the hooks once per stack; else a
+    #: method's per-step hooks run once per run on that run's view (see :mod:`slabbench.stack`;
+    #: formerly ``stackable``, still read, deprecated).
+    hooks_per_stack: ClassVar[bool] = False
+    #: a ``hooks_per_stack`` method that trains per target (:meth:`trains_per_target`) sets this to
     #: ``True`` in its own class body when ``ctx.target`` reaches training only through the
     #: built model's buffers (e.g. a prior stored per layer), never through what a hook reads
     #: from the instance: the core then stacks runs of different targets together (their

@@ -30,7 +30,7 @@ from slabbench import metrics as M
 from slabbench.api import Method
 from slabbench.graphs import StepGraphs, state_entries
 from slabbench.layers.stacked import run_generators, shared_input
-from slabbench.stack import declares_stackable, run_views, select_runs, stacked_runs
+from slabbench.stack import hooks_per_stack, run_views, select_runs, stacked_runs
 
 log = logging.getLogger(__name__)
 
@@ -181,15 +181,16 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     :mod:`slabbench.stack`) or an ordinary model (one run, S = 1, noise from torch's global
     generator).  Run ``s`` sees its own data ``xs[s]``, ``ys[s]`` in the order drawn from
     ``data_gens[s]`` and its layers' noise from ``noise_gens[s]``.  The method's hooks are called
-    once on the model when it is ordinary or the method's class declares ``stackable = True``,
+    once on the model when it is ordinary or the method's class declares ``hooks_per_stack = True``,
     else ``after_step`` / ``after_epoch`` once per run on views of the run's slice (its own
     method instance, e.g. its own target).  NaN / inf is checked once per epoch.
 
     ``screen = (epoch, choose)`` (stacked models only): after that many epochs, ``choose(model,
     members)`` names the runs that train on and the stack is cut to them in place: every
     parameter and buffer (:func:`slabbench.stack.select_runs`), the optimizer's state and the
-    per-run state the stackable method's instance declares (:attr:`slabbench.api.Method.run_state`,
-    :meth:`slabbench.api.Method.select_runs`; e.g. l0's parameter averages); the others stop there.  Returns the positions (in ``members``) of the runs the
+    per-run state the method's instance declares when its hooks run once per stack
+    (:attr:`slabbench.api.Method.run_state`, :meth:`slabbench.api.Method.select_runs`; e.g. l0's
+    parameter averages); the others stop there.  Returns the positions (in ``members``) of the runs the
     model holds at the end.
 
     ``graphs`` (CUDA): each kind of step is captured once as a CUDA graph and replayed
@@ -221,9 +222,9 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     forward = model if stacked else (lambda xb: model(xb[0]).unsqueeze(0))
     cls = type(lead)
     # hooks once per run (on views, with their run's gradients) only where they could tell runs
-    # apart: a method that does not declare stackable and overrides a per-step hook (e.g.
+    # apart: a method that does not declare hooks_per_stack and overrides a per-step hook (e.g.
     # magnitude's gradual schedule, a plugin that reads gradients)
-    per_run_hooks = stacked and not declares_stackable(cls) and (
+    per_run_hooks = stacked and not hooks_per_stack(cls) and (
         cls.after_step is not Method.after_step or cls.after_epoch is not Method.after_epoch)
     views = run_views(model) if per_run_hooks else None
     x_all, y_all, offsets = _batches(xs, ys)

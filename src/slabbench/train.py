@@ -47,7 +47,7 @@ from slabbench.records import (Measure, TargetSelection, bma_metrics, common_fie
 from slabbench.registry import dataset_class, method_class
 from slabbench.restarts import (OBJECTIVE_CHUNK, OBJECTIVE_SAMPLES, choose_starts, screen_starts, start_seed,
                                 training_objective)
-from slabbench.stack import declares_stackable, stack_modules, unstack, unstackable_modules
+from slabbench.stack import hooks_per_stack, stack_modules, unstack, unstackable_modules
 
 __all__ = [
     # this module's: a job's runs, planned and handed to the engine
@@ -101,8 +101,8 @@ def stack_refusal(method: Method, model: nn.Module) -> str | None:
     if bad:
         return f"its model has layers that do not stack ({', '.join(bad)})"
     cls = type(method)
-    if not declares_stackable(cls) and cls.penalty is not Method.penalty:
-        return "it overrides penalty() without declaring stackable = True"
+    if not hooks_per_stack(cls) and cls.penalty is not Method.penalty:
+        return "it overrides penalty() without declaring hooks_per_stack = True"
     return None
 
 
@@ -151,12 +151,12 @@ def _bytes_per_run(model: nn.Module, batch_size: int, x: torch.Tensor) -> int:
 
 
 def _target_splits_stacks(cls: type) -> bool:
-    """Whether runs of ``cls`` with different targets train in separate stacks: a stackable
-    method's hooks run once per stack with its first run's instance, so they do unless the
-    class declares in its own body that its per-target state lives in the model
-    (:attr:`slabbench.api.Method.target_in_model`; inherited declarations do not count, as for
-    ``stackable``).  A method that is not stackable gets hooks per run: never split."""
-    return declares_stackable(cls) and not cls.__dict__.get("target_in_model", False)
+    """Whether runs of ``cls`` with different targets train in separate stacks: the hooks of a
+    method that declares ``hooks_per_stack`` run once per stack with its first run's instance,
+    so they do unless the class declares in its own body that its per-target state lives in the
+    model (:attr:`slabbench.api.Method.target_in_model`; inherited declarations do not count, as
+    for ``hooks_per_stack``).  A method without it gets hooks per run: never split."""
+    return hooks_per_stack(cls) and not cls.__dict__.get("target_in_model", False)
 
 
 def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: float, task: str, noise_sd: float,
@@ -183,7 +183,7 @@ def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: f
             _sync(device)
             seconds[i] = time.perf_counter() - t0
         return seconds
-    # a stackable method's hooks run once per stack with the first run's method instance, so runs
+    # a hooks_per_stack method's hooks run once per stack with the first run's instance, so runs
     # whose instances differ (per-target training: each its own target) share a stack only when
     # the method keeps what the target changes in the model (target_in_model: buffers, stacked
     # per run)
