@@ -172,6 +172,84 @@ def _undeclared_run_state(method: Method, runs: int) -> list[str]:
 Screen = tuple[int, Callable[[nn.Module, Sequence["Member"]], Sequence[int]]]
 
 
+class StackedStep:
+    """One training step of a stack of runs (or of one ordinary model: S = 1, noise from torch's
+    global generator) with the core's loss convention: gather each run's minibatch rows from the
+    device-resident data, forward with every run's own noise, loss = sum over runs of
+    [mean NLL_s + beta * penalty_s / N], backward, the optimizer's step; each run's mean NLL is
+    added to :attr:`nll_sums` (the epoch's finiteness check reads it).
+
+    ``x_all``, ``y_all``: every run's training data (:func:`_batches`; N rows per run);
+    ``group_of``: each run's data group (runs of one group see the same rows: gathered once and
+    fed to the stacked linear layers as one matmul per group).  A step reads only its ``idx``,
+    ``beta`` (a number, or a device tensor under graphs) and tensors that stay in place, so it
+    can be captured and replayed (:mod:`slabbench.graphs`)."""
+
+    def __init__(self, model: nn.Module, method: Method, opt: torch.optim.Optimizer, x_all: torch.Tensor,
+                 y_all: torch.Tensor, n: int, *, batch_size: int, task: str, noise_sd: float,
+                 noise_gens: Sequence[torch.Generator], group_of: Sequence[int]):
+        self.model, self.method, self.opt = model, method, opt
+        self.x_all, self.y_all, self.n = x_all, y_all, n
+        self.task, self.noise_sd = task, noise_sd
+        self.rows = min(batch_size, n)  # a minibatch's rows per run (the last one may have fewer)
+        self.forward = model if stacked_runs(model) > 0 else (lambda xb: model(xb[0]).unsqueeze(0))
+        # one buffer for every minibatch gather: a fresh (S·B, ...) tensor per step is, at S = 300
+        # runs of the paper simulation, 120 MB that the allocator maps and unmaps every step (a
+        # third of the CPU time went to the kernel); the graph that reads a batch is freed by
+        # backward() before the next gather overwrites it
+        self.x_buf = x_all.new_empty((len(group_of) * self.rows, *x_all.shape[1:]))
+        self.xu_buf: torch.Tensor | None = None
+        self.set_runs(noise_gens, group_of)
+
+    def set_runs(self, noise_gens: Sequence[torch.Generator], group_of: Sequence[int]) -> None:
+        """The runs the step trains: their noise generators and data groups (at the start, and
+        after the stack was cut to some of its runs)."""
+        self.noise_gens, self.runs = list(noise_gens), len(group_of)
+        # runs that see the same rows (restarts' starts): gathered once per group, and the stacked
+        # linear layers fed the batch run one matmul per group (layers.stacked.shared_input)
+        self.per_group = _group_size(group_of)
+        if self.per_group > 1 and self.xu_buf is None:  # (groups only shrink: once is enough)
+            self.xu_buf = self.x_all.new_empty(((group_of[-1] + 1) * self.rows, *self.x_all.shape[1:]))
+        self.nll_sums = torch.zeros(self.runs, device=self.x_all.device)
+
+    def loss(self, idx: torch.Tensor, beta, with_penalty: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, each run's mean NLL (S,)) on the minibatch rows ``idx`` (groups x B): gather,
+        forward, the NLLs and, ``with_penalty`` (not while beta = 0, a KL warm-up's first
+        epochs), beta * penalty / N."""
+        x_all, y_all, s_runs, per_group = self.x_all, self.y_all, self.runs, self.per_group
+        flat, b = idx.reshape(-1), idx.shape[1]
+        # index_select, not x[idx]: the same rows, but advanced indexing's general kernel
+        # takes ~6x longer on CPU (0.19 vs 0.03 ms for 500 x 200 floats)
+        if per_group > 1:
+            xu = torch.index_select(x_all, 0, flat, out=self.xu_buf[:flat.numel()]).view(-1, b, *x_all.shape[1:])
+            xb = self.x_buf[:s_runs * b].view(xu.shape[0], per_group, *xu.shape[1:])
+            xb.copy_(xu.unsqueeze(1).expand_as(xb))
+            xb = xb.view(s_runs, *xu.shape[1:])
+            yb = y_all.index_select(0, flat).view(-1, 1, b).expand(-1, per_group, b).reshape(s_runs, b)
+            with run_generators(self.noise_gens), shared_input(xb, xu):
+                out = self.forward(xb)
+        else:
+            xb = torch.index_select(x_all, 0, flat, out=self.x_buf[:flat.numel()]).view(s_runs, b, *x_all.shape[1:])
+            yb = y_all.index_select(0, flat).view(s_runs, b)
+            with run_generators(self.noise_gens):
+                out = self.forward(xb)
+        nll = _nll_per_run(out, yb, self.task, self.noise_sd)
+        loss = nll.sum()
+        if with_penalty:
+            penalty = self.method.penalty(self.model)
+            if penalty is not None:
+                loss = loss + beta * penalty / self.n
+        return loss, nll
+
+    def __call__(self, idx: torch.Tensor, beta, with_penalty: bool, set_to_none: bool) -> None:
+        """One step on the minibatch rows ``idx``: :meth:`loss`, backward, the optimizer's step."""
+        loss, nll = self.loss(idx, beta, with_penalty)
+        self.opt.zero_grad(set_to_none=set_to_none)
+        loss.backward()
+        self.opt.step()
+        self.nll_sums.add_(nll.detach())
+
+
 def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], *,
                 epochs: int, batch_size: int, lr: float, task: str, noise_sd: float,
                 data_gens: Sequence[torch.Generator], noise_gens: Sequence[torch.Generator],
@@ -200,13 +278,21 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     opt = lead.optimizer(model, lr)
     base_lrs = [g["lr"] for g in opt.param_groups]  # lr_factor scales these (one value for the stack)
     device = next(model.parameters()).device
+    stacked = stacked_runs(model) > 0
+    if screen is not None and not stacked:
+        raise ValueError("fit_stacked: screening needs a stacked model")
+    x_all, y_all, offsets = _batches(xs, ys)
+    n, s_runs = len(ys[0]), len(members)
+    group_of = _data_groups(xs, ys, data_gens) if SHARE_INPUTS and stacked else list(range(s_runs))
+    order_gens = [data_gens[group_of.index(g)] for g in range(group_of[-1] + 1)]  # one data order per group
+    members, noise_gens, kept = list(members), list(noise_gens), list(range(s_runs))
     step_graphs = None
     if _use_graphs(graphs, device):
         opt, why = _capturable(opt, device)
         if why is None:
             # each graph writes gradients of its own (captured with none there): hooks read that
             # graph's, so .grad is pointed at them around every replay
-            step_graphs = StepGraphs(lambda key: body(idx_bufs[key[0]], beta_t, key[1], False),
+            step_graphs = StepGraphs(lambda key: train_step(idx_bufs[key[0]], beta_t, key[1], False),
                                      state=lambda: state_entries(model, opt, lead), generators=noise_gens,
                                      label=members[0].label.split(" seed=")[0], backend=GRAPH_BACKEND,
                                      prepare=lambda key: opt.zero_grad(set_to_none=True),
@@ -215,11 +301,11 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
                                          key, [(q, q.grad) for q in model.parameters()]))
         else:
             log.info("%s: CUDA graphs off: %s", members[0].label, why)
+    train_step = StackedStep(model, lead, opt, x_all, y_all, n, batch_size=batch_size, task=task, noise_sd=noise_sd,
+                             noise_gens=noise_gens, group_of=group_of)
     beta_t = torch.zeros((), device=device) if step_graphs is not None else None
     idx_bufs: dict[int, torch.Tensor] = {}  # minibatch size -> the index buffer a graph reads
     grads_of: dict = {}  # step kind -> (parameter, the gradient its graph writes)
-    stacked = stacked_runs(model) > 0
-    forward = model if stacked else (lambda xb: model(xb[0]).unsqueeze(0))
     cls = type(lead)
     # hooks once per run (on views, with their run's gradients) only where they could tell runs
     # apart: a method that does not declare hooks_per_stack and overrides a per-step hook (e.g.
@@ -227,56 +313,8 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     per_run_hooks = stacked and not hooks_per_stack(cls) and (
         cls.after_step is not Method.after_step or cls.after_epoch is not Method.after_epoch)
     views = run_views(model) if per_run_hooks else None
-    x_all, y_all, offsets = _batches(xs, ys)
-    n, s_runs = len(ys[0]), len(members)
     params = [p if stacked else p[None] for p in model.parameters()]  # leading run dimension
-    # one buffer for every minibatch gather: a fresh (S·B, ...) tensor per step is, at S = 300
-    # runs of the paper simulation, 120 MB that the allocator maps and unmaps every step (a
-    # third of the CPU time went to the kernel); the graph that reads a batch is freed by
-    # backward() before the next gather overwrites it
-    x_buf = x_all.new_empty((s_runs * min(batch_size, n), *x_all.shape[1:]))
-    # runs that see the same rows (restarts' starts): gathered once per group, and the stacked
-    # linear layers fed the batch run one matmul per group (layers.stacked.shared_input)
-    group_of = _data_groups(xs, ys, data_gens) if SHARE_INPUTS and stacked else list(range(s_runs))
-    order_gens = [data_gens[group_of.index(g)] for g in range(group_of[-1] + 1)]  # one data order per group
-    per_group = _group_size(group_of)
-    xu_buf = x_all.new_empty((len(order_gens) * min(batch_size, n), *x_all.shape[1:])) if per_group > 1 else None
-    members, noise_gens, kept = list(members), list(noise_gens), list(range(s_runs))
-    if screen is not None and not stacked:
-        raise ValueError("fit_stacked: screening needs a stacked model")
     hooked = per_run_hooks or cls.after_step is not Method.after_step or cls.after_epoch is not Method.after_epoch
-    nll_sums = torch.zeros(s_runs, device=x_all.device)
-
-    def body(idx: torch.Tensor, beta, with_penalty: bool, set_to_none: bool) -> None:
-        """One step on the minibatch rows ``idx`` (groups x B): gather, forward, loss, backward,
-        optimizer step; adds each run's mean NLL to ``nll_sums``.  Reads only ``idx``, ``beta``
-        (a number, or a device tensor under graphs) and tensors that stay in place."""
-        flat, b = idx.reshape(-1), idx.shape[1]
-        # index_select, not x[idx]: the same rows, but advanced indexing's general kernel
-        # takes ~6x longer on CPU (0.19 vs 0.03 ms for 500 x 200 floats)
-        if per_group > 1:
-            xu = torch.index_select(x_all, 0, flat, out=xu_buf[:flat.numel()]).view(-1, b, *x_all.shape[1:])
-            xb = x_buf[:s_runs * b].view(xu.shape[0], per_group, *xu.shape[1:])
-            xb.copy_(xu.unsqueeze(1).expand_as(xb))
-            xb = xb.view(s_runs, *xu.shape[1:])
-            yb = y_all.index_select(0, flat).view(-1, 1, b).expand(-1, per_group, b).reshape(s_runs, b)
-            with run_generators(noise_gens), shared_input(xb, xu):
-                out = forward(xb)
-        else:
-            xb = torch.index_select(x_all, 0, flat, out=x_buf[:flat.numel()]).view(s_runs, b, *x_all.shape[1:])
-            yb = y_all.index_select(0, flat).view(s_runs, b)
-            with run_generators(noise_gens):
-                out = forward(xb)
-        nll = _nll_per_run(out, yb, task, noise_sd)
-        loss = nll.sum()
-        if with_penalty:  # not while beta = 0 (a KL warm-up's first epochs)
-            penalty = lead.penalty(model)
-            if penalty is not None:
-                loss = loss + beta * penalty / n
-        opt.zero_grad(set_to_none=set_to_none)
-        loss.backward()
-        opt.step()
-        nll_sums.add_(nll.detach())
 
     model.train()
     step = 0
@@ -293,18 +331,16 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
         # one data order per group of runs that share it, drawn from the generator of its first
         # run (the others are equal and not drawn from)
         perm = torch.stack([torch.randperm(n, generator=g) for g in order_gens])
+        per_group = train_step.per_group
         perm = (perm + offsets[::per_group, None] if per_group > 1
                 else perm[torch.tensor(group_of)] + offsets[:, None]).to(x_all.device)
-        if nll_sums.shape[0] == s_runs:
-            nll_sums.zero_()
-        else:  # the stack was cut
-            nll_sums = torch.zeros(s_runs, device=x_all.device)
+        train_step.nll_sums.zero_()
         for start in range(0, n, batch_size):
             idx = perm[:, start:start + batch_size]
             if step_graphs is None:
                 # per-run hooks read their run's slice of the gradients (views.share_grads): zeroed
                 # in place, the gradient tensors stay the same and the slices are taken once
-                body(idx, beta, beta != 0.0, not per_run_hooks)
+                train_step(idx, beta, beta != 0.0, not per_run_hooks)
             else:
                 b = idx.shape[1]
                 if b not in idx_bufs or idx_bufs[b].shape != idx.shape:
@@ -327,7 +363,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
             lead.after_epoch(model, epoch)
         if step_graphs is not None and hooked:
             step_graphs.check()
-        _check_finite(members, nll_sums, params, epoch, epochs, lr, stop_on_divergence)
+        _check_finite(members, train_step.nll_sums, params, epoch, epochs, lr, stop_on_divergence)
         if screen is not None and epoch + 1 == screen[0] and epoch + 1 < epochs:
             keep = sorted(set(screen[1](model, members)))
             if len(keep) < s_runs:
@@ -345,9 +381,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
                 groups = sorted(set(group_of[i] for i in keep))
                 order_gens = [order_gens[g] for g in groups]
                 group_of = [groups.index(group_of[i]) for i in keep]
-                per_group = _group_size(group_of)
-                if per_group > 1 and xu_buf is None:  # the groups became equal (groups only shrink)
-                    xu_buf = x_all.new_empty((len(order_gens) * min(batch_size, n), *x_all.shape[1:]))
+                train_step.set_runs(noise_gens, group_of)
                 s_runs = len(keep)
                 params = list(model.parameters())
                 views = run_views(model) if per_run_hooks else None
