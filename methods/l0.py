@@ -93,7 +93,8 @@ class Params:
 
 class Method(_Base):
     Params = Params
-    stackable = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
+    hooks_per_stack = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
+    run_state = ("_ema",)  # the parameter averages: one per run of a stack
 
     def __init__(self, params: Params, ctx):
         super().__init__(params, ctx)

@@ -100,7 +100,7 @@ def lr_schedule_factor(schedule: str, epoch: int, epochs: int) -> float:
 
 class Method(_Base):
     Params = Params
-    stackable = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
+    hooks_per_stack = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
 
     def __init__(self, params: Params, ctx):
         super().__init__(params, ctx)

@@ -111,7 +111,7 @@ def bai_prior_inclusion(n_coef: int, hidden_layers: int, width: int, n: int, p: 
 
 class Method(_Base):
     Params = Params
-    stackable = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
+    hooks_per_stack = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
     # prior_from_target: the target enters only through λ, which build() stores in the layers
     # (a buffer, stacked per run), so runs of different targets share one stack
     target_in_model = True

@@ -54,12 +54,12 @@ def test_stacking_times_lenet5_per_run(capsys):
 
 
 def test_stacking_compares_shared_batches_of_restarts_with_per_start_ones(capsys):
-    from slabbench import train
+    from slabbench import engine
 
     load("stacking").main(["--device", "cpu", "--stacks", "1", "2", "--workloads", "simulation", "--sim-epochs", "1",
                            "--methods", "spike_slab", "--starts", "2"])
     out = capsys.readouterr().out
-    assert "runs of 2 starts" in out and train.SHARE_INPUTS  # switched back on afterwards
+    assert "runs of 2 starts" in out and engine.SHARE_INPUTS  # switched back on afterwards
     table = out[out.index("runs of 2 starts"):]
     rows = [line for line in table.splitlines() if line.startswith("| spike_slab")]
     assert len(rows) == 3  # closed form, lrt, gumbel

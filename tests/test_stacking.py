@@ -240,13 +240,13 @@ def test_conv_nets_stack_and_foreign_layers_do_not():
 
 
 class _MineConv(MaskedConv2d):
-    """A plugin's own conv layer: not declared stackable."""
+    """A plugin's own conv layer: not declared to handle the run dimension."""
 
 
 class _ForeignConv(Method):
     """A method whose build swaps in a layer type that does not stack."""
 
-    stackable = True
+    hooks_per_stack = True
 
     def build(self, model):
         def swap(name, layer):
@@ -402,7 +402,7 @@ def test_only_the_starts_of_one_run_share_their_batches(monkeypatch):
 
     seen = []
     real = stacked.shared_input
-    monkeypatch.setattr("slabbench.train.shared_input", lambda full, unique: seen.append(
+    monkeypatch.setattr("slabbench.engine.shared_input", lambda full, unique: seen.append(
         (full.shape[0], unique.shape[0], torch.equal(full, unique.repeat_interleave(full.shape[0] // unique.shape[0], 0))))
         or real(full, unique))
     run_stack([tiny_spec("spike_slab", seed=s, epochs=1, finetune_epochs=0) for s in (0, 1, 2)])

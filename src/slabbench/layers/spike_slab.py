@@ -425,7 +425,7 @@ class _SpikeSlab(nn.Module):
 
 
 class SpikeSlabLinear(_SpikeSlab):
-    stackable = True
+    handles_run_dim = True
 
     def __init__(self, plain: nn.Linear, granularity: str = "edge", mode: str = "closed_form",
                  phi_init: float = 0.99, rho_init: float = -6.0, tau: float = 0.5, lrt_forward: bool = False,
@@ -443,7 +443,7 @@ class SpikeSlabLinear(_SpikeSlab):
 
 
 class SpikeSlabConv2d(_SpikeSlab):
-    stackable = True
+    handles_run_dim = True
 
     def __init__(self, plain: nn.Conv2d, granularity: str = "edge", mode: str = "closed_form",
                  phi_init: float = 0.99, rho_init: float = -6.0, tau: float = 0.5, lrt_forward: bool = False,
