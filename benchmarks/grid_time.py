@@ -37,7 +37,7 @@ from slabbench.train import resolve_device, run_stack
 def shortened(specs: list[dict], epochs: int, finetune: int, device: str, graphs: bool) -> list[dict]:
     out = []
     for spec in specs:
-        s = copy.deepcopy(spec)
+        s = dict(copy.deepcopy(spec))  # a plain dict: the run spec itself is read-only
         full = int(s["epochs"])
         s.update(epochs=epochs, finetune_epochs=finetune, device=device)
         if graphs:
