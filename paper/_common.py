@@ -6,6 +6,7 @@ output from ``paper/data/`` only (run as ``python paper/<output>.py [PAPER_DIR]`
 from __future__ import annotations
 
 import math
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -130,7 +131,7 @@ def figure_legend(fig, right: float) -> None:
     seen: dict[str, object] = {}
     for ax in fig.axes:
         for h, lb in zip(*ax.get_legend_handles_labels()):
-            seen.setdefault(lb, h)
+            seen.setdefault(re.sub(r" \([0-9.]+% sparse\)", "", lb), h)  # one entry per method, whatever its sparsity
     rank = {m: i for i, m in enumerate(method_order([lb.split(" ")[0] for lb in seen]))}
     labels = sorted(seen, key=lambda lb: (rank.get(lb.split(" ")[0], len(rank)), " natural" in lb, " BMA" in lb))
     if labels:

@@ -50,8 +50,8 @@ def draw(runs: pd.DataFrame, prov: dict):
             logit_x(ax, xs + [X_FLOOR], ticks)
             ax.set_ylabel(label + log_scale(ax, "y", means))
             ylim_from(ax, means, *metric_range(col))
-            ax.set_title(f"{exp}: {label.split(' (')[0]} {panel_tag(prov, exp)}" + (f"\n{fill(message, 75)}" if message else ""),
-                         fontsize=8 if not message else 7)
+            ax.set_title(f"{exp}: {label.split(' (')[0]}\n{fill(panel_tag(prov, exp), 70)}"
+                         + (f"\n{fill(message, 80)}" if message else ""), fontsize=7.5)
             ax.grid(alpha=0.3)
     if not exps:
         for ax in axes.flat:

@@ -7,6 +7,7 @@ experiment in paper/data/ (frozen from other runs, another machine) stays as it 
     python paper/freeze.py --config config/paper.yaml --partial --results-root DIR \\
         --experiments simulation friedman            # those two, from the run folders under DIR
     python paper/freeze.py --config config/paper.yaml  # every experiment of the config, from results/summary/runs.csv
+    python paper/freeze.py --migrate                   # an old provenance.json in the per-experiment form
 
 Each experiment's provenance names its config (and SHA-256, and that of its resolved specs), the
 commits, devices and torch of its runs, how many of its configured runs are present, and says
@@ -17,15 +18,19 @@ redraws every figure and table from paper/data/.
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from slabbench.paper import PaperError, freeze, source_line
+from slabbench.io import write_text
+from slabbench.paper import PaperError, freeze, load_frozen, source_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-ap.add_argument("--config", type=Path, required=True, help="the config the runs were made with")
+ap.add_argument("--config", type=Path, help="the config the runs were made with")
+ap.add_argument("--migrate", action="store_true",
+                help="only rewrite --out's provenance.json in the per-experiment form (no runs are read)")
 ap.add_argument("--experiments", nargs="+", metavar="EXPERIMENT",
                 help="freeze only these experiments of the config (default: every one with runs present)")
 ap.add_argument("--runs", type=Path, default=ROOT / "results" / "summary" / "runs.csv", help="run table to freeze")
@@ -34,6 +39,12 @@ ap.add_argument("--results-root", type=Path, default=ROOT, help="folder holding 
 ap.add_argument("--out", type=Path, default=ROOT / "paper" / "data")
 ap.add_argument("--note", default="", help="free text stored in the frozen experiments' provenance")
 args = ap.parse_args()
+if args.migrate:
+    runs, prov = load_frozen(args.out, references=False)
+    write_text(args.out / "provenance.json", json.dumps(prov, indent=2) + "\n")
+    sys.exit(print(source_line(prov)))
+if args.config is None:
+    ap.error("--config is required (except with --migrate)")
 try:
     prov = freeze(args.config, args.out, experiments=args.experiments, runs_csv=None if args.partial else args.runs,
                   results_root=args.results_root, full_grid=ROOT / "config" / "paper.yaml", note=args.note)

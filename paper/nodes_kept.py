@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from _common import (REFREEZE, X_FLOOR, experiments, figure_legend, finish, load, logit_x, no_path_summary,
+from _common import (REFREEZE, X_FLOOR, experiments, figure_legend, fill, finish, load, logit_x, no_path_summary,
                      panel_tag, plt, save_figure, say)
 from slabbench.plotting import method_colour, method_order
 
@@ -86,7 +86,7 @@ def draw(runs: pd.DataFrame, prov: dict):
             logit_x(ax, xs + [X_FLOOR], ticks)
             ax.set_ylim(-0.03, 1.05)
             ax.set_ylabel("fraction of units kept")
-            ax.set_title(f"{exp}: hidden layer {k + 1} ({int(widths[k])} units {whose})\n{panel_tag(prov, exp)}", fontsize=8)
+            ax.set_title(f"{exp}: hidden layer {k + 1} ({int(widths[k])} units {whose})\n{fill(panel_tag(prov, exp), 60)}", fontsize=7.5)
             ax.grid(alpha=0.3)
     if not exps:
         say(axes[0, 0], "no runs in the frozen table")

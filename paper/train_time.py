@@ -10,7 +10,7 @@ import pandas as pd
 
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from _common import REFREEZE, finish, grid, load, panel_tag, save_figure, say
+from _common import REFREEZE, fill, finish, grid, load, panel_tag, save_figure, say
 from slabbench.plotting import method_colour, method_order
 
 
@@ -58,7 +58,7 @@ def draw(runs: pd.DataFrame, prov: dict, columns: int = 3):
         if len(g):
             ax.set_xlim(g["seconds"].min() / 2, g["seconds"].max() * 8)
         device = ", ".join(sorted(set(", ".join(g["device"]).split(", ")) - {""})) or "device unknown"
-        ax.set_title(f"{exp}: {g['seed'].nunique()} seeds; {device}\n{panel_tag(prov, exp)}", fontsize=8)
+        ax.set_title(f"{exp}: {g['seed'].nunique()} seeds; {device}\n{fill(panel_tag(prov, exp), 60)}", fontsize=7.5)
         ax.set_xlabel("training time per run (s, log scale)")
         ax.grid(axis="x", alpha=0.3)
     for ax in list(axes.flat)[len(exps):]:

@@ -1,7 +1,7 @@
 # The paper's figures and tables, each drawn by its own script paper/<output>.py from the frozen
 # data in paper/data/ (runs.csv, provenance.json and the per-run artefacts; no training).  One job
 # per output: editing one script redraws only its output; `snakemake paper` makes every one that
-# is missing or older than its script, paper/_common.py or the frozen data (`-F paper`: all).
+# is missing or whose script, paper/_common.py or frozen data changed (`-F paper`: all).
 
 import os
 import sys
