@@ -70,6 +70,6 @@ echo "run_grid.sh: training: snakemake exit status $status after $took s"
     --note "paper/run_grid.sh $config budget=${budget}s gpu_slots=$slots cores=$cores; snakemake exit status $status after $took s" \
     || { s=$?; echo "run_grid.sh: freeze failed (status $s)" >&2; exit $s; }
 "$python" -m snakemake paper "${smk[@]}" --cores 1 || { s=$?; echo "run_grid.sh: snakemake paper failed (status $s)" >&2; exit $s; }
-missing=$("$python" -c 'import json, sys; print(len(json.load(open(sys.argv[1]))["runs_missing"]))' "$workdir/paper/data/provenance.json")
+missing=$("$python" -c 'import json, sys; print(sum(len(e["runs_missing"]) for e in json.load(open(sys.argv[1]))["experiments"].values()))' "$workdir/paper/data/provenance.json")
 echo "run_grid.sh: froze $workdir/paper/data and redrew $workdir/paper/{figures,tables}; $missing configured runs missing" \
      "(listed in paper/data/provenance.json; run the same command again to continue)"
