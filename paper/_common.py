@@ -16,8 +16,8 @@ import pandas as pd
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
 from slabbench.io import write_text
-from slabbench.paper import REFREEZE, gaps_text, is_protocol, load_artefacts, load_frozen, source_line, tag
-from slabbench.plotting import RANGE_NOTE, method_order, no_path, plt, save
+from slabbench.paper import REFREEZE, gaps_text, is_protocol, load_artefacts, load_frozen, source_line, tag  # noqa: F401
+from slabbench.plotting import RANGE_NOTE, method_order, no_path, plt, save  # noqa: F401 (the scripts take them from here)
 from slabbench.published import net_name
 
 #: the method whose input PIPs the figures show first (others with PIPs follow)
@@ -25,7 +25,6 @@ PIP_METHOD = "spike_slab"
 #: natural selections below this sparsity are drawn at it (marked "<"), so the logit axis
 #: stays on the targets (0.5 ... 0.995) instead of stretching to e.g. 0.006
 X_FLOOR = 0.3
-__all__ = ["PIP_METHOD", "X_FLOOR", "REFREEZE", "RANGE_NOTE", "source_line", "tag", "no_path", "plt", "method_order"]
 
 
 # --------------------------------------------------------------------------- loading and writing
@@ -51,13 +50,6 @@ def save_table(name: str, markdown: str, latex: str, folder: Path | None = None)
     folder = folder or paper_dir()
     write_text(folder / "tables" / f"{name}.md", markdown)
     write_text(folder / "tables" / f"{name}.tex", latex)
-
-
-def tex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"), ("∞", r"$\infty$"),
-                 ("±", r"$\pm$"), ("×", r"$\times$")):
-        text = text.replace(a, b)
-    return text
 
 
 # --------------------------------------------------------------------------- provenance in titles

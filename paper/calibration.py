@@ -4,9 +4,6 @@ nets with no path from input to output as crosses; from paper/data/ only."""
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import pandas as pd
 
 from _common import (PIP_METHOD, RANGE_NOTE, REFREEZE, X_FLOOR, experiments, figure_legend, fill, finish, load,

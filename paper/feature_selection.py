@@ -7,17 +7,11 @@ import pandas as pd
 
 from _common import load, save_table
 from slabbench.paper import source_tex, tag, with_source_md
-from slabbench.tables import FEATURE_COLUMNS, PM, _document, _rows, _section
+from slabbench.tables import render_feature_selection
 
 
 def render(runs: pd.DataFrame, prov: dict, fmt: str) -> str:
-    sections = []
-    for exp, g in runs[runs["fnr"].notna()].groupby("experiment", sort=True):
-        headers, rows = _rows(g, FEATURE_COLUMNS, PM[fmt])
-        sections.append(_section(f"{exp}: feature selection [{tag(prov, exp)}]", headers, rows, fmt))
-    if not sections:
-        sections = ["No experiment with a known true support.\n"]
-    return _document(sections, "Feature selection (mean ± sd over seeds)", fmt)
+    return render_feature_selection(runs, fmt, note=lambda exp: f" [{tag(prov, exp)}]")
 
 
 if __name__ == "__main__":

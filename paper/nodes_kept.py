@@ -3,8 +3,6 @@ sparsity, every method; nets with no path from input to output named; from paper
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 

@@ -8,15 +8,11 @@ import pandas as pd
 
 from _common import load, save_table
 from slabbench.paper import source_tex, tag, with_source_md
-from slabbench.tables import COLUMNS, PM, _document, _rows, _section
+from slabbench.tables import render as render_table
 
 
 def render(runs: pd.DataFrame, prov: dict, fmt: str) -> str:
-    sections = []
-    for exp, g in runs.groupby("experiment", sort=True):
-        headers, rows = _rows(g, COLUMNS[g["task"].iloc[0]], PM[fmt])
-        sections.append(_section(f"{exp}: {g['dataset'].iloc[0]}, {g['model'].iloc[0]} [{tag(prov, exp)}]", headers, rows, fmt))
-    return _document(sections, "slabbench results (mean ± sd over seeds; compression: ratio of the means)", fmt)
+    return render_table(runs, fmt, note=lambda exp: f" [{tag(prov, exp)}]")
 
 
 if __name__ == "__main__":

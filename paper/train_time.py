@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pandas as pd
-
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from _common import REFREEZE, fill, finish, grid, load, panel_tag, save_figure, say

@@ -9,7 +9,6 @@ differences of protocol read from the compared runs' own options.
 from __future__ import annotations
 
 import json
-import math
 
 import pandas as pd
 from tabulate import tabulate
