@@ -64,6 +64,9 @@ def draw(runs: pd.DataFrame, prov: dict, arts: dict):
             _draw_pips(ax, exp, method, pips, support, panel_tag(prov, exp))
         _draw_found(ax_found, runs, arts, exp, support, pips, method)
         _draw_rates(ax_rates, runs, exp)
+        for side in (ax_found, ax_rates):
+            if side.get_title():
+                side.set_title(f"{side.get_title()}\n{fill(panel_tag(prov, exp), 60)}", fontsize=7.5)
     finish(fig, prov, TITLE,
            ["Input PIP: the probability that a feature feeds at least one included first-layer weight (natural fit); "
             "every replicate is a dot, jittered sideways. Found: the feature is in the method's natural selection (an input "
