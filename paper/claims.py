@@ -97,8 +97,8 @@ def no_path_claims(runs: pd.DataFrame) -> str:
         cells = []
         for target, gt in g.groupby("target_sparsity", sort=True):
             n = len(t[(t["experiment"] == exp) & (t["method"] == method) & (t["target_sparsity"] == target)])
-            who = (", ".join(f"seed {int(s)}: {k}" for s, k in zip(gt["seed"], gt["nodes_kept"])) if len(gt) <= 2
-                   else "units kept " + ", ".join(sorted(set(gt["nodes_kept"].astype(str)))))
+            who = (", ".join(f"seed {int(s)}: `nodes_kept` {k}" for s, k in zip(gt["seed"], gt["nodes_kept"])) if len(gt) <= 2
+                   else "`nodes_kept` " + ", ".join(sorted(set(gt["nodes_kept"].astype(str)))))
             cells.append(f"{target:g} ({len(gt)} of {n} runs; {who})")
         feats = g["features_kept"].astype(float) if "features_kept" in g else pd.Series(dtype=float)
         counted = int((feats > 0).sum())

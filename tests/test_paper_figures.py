@@ -403,3 +403,16 @@ def test_freeze_facts_never_download(tmp_path, monkeypatch):
     assert image is None and facts["feature_shape"] is None
     assert facts["mean_image"] == "data files missing at freeze time (DatasetFilesMissing)"
     assert tried == []
+
+
+def test_no_path_reads_every_sign_of_a_net_cut_from_its_input():
+    """A zero in any layer of ``nodes_kept`` (one hidden layer reads back from a CSV as a
+    number), an empty physical network (units fed by their bias alone), or no weight left."""
+    from slabbench.plotting import no_path
+
+    g = pd.DataFrame({"nodes_kept": ["300-100", "3-0", 0.0, 4.0, 7.0, None],
+                      "physical_empty": [False, False, False, True, None, False],
+                      "nonzero_weights": [10, 5, 0, 11, 9, 0]})
+    assert no_path(g).tolist() == [False, True, True, True, False, True]
+    csv = pd.read_csv(__import__("io").StringIO("nodes_kept,physical_empty\n4,False\n0,False\n2,True\n"))
+    assert no_path(csv).tolist() == [False, True, True]

@@ -105,11 +105,13 @@ def metric_range(metric: str) -> tuple[float, float]:
 
 def no_path(g: pd.DataFrame) -> pd.Series:
     """Per row: True for a net with no path from input to output (a hidden layer with no unit
-    kept in ``nodes_kept``, an empty physical network in ``physical_empty``, or no weight left):
-    its prediction is a constant whatever the input."""
+    kept in ``nodes_kept``, an empty physical network in ``physical_empty`` — which follows the
+    paths from the inputs, so it also catches units that are fed by their bias alone — or no
+    weight left): its prediction is a constant whatever the input."""
     out = pd.Series(False, index=g.index)
-    if "nodes_kept" in g:
-        out |= g["nodes_kept"].map(lambda s: isinstance(s, str) and any(p.strip() == "0" for p in s.split("-")))
+    if "nodes_kept" in g:  # "300-100" strings; one hidden layer reads back from a CSV as a number
+        out |= g["nodes_kept"].map(lambda s: (any(p.strip() == "0" for p in s.split("-")) if isinstance(s, str)
+                                              else s == s and s is not None and float(s) == 0))
     if "physical_empty" in g:
         out |= g["physical_empty"].map(lambda v: str(v).lower() in ("true", "1", "1.0"))
     if "nonzero_weights" in g:
