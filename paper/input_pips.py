@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from _common import (PIP_METHOD, experiments, finish, load, missing_artefacts_text, panel_tag, pip_stack, plt,
+from _common import (PIP_METHOD, REFREEZE, experiments, finish, load, missing_artefacts_text, panel_tag, pip_stack, plt,
                      save_figure, say)
 from slabbench.plotting import method_colour
 
@@ -25,7 +25,10 @@ def input_pip_rows(runs: pd.DataFrame, arts: dict) -> list[dict]:
         return [dict(experiment=e, method=PIP_METHOD, image=None, pips=None, kernels=None,
                      message=missing_artefacts_text(arts, "Input PIPs and the mean image are"))
                 for e in experiments(runs, "classification")]
-    rows = []
+    rows = [dict(experiment=e, method=PIP_METHOD, image=None, pips=None, kernels=None,
+                 message=f"the artefacts of {e} are not in the frozen data (frozen before the freeze kept them); to draw "
+                         f"this panel, {REFREEZE}")
+            for e in experiments(runs, "classification") if e not in meta]
     for exp in sorted(meta):
         facts = meta[exp]
         shape = facts.get("feature_shape")
@@ -52,7 +55,7 @@ def input_pip_rows(runs: pd.DataFrame, arts: dict) -> list[dict]:
             else:
                 rows.append(dict(experiment=exp, method=method, image=image, pips=pips.reshape(len(pips), *shape),
                                  kernels=None, message=None))
-    return rows
+    return sorted(rows, key=lambda r: r["experiment"])
 
 
 def kernel_mosaic(kernels: np.ndarray, columns: int = 5) -> np.ndarray:

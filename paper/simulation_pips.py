@@ -18,10 +18,10 @@ TITLE = "feature selection where the truth is known: input PIPs, true features f
 
 def truth_experiments(runs: pd.DataFrame, arts: dict) -> list[str]:
     """Experiments whose true features are known (from the frozen facts, else FNR in the table)."""
-    meta = arts.get("meta")
-    if meta is not None:
-        return sorted(e for e, f in meta.items() if f.get("true_support") is not None)
-    return sorted(runs.loc[runs["fnr"].notna(), "experiment"].unique()) if "fnr" in runs else []
+    meta = arts.get("meta") or {}
+    known = {e for e, f in meta.items() if f.get("true_support") is not None}
+    in_table = set(runs.loc[runs["fnr"].notna(), "experiment"]) if "fnr" in runs else set()
+    return sorted(known | {e for e in in_table if e not in meta})  # frozen without artefacts: from the table
 
 
 def found_rates(features: pd.DataFrame, exp: str, true_support: list[int], n_features: int | None = None) -> pd.DataFrame:
@@ -59,6 +59,7 @@ def draw(runs: pd.DataFrame, prov: dict, arts: dict):
         if pips is None or support is None:
             what = f"Per-feature input PIPs of {exp} are"
             say(ax, missing_artefacts_text(arts, what) if arts.get("arrays") is None or arts.get("meta") is None
+                else f"{what} not in the frozen data (frozen before the freeze kept them); {REFREEZE}" if exp not in meta
                 else f"{exp}: no run with input PIPs in the frozen data", 70)
         else:
             _draw_pips(ax, exp, method, pips, support, panel_tag(prov, exp))

@@ -416,3 +416,21 @@ def test_no_path_reads_every_sign_of_a_net_cut_from_its_input():
     assert no_path(g).tolist() == [False, True, True, True, False, True]
     csv = pd.read_csv(__import__("io").StringIO("nodes_kept,physical_empty\n4,False\n0,False\n2,True\n"))
     assert no_path(csv).tolist() == [False, True, True]
+
+
+def test_experiments_frozen_without_artefacts_beside_ones_with_them_say_so(frozen):
+    """After a freeze of some experiments, those frozen earlier (no artefacts) still get their
+    panels, saying what is missing; the simulation's falls back to the table's FNR."""
+    from slabbench.paper import REFREEZE
+
+    old = hand_runs().replace({"experiment": {"mnist-x": "mnist-old", "sim": "sim-old"}})
+    runs = pd.concat([hand_runs(), old], ignore_index=True)
+    prov = dict(PROV, experiments=dict(PROV["experiments"], **{e: PROV["experiments"]["sim"] for e in ("mnist-old", "sim-old")}))
+    rows = {r["experiment"]: r for r in input_pip_rows(runs, frozen)}
+    assert rows["mnist-old"]["pips"] is None and "artefacts of mnist-old are not in the frozen data" in rows["mnist-old"]["message"]
+    assert rows["mnist-x"]["pips"] is not None
+    fig = simulation_pips(runs, prov, frozen)
+    titled = [ax.get_title() for ax in fig.axes]
+    assert any(t.startswith("sim-old: true features found per replicate") for t in titled)
+    assert any(t.startswith("sim: spike_slab input PIPs, 3 replicates") for t in titled)
+    assert " ".join(REFREEZE.split()) in " ".join(_texts(fig).split())
