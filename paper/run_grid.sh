@@ -70,6 +70,13 @@ echo "run_grid.sh: training: snakemake exit status $status after $took s"
     --note "paper/run_grid.sh $config budget=${budget}s gpu_slots=$slots cores=$cores; snakemake exit status $status after $took s" \
     || { s=$?; echo "run_grid.sh: freeze failed (status $s)" >&2; exit $s; }
 "$python" -m snakemake paper "${smk[@]}" --cores 1 || { s=$?; echo "run_grid.sh: snakemake paper failed (status $s)" >&2; exit $s; }
-missing=$("$python" -c 'import json, sys; print(sum(len(e["runs_missing"]) for e in json.load(open(sys.argv[1]))["experiments"].values()))' "$workdir/paper/data/provenance.json")
+# configured runs of this config without a row in the frozen table (experiments with no run at all included)
+missing=$("$python" -c 'import sys, pandas as pd
+from slabbench.config import load_yaml, run_specs, validate
+runs = pd.read_csv(sys.argv[2])
+have = set(zip(runs["experiment"], runs["method"], runs["seed"].astype(int)))
+print(sum((s["experiment"], s["method"], int(s["seed"])) not in have for s in run_specs(validate(load_yaml(sys.argv[1])))))' \
+    "$config_abs" "$workdir/paper/data/runs.csv")
 echo "run_grid.sh: froze $workdir/paper/data and redrew $workdir/paper/{figures,tables}; $missing configured runs missing" \
-     "(listed in paper/data/provenance.json; run the same command again to continue)"
+     "(listed per experiment in paper/data/provenance.json, experiments without any run under paper_grid_missing;" \
+     "run the same command again to continue)"

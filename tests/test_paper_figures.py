@@ -342,12 +342,13 @@ def grid(tmp_path_factory):
 def test_run_grid_trains_freezes_and_redraws_the_shrunken_grid(grid):
     workdir, proc = grid
     data, prov = workdir / "paper" / "data", json.loads((workdir / "paper" / "data" / "provenance.json").read_text())
-    # everything but CIFAR-10 (no files) ran: 3 + 2 + 2 + 2 seeds x 5 methods
-    assert prov["runs_configured"] == 55 and prov["runs_present"] == 45
-    assert sorted(prov["runs_missing"]) == sorted(f"cifar10-vgg/{m}/seed={s}" for m in
-                                                  ("dense", "magnitude", "spike_slab", "sparse_vd", "l0") for s in (0, 1))
+    # everything but CIFAR-10 (no files) ran: 3 + 2 + 2 + 2 seeds x 5 methods; CIFAR-10 has no entry
+    exps = prov["experiments"]
+    assert sorted(exps) == ["digits", "friedman", "mnist5k", "simulation"]
+    assert sum(e["runs_configured"] for e in exps.values()) == 45 and sum(e["runs_present"] for e in exps.values()) == 45
+    assert all(e["runs_missing"] == [] and e["label"] == "REDUCED" for e in exps.values())
     assert prov["paper_grid_missing"]["cifar10-vgg"].startswith("not run: needs the CIFAR-10 files")
-    assert prov["config"] == ".test/paper.yaml" and "snakemake exit status" in prov["note"]
+    assert all(e["config"] == ".test/paper.yaml" and "snakemake exit status" in e["note"] for e in exps.values())
     assert "10 configured runs missing" in proc.stdout
     arts = load_artefacts(data)
     assert arts["missing"] == []
@@ -384,7 +385,7 @@ def test_run_grid_continues_an_unfinished_grid(grid):
     assert (lost / "seed=0" / "metrics.jsonl").exists() and (lost / "seed=1" / "metrics.jsonl").exists()
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # nothing else retrained
     prov = json.loads((workdir / "paper" / "data" / "provenance.json").read_text())
-    assert prov["runs_present"] == 45
+    assert sum(e["runs_present"] for e in prov["experiments"].values()) == 45
     # planned: the lost digits/dense stack and the five CIFAR-10 stacks, which fail again
     assert job_counts(proc.stdout + proc.stderr).get("train") == 6, proc.stderr[-3000:]
 
