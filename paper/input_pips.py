@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from _common import (PIP_METHOD, REFREEZE, experiments, finish, load, missing_artefacts_text, panel_tag, pip_stack, plt,
+from _common import (PIP_METHOD, REFREEZE, experiments, fill, finish, load, missing_artefacts_text, panel_tag, pip_stack, plt,
                      save_figure, say)
 from slabbench.plotting import method_colour
 
@@ -92,7 +92,7 @@ def draw(runs: pd.DataFrame, prov: dict, arts: dict):
         where = panel_tag(prov, exp)
         if row["image"] is not None:
             ax_img.imshow(row["image"], cmap="gray")
-            ax_img.set_title(f"{exp}: mean training image\n{where}", fontsize=8)
+            ax_img.set_title(f"{exp}: mean training image\n{fill(where, 60)}", fontsize=8)
             ax_img.set_xticks([])
             ax_img.set_yticks([])
         else:
@@ -115,7 +115,7 @@ def draw(runs: pd.DataFrame, prov: dict, arts: dict):
         fig.colorbar(im, ax=ax_pip, fraction=0.046, pad=0.04, label="input PIP")
         if row["image"] is not None and mean.min() < 0.5 < mean.max():
             ax_img.contour(mean, levels=[0.5], colors=[method_colour(PIP_METHOD)], linewidths=1.0)
-            ax_img.set_title(f"{exp}: mean training image\n(contour: mean PIP = 0.5) {where}", fontsize=8)
+            ax_img.set_title(f"{exp}: mean training image (contour: mean PIP = 0.5)\n{fill(where, 60)}", fontsize=8)
         kept = int((mean > 0.5).sum())
         ax_pip.set_title(f"{method}: mean input PIP over {len(row['pips'])} seeds\n{kept} of {mean.size} pixels > 0.5",
                          fontsize=8)
