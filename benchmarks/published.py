@@ -1,4 +1,4 @@
-"""Our numbers beside the published ones (SCIENCE.md §4), on full MNIST.
+"""Our numbers beside the published ones (docs/published.md), on full MNIST.
 
     .venv/bin/python benchmarks/published.py --experiment mnist-lenet300 [--epochs N] [--device cuda]
     .venv/bin/python benchmarks/published.py --runs results/summary/runs.csv   # table only
@@ -6,7 +6,7 @@
 Runs the experiment of config/published.yaml (the papers' protocols; ``--epochs`` shortens
 it, and the output says so) for every method, or reads an existing run table, and prints
 test error and weights kept beside the published values.  The config's options reproduce
-the official scripts' schedules; our protocol differs where README.md ("Published numbers")
+the official scripts' schedules; our protocol differs where docs/published.md
 says so (final epoch, never the best test epoch; 55,000 training images, the data set's own
 scaling and the architecture's initialisation).
 """

@@ -32,7 +32,7 @@ import torch
 from slabbench.api import DatasetSpec, TrainContext, make_params
 from slabbench.layers import stacked
 from slabbench.models import build_model
-from slabbench import train
+from slabbench import engine
 from slabbench.registry import method_class
 from slabbench.train import Member, _train, resolve_device, set_threads
 
@@ -92,7 +92,7 @@ def main(argv=None) -> None:
                     help="how a stacked convolution runs (slabbench.layers.stacked.CONV_IMPL)")
     ap.add_argument("--starts", type=int, default=0,
                     help="also time the simulation's runs as runs of this many starts each (restarts), their "
-                         "batches shared (slabbench.train.SHARE_INPUTS) against one matmul per start")
+                         "batches shared (slabbench.engine.SHARE_INPUTS) against one matmul per start")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
                     help="wall time, or the process's CPU time (robust on a shared machine; auto: cpu on the CPU, "
@@ -137,9 +137,9 @@ def restarts_table(variants, w: dict, args, device, clock, clock_name: str) -> N
         for s in args.stacks:
             times = {}
             for share in (False, True):
-                train.SHARE_INPUTS = share
+                engine.SHARE_INPUTS = share
                 times[share] = time_stack(method, options, w, s * k, device, clock, starts=k) / (s * k) / w["epochs"] * 1e3
-            train.SHARE_INPUTS = True
+            engine.SHARE_INPUTS = True
             cells.append(f"{times[True]:.2f} vs {times[False]:.2f} ({times[True] / times[False]:.2f}x)")
         label = method + "".join(f" {key}={v}" for key, v in options.items())
         print(f"| {label} | " + " | ".join(cells) + " |", flush=True)

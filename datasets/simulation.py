@@ -1,4 +1,4 @@
-"""Bai, Song & Cheng (NeurIPS 2020) simulation, SCIENCE.md §3.1.
+"""Bai, Song & Cheng (NeurIPS 2020) simulation, docs/science.md §3.
 
 x ~ U(-1, 1)^p;  y = 7 x2 / (1 + x1^2) + 5 sin(x3 x4) + 2 x5 + eps,  eps ~ N(0, noise_sd^2).
 The true support is x1..x5 (indices 0..4).  Each seed draws a fresh replicate data set

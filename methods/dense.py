@@ -16,7 +16,7 @@ class Params:
 
 class Method(_Base):
     Params = Params
-    stackable = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
+    hooks_per_stack = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
 
     def optimizer(self, model, lr):
         return adam(model.parameters(), lr, self.params.weight_decay)

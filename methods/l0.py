@@ -1,4 +1,4 @@
-"""``l0``: L0 regularisation with hard-concrete gates (Louizos, Welling & Kingma, ICLR 2018), SCIENCE.md §2.
+"""``l0``: L0 regularisation with hard-concrete gates (Louizos, Welling & Kingma, ICLR 2018), docs/science.md §2.
 
 Every prunable layer becomes an L0 layer (:mod:`slabbench.layers.l0`; theta from the plain
 weight, gate locations log alpha from a drop rate d: log(1 - d) - log(d) plus N(0, 0.01^2)
@@ -93,7 +93,8 @@ class Params:
 
 class Method(_Base):
     Params = Params
-    stackable = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
+    hooks_per_stack = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
+    run_state = ("_ema",)  # the parameter averages: one per run of a stack
 
     def __init__(self, params: Params, ctx):
         super().__init__(params, ctx)

@@ -1,4 +1,4 @@
-"""``magnitude``: magnitude pruning, SCIENCE.md §2.
+"""``magnitude``: magnitude pruning, docs/science.md §2.
 
 (a) ``schedule: oneshot`` (Han et al. 2015): train dense with L2 (``weight_decay``), score
     every weight by |w|, keep the top (1 - s) (globally or per layer, ``scope``), then the

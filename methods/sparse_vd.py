@@ -1,4 +1,4 @@
-"""``sparse_vd``: sparse variational dropout (Molchanov, Ashukha & Vetrov, ICML 2017), SCIENCE.md §2.
+"""``sparse_vd``: sparse variational dropout (Molchanov, Ashukha & Vetrov, ICML 2017), docs/science.md §2.
 
 Every prunable layer becomes a sparse-VD layer (:mod:`slabbench.layers.sparse_vd`: theta
 initialised from the plain weight, log sigma^2 = ``log_sigma2_init``, bias in the mean
@@ -100,7 +100,7 @@ def lr_schedule_factor(schedule: str, epoch: int, epochs: int) -> float:
 
 class Method(_Base):
     Params = Params
-    stackable = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
+    hooks_per_stack = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
 
     def __init__(self, params: Params, ctx):
         super().__init__(params, ctx)

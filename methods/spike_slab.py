@@ -1,4 +1,4 @@
-"""``spike_slab``: spike-and-slab variational inference, SCIENCE.md §1 (the method of Saha,
+"""``spike_slab``: spike-and-slab variational inference, docs/science.md §1 (the method of Saha,
 Liu & Liang, arXiv 2411.00273, building on Bai, Song & Cheng, NeurIPS 2020, and Jantre et
 al. 2021/2023 for node gates).
 
@@ -27,7 +27,7 @@ Options (``Params``):
   schedule trains once per target: a method aimed at each target, beside the plain method
   whose one posterior (under Bai's λ, ≈ 1e-4 to 1e-7) is ranked for every target.  Each run's
   λ is a buffer of its layers (``prior_logit``), so the runs of all targets × seeds train in
-  one stack, each under its own λ (``target_in_model``; README, "Many runs, one process").
+  one stack, each under its own λ (``target_in_model``; docs/performance.md, "Many runs, one process").
 * ``rho_lr_factor`` (ours; 1 = one learning rate for every parameter): Adam's learning rate of
   ρ (the slab scales, weights' and biases') is ``lr × rho_lr_factor``.  Adam moves a parameter
   by about lr per step whatever its scale; σ starts at softplus(ρ_init) ≈ 0.0025, and ρ must
@@ -111,7 +111,7 @@ def bai_prior_inclusion(n_coef: int, hidden_layers: int, width: int, n: int, p: 
 
 class Method(_Base):
     Params = Params
-    stackable = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
+    hooks_per_stack = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
     # prior_from_target: the target enters only through λ, which build() stores in the layers
     # (a buffer, stacked per run), so runs of different targets share one stack
     target_in_model = True

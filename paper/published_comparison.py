@@ -1,4 +1,4 @@
-"""paper/tables/published_comparison.md: our numbers beside the published ones (SCIENCE.md §4),
+"""paper/tables/published_comparison.md: our numbers beside the published ones (docs/published.md),
 each row with its provenance, the protocol differences derived from the runs' own options
 (slabbench.published, which benchmarks/published.py prints too); from paper/data/ only."""
 

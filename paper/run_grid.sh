@@ -8,21 +8,26 @@
 #
 # Run it again to continue an unfinished grid: Snakemake trains only the stacks whose outputs
 # are missing; incomplete outputs of an interrupted job are redone.  To continue on another
-# machine or a fresh clone, carry results/ together with .snakemake/metadata/ (Snakemake's record
-# of the inputs' checksums: with it, source files that are merely newer copies retrain nothing),
-# or set CARRIED=1 to keep every finished run in results/ as it is (its files are touched so
+# machine or a fresh clone, commit the archive it writes (ARCHIVE, default
+# WORKDIR/paper/archive/<config name>.tar.gz: every finished stack's records and input PIPs, a few MB;
+# `slabbench archive`): the next run restores the finished stacks from it before training and
+# retrains none of them, then writes the archive again with what it added.  Alternatively carry
+# results/ together with .snakemake/metadata/ (Snakemake's record of the inputs' checksums), or set
+# CARRIED=1 to keep every finished run in a carried results/ as it is (its files are touched so
 # that they are newer than the sources; the freeze still refuses runs made with another spec).
-# Delete a stack file (results/runs/EXP/METHOD/stack-N.json) to retrain its runs.
+# Delete a stack file (results/runs/EXP/METHOD/stack-N.json) to retrain its runs (with
+# ARCHIVE=none if the archive holds that stack: it would be restored from there).
 #
 # Environment: PYTHON (interpreter with slabbench and snakemake; default python3), WORKDIR
 # (where results/ and paper/{data,figures,tables} are written; default the repository root),
-# CORES (default nproc), CARRIED (1: keep the finished runs of a carried results/).
+# CORES (default nproc), CARRIED (1: keep the finished runs of a carried results/), ARCHIVE (the
+# archive to continue from and write; "none": neither).
 # GPU slots: each training job on a GPU asks for gpu=1; N slots let N small jobs share one GPU.
 # With a budget, Snakemake is interrupted when it is spent (SIGINT: it stops its jobs and
 # removes their incomplete outputs).  Jobs that fail (CIFAR-10 without its files) do not stop
-# the others.  Whatever finished is frozen (freeze.py --partial): the provenance lists every
-# configured run that is missing, and anything but the complete config/paper.yaml grid is
-# labelled a REDUCED run.
+# the others.  Whatever finished is frozen (freeze.py --partial; only the experiments with runs are
+# replaced in paper/data/): the provenance lists per experiment every configured run that is
+# missing, and says REDUCED (and what) wherever the runs are not config/paper.yaml's block for it.
 # Exit status: 0 when the freeze and the redraw succeeded (missing runs are reported, not an
 # error), else the failing step's status.
 set -uo pipefail
@@ -52,9 +57,16 @@ if [ -d "$workdir/results/runs" ] && [ ! -d "$workdir/.snakemake/metadata" ]; th
     fi
 fi
 
-# targets first: --configfile and --rerun-triggers take several values
+archive=${ARCHIVE:-$workdir/paper/archive/$(basename "$config" .yaml).tar.gz}
+if [ "$archive" != none ] && [ -f "$archive" ]; then
+    "$python" -m slabbench.cli archive unpack "$archive" --directory "$workdir" \
+        || { s=$?; echo "run_grid.sh: could not restore the finished stacks of $archive (status $s)" >&2; exit $s; }
+fi
+
+# targets first: --configfile and --rerun-triggers take several values.  The target `stacks`
+# trains every stack and nothing downstream: the freeze reads the run folders themselves.
 smk=(--snakefile "$root/Snakefile" --directory "$workdir" "--configfile=$config_abs")
-args=(-m snakemake results/summary/runs.csv "${smk[@]}" --cores "$cores" --resources "gpu=$slots" --scheduler greedy
+args=(-m snakemake stacks "${smk[@]}" --cores "$cores" --resources "gpu=$slots" --scheduler greedy
       --keep-going --rerun-incomplete --rerun-triggers params input software-env)
 start=$(date +%s)
 if [ "$budget" -gt 0 ]; then
@@ -65,6 +77,12 @@ fi
 status=$?
 took=$(( $(date +%s) - start ))
 echo "run_grid.sh: training: snakemake exit status $status after $took s"
+
+if [ "$archive" != none ]; then
+    mkdir -p "$(dirname "$archive")"
+    "$python" -m slabbench.cli archive pack "$config" "$archive" --directory "$workdir" \
+        || echo "run_grid.sh: no archive written (see above); the runs stay in $workdir/results/runs" >&2
+fi
 
 "$python" paper/freeze.py --config "$config" --partial --results-root "$workdir" --out "$workdir/paper/data" \
     --note "paper/run_grid.sh $config budget=${budget}s gpu_slots=$slots cores=$cores; snakemake exit status $status after $took s" \

@@ -54,12 +54,12 @@ def test_stacking_times_lenet5_per_run(capsys):
 
 
 def test_stacking_compares_shared_batches_of_restarts_with_per_start_ones(capsys):
-    from slabbench import train
+    from slabbench import engine
 
     load("stacking").main(["--device", "cpu", "--stacks", "1", "2", "--workloads", "simulation", "--sim-epochs", "1",
                            "--methods", "spike_slab", "--starts", "2"])
     out = capsys.readouterr().out
-    assert "runs of 2 starts" in out and train.SHARE_INPUTS  # switched back on afterwards
+    assert "runs of 2 starts" in out and engine.SHARE_INPUTS  # switched back on afterwards
     table = out[out.index("runs of 2 starts"):]
     rows = [line for line in table.splitlines() if line.startswith("| spike_slab")]
     assert len(rows) == 3  # closed form, lrt, gumbel
@@ -72,3 +72,41 @@ def test_per_target_prints_cpu_time_per_epoch_of_a_job(capsys):
                              "--seeds", "2", "--epochs", "1", "2"])
     out = capsys.readouterr().out
     assert out.startswith("sim-tiny/spike_slab: 2 seeds x ") and "stacks of [2] runs" in out and "ms per epoch" in out
+
+
+def test_grid_time_schedules_longest_first():
+    makespan = load("grid_time").makespan
+    assert makespan([5, 4, 3, 3], 2) == 8  # lanes 5+3 and 4+3: the last 3 joins the shorter lane (7) -> 8, 7
+    assert makespan([5, 4, 3, 3], 1) == 15 and makespan([5, 4, 3, 3], 8) == 5
+
+
+def test_grid_time_extrapolates_each_job_of_a_config(tmp_path, capsys):
+    load("grid_time").main([str(ROOT / ".test" / "config.yaml"), "--experiments", "sim-tiny", "--methods", "dense",
+                            "magnitude", "--epochs", "1", "2", "--repeat", "1", "--device", "cpu", "--out",
+                            str(tmp_path / "rows.csv")])
+    rows = pd.read_csv(tmp_path / "rows.csv")
+    assert list(rows["method"]) == ["dense", "magnitude"] and (rows["runs"] == 2).all()
+    # T = rest + epochs x per epoch + fine-tuning epochs x per fine-tuning epoch, at the config's length (5 + 1)
+    expect = rows["rest_s"] + 5 * rows["s_per_epoch"] + 1 * rows["s_per_finetune_epoch"]
+    assert (rows["job_s"] - expect).abs().max() < 1e-9
+    out = capsys.readouterr().out
+    assert "| sim-tiny | magnitude | 2 | 5 + 1 |" in out and "one job after another" in out
+
+
+def test_noise_rng_times_both_ways_and_its_hash_draws_are_standard():
+    bench = load("noise_rng")
+    rows = bench.main(["--sizes", "3x100", "--reps", "1"])
+    assert [(r["S"], r["n"], r["draw"]) for r in rows] == [(3, 100, "uniform"), (3, 100, "normal")]
+    assert all(r["per_run_ms"] > 0 and r["hashed_ms"] > 0 for r in rows)
+    import torch
+    keys = torch.tensor([1, 2, 3], dtype=torch.int64)
+    z = bench.hashed_normal(keys, 1, 200_000)
+    u = bench.hashed_uniform(keys, 1, 200_000)
+    # moments within about 5 standard errors (n = 200,000 per run)
+    assert z.mean(1).abs().max() < 0.012 and (z.var(1) - 1).abs().max() < 0.02
+    assert (u.mean(1) - 0.5).abs().max() < 0.004 and ((u > 0) & (u < 1)).all()
+    # independent across runs and across steps: correlations within about 5 standard errors
+    z2 = bench.hashed_normal(keys, 2, 200_000)
+    corr = torch.corrcoef(torch.cat([z, z2]))
+    assert (corr - torch.eye(6)).abs().max() < 0.012
+    assert torch.equal(bench.hashed_normal(keys[1:2], 1, 1000), z[1:2, :1000])  # a run's draws depend on its key only

@@ -264,18 +264,18 @@ def test_missing_files_skip_with_their_own_message(plugin_folder):
 
 
 def _readme_recipe() -> tuple[str, str]:
-    """The python and yaml code blocks of the README's "Add your own data set" section."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### Add your own data set: one file", 1)[1].split("\n## ", 1)[0]
+    """The python and yaml code blocks of the "Add your own data set" section of docs/datasets.md."""
+    text = (ROOT / "docs" / "datasets.md").read_text()
+    section = text.split("## Add your own data set: one file", 1)[1].split("\n## ", 1)[0]
     python = section.split("```python\n", 1)[1].split("```", 1)[0]
     yaml_block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     return python, yaml_block
 
 
 def test_the_readme_recipe_keeps_the_contract_and_joins_a_grid(plugin_folder, tmp_path, monkeypatch, default_config):
-    """A data set written from the README's recipe alone: skipped with its own message while
+    """A data set written from the recipe of docs/datasets.md alone: skipped with its own message while
     its file is missing, keeps the contract once the file is there, joins a grid with the
-    README's one config entry."""
+    recipe's one config entry."""
     python, yaml_block = _readme_recipe()
     cls = plugin_folder("my_data", python)
     monkeypatch.setenv("SLABBENCH_RESOURCES", str(tmp_path / "resources"))

@@ -1,4 +1,4 @@
-"""`graphs: true`: the training loop's capture-and-replay path (slabbench.engine), run on the CPU
+"""`graphs: true`: the training loop's capture-and-replay path (slabbench.engine, slabbench.graphs), run on the CPU
 with a stand-in for CUDA graphs whose "replay" calls the captured step.  It checks what the CPU
 can: the same records as eager training for every method and option (static buffers, β and the
 learning rates as tensors, capturable fused Adam, each step kind captured after its warm-up,
@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from conftest import TEST_DEVICE, tiny_spec
+from slabbench import engine as E
 from slabbench import train as T
-from slabbench.engine import StepGraphs, state_entries
+from slabbench.graphs import StepGraphs, state_entries
 from slabbench.layers import prunable_layers
 from test_stacking import CASES, assert_records_close
 
@@ -37,7 +38,7 @@ class StandIn:
 @pytest.fixture
 def stand_in(monkeypatch):
     backend = StandIn()
-    monkeypatch.setattr(T, "GRAPH_BACKEND", backend)
+    monkeypatch.setattr(E, "GRAPH_BACKEND", backend)
     return backend
 
 
@@ -60,7 +61,7 @@ SPEC = dict(batch_size=24, epochs=4)
 def test_graph_steps_give_the_records_of_eager_steps(name, options, backend, caplog):
     specs = [tiny_spec(name, method_params=options, seed=s, **SPEC) for s in (0, 1, 2)]
     eager = T.run_stack(specs)
-    with caplog.at_level(logging.INFO, logger="slabbench.train"):
+    with caplog.at_level(logging.INFO, logger="slabbench.engine"):
         graphed = T.run_stack([dict(s, graphs=True) for s in specs])
     assert "graph capture(s)" in caplog.text and "CUDA graphs off" not in caplog.text, "the graph path ran"
     for e, g in zip(eager, graphed):
@@ -69,7 +70,7 @@ def test_graph_steps_give_the_records_of_eager_steps(name, options, backend, cap
 
 def test_each_step_kind_is_warmed_up_then_captured_once(stand_in, caplog):
     spec = tiny_spec("spike_slab", seed=0, finetune_epochs=0, **SPEC)
-    with caplog.at_level(logging.INFO, logger="slabbench.train"):
+    with caplog.at_level(logging.INFO, logger="slabbench.engine"):
         T.run_stack([dict(spec, graphs=True), dict(spec, seed=1, graphs=True)])
     # full and partial batches, penalty on (spike_slab has no warm-up of beta): two kinds
     assert stand_in.captures == [2, 2]  # each graph registers both runs' generators
@@ -132,7 +133,7 @@ def test_a_failing_capture_falls_back_to_eager_steps(caplog):
     calls = []
     graphs = StepGraphs(lambda key: calls.append(key), state=list, generators=[], label="toy/l0", backend=Failing(),
                         warmup=1)
-    with caplog.at_level(logging.WARNING, logger="slabbench.engine"):
+    with caplog.at_level(logging.WARNING, logger="slabbench.graphs"):
         for _ in range(4):
             graphs.run("k")
     assert calls == ["k"] * 4 and graphs.disabled
@@ -140,8 +141,8 @@ def test_a_failing_capture_falls_back_to_eager_steps(caplog):
 
 
 def test_graphs_are_off_on_the_cpu_without_a_backend():
-    assert not T._use_graphs(True, torch.device("cpu"))
-    assert not T._use_graphs(False, torch.device("cuda"))
+    assert not E._use_graphs(True, torch.device("cpu"))
+    assert not E._use_graphs(False, torch.device("cuda"))
 
 
 # operators whose result the host must wait for (a CUDA graph cannot capture them)
@@ -175,7 +176,7 @@ class CountingStandIn(StandIn):
 @pytest.mark.parametrize("name,options", CASES, ids=[f"{m}-{'-'.join(f'{k}={v}' for k, v in o.items() if k != 'layer_sparsity') or 'default'}" for m, o in CASES])
 def test_the_captured_step_never_waits_for_the_device(name, options, monkeypatch):
     counting = CountingStandIn()
-    monkeypatch.setattr(T, "GRAPH_BACKEND", counting)
+    monkeypatch.setattr(E, "GRAPH_BACKEND", counting)
     T.run_stack([tiny_spec(name, method_params=options, seed=s, graphs=True, finetune_epochs=0, **SPEC) for s in (0, 1)])
     assert counting.ops, "a step was captured"
     assert not SYNCING & set(counting.ops), sorted(SYNCING & set(counting.ops))

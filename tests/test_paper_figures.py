@@ -322,8 +322,8 @@ grid_test = pytest.mark.skipif(os.environ.get("SLABBENCH_GRID_TEST") != "1",
                                reason="runs the shrunken paper grid (minutes); set SLABBENCH_GRID_TEST=1")
 
 
-def run_grid(workdir, *args):
-    env = dict(os.environ, WORKDIR=str(workdir), PYTHON=sys.executable, CORES="2",
+def run_grid(workdir, *args, **env_vars):
+    env = dict(os.environ, **env_vars, WORKDIR=str(workdir), PYTHON=sys.executable, CORES="2",
                PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     return subprocess.run(["bash", str(ROOT / "paper" / "run_grid.sh"), str(PAPER_TINY), *args], env=env,
                           capture_output=True, text=True, timeout=900)
@@ -369,6 +369,11 @@ def test_run_grid_trains_freezes_and_redraws_the_shrunken_grid(grid):
             assert (out / "figures" / f"{name}.{ext}").stat().st_size > 10_000, (name, ext)
     results = (out / "tables" / "results.md").read_text()
     assert "cifar10-vgg (not run: needs the CIFAR-10 files" in results and "REDUCED" in results
+    # the finished stacks, archived to continue elsewhere: every run's records, no per-weight files
+    from slabbench.archive import read_archive
+    manifest, members = read_archive(out / "archive" / "paper.tar.gz")
+    assert manifest["runs"] == 45 and manifest["config"] == ".test/paper.yaml"
+    assert sum(n.endswith("metrics.jsonl") for n in members) == 45
 
 
 @grid_test
@@ -380,7 +385,7 @@ def test_run_grid_continues_an_unfinished_grid(grid):
     for p in sorted(lost.rglob("*"), reverse=True):
         p.unlink() if p.is_file() else p.rmdir()
     kept = {p: p.stat().st_mtime_ns for p in runs.rglob("metrics.jsonl")}
-    proc = run_grid(workdir)
+    proc = run_grid(workdir, ARCHIVE="none")  # the archive of the first run would restore the lost stack
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (lost / "seed=0" / "metrics.jsonl").exists() and (lost / "seed=1" / "metrics.jsonl").exists()
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # nothing else retrained

@@ -1,5 +1,5 @@
 """Physical networks (slabbench.physical): dead units removed, constants folded, outputs equal
-to the masked network's; the sparse storage; the saved file and the README's loader."""
+to the masked network's; the sparse storage; the saved file and the loader of docs/deploy.md."""
 
 import math
 import re
@@ -227,14 +227,14 @@ def test_unknown_layers_and_files_are_named():
 
 
 def _readme_loader() -> str:
-    """The README's python block that loads a saved physical network."""
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    """The python block of docs/deploy.md that loads a saved physical network."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "deploy.md").read_text(), re.S)
     return next(b for b in blocks if b.startswith("# load a physical network"))
 
 
 def test_the_readme_lines_run_a_saved_node_pruned_spike_slab_net(tmp_path, monkeypatch):
     """A node-pruned spike-and-slab simulation run written as the workflow writes it; the
-    README's lines, run as they are in the run's results folder, rebuild its physical network
+    loader's lines (docs/deploy.md), run as they are in the run's results folder, rebuild its physical network
     and give the outputs of the library's own forward."""
     from slabbench.cli import _write_run
     from slabbench.train import run
@@ -248,7 +248,7 @@ def test_the_readme_lines_run_a_saved_node_pruned_spike_slab_net(tmp_path, monke
     assert sum(rec["physical_widths"][:-1]) < sum([6, 4])  # whole units were removed
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(_readme_loader(), "README.md", "exec"), scope)
+    exec(compile(_readme_loader(), "docs/deploy.md", "exec"), scope)
     saved = torch.load(folder / "physical-target=0.8.pt", weights_only=True)
     assert [o["op"] for o in saved["layers"]] == [o["op"] for o in scope["net"]["layers"]]
     torch.testing.assert_close(scope["y"], P.forward(saved["layers"], scope["x"]))

@@ -1,4 +1,4 @@
-"""A method written from the README's template that reads gradients works stacked exactly as
+"""A method written from the template of docs/extending.md that reads gradients works stacked exactly as
 alone, and what a method hands the core (scores, natural masks) is checked where it enters."""
 
 import importlib.util
@@ -20,8 +20,8 @@ from test_stacking import assert_records_close
 
 
 def _readme_method(tmp_path, marker: str):
-    """The ``Method`` of the README's code block that starts with ``marker``, loaded as a file."""
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    """The ``Method`` of the code block of docs/extending.md that starts with ``marker``, loaded as a file."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "extending.md").read_text(), re.S)
     code = next(b for b in blocks if b.startswith(marker))
     path = tmp_path / "readme_method.py"
     path.write_text(code)
@@ -33,7 +33,7 @@ def _readme_method(tmp_path, marker: str):
 
 @pytest.fixture
 def taylor(tmp_path, monkeypatch):
-    """The README's first-order Taylor method (|w * dL/dw| summed over the last epoch) as the
+    """The first-order Taylor method of docs/extending.md (|w * dL/dw| summed over the last epoch) as the
     method of every run spec."""
     cls = _readme_method(tmp_path, "# methods/taylor.py")
     monkeypatch.setattr(T, "method_class", lambda name: cls)

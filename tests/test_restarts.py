@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from conftest import tiny_spec
+from slabbench import restarts as R
 from slabbench import train as T
 from slabbench.api import Method, TrainContext
 from slabbench.config import ConfigError, method_options, method_plugin, run_options, run_specs, validate
@@ -56,9 +57,9 @@ def test_start_zero_trains_exactly_the_plain_run(monkeypatch):
     and noise): the same trained parameters."""
     vd = method_class("sparse_vd")
     exported, judged = [], []
-    real_export, real_objective = vd.export, T.training_objective
+    real_export, real_objective = vd.export, R.training_objective
     monkeypatch.setattr(vd, "export", lambda self, model: exported.append(copy.deepcopy(model)) or real_export(self, model))
-    monkeypatch.setattr(T, "training_objective",
+    monkeypatch.setattr(R, "training_objective",
                         lambda model, *a, **k: judged.append(copy.deepcopy(model)) or real_objective(model, *a, **k))
     run(tiny_spec("sparse_vd"))
     run(tiny_spec("sparse_vd", restarts=2))
@@ -108,12 +109,12 @@ def test_a_diverged_start_loses_and_only_all_starts_diverging_stops_the_job(monk
 
 def test_choice_follows_the_objective_and_counts_every_starts_seconds(monkeypatch):
     values = iter([3.0, 1.0, 2.0, math.nan, 5.0, 4.0])
-    monkeypatch.setattr(T, "training_objective", lambda *a, **k: next(values))
+    monkeypatch.setattr(R, "training_objective", lambda *a, **k: next(values))
     ctx = TrainContext("regression", 4, 1, 1, 1e-2, torch.device("cpu"), None)
     members = [T.Member(label=f"r{r} s{k}", seed=r, target=None, method=Method(None, ctx), model=nn.Linear(1, 1),
                         start=k) for r in (0, 1) for k in range(3)]
     data = [(torch.zeros(4, 1), torch.zeros(4))] * 6
-    kept, runs, secs, info = T._choose_starts(members, [0, 0, 0, 1, 1, 1], [1.0, 2.0, 3.0, 10.0, 20.0, 30.0], data,
+    kept, runs, secs, info = R.choose_starts(members, [0, 0, 0, 1, 1, 1], [1.0, 2.0, 3.0, 10.0, 20.0, 30.0], data,
                                                task="regression", noise_sd=1.0)
     assert [m.start for m in kept] == [1, 2] and runs == [0, 1] and secs == [6.0, 60.0]
     assert info[0] == {"restarts": 3, "restart_chosen": 1, "restart_objectives": [3.0, 1.0, 2.0]}

@@ -224,7 +224,7 @@ def _beta_objective(phi, mu, sigma, g, h, beta, lam, sigma0):
 def test_closed_form_update_is_the_argmin_of_the_beta_weighted_objective(beta):
     """Under KL warm-up (β < 1) the slab is trained on NLL + β KL too, so it sits at
     σ² = β / (h + β/σ0²), μ = g / (h + β/σ0²); the φ that minimises the same objective is then
-    logit λ + log(σ/σ0) + μ²/(2σ²), the update as it is: β cancels (README, "KL warm-up").
+    logit λ + log(σ/σ0) + μ²/(2σ²), the update as it is: β cancels (docs/methods.md, "KL warm-up and the closed-form update").
     Slab optimum by numerical minimisation, φ by brute force over a grid of logits."""
     from scipy.optimize import minimize
 
@@ -253,7 +253,7 @@ def test_closed_form_update_is_the_argmin_of_the_beta_weighted_objective(beta):
 # -- bias priors (``bias_prior: spike_slab``, Bai et al.'s code) ---------------------------------
 
 def _kl_term(phi, mu, sigma, lam, sigma0, gate=True):
-    """One coefficient's KL, SCIENCE.md §1, by hand: gate part (if ``gate``) + φ × slab part."""
+    """One coefficient's KL, docs/science.md §1, by hand: gate part (if ``gate``) + φ × slab part."""
     g = phi * math.log(phi / lam) + (1 - phi) * math.log((1 - phi) / (1 - lam)) if gate else 0.0
     return g + phi * (math.log(sigma0 / sigma) + (sigma ** 2 + mu ** 2) / (2 * sigma0 ** 2) - 0.5)
 

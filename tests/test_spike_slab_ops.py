@@ -1,5 +1,5 @@
 """The fused spike-and-slab functions (layers/spike_slab_ops.py) against a straightforward
-autograd implementation of SCIENCE.md §1: same forward values and the same gradients for
+autograd implementation of docs/science.md §1: same forward values and the same gradients for
 μ, ρ, θ and the bias, given the same random draws (float64, so any difference is a formula
 difference, not rounding)."""
 
@@ -127,7 +127,7 @@ def test_float32_fast_path_close_to_reference():
 @pytest.mark.filterwarnings("ignore:There is a performance drop")  # addcmul_ has no batching rule yet
 def test_functions_vmap_over_stacked_runs():
     """The fused functions keep the door open for training several runs at once with
-    torch.func (DESIGN.md): under vmap (and grad inside vmap) they give the per-run results."""
+    torch.func (docs/design.md): under vmap (and grad inside vmap) they give the per-run results."""
     from slabbench.layers import spike_slab_ops as ops
     torch.manual_seed(0)
     n, shape = 3, (5, 6)

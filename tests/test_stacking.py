@@ -86,7 +86,7 @@ def _without_biases_before_batch_norm(model: nn.Module) -> nn.Module:
     exact arithmetic and Adam, which divides by the gradient's scale, steps them on rounding
     noise; any last-bit change (a run's place in a stack, a thread count) then moves them by
     about the learning rate per step (measured: a dense VGG's test NLL 0.3% apart, stacked
-    against alone, after 8 steps; see the README, "Many runs, one process")."""
+    against alone, after 8 steps; see docs/performance.md, "How equal is equal")."""
     children = list(model.children())
     for layer, after in zip(children[:-1], children[1:]):
         if isinstance(after, nn.modules.batchnorm._BatchNorm) and getattr(layer, "bias", None) is not None:
@@ -240,13 +240,13 @@ def test_conv_nets_stack_and_foreign_layers_do_not():
 
 
 class _MineConv(MaskedConv2d):
-    """A plugin's own conv layer: not declared stackable."""
+    """A plugin's own conv layer: not declared to handle the run dimension."""
 
 
 class _ForeignConv(Method):
     """A method whose build swaps in a layer type that does not stack."""
 
-    stackable = True
+    hooks_per_stack = True
 
     def build(self, model):
         def swap(name, layer):
@@ -304,7 +304,7 @@ def test_memory_estimate_counts_a_conv_nets_feature_maps():
 
 
 class _Template(Method):
-    """A method written from the README's template: knows nothing of stacking."""
+    """A method written from the template of docs/extending.md: knows nothing of stacking."""
 
     def optimizer(self, model, lr):
         from slabbench.api import adam
@@ -402,7 +402,7 @@ def test_only_the_starts_of_one_run_share_their_batches(monkeypatch):
 
     seen = []
     real = stacked.shared_input
-    monkeypatch.setattr("slabbench.train.shared_input", lambda full, unique: seen.append(
+    monkeypatch.setattr("slabbench.engine.shared_input", lambda full, unique: seen.append(
         (full.shape[0], unique.shape[0], torch.equal(full, unique.repeat_interleave(full.shape[0] // unique.shape[0], 0))))
         or real(full, unique))
     run_stack([tiny_spec("spike_slab", seed=s, epochs=1, finetune_epochs=0) for s in (0, 1, 2)])

@@ -223,13 +223,25 @@ class Method:
     name: ClassVar[str] = ""
     #: "global" (one threshold over all prunable weights) or "layerwise".
     prune_scope: str = "global"
-    #: a ``stackable`` method that trains per target (:meth:`trains_per_target`) sets this to
+    #: ``True`` in a method's own class body (not inherited) when every hook works on a stacked
+    #: model directly (the penalty a sum over runs, per-step hooks elementwise, no ``.item()``
+    #: or branching on tensor values): the core then calls the hooks once per stack; else a
+    #: method's per-step hooks run once per run on that run's view (see :mod:`slabbench.stack`;
+    #: formerly ``stackable``, still read, deprecated).
+    hooks_per_stack: ClassVar[bool] = False
+    #: a ``hooks_per_stack`` method that trains per target (:meth:`trains_per_target`) sets this to
     #: ``True`` in its own class body when ``ctx.target`` reaches training only through the
     #: built model's buffers (e.g. a prior stored per layer), never through what a hook reads
     #: from the instance: the core then stacks runs of different targets together (their
     #: buffers stack per run) and calls the hooks once with the first run's instance.  Else
     #: every target trains in stacks of its own.
     target_in_model: ClassVar[bool] = False
+    #: names of the instance attributes that hold per-run state while the hooks run once per
+    #: stack: tensors, or lists / tuples / dicts of tensors (``None`` while unset), each with the
+    #: run dimension first (e.g. l0's parameter averages, ``("_ema",)``).  When the core cuts a
+    #: stack to some of its runs (restarts' screening) it calls :meth:`select_runs`, which cuts
+    #: these; per-run state in the model's parameters and buffers is cut by the core itself.
+    run_state: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: Any, ctx: TrainContext):
         self.params = params
@@ -301,3 +313,25 @@ class Method:
     def extra_artifacts(self, model: nn.Module) -> dict[str, Any]:
         """Tensors worth saving for figures (e.g. inclusion probabilities)."""
         return {}
+
+    def select_runs(self, idx: torch.Tensor) -> None:
+        """Keep only the runs ``idx`` (positions in the stack, int64, in their new order) of the
+        per-run state this instance holds for a stack: the core calls it when it cuts the stack
+        (restarts' screening).  Default: every attribute named in :attr:`run_state`, cut by
+        :func:`take_runs`.  Override it for state kept otherwise."""
+        for name in self.run_state:
+            setattr(self, name, take_runs(getattr(self, name), idx))
+
+
+def take_runs(value: Any, idx: torch.Tensor) -> Any:
+    """``value`` (a tensor with the run dimension first, a list / tuple / dict of such values, or
+    ``None``) with only the runs ``idx``, in that order."""
+    if value is None:
+        return None
+    if torch.is_tensor(value):
+        return value.index_select(0, idx.to(value.device))
+    if isinstance(value, (list, tuple)):
+        return type(value)(take_runs(v, idx) for v in value)
+    if isinstance(value, dict):
+        return {k: take_runs(v, idx) for k, v in value.items()}
+    raise TypeError(f"per-run state must be tensors (or lists, tuples, dicts of them), got {type(value).__name__}")

@@ -2,6 +2,8 @@
 
     slabbench validate CONFIG.yaml       check a configuration without running anything
     slabbench runs CONFIG.yaml           list the runs the configuration expands to
+    slabbench archive pack CONFIG.yaml ARCHIVE.tar.gz    finished stacks into one small file
+    slabbench archive unpack ARCHIVE.tar.gz              ... and back, on another machine or clone
 """
 
 from __future__ import annotations
@@ -108,6 +110,16 @@ def _stack_outputs(paths: list[str], kind: str) -> list[tuple[str | None, str]]:
     return out
 
 
+def _archived_run(stack: str | None, metrics: str) -> dict | None:
+    """The stack file's entry for the run of ``metrics`` if that run was restored from an
+    archive (:mod:`slabbench.archive`), else ``None``."""
+    from slabbench.stackfile import read_stack_file
+
+    if stack is None:
+        return None
+    return next((r for r in read_stack_file(stack)["runs"] if r["metrics"] == metrics and r.get("archived")), None)
+
+
 def latency_job(stack_paths: list[str], latency_csv: str, batches: tuple[int, ...] = (1, 256)) -> None:
     """Time every saved physical network of the runs the stack files ``stack_paths`` list
     (:func:`slabbench.physical.latency`: one thread, each beside the dense network of its
@@ -121,14 +133,18 @@ def latency_job(stack_paths: list[str], latency_csv: str, batches: tuple[int, ..
     from slabbench import physical as P
     from slabbench.aggregate import RUN_KEY, write_csv
     from slabbench.io import read_jsonl
+    from slabbench.stackfile import DamagedRunError, archived_message
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     rows, archs = [], set()
-    for metrics in stack_outputs(stack_paths, "metrics"):
+    for stack, metrics in _stack_outputs(stack_paths, "metrics"):
         folder = Path(metrics).parent
+        restored = _archived_run(stack, metrics)
         for rec in read_jsonl(metrics):
             path = folder / f"{P.file_stem(rec)}.pt"
+            if not path.is_file() and restored is not None:
+                raise DamagedRunError(archived_message(stack, restored))
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing (its run {metrics} predates physical networks?); "
                                         f"delete the run's stack file and rerun to retrain it")
@@ -248,6 +264,7 @@ def feature_table_job(runs_csv: str, md_path: str, tex_path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from slabbench.archive import DEFAULT_MAX_MB, ArchiveError, pack, unpack
     from slabbench.config import ConfigError, load_yaml, run_dir, run_specs, validate
 
     parser = argparse.ArgumentParser(prog="slabbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -255,7 +272,30 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("validate", "runs"):
         p = sub.add_parser(name)
         p.add_argument("config", type=Path)
+    arch = sub.add_parser("archive", help="carry finished stacks to another machine or clone (slabbench.archive)")
+    arch_sub = arch.add_subparsers(dest="action", required=True)
+    p = arch_sub.add_parser("pack", help="write the finished stacks of CONFIG into ARCHIVE")
+    p.add_argument("config", type=Path)
+    p.add_argument("archive", type=Path)
+    p.add_argument("--directory", type=Path, default=Path("."), help="Snakemake's working directory (holds results/)")
+    p.add_argument("--max-mb", type=float, default=DEFAULT_MAX_MB, help="refuse to write a larger archive")
+    p = arch_sub.add_parser("unpack", help="restore the stacks of ARCHIVE that are not already present")
+    p.add_argument("archive", type=Path)
+    p.add_argument("--directory", type=Path, default=Path("."), help="Snakemake's working directory (holds results/)")
     args = parser.parse_args(argv)
+    if args.command == "archive":
+        setup_logging()
+        try:
+            if args.action == "pack":
+                manifest = pack(args.config, args.archive, args.directory, args.max_mb)
+                print(f"{args.archive}: {len(manifest['stacks'])} stacks, {manifest['runs']} runs of {args.config}")
+            else:
+                done = unpack(args.archive, args.directory)
+                print(f"{args.archive}: restored {len(done['restored'])} stacks, {len(done['kept'])} already present")
+        except (ArchiveError, ConfigError) as err:
+            print(f"slabbench archive: {err}", file=sys.stderr)
+            return 2
+        return 0
     try:
         config = validate(load_yaml(args.config))
     except ConfigError as err:

@@ -10,8 +10,9 @@ import difflib
 import logging
 import math
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import jsonschema
 import torch
@@ -326,7 +327,108 @@ def experiment_sparsities(config: dict, experiment: str) -> list[float]:
     return [float(s) for s in (config["experiments"][experiment].get("sparsities") or config["sparsities"])]
 
 
-def run_specs(config: dict) -> list[dict]:
+def _read_only(self, *args, **kwargs):
+    raise TypeError("a RunSpec is read-only; dataclasses.replace(spec, key=value) or dict(spec, key=value) "
+                    "makes a changed copy")
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class RunSpec(dict):
+    """One run of the grid (experiment x method x seed), resolved: every option the core reads,
+    its default filled in.  :func:`run_specs` builds them; :meth:`of` reads one back from its
+    dict form (a job's parameters, a record's ``spec``, a test's hand-written spec).
+
+    A spec is also, read-only, its dict form (:meth:`to_dict`): the keys a run spec has always
+    had, in their order, where an option at its default stays out (``restarts``, ``graphs``,
+    ``on_divergence``, ...), so records, settings fingerprints and the workflow's job
+    parameters are those of the plain dicts run specs used to be.  ``order``: the keys of that
+    form (empty: the required keys, then every option that is not at its default)."""
+
+    experiment: str
+    dataset: str
+    model: str
+    method: str
+    seed: int
+    epochs: int
+    batch_size: int
+    lr: float
+    sparsities: list  #: the sparsity targets (fractions of prunable weights)
+    device: str  #: auto, cpu or cuda
+    dataset_params: dict = field(default_factory=dict)
+    model_params: dict = field(default_factory=dict)
+    method_params: dict = field(default_factory=dict)  #: the method plugin's options (core options left out)
+    noise_sd: float = 1.0  #: the regression likelihood's noise sd (the schema's default)
+    finetune_epochs: int = 0  #: fine-tuning after pruning to a target (the schema's default: none)
+    finetune_lr_factor: float = 0.1  #: its learning rate, a factor of ``lr`` (the schema's default)
+    variant_of: str | None = None  #: the base method of a variant, else None
+    restarts: int = RUN_DEFAULTS["restarts"]
+    restarts_keep: int | None = RUN_DEFAULTS["restarts_keep"]
+    restarts_screen_epochs: int | None = RUN_DEFAULTS["restarts_screen_epochs"]
+    on_divergence: str = "stop"  #: stop (the job fails) or record (the run is recorded as diverged)
+    graphs: bool = False  #: CUDA graphs (CUDA only)
+    flush_denormal: bool = True  #: subnormal floats flushed to zero on the CPU while training
+    order: tuple = field(default=(), compare=False)
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = __ior__ = _read_only
+
+    def __post_init__(self) -> None:
+        keys = list(self.order) or [f.name for f in dataclasses.fields(self) if _required(f)]
+        keys += [f.name for f in dataclasses.fields(self) if f.name != "order" and f.name not in keys
+                 and not _required(f) and getattr(self, f.name) != _default(f)]
+        dict.update(self, {k: getattr(self, k) for k in keys})
+
+    @classmethod
+    def of(cls, spec: Mapping[str, Any]) -> "RunSpec":
+        """``spec`` as a :class:`RunSpec` (itself if it is one); its dict form keeps the keys of
+        ``spec`` in their order.  Unknown or missing keys are an error naming them."""
+        if isinstance(spec, RunSpec):
+            return spec
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "order"]
+        unknown = sorted(set(spec) - set(names))
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))} in a run spec; valid keys: {', '.join(names)}")
+        missing = [f.name for f in dataclasses.fields(cls) if _required(f) and f.name not in spec]
+        if missing:
+            raise ValueError(f"a run spec needs the key(s) {', '.join(map(repr, missing))}; it has {', '.join(spec)}")
+        values = copy.deepcopy(dict(spec))
+        return cls(**values, order=tuple(values))
+
+    @classmethod
+    def default(cls, key: str) -> Any:
+        """The value an optional key of a run spec has when the spec leaves it out."""
+        return _default(next(f for f in dataclasses.fields(cls) if f.name == key))
+
+    def to_dict(self) -> dict:
+        """The spec's dict form (a fresh copy): what a record stores as its ``spec``."""
+        return copy.deepcopy(dict(self))
+
+    def __reduce__(self):
+        return (RunSpec.of, (self.to_dict(),))
+
+    @property
+    def plugin(self) -> str:
+        """The method file (stem in ``methods/``) the run trains: a variant's base, else its method."""
+        return self.variant_of or self.method
+
+    @property
+    def stops_on_divergence(self) -> bool:
+        return self.on_divergence == "stop"
+
+    @property
+    def screen(self) -> tuple[int, int] | None:
+        """(epochs, starts kept) of the restarts' screening, or None without screening."""
+        return None if self.restarts_keep is None else (int(self.restarts_screen_epochs), int(self.restarts_keep))
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def run_specs(config: dict) -> list[RunSpec]:
     """Expand a validated config into one resolved spec per (experiment, method, seed)."""
     specs = []
     for name, exp in config["experiments"].items():
@@ -354,7 +456,7 @@ def run_specs(config: dict) -> list[dict]:
                     spec["graphs"] = True
                 if not exp.get("flush_denormal", config.get("flush_denormal", True)):  # on by default
                     spec["flush_denormal"] = False
-                specs.append(spec)
+                specs.append(RunSpec.of(spec))
     return specs
 
 
@@ -368,10 +470,10 @@ def experiment_stack_size(config: dict, experiment: str) -> int:
     return int(exp.get("stack_size") or config.get("stack_size") or DEFAULT_STACK_SIZE)
 
 
-def stack_jobs(config: dict) -> dict[tuple[str, str, int], list[dict]]:
+def stack_jobs(config: dict) -> dict[tuple[str, str, int], list[RunSpec]]:
     """The training jobs of a validated config: (experiment, method, stack index) -> the run
     specs that job trains, consecutive seeds in chunks of the experiment's ``stack_size``."""
-    by_key: dict[tuple[str, str], list[dict]] = {}
+    by_key: dict[tuple[str, str], list[RunSpec]] = {}
     for spec in run_specs(config):
         by_key.setdefault((spec["experiment"], spec["method"]), []).append(spec)
     jobs = {}

@@ -1,214 +1,439 @@
-"""A training step captured once as a CUDA graph and replayed (``graphs: true``, CUDA only).
+"""The training engine: one stacked training step and the epoch loop around it.
 
-A small net's step on a GPU is bound by kernel launches and Python, not arithmetic: replaying one
-captured graph of the whole step (minibatch gather, forward with every run's noise, loss and
-penalty, backward, Adam) costs a tenth of the eager step (``benchmarks/graph_replay.py``; on an
-H200 0.15-0.77 ms against 1.8-7.4 ms for LeNet-300-100 at batch 128, S = 1-3 runs).
+:func:`fit_stacked` trains a model whose runs (seeds, starts, targets, fine-tunings) share one
+stacked model (:mod:`slabbench.stack`), or an ordinary one, with the core's loss convention
 
-:class:`StepGraphs` runs the core's step function ``body(key)`` for a key (the minibatch size and
-whether the penalty is on: the partial last batch and a KL warm-up's β = 0 epochs get graphs of
-their own): the first ``warmup`` times eagerly (on a side stream: cuBLAS and the optimizer set
-themselves up outside the capture), then captures it once and replays it.  The body reads only
-tensors that stay in place between replays: the minibatch index buffer, the gather buffers, β and
-the learning rates as device tensors, the parameters, buffers and optimizer state.  Each run's
-noise generator is registered with the graph, so a replay advances every run's own stream
-exactly as an eager step does (measured: parameters identical to eager training after the same
-steps, every method and stack size).
+    loss = sum over runs of [mean NLL_s + beta(epoch) * penalty_s / N_train]
 
-Hooks (``after_step``, ``after_epoch``) run eagerly between replays and may change any tensor in
-place (a clamp, a new mask, a closed-form φ).  A hook that *replaces* a tensor the graph reads (a
-new parameter, buffer or cached tensor on a layer, a changed flag) would leave the graph reading
-the old one, so after hooks :meth:`StepGraphs.check` compares the identity of everything the
-step can read with what it was at capture, and drops the graphs when anything moved (they are
-captured again; the log counts it).  A capture that fails falls back to eager steps for the rest
-of the training, and the log says why.
+one step at a time: gather each run's minibatch from the device-resident data, forward with
+every run's own noise, loss and penalty, backward, the optimizer's step; then the method's
+per-step and per-epoch hooks, and once per epoch (one host synchronisation) the finiteness of
+every run.  Under ``graphs: true`` on CUDA each kind of step is captured once and replayed
+(:mod:`slabbench.graphs`).  Each run draws its data order and noise from its own seed only, so
+what it learns does not depend on which runs share its stack.
+
+What a job trains and with which seeds (:mod:`slabbench.train`), which starts of a run train on
+(:mod:`slabbench.restarts`) and what is measured afterwards (:mod:`slabbench.records`) live
+elsewhere.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from typing import Any, Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
+from slabbench import metrics as M
 from slabbench.api import Method
+from slabbench.graphs import StepGraphs, state_entries
+from slabbench.layers.stacked import run_generators, shared_input
+from slabbench.stack import hooks_per_stack, run_views, select_runs, stacked_runs
 
 log = logging.getLogger(__name__)
 
-#: eager runs of a step key before it is captured
-WARMUP = 2
+class TrainingDiverged(RuntimeError):
+    """A run's training loss or parameters became NaN or infinite."""
 
 
-class CudaGraphs:
-    """Capture and replay with :class:`torch.cuda.CUDAGraph` (the production backend)."""
+@dataclass
+class Member:
+    """One training run inside a job: its label (for messages), seed, (per-target training)
+    target and start (restarts), its method instance and, once built, its model."""
 
-    def warm(self, fn: Callable[[], None]) -> None:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn()
-        torch.cuda.current_stream().wait_stream(side)
+    label: str
+    seed: int
+    target: float | None
+    method: Method
+    model: nn.Module | None = None
+    diverged: str | None = None  #: why the run diverged ("epoch 3: loss nan"), if it did
+    start: int = 0  #: which of the run's starts (restarts) this is
+    stack_runs: int = 1  #: how many runs trained in its stack
+    noise: int | None = None  #: seed of its noise generator; None = noise_seed(seed)
+    screen_objective: float | None = None  #: restarts' screening: its training objective then (None: diverged)
+    screened_out: bool = False  #: restarts' screening: it stopped there (its model is its state then)
 
-    def capture(self, fn: Callable[[], None], generators: Sequence[torch.Generator]):
-        graph = torch.cuda.CUDAGraph()
-        for g in generators:
-            if g.device.type == "cuda":
-                graph.register_generator_state(g)
-        with torch.cuda.graph(graph):
-            fn()
-        return graph
-
-
-def _identity(value: Any) -> Any:
-    """What identifies ``value`` for :func:`state_entries`: a tensor's object and storage, a
-    container's tensors', a plain value itself; ``None`` for anything else (not tracked)."""
-    if torch.is_tensor(value):
-        return (id(value), value.data_ptr() if value.layout == torch.strided else 0)
-    if isinstance(value, (tuple, list)):
-        inner = tuple(_identity(v) for v in value if torch.is_tensor(v) or isinstance(v, (tuple, list, dict)))
-        return inner or None
-    if isinstance(value, dict):
-        inner = tuple(_identity(v) for v in value.values() if torch.is_tensor(v) or isinstance(v, (tuple, list, dict)))
-        return inner or None
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return ("value", value)
-    return None
-
-
-_SKIP = {"_modules", "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-         "_state_dict_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
-         "_state_dict_pre_hooks", "_non_persistent_buffers_set", "_forward_hooks_with_kwargs",
-         "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs", "_is_full_backward_hook"}
-
-
-def state_entries(model: nn.Module, opt: torch.optim.Optimizer, method: Any) -> list[tuple[Any, str, Any]]:
-    """(owner, attribute, identity) of everything a captured step can read: every module's
-    parameters and buffers (by name) and its other attributes (tensors, containers of tensors,
-    plain values such as ``training`` or a layer's mode), the optimizer's state and learning
-    rates, and, when the method has a penalty, the tensors the method instance holds (a plain
-    number that a hook changes and the penalty reads must live in a tensor to be seen)."""
-    entries = []
-    for module in model.modules():
-        for key, value in vars(module).items():
-            if key in _SKIP:
-                continue
-            if key in ("_parameters", "_buffers"):
-                for name, t in value.items():
-                    entries.append((value, name, _identity(t)))
-                continue
-            ident = _identity(value)
-            if ident is not None:
-                entries.append((vars(module), key, ident))
-    for p, state in opt.state.items():
-        entries.append((opt.state, p, _identity(state)))
-    for i, group in enumerate(opt.param_groups):
-        entries.append((group, "lr", _identity(group["lr"])))
-        entries.append((group, "params", tuple(id(p) for p in group["params"])))
-    if type(method).penalty is not Method.penalty:  # its penalty is in the step: its tensors too
-        for key, value in vars(method).items():
-            if torch.is_tensor(value) or isinstance(value, (tuple, list, dict)):
-                ident = _identity(value)
-                if ident is not None:
-                    entries.append((vars(method), key, ident))
-    return entries
+    @property
+    def noise_seed(self) -> int:
+        return noise_seed(self.seed) if self.noise is None else self.noise
 
 
 
-def _lookup(owner: Any, key: Any) -> Any:
-    if key == "params" and isinstance(owner, dict) and "params" in owner and isinstance(owner["params"], list):
-        return tuple(id(p) for p in owner["params"])
-    value = owner.get(key) if isinstance(owner, dict) else None
-    return _identity(value)
+
+def noise_seed(seed: int) -> int:
+    """Seed of a run's noise generator (layer noise, model averages), distinct from its data
+    order's (``seed``) and fine-tuning's (``seed + 7919``) and a function of the seed only."""
+    return (int(seed) * 1_000_003 + 104_729) % (2 ** 62)
 
 
-class StepGraphs:
-    """Runs ``body(key)`` as replays of one captured graph per key (see the module docstring).
 
-    ``state()`` lists what the step reads (:func:`state_entries`); ``generators`` are the runs'
-    noise generators; ``backend`` captures and replays (:class:`CudaGraphs`; tests pass a
-    stand-in that calls the body).  ``prepare(key)`` runs before each capture (e.g. dropping the
-    gradients so that the graph owns its own); ``before_replay(key)`` and ``after_replay(key)``
-    around each replay (e.g. pointing ``.grad`` at the gradients that graph writes).
-    """
+def _nll_per_run(out: torch.Tensor, y: torch.Tensor, task: str, noise_sd: float) -> torch.Tensor:
+    """Mean NLL per run (S,) of stacked outputs ``out`` (S, B, C or 1) against ``y`` (S, B)."""
+    s, b = y.shape
+    if task == "classification":
+        return torch.nn.functional.cross_entropy(out.reshape(s * b, -1), y.reshape(-1), reduction="none").view(s, b).mean(1)
+    return M.gaussian_nll(out.squeeze(-1), y, noise_sd).mean(1)
 
-    def __init__(self, body: Callable[[Hashable], None], *, state: Callable[[], list], generators: Sequence[torch.Generator],
-                 label: str, backend: Any = None, warmup: int = WARMUP,
-                 prepare: Callable[[Hashable], None] | None = None,
-                 before_replay: Callable[[Hashable], None] | None = None,
-                 after_replay: Callable[[Hashable], None] | None = None):
-        self.body, self.state, self.generators, self.label = body, state, list(generators), label
-        self.backend = backend if backend is not None else CudaGraphs()
-        self.warmup = warmup
-        self.prepare, self.before_replay, self.after_replay = prepare, before_replay, after_replay
-        self.graphs: dict = {}
-        self.seen: Counter = Counter()
-        self.entries: list | None = None
-        self.disabled: str | None = None
-        self.captures = 0
-        self.invalidations = 0
 
-    def run(self, key: Hashable) -> None:
-        """One training step of kind ``key``."""
-        if self.disabled is not None:
-            self.body(key)
-            return
-        graph = self.graphs.get(key)
-        if graph is None:
-            self.seen[key] += 1
-            if self.seen[key] <= self.warmup:
-                self.backend.warm(lambda: self.body(key))
-                return
-            graph = self._capture(key)
-            if graph is None:
-                self.body(key)
-                return
-        if self.before_replay is not None:
-            self.before_replay(key)
-        graph.replay()
-        if self.after_replay is not None:
-            self.after_replay(key)
+def _divergence_advice(lr: float) -> str:
+    return (f"Lower the learning rate (lr = {lr:g}), shorten a warm-up or check the method's options; set "
+            f"on_divergence: record in the config to keep the other runs and report this one as diverged.")
 
-    def _capture(self, key: Hashable):
-        if self.prepare is not None:
-            self.prepare(key)
-        try:
-            graph = self.backend.capture(lambda: self.body(key), self.generators)
-        except Exception as err:  # noqa: BLE001 -- any capture failure: train on eagerly, say why
-            self.disable(f"capture failed ({type(err).__name__}: {err})")
-            return None
-        self.graphs[key] = graph
-        self.captures += 1
-        self.entries = self.state()
-        return graph
 
-    def disable(self, why: str) -> None:
-        """Eager steps from now on (``why`` goes to the log)."""
-        self.disabled = why
-        self.graphs.clear()
-        log.warning("%s: CUDA graphs off, eager steps from here: %s", self.label, why)
+def _check_finite(members: Sequence[Member], nll_sums: torch.Tensor, params: list[torch.Tensor], epoch: int,
+                  epochs: int, lr: float, stop: bool) -> None:
+    """Once per epoch (one host synchronisation): every run's summed NLL and parameters must be
+    finite.  A run that is not either stops the job (``stop``) or is marked diverged."""
+    ok = torch.isfinite(nll_sums)
+    for p in params:
+        ok = ok & torch.isfinite(p.detach().flatten(1)).all(1)
+    if bool(ok.all()):
+        return
+    for member, fine, value in zip(members, ok.tolist(), nll_sums.tolist()):
+        if fine or member.diverged:
+            continue
+        member.diverged = f"epoch {epoch + 1}/{epochs}: summed training NLL {value}"
+        msg = (f"{member.label}: training diverged at epoch {epoch + 1} of {epochs} (summed NLL of the epoch "
+               f"{value}, or a parameter became NaN/inf). {_divergence_advice(lr)}")
+        if stop:
+            raise TrainingDiverged(msg)
+        log.warning(msg)
 
-    def invalidate(self) -> None:
-        """Drop every graph (the model's tensors were replaced, e.g. the stack was cut): each step
-        kind warms up and is captured again."""
-        if self.graphs:
-            self.invalidations += 1
-        self.graphs.clear()
-        self.seen.clear()
-        self.entries = None
 
-    def check(self) -> None:
-        """After hooks: drop the graphs if anything the step reads was replaced since capture."""
-        if not self.graphs or self.entries is None:
-            return
-        for owner, key, ident in self.entries:
-            if _lookup(owner, key) != ident:
-                log.info("%s: %r changed outside the captured step; capturing again", self.label, key)
-                self.invalidate()
-                return
+def _batches(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]):
+    """One data tensor for every run: shared when all runs use the same tensors (fixed
+    splits), else concatenated with per-run row offsets (simulation replicates)."""
+    if all(x is xs[0] for x in xs) and all(y is ys[0] for y in ys):
+        return xs[0], ys[0], torch.zeros(len(xs), dtype=torch.long)
+    n = len(ys[0])
+    if any(len(y) != n for y in ys):
+        raise ValueError(f"runs of one stack need training sets of one size, got {[len(y) for y in ys]}")
+    return torch.cat(list(xs)), torch.cat(list(ys)), torch.arange(len(xs)) * n
 
-    def summary(self) -> str:
-        if self.disabled is not None:
-            return f"eager ({self.disabled})"
-        return f"{self.captures} graph capture(s), {self.invalidations} invalidation(s)"
+
+#: whether runs that share their batches (restarts' starts, a seed's fine-tunings) gather them
+#: once and run their first linear layer as one matmul per group (``False``: one per run, as
+#: every other stack; the same numbers up to rounding; benchmarks/stacking.py --starts compares)
+SHARE_INPUTS = True
+
+
+def _data_groups(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], data_gens: Sequence[torch.Generator]) -> list[int]:
+    """Group id of each run: consecutive runs with the same training tensors and equal data
+    generators (the starts of one run, the fine-tunings of one seed's targets) share one."""
+    ids = [0]
+    for i in range(1, len(xs)):
+        same = (xs[i] is xs[i - 1] and ys[i] is ys[i - 1]
+                and torch.equal(data_gens[i].get_state(), data_gens[i - 1].get_state()))
+        ids.append(ids[-1] if same else ids[-1] + 1)
+    return ids
+
+
+def _group_size(group_of: Sequence[int]) -> int:
+    """K when the groups are consecutive runs of one size K, else 1 (no input sharing)."""
+    sizes = {group_of.count(g) for g in set(group_of)}
+    return sizes.pop() if len(sizes) == 1 else 1
+
+
+def _cut_optimizer_state(opt: torch.optim.Optimizer, renamed: dict[int, nn.Parameter], idx: torch.Tensor) -> None:
+    """The optimizer of a stack cut to the runs ``idx``: its groups hold the new parameters
+    (``renamed``: {id(old parameter): new parameter}) and each parameter's state keeps the rows
+    of the kept runs where it is shaped like the parameter (Adam's moments; an elementwise
+    optimizer's state is per weight, so per run); other state (Adam's step count) stays."""
+    state = {}
+    for p, v in opt.state.items():
+        state[renamed[id(p)]] = {k: t.index_select(0, idx.to(t.device)) if torch.is_tensor(t) and t.shape == p.shape else t
+                                 for k, t in v.items()}
+    for group in opt.param_groups:
+        group["params"] = [renamed[id(p)] for p in group["params"]]
+    opt.state.clear()
+    opt.state.update(state)
+
+
+def _undeclared_run_state(method: Method, runs: int) -> list[str]:
+    """Attributes of a stack's method instance that look per run (a tensor, or a container of
+    tensors, with ``runs`` rows) but are not in its ``run_state``: left as they are when the
+    stack is cut (a plugin should declare them, or keep them in its model's buffers)."""
+    def per_run(v) -> bool:
+        if torch.is_tensor(v):
+            return v.dim() > 0 and v.shape[0] == runs
+        if isinstance(v, (list, tuple)):
+            return any(per_run(u) for u in v)
+        if isinstance(v, dict):
+            return any(per_run(u) for u in v.values())
+        return False
+
+    return sorted(k for k, v in vars(method).items() if k not in type(method).run_state and per_run(v))
+
+
+#: screen(model, members) -> positions of the runs that train on, called once after the
+#: screening epoch (restarts' successive halving, see :func:`fit_stacked`)
+Screen = tuple[int, Callable[[nn.Module, Sequence["Member"]], Sequence[int]]]
+
+
+class StackedStep:
+    """One training step of a stack of runs (or of one ordinary model: S = 1, noise from torch's
+    global generator) with the core's loss convention: gather each run's minibatch rows from the
+    device-resident data, forward with every run's own noise, loss = sum over runs of
+    [mean NLL_s + beta * penalty_s / N], backward, the optimizer's step; each run's mean NLL is
+    added to :attr:`nll_sums` (the epoch's finiteness check reads it).
+
+    ``x_all``, ``y_all``: every run's training data (:func:`_batches`; N rows per run);
+    ``group_of``: each run's data group (runs of one group see the same rows: gathered once and
+    fed to the stacked linear layers as one matmul per group).  A step reads only its ``idx``,
+    ``beta`` (a number, or a device tensor under graphs) and tensors that stay in place, so it
+    can be captured and replayed (:mod:`slabbench.graphs`)."""
+
+    def __init__(self, model: nn.Module, method: Method, opt: torch.optim.Optimizer, x_all: torch.Tensor,
+                 y_all: torch.Tensor, n: int, *, batch_size: int, task: str, noise_sd: float,
+                 noise_gens: Sequence[torch.Generator], group_of: Sequence[int]):
+        self.model, self.method, self.opt = model, method, opt
+        self.x_all, self.y_all, self.n = x_all, y_all, n
+        self.task, self.noise_sd = task, noise_sd
+        self.rows = min(batch_size, n)  # a minibatch's rows per run (the last one may have fewer)
+        self.forward = model if stacked_runs(model) > 0 else (lambda xb: model(xb[0]).unsqueeze(0))
+        # one buffer for every minibatch gather: a fresh (S·B, ...) tensor per step is, at S = 300
+        # runs of the paper simulation, 120 MB that the allocator maps and unmaps every step (a
+        # third of the CPU time went to the kernel); the graph that reads a batch is freed by
+        # backward() before the next gather overwrites it
+        self.x_buf = x_all.new_empty((len(group_of) * self.rows, *x_all.shape[1:]))
+        self.xu_buf: torch.Tensor | None = None
+        self.set_runs(noise_gens, group_of)
+
+    def set_runs(self, noise_gens: Sequence[torch.Generator], group_of: Sequence[int]) -> None:
+        """The runs the step trains: their noise generators and data groups (at the start, and
+        after the stack was cut to some of its runs)."""
+        self.noise_gens, self.runs = list(noise_gens), len(group_of)
+        # runs that see the same rows (restarts' starts): gathered once per group, and the stacked
+        # linear layers fed the batch run one matmul per group (layers.stacked.shared_input)
+        self.per_group = _group_size(group_of)
+        if self.per_group > 1 and self.xu_buf is None:  # (groups only shrink: once is enough)
+            self.xu_buf = self.x_all.new_empty(((group_of[-1] + 1) * self.rows, *self.x_all.shape[1:]))
+        self.nll_sums = torch.zeros(self.runs, device=self.x_all.device)
+
+    def loss(self, idx: torch.Tensor, beta, with_penalty: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, each run's mean NLL (S,)) on the minibatch rows ``idx`` (groups x B): gather,
+        forward, the NLLs and, ``with_penalty`` (not while beta = 0, a KL warm-up's first
+        epochs), beta * penalty / N."""
+        x_all, y_all, s_runs, per_group = self.x_all, self.y_all, self.runs, self.per_group
+        flat, b = idx.reshape(-1), idx.shape[1]
+        # index_select, not x[idx]: the same rows, but advanced indexing's general kernel
+        # takes ~6x longer on CPU (0.19 vs 0.03 ms for 500 x 200 floats)
+        if per_group > 1:
+            xu = torch.index_select(x_all, 0, flat, out=self.xu_buf[:flat.numel()]).view(-1, b, *x_all.shape[1:])
+            xb = self.x_buf[:s_runs * b].view(xu.shape[0], per_group, *xu.shape[1:])
+            xb.copy_(xu.unsqueeze(1).expand_as(xb))
+            xb = xb.view(s_runs, *xu.shape[1:])
+            yb = y_all.index_select(0, flat).view(-1, 1, b).expand(-1, per_group, b).reshape(s_runs, b)
+            with run_generators(self.noise_gens), shared_input(xb, xu):
+                out = self.forward(xb)
+        else:
+            xb = torch.index_select(x_all, 0, flat, out=self.x_buf[:flat.numel()]).view(s_runs, b, *x_all.shape[1:])
+            yb = y_all.index_select(0, flat).view(s_runs, b)
+            with run_generators(self.noise_gens):
+                out = self.forward(xb)
+        nll = _nll_per_run(out, yb, self.task, self.noise_sd)
+        loss = nll.sum()
+        if with_penalty:
+            penalty = self.method.penalty(self.model)
+            if penalty is not None:
+                loss = loss + beta * penalty / self.n
+        return loss, nll
+
+    def __call__(self, idx: torch.Tensor, beta, with_penalty: bool, set_to_none: bool) -> None:
+        """One step on the minibatch rows ``idx``: :meth:`loss`, backward, the optimizer's step."""
+        loss, nll = self.loss(idx, beta, with_penalty)
+        self.opt.zero_grad(set_to_none=set_to_none)
+        loss.backward()
+        self.opt.step()
+        self.nll_sums.add_(nll.detach())
+
+
+def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], *,
+                epochs: int, batch_size: int, lr: float, task: str, noise_sd: float,
+                data_gens: Sequence[torch.Generator], noise_gens: Sequence[torch.Generator],
+                stop_on_divergence: bool = True, screen: Screen | None = None, graphs: bool = False) -> list[int]:
+    """Train ``model`` with the core's loss convention: the sum over its runs of
+    [mean NLL_s + beta * penalty_s / N].  ``model`` is stacked (S runs, see
+    :mod:`slabbench.stack`) or an ordinary model (one run, S = 1, noise from torch's global
+    generator).  Run ``s`` sees its own data ``xs[s]``, ``ys[s]`` in the order drawn from
+    ``data_gens[s]`` and its layers' noise from ``noise_gens[s]``.  The method's hooks are called
+    once on the model when it is ordinary or the method's class declares ``hooks_per_stack = True``,
+    else ``after_step`` / ``after_epoch`` once per run on views of the run's slice (its own
+    method instance, e.g. its own target).  NaN / inf is checked once per epoch.
+
+    ``screen = (epoch, choose)`` (stacked models only): after that many epochs, ``choose(model,
+    members)`` names the runs that train on and the stack is cut to them in place: every
+    parameter and buffer (:func:`slabbench.stack.select_runs`), the optimizer's state and the
+    per-run state the method's instance declares when its hooks run once per stack
+    (:attr:`slabbench.api.Method.run_state`, :meth:`slabbench.api.Method.select_runs`; e.g. l0's
+    parameter averages); the others stop there.  Returns the positions (in ``members``) of the runs the
+    model holds at the end.
+
+    ``graphs`` (CUDA): each kind of step is captured once as a CUDA graph and replayed
+    (:mod:`slabbench.graphs`); β and the learning rates then live in device tensors and Adam is
+    made capturable.  Eager otherwise, and wherever capture is not possible (the log says why)."""
+    lead = members[0].method
+    opt = lead.optimizer(model, lr)
+    base_lrs = [g["lr"] for g in opt.param_groups]  # lr_factor scales these (one value for the stack)
+    device = next(model.parameters()).device
+    stacked = stacked_runs(model) > 0
+    if screen is not None and not stacked:
+        raise ValueError("fit_stacked: screening needs a stacked model")
+    x_all, y_all, offsets = _batches(xs, ys)
+    n, s_runs = len(ys[0]), len(members)
+    group_of = _data_groups(xs, ys, data_gens) if SHARE_INPUTS and stacked else list(range(s_runs))
+    order_gens = [data_gens[group_of.index(g)] for g in range(group_of[-1] + 1)]  # one data order per group
+    members, noise_gens, kept = list(members), list(noise_gens), list(range(s_runs))
+    step_graphs = None
+    if _use_graphs(graphs, device):
+        opt, why = _capturable(opt, device)
+        if why is None:
+            # each graph writes gradients of its own (captured with none there): hooks read that
+            # graph's, so .grad is pointed at them around every replay
+            step_graphs = StepGraphs(lambda key: train_step(idx_bufs[key[0]], beta_t, key[1], False),
+                                     state=lambda: state_entries(model, opt, lead), generators=noise_gens,
+                                     label=members[0].label.split(" seed=")[0], backend=GRAPH_BACKEND,
+                                     prepare=lambda key: opt.zero_grad(set_to_none=True),
+                                     before_replay=lambda key: _point_grads(grads_of.get(key, ())),
+                                     after_replay=lambda key: key in grads_of or grads_of.__setitem__(
+                                         key, [(q, q.grad) for q in model.parameters()]))
+        else:
+            log.info("%s: CUDA graphs off: %s", members[0].label, why)
+    train_step = StackedStep(model, lead, opt, x_all, y_all, n, batch_size=batch_size, task=task, noise_sd=noise_sd,
+                             noise_gens=noise_gens, group_of=group_of)
+    beta_t = torch.zeros((), device=device) if step_graphs is not None else None
+    idx_bufs: dict[int, torch.Tensor] = {}  # minibatch size -> the index buffer a graph reads
+    grads_of: dict = {}  # step kind -> (parameter, the gradient its graph writes)
+    cls = type(lead)
+    # hooks once per run (on views, with their run's gradients) only where they could tell runs
+    # apart: a method that does not declare hooks_per_stack and overrides a per-step hook (e.g.
+    # magnitude's gradual schedule, a plugin that reads gradients)
+    per_run_hooks = stacked and not hooks_per_stack(cls) and (
+        cls.after_step is not Method.after_step or cls.after_epoch is not Method.after_epoch)
+    views = run_views(model) if per_run_hooks else None
+    params = [p if stacked else p[None] for p in model.parameters()]  # leading run dimension
+    hooked = per_run_hooks or cls.after_step is not Method.after_step or cls.after_epoch is not Method.after_epoch
+
+    model.train()
+    step = 0
+    for epoch in range(epochs):
+        beta = lead.beta(epoch)
+        factor = lead.lr_factor(epoch)
+        for group, base in zip(opt.param_groups, base_lrs):
+            if torch.is_tensor(group["lr"]):
+                group["lr"].fill_(base * factor)
+            else:
+                group["lr"] = base * factor
+        if beta_t is not None:
+            beta_t.fill_(beta)
+        # one data order per group of runs that share it, drawn from the generator of its first
+        # run (the others are equal and not drawn from)
+        perm = torch.stack([torch.randperm(n, generator=g) for g in order_gens])
+        per_group = train_step.per_group
+        perm = (perm + offsets[::per_group, None] if per_group > 1
+                else perm[torch.tensor(group_of)] + offsets[:, None]).to(x_all.device)
+        train_step.nll_sums.zero_()
+        for start in range(0, n, batch_size):
+            idx = perm[:, start:start + batch_size]
+            if step_graphs is None:
+                # per-run hooks read their run's slice of the gradients (views.share_grads): zeroed
+                # in place, the gradient tensors stay the same and the slices are taken once
+                train_step(idx, beta, beta != 0.0, not per_run_hooks)
+            else:
+                b = idx.shape[1]
+                if b not in idx_bufs or idx_bufs[b].shape != idx.shape:
+                    idx_bufs[b] = torch.empty_like(idx)
+                idx_bufs[b].copy_(idx)
+                step_graphs.run((b, beta != 0.0))
+            if per_run_hooks:
+                views.share_grads()
+                for m, view in zip(members, views):
+                    m.method.after_step(view, step, epoch)
+            else:
+                lead.after_step(model, step, epoch)
+            if step_graphs is not None and hooked:
+                step_graphs.check()
+            step += 1
+        if per_run_hooks:
+            for m, view in zip(members, views):
+                m.method.after_epoch(view, epoch)
+        else:
+            lead.after_epoch(model, epoch)
+        if step_graphs is not None and hooked:
+            step_graphs.check()
+        _check_finite(members, train_step.nll_sums, params, epoch, epochs, lr, stop_on_divergence)
+        if screen is not None and epoch + 1 == screen[0] and epoch + 1 < epochs:
+            keep = sorted(set(screen[1](model, members)))
+            if len(keep) < s_runs:
+                idx = torch.tensor(keep, dtype=torch.long)
+                _cut_optimizer_state(opt, select_runs(model, keep), idx)
+                if not per_run_hooks:  # the stack's one method instance: its declared per-run state
+                    undeclared = _undeclared_run_state(lead, s_runs)
+                    if undeclared:
+                        log.warning("%s: %s holds %s with one row per run but does not name it in run_state: "
+                                    "not cut to the kept runs", members[0].label.split(" seed=")[0],
+                                    type(lead).__name__, ", ".join(undeclared))
+                    lead.select_runs(idx)
+                members, noise_gens, kept = [members[i] for i in keep], [noise_gens[i] for i in keep], [kept[i] for i in keep]
+                offsets = offsets[idx]
+                groups = sorted(set(group_of[i] for i in keep))
+                order_gens = [order_gens[g] for g in groups]
+                group_of = [groups.index(group_of[i]) for i in keep]
+                train_step.set_runs(noise_gens, group_of)
+                s_runs = len(keep)
+                params = list(model.parameters())
+                views = run_views(model) if per_run_hooks else None
+                if step_graphs is not None:  # new tensors, fewer runs: every step kind is captured anew
+                    step_graphs.invalidate()
+                    step_graphs.generators = list(noise_gens)
+                    idx_bufs.clear()
+                    grads_of.clear()
+    if step_graphs is not None:
+        log.info("%s: %s", members[0].label.split(" seed=")[0], step_graphs.summary())
+    model.eval()
+    return kept
+
+
+#: captures and replays the steps of ``graphs: true`` (None: :class:`slabbench.graphs.CudaGraphs`,
+#: CUDA only; tests set a stand-in that runs the captured function, to run the same code on a CPU)
+GRAPH_BACKEND = None
+
+
+def _use_graphs(requested: bool, device: torch.device) -> bool:
+    return bool(requested) and (device.type == "cuda" or GRAPH_BACKEND is not None)
+
+
+def _capturable(opt: torch.optim.Optimizer, device: torch.device) -> tuple[torch.optim.Optimizer, str | None]:
+    """``opt`` rebuilt for capture: the same class, groups and settings, ``fused`` and
+    ``capturable``, every learning rate a device tensor (so a schedule changes it in place).
+    Returns (optimizer, None), or (``opt``, why not) for an optimizer other than Adam / AdamW."""
+    if type(opt) not in (torch.optim.Adam, torch.optim.AdamW):
+        return opt, f"its optimizer ({type(opt).__name__}) is not Adam or AdamW, whose fused kernels capture"
+    if opt.state:
+        return opt, "its optimizer has stepped already"
+    groups = []
+    for g in opt.param_groups:
+        group = {k: v for k, v in g.items() if k not in ("fused", "capturable", "foreach", "differentiable")}
+        group["lr"] = torch.tensor(float(g["lr"]), device=device)
+        groups.append(group)
+    return type(opt)(groups, fused=True, capturable=True), None
+
+
+def _point_grads(pairs) -> None:
+    """Each parameter's ``.grad`` is the tensor the graph just replayed writes (hooks read it)."""
+    for p, g in pairs:
+        if p.grad is not g:
+            p.grad = g
+
+
+def fit(model: nn.Module, method: Method, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int,
+        lr: float, task: str, noise_sd: float, generator: torch.Generator, member: Member | None = None,
+        stop_on_divergence: bool = True, graphs: bool = False) -> None:
+    """Minibatch training of one ordinary (unstacked) model, see :func:`fit_stacked`; ``x``,
+    ``y`` live on the model's device; shuffling draws from ``generator`` (CPU), noise from
+    torch's global generator."""
+    member = member or Member(label="run", seed=0, target=None, method=method)
+    fit_stacked(model, [member], [x], [y], epochs=epochs, batch_size=batch_size, lr=lr, task=task, noise_sd=noise_sd,
+                data_gens=[generator], noise_gens=[], stop_on_divergence=stop_on_divergence, graphs=graphs)

@@ -1,6 +1,6 @@
 """Metrics measured on an exported (plain, masked) network.
 
-Counting conventions (SCIENCE.md §3): *sparsity* counts prunable weights only;
+Counting conventions (docs/science.md §3): *sparsity* counts prunable weights only;
 *sparsity_all* counts weights and biases; *compression* = weights / nonzero weights;
 *flops_kept* = sum over layers of nonzero weights x output positions, divided by the
 same sum for the dense network (theoretical multiply-adds; masks give no speed-up by

@@ -1,4 +1,4 @@
-"""Our numbers beside the published ones (SCIENCE.md §4): the table that
+"""Our numbers beside the published ones (docs/published.md): the table that
 ``benchmarks/published.py`` prints and ``paper/published_comparison.py`` writes, with the
 differences of protocol read from the compared runs' own options.
 
@@ -17,7 +17,7 @@ from slabbench.aggregate import check_runs, metric_values
 from slabbench.plotting import method_order
 from slabbench.stats import describe
 
-#: published numbers of SCIENCE.md §4: (dataset, model, method, selection, error %, kept, source).
+#: published numbers of docs/published.md: (dataset, model, method, selection, error %, kept, source).
 #: ``selection`` says which of our records is compared: the method's natural selection, or the
 #: matched target nearest to the published fraction of weights kept.
 PUBLISHED = [
@@ -131,8 +131,8 @@ def compared(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def published_comparison(runs: pd.DataFrame, prov: dict | None) -> str:
-    """Markdown: our test error and weights kept beside the published numbers of SCIENCE.md
-    §4, for the same data set and architecture, with the protocol differences listed; with a
+    """Markdown: our test error and weights kept beside the published numbers of
+    docs/published.md, for the same data set and architecture, with the protocol differences listed; with a
     frozen provenance ``prov`` each row says which provenance its runs have (protocol or
     REDUCED) and the source line of the compared experiments follows the table."""
     from slabbench.paper import source_line, tag

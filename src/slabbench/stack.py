@@ -7,21 +7,25 @@ parameter and buffer gains a leading dimension S, layers run one batched matmul 
 is its own: no term couples runs) and Adam, being elementwise, updates each run exactly as it
 would alone.
 
-A model stacks when every module in it is a type that declares ``stackable = True`` in its own
-class body (the built-in Linear and Conv2d layers, the architectures' batch norm and pooling in
-:mod:`slabbench.layers.basic`), or a parameter-free container / activation listed in
+A model stacks when every module in it is a type that declares ``handles_run_dim = True`` in its
+own class body (the built-in Linear and Conv2d layers, the architectures' batch norm and pooling
+in :mod:`slabbench.layers.basic`), or a parameter-free container / activation listed in
 :data:`NEUTRAL`.  Anything else (a plugin's own layer, torch's own pooling or batch norm, dropout)
 trains run by run.
 
 Plugins stay unaware of stacking: hooks that read or write parameters after training (export,
 scores, natural masks, the model average, artefacts) are called on each run's own unstacked
-copy (:func:`unstack`); per-step hooks of a method that does not declare itself stackable get
-each run's view (:func:`run_views`), gradients included.
+copy (:func:`unstack`); per-step hooks of a method that does not declare ``hooks_per_stack =
+True`` get each run's view (:func:`run_views`), gradients included.
+
+Both declarations were once one name, ``stackable = True``, for a layer and for a method alike;
+it still works as either (:func:`declares`), with a :class:`DeprecationWarning` once per class.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Sequence
 
 import torch
@@ -31,10 +35,44 @@ from torch import nn
 NEUTRAL = (nn.Sequential, nn.ReLU, nn.Tanh, nn.Identity, nn.Flatten)
 
 
-def declares_stackable(cls: type) -> bool:
-    """Whether the class itself (a layer or a method) sets ``stackable = True``; inherited
-    declarations do not count: a subclass may change what its parent's hooks assume."""
-    return bool(cls.__dict__.get("stackable", False))
+#: a layer class that declares this ``True`` in its own body takes and returns ``(S, B, ...)``
+#: when its ``stack`` is S > 0, run s reading slice s of every tensor (see the README)
+LAYER_DECLARATION = "handles_run_dim"
+#: a method class that declares this ``True`` in its own body has hooks that work on the stacked
+#: model directly, so the core calls them once per stack (penalties summed over runs, per-step
+#: hooks elementwise); else per-step hooks run once per run on its view
+METHOD_DECLARATION = "hooks_per_stack"
+#: the one name both declarations once had (deprecated)
+DEPRECATED_DECLARATION = "stackable"
+_warned: set[type] = set()
+
+
+def declares(cls: type, name: str) -> bool:
+    """Whether the class itself sets ``name`` (:data:`LAYER_DECLARATION` or
+    :data:`METHOD_DECLARATION`) true, or, deprecated, ``stackable = True`` (warned once per
+    class).  Inherited declarations do not count: a subclass may change what its parent's
+    forward or hooks assume."""
+    own = cls.__dict__
+    if name in own:
+        return bool(own[name])
+    if DEPRECATED_DECLARATION in own:
+        if cls not in _warned:
+            _warned.add(cls)
+            warnings.warn(f"{cls.__module__}.{cls.__qualname__} declares `stackable = True`, a deprecated name: a layer "
+                          f"that handles the run dimension declares `{LAYER_DECLARATION} = True`, a method whose hooks "
+                          f"run once per stack `{METHOD_DECLARATION} = True`", DeprecationWarning, stacklevel=3)
+        return bool(own[DEPRECATED_DECLARATION])
+    return False
+
+
+def handles_run_dim(cls: type) -> bool:
+    """Whether the layer class ``cls`` declares that it handles the run dimension."""
+    return declares(cls, LAYER_DECLARATION)
+
+
+def hooks_per_stack(cls: type) -> bool:
+    """Whether the method class ``cls`` declares that its hooks run once per stack."""
+    return declares(cls, METHOD_DECLARATION)
 
 
 def unstackable_modules(model: nn.Module) -> list[str]:
@@ -42,7 +80,7 @@ def unstackable_modules(model: nn.Module) -> list[str]:
     bad = set()
     for module in model.modules():
         kind = type(module)
-        if kind in NEUTRAL or declares_stackable(kind):
+        if kind in NEUTRAL or handles_run_dim(kind):
             continue
         bad.add(kind.__name__)
     return sorted(bad)
@@ -54,7 +92,7 @@ def _restack(model: nn.Module, stack: int, flatten_shift: int) -> None:
             module.start_dim += flatten_shift
         elif hasattr(module, "restack"):
             module.restack(stack)
-        elif declares_stackable(type(module)) or "stack" in vars(module):
+        elif handles_run_dim(type(module)) or "stack" in vars(module):
             module.stack = stack
 
 

@@ -89,7 +89,7 @@ def read_stack_file(stack_path: str | os.PathLike) -> dict:
     return doc
 
 
-def _check_file(stack_path: str | os.PathLike, path: str, recorded: dict | None) -> None:
+def _check_file(stack_path: str | os.PathLike, path: str | os.PathLike, recorded: dict | None) -> None:
     if not Path(path).is_file():
         raise DamagedRunError(f"{path} is missing, but the stack file {stack_path} lists it; {retrain_advice(stack_path)}")
     try:
@@ -107,12 +107,21 @@ def _check_file(stack_path: str | os.PathLike, path: str, recorded: dict | None)
     raise DamagedRunError(f"{path} is damaged: {what}; {retrain_advice(stack_path)}")
 
 
-def verified_files(stack_path: str | os.PathLike, kind: str) -> list[str]:
+def archived_message(stack_path: str | os.PathLike, run: dict) -> str:
+    """Why a run restored from an archive (:mod:`slabbench.archive`) cannot serve what needs
+    its per-weight artefacts, and how to get them."""
+    return (f"{run.get('artefacts')} was restored from an archive (slabbench archive unpack), which keeps each run's records and input PIPs only "
+            f"(not its per-weight artefacts or physical networks); {retrain_advice(stack_path)}")
+
+
+def verified_files(stack_path: str | os.PathLike, kind: str, root: str | os.PathLike | None = None) -> list[str]:
     """The ``kind`` files (``metrics`` or ``artefacts``) that ``stack_path`` lists, after
     checking every file it lists (both kinds) against the recorded size and sha256.
 
     Raises :class:`DamagedRunError` naming the stack file or the damaged file, what is wrong,
-    and the command that retrains the stack.  A stack file without checksums (written before
+    and the command that retrains the stack (the listed paths are relative to Snakemake's
+    working directory: ``root``, else the current directory); also for ``artefacts`` of runs restored from an
+    archive (:mod:`slabbench.archive`), which keeps only a slim ``artefacts.pt``.  A stack file without checksums (written before
     they were recorded) is read with its files checked for presence only.
     """
     if kind not in KINDS:
@@ -123,7 +132,11 @@ def verified_files(stack_path: str | os.PathLike, kind: str) -> list[str]:
         checksums = run.get("checksums")
         unverified |= not isinstance(checksums, dict)
         for k in KINDS:
-            _check_file(stack_path, run[k], checksums.get(k) if isinstance(checksums, dict) else None)
+            _check_file(stack_path, Path(root) / run[k] if root is not None else run[k],
+                        checksums.get(k) if isinstance(checksums, dict) else None)
+    archived = [run for run in doc["runs"] if run.get("archived")]
+    if kind == "artefacts" and archived:
+        raise DamagedRunError(archived_message(stack_path, archived[0]))
     if unverified:
         log.warning("%s records no checksums (written before they were): its files are read unverified; "
                     "to verify them, retrain it: %s", stack_path, retrain_command(stack_path))

@@ -13,7 +13,8 @@ except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
 # training jobs: (experiment, method, stack index) -> the run specs that job trains
-JOBS = {(e, m, str(i)): specs for (e, m, i), specs in stack_jobs(CONFIG).items()}
+# plain dicts: Snakemake compares a job's params by their repr (a changed repr reruns the job)
+JOBS = {(e, m, str(i)): [s.to_dict() for s in specs] for (e, m, i), specs in stack_jobs(CONFIG).items()}
 EXPERIMENTS = list(CONFIG["experiments"])
 STACK_FILES = [STACK_FILE.format(experiment=e, method=m, stack=i) for e, m, i in JOBS]
 RUN_DIRS = [run_dir(s) for specs in JOBS.values() for s in specs]

@@ -22,3 +22,15 @@ rule train:
         "../../environment.yml"
     script:
         "../scripts/train.py"
+
+
+# `snakemake stacks`: train every stack of the grid and nothing downstream (no aggregation,
+# latency or figures).  What a grid accumulated over several machines runs: the stacks restored
+# from an archive (`slabbench archive unpack`) keep no per-weight artefacts (slabbench.archive).
+localrules:
+    stacks,
+
+
+rule stacks:
+    input:
+        STACK_FILES,

@@ -47,19 +47,19 @@ class _StackedBatchNorm:
 class BatchNorm1d(_StackedBatchNorm, nn.BatchNorm1d):
     """``nn.BatchNorm1d``; stacked input ``(S, B, C)`` or ``(S, B, C, L)``."""
 
-    stackable = True
+    handles_run_dim = True
 
 
 class BatchNorm2d(_StackedBatchNorm, nn.BatchNorm2d):
     """``nn.BatchNorm2d``; stacked input ``(S, B, C, H, W)``."""
 
-    stackable = True
+    handles_run_dim = True
 
 
 class MaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d``; stacked input ``(S, B, C, H, W)``, output ``(S, B, C, H', W')``."""
 
-    stackable = True
+    handles_run_dim = True
     stack = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""L0-regularised layers with hard-concrete gates (Louizos, Welling & Kingma, ICLR 2018), SCIENCE.md §2.
+"""L0-regularised layers with hard-concrete gates (Louizos, Welling & Kingma, ICLR 2018), docs/science.md §2.
 
 Each layer holds the weights ``theta`` (the paper's theta-tilde), a bias and one gate
 location ``log_alpha`` per gate.  Gate granularity (``gates``):
@@ -172,7 +172,7 @@ class L0Linear(_L0Mixin, nn.Module):
     def from_plain(cls, layer: nn.Linear, **kw) -> "L0Linear":
         return cls(layer.weight * getattr(layer, "weight_mask", 1.0), layer.bias, **kw)
 
-    stackable = True
+    handles_run_dim = True
 
     def expand(self, g):
         return g.unsqueeze(-2) if self.gates == "input" else g  # (S,) in -> (S,) 1, in
@@ -195,7 +195,7 @@ class L0Conv2d(_L0Mixin, nn.Module):
     (``gates="input"``: output channels, bias gated too) or the weight's shape.  Stackable:
     with ``stack = S`` every tensor has a leading run dimension, input ``(S, n, c_in, h, w)``."""
 
-    stackable = True
+    handles_run_dim = True
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, stride=1, padding=0, dilation=1,
                  groups: int = 1, gates: str = "input", droprate: float = 0.5, beta: float = BETA):

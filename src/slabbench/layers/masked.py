@@ -22,7 +22,7 @@ class MaskedLinear(nn.Linear):
     Stackable (:mod:`slabbench.layers.stacked`): with ``stack = S`` every tensor has a leading
     run dimension, input ``(S, B, in)``, output ``(S, B, out)``."""
 
-    stackable = True
+    handles_run_dim = True
     stack = 0
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, **kw):
@@ -39,7 +39,7 @@ class MaskedConv2d(nn.Conv2d):
     Stackable: with ``stack = S`` every tensor has a leading run dimension, input
     ``(S, B, C, H, W)``, output ``(S, B, O, H', W')`` (:func:`slabbench.layers.stacked.conv2d`)."""
 
-    stackable = True
+    handles_run_dim = True
     stack = 0
 
     def __init__(self, *args, **kw):

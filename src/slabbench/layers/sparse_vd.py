@@ -1,4 +1,4 @@
-"""Sparse variational dropout layers (Molchanov, Ashukha & Vetrov, ICML 2017), SCIENCE.md §2.
+"""Sparse variational dropout layers (Molchanov, Ashukha & Vetrov, ICML 2017), docs/science.md §2.
 
 Each weight has the factorised Gaussian posterior q(w_ij) = N(theta_ij, sigma_ij^2) in the
 additive noise reparameterisation (paper §4): the trained parameters are the mean ``theta`` and
@@ -129,7 +129,7 @@ class LinearSVDO(_SVDOMixin, nn.Module):
     ``stack = S`` every tensor has a leading run dimension (:mod:`slabbench.layers.stacked`)."""
 
     CLIP_VARIANCE = False
-    stackable = True
+    handles_run_dim = True
     stack = 0
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -171,7 +171,7 @@ class Conv2dSVDO(_SVDOMixin, nn.Module):
     every tensor has a leading run dimension, input ``(S, n, c_in, h, w)``."""
 
     CLIP_VARIANCE = True
-    stackable = True
+    handles_run_dim = True
     stack = 0
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, stride=1, padding=0, dilation=1,

@@ -1,4 +1,4 @@
-"""Spike-and-slab variational layers (SCIENCE.md §1).
+"""Spike-and-slab variational layers (docs/science.md §1).
 
 Prior per coefficient (or per group g of coefficients sharing one indicator):
     w_i | γ ~ γ N(0, σ0²) + (1 − γ) δ0,   γ ~ Bernoulli(λ).
@@ -244,7 +244,7 @@ class _SpikeSlab(nn.Module):
         return c[2], c[3], consts[key]
 
     def kl(self, logit_lam: float | None, sigma0: float) -> torch.Tensor:
-        """KL(q ‖ p) in nats for this layer (exact; the spike cancels), SCIENCE.md §1:
+        """KL(q ‖ p) in nats for this layer (exact; the spike cancels), docs/science.md §1:
         Σ_g [φ log(φ/λ) + (1−φ) log((1−φ)/(1−λ))] + Σ_g φ_g Σ_{i∈g} [log(σ0/σ_i) + (σ_i² + μ_i²)/(2σ0²) − ½].
         0-dim, summed over the runs of a stacked layer.  ``logit_lam``: logit λ, one float for
         every run, or ``None`` for the layer's own ``prior_logit`` (per run, see :meth:`_prior`).
@@ -276,7 +276,7 @@ class _SpikeSlab(nn.Module):
 
     @torch.no_grad()
     def closed_form_update(self, logit_lam: float | None, sigma0: float, step: float = 1.0) -> None:
-        """θ ← logit λ + Σ_{i∈g} [log(σ_i/σ0) + μ_i²/(2σ_i²)]  (SCIENCE.md §1; the group
+        """θ ← logit λ + Σ_{i∈g} [log(σ_i/σ0) + μ_i²/(2σ_i²)]  (docs/science.md §1; the group
         form sums the per-weight terms).  ``logit_lam``: one float for every run, or ``None``
         for the layer's own ``prior_logit`` (per run: run s's θ gets run s's logit λ).  With ``step`` < 1 (ours) θ moves that fraction of the
         way: θ ← θ + step (θ* − θ), θ* the value above: the damped step of stochastic
@@ -286,7 +286,7 @@ class _SpikeSlab(nn.Module):
         (β ≤ 1): in φ it is logit φ = logit λ − KL_slab + (A − B)/β, and with the log-likelihood
         quadratic in w_i (gradient g, curvature h) the slab trained on the same objective sits
         at σ² = β/(h + β/σ0²), μ = g/(h + β/σ0²), where (A − B)/β − KL_slab reduces to
-        log(σ/σ0) + μ²/(2σ²) for every β: β acts through σ, not as a factor here (README,
+        log(σ/σ0) + μ²/(2σ²) for every β: β acts through σ, not as a factor here (docs/methods.md,
         "KL warm-up and the closed-form update")."""
         lam = self._prior(logit_lam)
         theta = self._per_run(lam, self.theta) + self.group_sum(self._update_term(self.mu, self.sigma, sigma0))
@@ -425,7 +425,7 @@ class _SpikeSlab(nn.Module):
 
 
 class SpikeSlabLinear(_SpikeSlab):
-    stackable = True
+    handles_run_dim = True
 
     def __init__(self, plain: nn.Linear, granularity: str = "edge", mode: str = "closed_form",
                  phi_init: float = 0.99, rho_init: float = -6.0, tau: float = 0.5, lrt_forward: bool = False,
@@ -443,7 +443,7 @@ class SpikeSlabLinear(_SpikeSlab):
 
 
 class SpikeSlabConv2d(_SpikeSlab):
-    stackable = True
+    handles_run_dim = True
 
     def __init__(self, plain: nn.Conv2d, granularity: str = "edge", mode: str = "closed_form",
                  phi_init: float = 0.99, rho_init: float = -6.0, tau: float = 0.5, lrt_forward: bool = False,

@@ -1,5 +1,5 @@
 """Fused elementwise work of the spike-and-slab layers: custom autograd functions with
-hand-written backward passes (SCIENCE.md §1; same formulas as the straightforward autograd
+hand-written backward passes (docs/science.md §1; same formulas as the straightforward autograd
 code, which ``tests/test_spike_slab_ops.py`` keeps as the reference).
 
 Why: a LeNet-300-100 step touches 266k weights through a dozen elementwise ops (softplus,
@@ -13,7 +13,7 @@ where the tensor is our own temporary, and the backward pass uses the closed-for
 * φ = sigmoid(θ):             dφ/dθ = φ (1 − φ)
 * KL (per gate g, slab terms S_i = (σ_i² + μ_i²)/(2σ0²) − log σ_i + log σ0 − ½):
       KL_g = φ_g a_g + log sigmoid(−θ_g) − log(1 − λ),   a_g = θ_g − logit λ + Σ_{i∈g} S_i,
-  which is the KL of SCIENCE.md §1 rearranged with log sigmoid(θ) = log sigmoid(−θ) + θ
+  which is the KL of docs/science.md §1 rearranged with log sigmoid(θ) = log sigmoid(−θ) + θ
   (one transcendental per gate instead of two); its derivatives are
       ∂KL/∂θ_g = φ_g (1 − φ_g) a_g,  ∂KL/∂μ_i = φ_g μ_i / σ0²,  ∂KL/∂σ_i = φ_g (σ_i/σ0² − 1/σ_i).
 * LRT moments, E[w] = φμ and Var[w] = φ(σ² + μ²) − φ²μ², the latter evaluated as

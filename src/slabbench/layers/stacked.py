@@ -193,7 +193,7 @@ def per_plane(fn, x: torch.Tensor, stack: int = 0) -> torch.Tensor:
 #: channel layout), ``"loop"`` (one convolution per run, outputs stacked) or ``"auto"``: one per
 #: run on the CPU, grouped elsewhere.  The same numbers up to rounding, but a grouped convolution
 #: rounds differently with S, while a loop runs each run's convolution exactly as alone; on the
-#: CPU the loop also took about as long (README, "Many runs, one process").  A GPU runs one
+#: CPU the loop also took about as long (docs/performance.md, "Many runs, one process").  A GPU runs one
 #: grouped kernel instead of S small ones.
 CONV_IMPL = "auto"
 
