@@ -2,7 +2,7 @@
 from paper/data/, so a claim cannot drift from the data.  The template holds the prose that is
 true whatever the data; each ``{{name}}`` in it is replaced by the text :func:`claims` makes.
 
-    python paper/claims.py [PAPER_DIR] [TEMPLATE]     # writes PAPER_DIR/README.md
+    python paper/claims.py [PAPER_DIR] [TEMPLATE]     # writes the README of PAPER_DIR (default: paper/)
 """
 
 from __future__ import annotations
