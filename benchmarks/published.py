@@ -21,7 +21,7 @@ import pandas as pd
 
 from slabbench.aggregate import flatten
 from slabbench.config import load_yaml, run_specs, validate
-from slabbench.paper import published_comparison
+from slabbench.published import published_comparison
 from slabbench.train import run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,13 +1,20 @@
-"""paper/tables/feature_selection.{md,tex}: FNR, FPR, RMSE and sparsity where the truth is known."""
+"""paper/tables/feature_selection.{md,tex}: FNR, FPR, RMSE and sparsity where the truth is known,
+each experiment headed with its provenance; from paper/data/ only."""
 
-import sys
-from pathlib import Path
+from __future__ import annotations
 
-from slabbench.io import write_text
-from slabbench.paper import load_frozen, source_tex, with_source_md
+import pandas as pd
+
+from _common import load, save_table
+from slabbench.paper import source_tex, tag, with_source_md
 from slabbench.tables import render_feature_selection
 
-HERE = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent  # the paper/ folder
-runs, prov = load_frozen(HERE / "data")
-write_text(HERE / "tables" / "feature_selection.md", with_source_md(render_feature_selection(runs, "markdown"), prov))
-write_text(HERE / "tables" / "feature_selection.tex", render_feature_selection(runs, "latex") + source_tex(prov))
+
+def render(runs: pd.DataFrame, prov: dict, fmt: str) -> str:
+    return render_feature_selection(runs, fmt, note=lambda exp: f" [{tag(prov, exp)}]")
+
+
+if __name__ == "__main__":
+    runs, prov, _ = load()
+    save_table("feature_selection", with_source_md(render(runs, prov, "markdown"), prov),
+               render(runs, prov, "latex") + source_tex(prov))

@@ -1,11 +1,13 @@
-"""paper/tables/published_comparison.md: our numbers beside the published ones (docs/published.md)."""
+"""paper/tables/published_comparison.md: our numbers beside the published ones (docs/published.md),
+each row with its provenance, the protocol differences derived from the runs' own options
+(slabbench.published, which benchmarks/published.py prints too); from paper/data/ only."""
 
-import sys
-from pathlib import Path
+from __future__ import annotations
 
+from _common import load, paper_dir
 from slabbench.io import write_text
-from slabbench.paper import load_frozen, published_comparison
+from slabbench.published import published_comparison
 
-HERE = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent  # the paper/ folder
-runs, prov = load_frozen(HERE / "data")
-write_text(HERE / "tables" / "published_comparison.md", published_comparison(runs, prov))
+if __name__ == "__main__":
+    runs, prov, _ = load()
+    write_text(paper_dir() / "tables" / "published_comparison.md", published_comparison(runs, prov))

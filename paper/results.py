@@ -1,13 +1,20 @@
-"""paper/tables/results.{md,tex}: every experiment, method and target, mean ± sd over seeds."""
+"""paper/tables/results.{md,tex}: every experiment, method and target, mean ± sd over seeds, each
+experiment's section headed with its provenance (protocol, or REDUCED and what is reduced);
+from paper/data/ only."""
 
-import sys
-from pathlib import Path
+from __future__ import annotations
 
-from slabbench.io import write_text
-from slabbench.paper import load_frozen, source_tex, with_source_md
-from slabbench.tables import render
+import pandas as pd
 
-HERE = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent  # the paper/ folder
-runs, prov = load_frozen(HERE / "data")
-write_text(HERE / "tables" / "results.md", with_source_md(render(runs, "markdown"), prov))
-write_text(HERE / "tables" / "results.tex", render(runs, "latex") + source_tex(prov))
+from _common import load, save_table
+from slabbench.paper import source_tex, tag, with_source_md
+from slabbench.tables import render as render_table
+
+
+def render(runs: pd.DataFrame, prov: dict, fmt: str) -> str:
+    return render_table(runs, fmt, note=lambda exp: f" [{tag(prov, exp)}]")
+
+
+if __name__ == "__main__":
+    runs, prov, _ = load()
+    save_table("results", with_source_md(render(runs, prov, "markdown"), prov), render(runs, prov, "latex") + source_tex(prov))

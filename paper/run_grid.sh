@@ -25,9 +25,9 @@
 # GPU slots: each training job on a GPU asks for gpu=1; N slots let N small jobs share one GPU.
 # With a budget, Snakemake is interrupted when it is spent (SIGINT: it stops its jobs and
 # removes their incomplete outputs).  Jobs that fail (CIFAR-10 without its files) do not stop
-# the others.  Whatever finished is frozen (freeze.py --partial): the provenance lists every
-# configured run that is missing, and anything but the complete config/paper.yaml grid is
-# labelled a REDUCED run.
+# the others.  Whatever finished is frozen (freeze.py --partial; only the experiments with runs are
+# replaced in paper/data/): the provenance lists per experiment every configured run that is
+# missing, and says REDUCED (and what) wherever the runs are not config/paper.yaml's block for it.
 # Exit status: 0 when the freeze and the redraw succeeded (missing runs are reported, not an
 # error), else the failing step's status.
 set -uo pipefail
@@ -88,6 +88,13 @@ fi
     --note "paper/run_grid.sh $config budget=${budget}s gpu_slots=$slots cores=$cores; snakemake exit status $status after $took s" \
     || { s=$?; echo "run_grid.sh: freeze failed (status $s)" >&2; exit $s; }
 "$python" -m snakemake paper "${smk[@]}" --cores 1 || { s=$?; echo "run_grid.sh: snakemake paper failed (status $s)" >&2; exit $s; }
-missing=$("$python" -c 'import json, sys; print(len(json.load(open(sys.argv[1]))["runs_missing"]))' "$workdir/paper/data/provenance.json")
+# configured runs of this config without a row in the frozen table (experiments with no run at all included)
+missing=$("$python" -c 'import sys, pandas as pd
+from slabbench.config import load_yaml, run_specs, validate
+runs = pd.read_csv(sys.argv[2])
+have = set(zip(runs["experiment"], runs["method"], runs["seed"].astype(int)))
+print(sum((s["experiment"], s["method"], int(s["seed"])) not in have for s in run_specs(validate(load_yaml(sys.argv[1])))))' \
+    "$config_abs" "$workdir/paper/data/runs.csv")
 echo "run_grid.sh: froze $workdir/paper/data and redrew $workdir/paper/{figures,tables}; $missing configured runs missing" \
-     "(listed in paper/data/provenance.json; run the same command again to continue)"
+     "(listed per experiment in paper/data/provenance.json, experiments without any run under paper_grid_missing;" \
+     "run the same command again to continue)"

@@ -1,13 +1,77 @@
 """paper/figures/train_time.{png,pdf}: the price of each method: training time per run, every method
 and experiment; from paper/data/ only."""
 
-import sys
-from pathlib import Path
+from __future__ import annotations
 
-from slabbench.paper import load_frozen
-from slabbench.paper_figures import train_time
-from slabbench.plotting import save
+import math
 
-HERE = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent  # the paper/ folder
-runs, prov = load_frozen(HERE / "data")
-save(train_time(runs, prov), HERE / "figures" / "train_time.png", HERE / "figures" / "train_time.pdf")
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from _common import REFREEZE, fill, finish, grid, load, panel_tag, save_figure, say
+from slabbench.plotting import method_colour, method_order
+
+
+def run_seconds(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run (experiment, method, seed): ``seconds`` = the sum of the distinct
+    ``train_seconds`` of its records (one model per run, or one per target for methods that
+    train per target), ``device``."""
+    rows = []
+    for (exp, method, seed), g in runs.groupby(["experiment", "method", "seed"], sort=True):
+        secs = g["train_seconds"].dropna().astype(float).unique()
+        rows.append(dict(experiment=exp, method=method, seed=int(seed), seconds=float(secs.sum()) if len(secs) else math.nan,
+                         models=len(secs), device=", ".join(sorted(g["device_name"].dropna().astype(str).unique()))
+                         if "device_name" in g else ""))
+    return pd.DataFrame(rows, columns=["experiment", "method", "seed", "seconds", "models", "device"])
+
+
+def draw(runs: pd.DataFrame, prov: dict, columns: int = 3):
+    """The price of each method: training wall time per run (log scale), one panel per
+    experiment, a bar per method at the mean over seeds with every seed as a dot, labelled
+    with the mean and its ratio to dense."""
+    if "train_seconds" not in runs:
+        fig, axes = grid(1, 1)
+        say(axes[0, 0], f"train_seconds not in the frozen table; {REFREEZE}")
+        finish(fig, prov, "training time per run")
+        return fig
+    per_run = run_seconds(runs)
+    exps = sorted(per_run["experiment"].unique())
+    fig, axes = grid(len(exps), columns, size=(5.2, 0.55 * max(1, per_run["method"].nunique()) + 1.6))
+    for ax, exp in zip(axes.flat, exps):
+        g = per_run[(per_run["experiment"] == exp) & per_run["seconds"].notna()]
+        methods = method_order(g["method"].unique())
+        dense = g.loc[g["method"] == "dense", "seconds"].mean() if "dense" in methods else math.nan
+        for i, method in enumerate(methods):
+            s = g.loc[g["method"] == method, "seconds"].to_numpy()
+            ax.barh(i, s.mean(), color=method_colour(method), alpha=0.8, height=0.6)
+            ax.scatter(s, np.full(len(s), i) + np.linspace(-0.18, 0.18, len(s)), color="k", s=6, zorder=3, lw=0)
+            ratio = f", {s.mean() / dense:.1f}× dense" if dense == dense and method != "dense" else ""
+            ax.text(s.max() * 1.08, i, f"{s.mean():.3g} s{ratio}", va="center", fontsize=7)
+        ax.set_yticks(range(len(methods)), methods, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        if len(g):
+            ax.set_xlim(g["seconds"].min() / 2, g["seconds"].max() * 8)
+        device = ", ".join(sorted(set(", ".join(g["device"]).split(", ")) - {""})) or "device unknown"
+        ax.set_title(f"{exp}: {g['seed'].nunique()} seeds; {device}\n{fill(panel_tag(prov, exp), 60)}", fontsize=7.5)
+        ax.set_xlabel("training time per run (s, log scale)")
+        ax.grid(axis="x", alpha=0.3)
+    for ax in list(axes.flat)[len(exps):]:
+        ax.set_visible(False)
+    if not exps:
+        say(axes[0, 0], "no runs in the frozen table")
+    finish(fig, prov, "the price of each method: training time per run",
+            ["Wall time of training only (no evaluation, no fine-tuning); runs trained stacked in one job share its "
+             "wall time equally; a method that trains once per target (gradual magnitude pruning) sums its trainings. "
+             "Bars: mean over seeds; dots: seeds. Jobs that shared a device run slower than alone: see the provenance note."],
+            experiments=exps)
+    return fig
+
+
+if __name__ == "__main__":
+    runs, prov, _ = load()
+    save_figure(draw(runs, prov), "train_time")

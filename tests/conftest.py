@@ -46,3 +46,17 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
                 break
             counts[parts[0]] = int(parts[1])
     return counts
+
+
+def paper_script(name: str):
+    """paper/<name>.py as a module (its drawing functions; the script part runs only as __main__)."""
+    import importlib.util
+    import sys
+
+    folder = str(ROOT / "paper")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # the scripts import paper/_common.py as `_common`
+    spec = importlib.util.spec_from_file_location(f"paper_{name}", ROOT / "paper" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -12,7 +12,8 @@ import yaml
 
 from slabbench.aggregate import PoolingError, check_runs, records_table, spec_setting, summary_table
 from slabbench.io import RecordError, read_jsonl, write_records
-from slabbench.paper import PaperError, freeze, published_comparison
+from slabbench.paper import PaperError, freeze
+from slabbench.published import published_comparison
 from slabbench.plotting import plot_experiment, target_points
 from slabbench.tables import render
 
@@ -169,7 +170,7 @@ def test_freeze_checks_each_run_against_its_configured_spec(tmp_path):
                  selection="natural", target_sparsity=None, epochs=2, finetune_epochs=0, method_params="{}",
                  setting=spec_setting(json.loads(json.dumps(s))), **prov) for s in specs]
     pd.DataFrame(rows).to_csv(tmp_path / "ok.csv", index=False)
-    assert freeze(cfg, tmp_path / "a", runs_csv=tmp_path / "ok.csv")["runs_present"] == 2
+    assert freeze(cfg, tmp_path / "a", runs_csv=tmp_path / "ok.csv")["experiments"]["sim"]["runs_present"] == 2
     rows[1]["epochs"] = 200  # made with another budget than the config says
     pd.DataFrame(rows).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(PaperError, match="sim/dense/seed=1: epochs 200 != 2"):

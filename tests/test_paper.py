@@ -1,7 +1,11 @@
-"""paper/: freezing a run table with its provenance, the tables and the central figure drawn
-from it, and `snakemake paper` redrawing everything without training."""
+"""paper/: freezing the runs of some experiments with a provenance per experiment (protocol or
+REDUCED), merging freezes of different experiments, the tables and the central figure drawn
+from the frozen data, and `snakemake paper` redrawing everything without training (one job per
+output)."""
 
-import shutil
+import hashlib
+import json
+import os
 import subprocess
 import sys
 
@@ -9,10 +13,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, job_counts, paper_script
 from slabbench.cli import train_job
 from slabbench.config import load_yaml, run_dir, run_specs, validate
-from slabbench.paper import PaperError, error_vs_sparsity, freeze, load_frozen, published_comparison, source_line
+from slabbench.paper import PaperError, freeze, load_frozen, protocol_differences, source_line, specs_sha256
+from slabbench.published import published_comparison
 
 TINY = {
     "device": "cpu", "seeds": [0, 1], "sparsities": [0.5, 0.9], "methods": ["dense", "spike_slab"],
@@ -43,16 +48,102 @@ def test_freeze_partial_records_what_is_present_and_missing(partial_grid, tmp_pa
     prov = freeze(cfg_path, tmp_path / "data", results_root=root, full_grid=ROOT / "config" / "paper.yaml", note="test")
     runs, prov2 = load_frozen(tmp_path / "data")
     assert prov2 == prov
-    assert prov["runs_configured"] == 4 and prov["runs_present"] == 3
-    assert prov["runs_missing"] == ["sim/spike_slab/seed=1"]  # the stale folder is not taken
-    assert prov["label"].startswith("REDUCED")
-    assert prov["config_sha256"] == __import__("hashlib").sha256(cfg_path.read_bytes()).hexdigest()
-    assert prov["devices"] and prov["run_commits"] and prov["note"] == "test"
+    sim = prov["experiments"]["sim"]
+    assert sim["runs_configured"] == 4 and sim["runs_present"] == 3
+    assert sim["runs_missing"] == ["sim/spike_slab/seed=1"]  # the stale folder is not taken
+    assert sim["label"] == "REDUCED" and sim["reduced"] == ["not an experiment of config/paper.yaml"]
+    assert sim["config_sha256"] == hashlib.sha256(cfg_path.read_bytes()).hexdigest()
+    assert sim["specs_sha256"] == specs_sha256([s for s in specs if s["experiment"] == "sim"])
+    assert sim["devices"] and sim["run_commits"] and sim["torch"] and sim["note"] == "test"
     # dense: one natural record; spike_slab: natural + 2 targets
     assert len(runs) == 2 * 1 + 1 * 3
     assert set(zip(runs["method"], runs["seed"])) == {("dense", 0), ("dense", 1), ("spike_slab", 0)}
     line = source_line(prov)
     assert "REDUCED" in line and "3 of 4 runs" in line and "1 configured runs missing" in line
+
+
+def test_protocol_or_reduced_says_what_is_reduced():
+    """Against the paper grid's block: epochs, fine-tuning, seeds, methods and method options."""
+    def spec(method, seed, **over):
+        return dict({"experiment": "e", "method": method, "seed": seed, "dataset": "mnist", "epochs": 200,
+                     "finetune_epochs": 20, "batch_size": 100, "device": "cuda", "method_params": {"train_clip": True}}, **over)
+
+    protocol = [spec(m, s) for m in ("dense", "sparse_vd", "l0") for s in range(30)]
+    assert protocol_differences(protocol, protocol, {(m, s) for m in ("dense", "sparse_vd", "l0") for s in range(30)}) == []
+    used = [spec(m, s, epochs=10, finetune_epochs=1, device="cpu", method_params={"train_clip": False})
+            for m in ("dense", "sparse_vd") for s in range(5)]
+    got = protocol_differences(used, protocol, {(m, s) for m in ("dense", "sparse_vd") for s in range(5)})
+    assert got == ["5 of 30 seeds (0-4)", "epochs 10 (protocol 200)", "finetune_epochs 1 (protocol 20)",
+                   "methods not run: l0", "dense train_clip false (protocol true)", "sparse_vd train_clip false (protocol true)"]
+    # every seed, one run missing: said as such (the device never counts)
+    present = {(m, s) for m in ("dense", "sparse_vd", "l0") for s in range(30)} - {("l0", 3)}
+    assert protocol_differences(protocol, protocol, present) == ["1 of the protocol's runs of these methods missing"]
+
+
+def _train_b(root):
+    """Experiment `b` (another config): dense, one seed, trained in the partial grid's folder."""
+    cfg = dict(TINY, methods=["dense"], seeds=[0], experiments={"b": dict(TINY["experiments"]["sim"], epochs=1)})
+    path = root / "b.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    spec = run_specs(validate(load_yaml(path)))[0]
+    folder = root / run_dir(spec)
+    if not (folder / "metrics.jsonl").exists():
+        train_job(spec, str(folder / "metrics.jsonl"), str(folder / "artefacts.pt"))
+    return path
+
+
+def test_freezing_one_experiment_keeps_the_others(partial_grid, tmp_path):
+    """Freeze A (sim), then B (b, another config): A's rows, artefacts and provenance survive;
+    re-freezing A replaces A only; the protocol is measured against the grid given."""
+    import numpy as np
+
+    root, cfg_path, _ = partial_grid
+    b_cfg = _train_b(root)
+    out = tmp_path / "data"
+    first = freeze(cfg_path, out, experiments=["sim"], results_root=root, note="A")
+    rows_a = pd.read_csv(out / "runs.csv")
+    prov = freeze(b_cfg, out, experiments=["b"], results_root=root, full_grid=b_cfg, note="B")
+    runs, loaded = load_frozen(out, references=False)
+    assert sorted(loaded["experiments"]) == ["b", "sim"] and loaded == prov
+    assert loaded["experiments"]["sim"] == first["experiments"]["sim"]  # A's provenance as frozen
+    pd.testing.assert_frame_equal(runs[runs["experiment"] == "sim"].reset_index(drop=True)[list(rows_a)], rows_a,
+                                  check_dtype=False)
+    b = loaded["experiments"]["b"]
+    assert b["label"] == "protocol" and b["reduced"] == [] and b["config"].endswith("b.yaml") and b["runs_present"] == 1
+    assert "protocol" in source_line(prov) and "REDUCED" in source_line(prov)
+    meta = json.loads((out / "artefacts.json").read_text())
+    assert sorted(meta) == ["b", "sim"] and meta["sim"]["input_pips"] == {"spike_slab": [0]}
+    with np.load(out / "pips.npz") as z:
+        assert "input_pip/sim/spike_slab/seed=0" in z.files
+    # re-freeze A: only A's entry changes
+    again = freeze(cfg_path, out, experiments=["sim"], results_root=root, note="A again")
+    assert again["experiments"]["b"] == b and again["experiments"]["sim"]["note"] == "A again"
+    runs2, _ = load_frozen(out, references=False)
+    assert len(runs2) == len(runs) and sorted(set(runs2["experiment"])) == ["b", "sim"]
+    with pytest.raises(PaperError, match="unknown experiment.*nope.*have sim"):
+        freeze(cfg_path, out, experiments=["nope"], results_root=root)
+
+
+def test_an_old_provenance_is_migrated_and_kept_beside_a_new_freeze(partial_grid, tmp_path):
+    """The single-dict provenance of a table frozen before per-experiment provenance: its
+    experiment keeps its rows, REDUCED, with the old config, commits and note."""
+    root, cfg_path, _ = partial_grid
+    out = tmp_path / "data"
+    freeze(cfg_path, out, experiments=["sim"], results_root=root)
+    old = pd.read_csv(out / "runs.csv").assign(experiment="old")
+    old.to_csv(out / "runs.csv", index=False)
+    (out / "provenance.json").write_text(json.dumps({
+        "label": "REDUCED run (not the paper grid)", "config": "config/gone.yaml", "config_sha256": "ab" * 32,
+        "run_commits": ["0123456789abcdef"], "devices": ["NVIDIA H200"], "runs_configured": 4, "runs_present": 3,
+        "runs_missing": ["old/spike_slab/seed=1"], "rows": 5, "note": "old run", "frozen_at": "2026-01-01T00:00:00Z"}))
+    runs, migrated = load_frozen(out, references=False)
+    entry = migrated["experiments"]["old"]
+    assert entry["label"] == "REDUCED" and entry["note"] == "old run" and entry["config"] == "config/gone.yaml"
+    assert entry["runs_missing"] == ["old/spike_slab/seed=1"] and "unknown" in entry["reduced"][0]
+    prov = freeze(cfg_path, out, experiments=["sim"], results_root=root)
+    assert sorted(prov["experiments"]) == ["old", "sim"] and prov["experiments"]["old"]["note"] == "old run"
+    assert prov["format"] == 2 and "label" not in prov
+    assert sorted(set(pd.read_csv(out / "runs.csv")["experiment"])) == ["old", "sim"]
 
 
 def test_freeze_refuses_an_empty_grid(tmp_path):
@@ -71,9 +162,15 @@ def _row(method, selection, target, accuracy, sparsity, seed=0, model="mlp"):
                 compression=1 / (1 - sparsity) if sparsity < 1 else None, fnr=None, fpr=None)
 
 
-PROV = {"label": "REDUCED run (not the paper grid)", "runs_present": 2, "runs_configured": 3, "config": "c.yaml",
-        "config_sha256": "ab" * 32, "run_commits": ["0123456789abcdef"], "devices": ["NVIDIA H200"], "runs_missing": ["x"],
-        "frozen_at": "2026-01-01T00:00:00Z"}
+def prov_of(*experiments, label="REDUCED", reduced=("epochs 10 (protocol 200)",)):
+    """A per-experiment provenance of ``experiments``, each ``label``."""
+    one = {"label": label, "reduced": list(reduced) if label == "REDUCED" else [], "runs_present": 2, "runs_configured": 3,
+           "config": "c.yaml", "config_sha256": "ab" * 32, "run_commits": ["0123456789abcdef"], "devices": ["NVIDIA H200"],
+           "runs_missing": ["x"], "frozen_at": "2026-01-01T00:00:00Z"}
+    return {"format": 2, "experiments": {e: dict(one) for e in experiments}, "paper_grid_missing": {}}
+
+
+PROV = prov_of("mnist-mlp", "mnist-lenet5")
 
 
 def test_published_comparison_by_hand():
@@ -90,30 +187,75 @@ def test_published_comparison_by_hand():
     assert "2.50 (target 0.9, 1 seeds)" in lines["magnitude"] and "10.00%" in lines["magnitude"]
     assert "not run" in lines["sparse_vd"]
     assert "REDUCED" in md and "best test error over epochs" in md
+    assert lines["dense"].rstrip(" |").endswith("REDUCED: epochs 10 (protocol 200)")  # each row says its provenance
+
+
+def test_the_l0_note_follows_the_gates_the_runs_used():
+    """The L0 note says the gates of the compared runs (default input), not fixed text."""
+    def md(params):
+        row = dict(_row("l0", "natural", None, 0.98, 0.9), method_params=params)
+        return published_comparison(pd.DataFrame([row]), PROV)
+
+    assert "L0 with `gates: weight` (per-weight gates" in md('{"gates": "weight"}')
+    with_input = md('{"gates": "input", "l0_lambda": 0.1}')
+    assert "`gates: input` (per input neuron / output channel, as the paper)" in with_input and "gates: weight" not in with_input
+    assert "`gates: input`" in md("{}")  # the method's default
+    assert "L0 with" not in published_comparison(pd.DataFrame([_row("dense", "natural", None, 0.98, 0.0)]), PROV)
 
 
 def test_central_figure_has_a_panel_per_experiment():
     runs = pd.DataFrame([_row(m, "target", t, 0.9 + 0.01 * s, t, seed=s, model=mo)
                          for m in ("magnitude", "spike_slab") for t in (0.5, 0.9, 0.99) for s in (0, 1, 2)
                          for mo in ("mlp", "lenet5")])
-    fig = error_vs_sparsity(runs, PROV)
+    fig = paper_script("error_vs_sparsity").draw(runs, PROV)
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert len(visible) == 2
     assert all(ax.get_xscale() == "logit" for ax in visible)
     assert "REDUCED" in " ".join(t.get_text() for t in fig.texts)
+    assert all("[REDUCED: epochs 10 (protocol 200)]" in ax.get_title() for ax in visible)  # each panel its provenance
+
+
+def test_central_figure_is_honest_about_ranges_and_empty_nets():
+    """Error bands stay in [0, 100]%; the y-axis spans the means, not one wide band; a net
+    with no path from input to output is a cross and is named in the caption; legends sit
+    outside the panel."""
+    rows = [_row("l0", "target", t, a, t, seed=s) for t, accs in ((0.5, (0.98, 0.97)), (0.9, (0.97, 0.96)),
+                                                                   (0.99, (0.02, 0.9))) for s, a in enumerate(accs)]
+    rows += [_row("magnitude", "target", t, 0.97 + 0.01 * s, t, seed=s) for t in (0.5, 0.9, 0.99) for s in (0, 1)]
+    runs = pd.DataFrame(rows)
+    runs.loc[(runs["method"] == "l0") & (runs["target_sparsity"] == 0.99) & (runs["seed"] == 0), "nodes_kept"] = "3-0"
+    fig = paper_script("error_vs_sparsity").draw(runs, prov_of("mnist-mlp"))
+    ax = fig.axes[0]
+    ys = [v[1] for c in ax.collections for p in c.get_paths() for v in p.vertices]
+    assert ys and max(ys) <= 100 and min(ys) >= 0  # the l0 band at 0.99 (errors 98 and 10) would pass 100 uncut
+    lo, hi = ax.get_ylim()
+    assert hi <= 54 * 1.25 + 1e-9 and lo >= 2 / 1.25 - 1e-9  # from the means 2 ... 54 (log axis, 25% margins)
+    crosses = [ln for ln in ax.get_lines() if ln.get_marker() == "X" and len(ln.get_xdata())]
+    assert len(crosses) == 1 and list(crosses[0].get_ydata()) == pytest.approx([54.0])
+    text = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+    assert "mnist-mlp: l0 at 0.99 (1/2)" in text and "cut at the metric's range" in text
+    fig.canvas.draw()
+    legend = ax.get_legend()
+    assert legend is not None and legend.get_window_extent().x0 >= ax.get_window_extent().x1  # right of the panel
+
+
+def _snakemake(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile",
+                           str(ROOT / ".test" / "config.yaml"), "--directory", str(tmp_path), "--cores", "1", *args],
+                          capture_output=True, text=True, timeout=600)
 
 
 def test_snakemake_paper_redraws_everything_from_the_frozen_table(partial_grid, tmp_path):
     root, cfg_path, _ = partial_grid
     freeze(cfg_path, tmp_path / "paper" / "data", results_root=root)
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile",
-                           str(ROOT / ".test" / "config.yaml"), "--directory", str(tmp_path), "--cores", "1", "paper"],
-                          capture_output=True, text=True, timeout=600)
-    log = (tmp_path / "results" / "logs" / "paper.log")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + (log.read_text() if log.exists() else "")
+    proc = _snakemake(tmp_path, "paper")
+    logs = tmp_path / "results" / "logs" / "paper"
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + "".join(
+        p.read_text() for p in (logs.glob("*.log") if logs.exists() else []))
     out = tmp_path / "paper"
     for name in ("figures/error_vs_sparsity.png", "figures/error_vs_sparsity.pdf", "tables/results.md", "tables/results.tex",
                  "tables/published_comparison.md", "tables/natural_sparsity.md", "tables/feature_selection.md",
+                 "tables/feature_selection.tex", "README.md",
                  *(f"figures/{f}.{ext}" for f in ("input_pips", "simulation_pips", "nodes_kept", "calibration", "train_time")
                    for ext in ("png", "pdf"))):
         assert (out / name).stat().st_size > 200, name
@@ -122,17 +264,33 @@ def test_snakemake_paper_redraws_everything_from_the_frozen_table(partial_grid, 
     assert not (tmp_path / "results" / "runs").exists()  # nothing was trained
     assert "REDUCED" in (out / "tables" / "natural_sparsity.md").read_text()
     assert "sim" in (out / "tables" / "feature_selection.md").read_text()
+    # one job per output, whose inputs are its own script, paper/_common.py and the frozen data
+    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(_snakemake(tmp_path, "-n", "paper"))
+    (out / "figures" / "calibration.png").unlink()
+    plan = _snakemake(tmp_path, "-n", "paper")
+    text = plan.stdout + plan.stderr
+    counts = job_counts(text)
+    assert counts.get("paper_figure") == 1 and sum(n for r, n in counts.items() if r not in ("paper", "total")) == 1, text[-2000:]
+    inputs = text[text.index("rule paper_figure:"):].split("output:")[0]
+    assert "paper/calibration.py" in inputs and "paper/_common.py" in inputs and "paper/data/runs.csv" in inputs
+    assert not any(f"paper/{other}.py" in inputs for other in ("error_vs_sparsity", "nodes_kept", "results", "claims"))
 
 
 def test_committed_paper_outputs_match_the_frozen_provenance():
-    """The committed paper/ tables name the provenance of the committed run table."""
+    """The committed paper/ tables name the provenance of the committed run table, experiment
+    by experiment, and each experiment's config still configures its runs as frozen."""
     runs, prov = load_frozen(ROOT / "paper" / "data")
-    assert prov["runs_present"] == len(set(zip(runs["experiment"], runs["method"], runs["seed"])))
-    assert set(prov["run_commits"]) == set(runs["git_commit"].astype(str).unique())
+    assert sorted(prov["experiments"]) == sorted(runs["experiment"].unique())
+    for exp, entry in prov["experiments"].items():
+        g = runs[runs["experiment"] == exp]
+        assert entry["runs_present"] == len(set(zip(g["method"], g["seed"]))), exp
+        assert set(entry["run_commits"]) == set(g["git_commit"].astype(str).unique()), exp
+        assert entry["label"] in ("protocol", "REDUCED") and (entry["label"] == "protocol") == (entry["reduced"] == []), exp
+        # the committed config is the one the experiment was frozen with (re-freeze after editing its block)
+        specs = [s for s in run_specs(validate(load_yaml(ROOT / entry["config"]))) if s["experiment"] == exp]
+        assert specs_sha256(specs) == entry["specs_sha256"], exp
     text = (ROOT / "paper" / "tables" / "results.md").read_text()
     assert source_line(prov) in text
-    # the committed config is the one the table was frozen with (re-freeze after editing it)
-    assert __import__("hashlib").sha256((ROOT / prov["config"]).read_bytes()).hexdigest() == prov["config_sha256"]
 
 
 def test_freeze_refuses_runs_outside_the_config(partial_grid, tmp_path):
@@ -147,12 +305,22 @@ def test_freeze_refuses_runs_outside_the_config(partial_grid, tmp_path):
 
 def test_committed_tables_are_what_the_scripts_draw_from_the_committed_table():
     """Nobody edited a committed table by hand, and the code still draws the same tables."""
-    from slabbench.paper import natural_sparsity
+    from slabbench.paper import with_source_md
 
     runs, prov = load_frozen(ROOT / "paper" / "data")
     tables = ROOT / "paper" / "tables"
     assert (tables / "published_comparison.md").read_text() == published_comparison(runs, prov)
-    assert (tables / "natural_sparsity.md").read_text() == natural_sparsity(runs, prov)
+    assert (tables / "natural_sparsity.md").read_text() == paper_script("natural_sparsity").render(runs, prov)
+    assert (tables / "results.md").read_text() == with_source_md(paper_script("results").render(runs, prov, "markdown"), prov)
+
+
+def test_committed_readme_is_what_claims_py_makes_of_the_committed_data():
+    """Every number paper/README.md quotes is generated from paper/data/ (paper/claims.py over
+    paper/README.template.md): nobody typed a claim that the data does not say."""
+    claims = paper_script("claims")
+    runs, prov = load_frozen(ROOT / "paper" / "data")
+    made = claims.render((ROOT / "paper" / "README.template.md").read_text(), claims.claims(runs, prov, ROOT / "paper" / "data"))
+    assert (ROOT / "paper" / "README.md").read_text() == made
 
 
 def _pip_artefacts(n_inputs, seeds=2):

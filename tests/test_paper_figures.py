@@ -13,14 +13,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, job_counts
+from conftest import ROOT, job_counts, paper_script
 from slabbench.paper import REFREEZE, _write_npz, load_artefacts
-from slabbench.paper_figures import (calibration, found_rates, input_pip_rows, input_pips, layer_widths, nodes_kept,
-                                     run_seconds, simulation_pips, train_time)
 
-PROV = {"label": "REDUCED run (not the paper grid)", "runs_present": 9, "runs_configured": 11, "config": "c.yaml",
-        "config_sha256": "ab" * 32, "run_commits": ["0123456789abcdef"], "devices": ["cpu"], "runs_missing": ["x", "y"],
-        "frozen_at": "2026-01-01T00:00:00Z",
+_input, _sim, _nodes, _calib, _time = (paper_script(n) for n in ("input_pips", "simulation_pips", "nodes_kept", "calibration",
+                                                                   "train_time"))
+input_pip_rows, kernel_mosaic, input_pips = _input.input_pip_rows, _input.kernel_mosaic, _input.draw
+found_rates, rate_points, simulation_pips = _sim.found_rates, _sim.rate_points, _sim.draw
+layer_widths, nodes_kept, calibration = _nodes.layer_widths, _nodes.draw, _calib.draw
+run_seconds, train_time = _time.run_seconds, _time.draw
+
+_ONE = {"label": "REDUCED", "reduced": ["epochs 2 (protocol 200)"], "runs_present": 4, "runs_configured": 5, "config": "c.yaml",
+        "config_sha256": "ab" * 32, "run_commits": ["0123456789abcdef"], "devices": ["cpu"], "runs_missing": ["x"],
+        "frozen_at": "2026-01-01T00:00:00Z"}
+PROV = {"format": 2, "experiments": {e: dict(_ONE) for e in ("mnist-x", "sim", "mnist-l5")},
         "paper_grid_missing": {"cifar10-vgg": "not run: needs the CIFAR-10 files", "diabetes": "not run"}}
 
 
@@ -132,6 +138,45 @@ def test_simulation_pips_mark_the_true_features_and_count_how_often_they_are_fou
     assert "largest noise PIP 0.90" in ax.get_title()
 
 
+def test_fnr_and_fpr_of_every_replicate_are_drawn_per_method(frozen):
+    """The third panel: each method's FNR (filled) and FPR (open) of every replicate, so a
+    method that keeps every input (FPR 1) cannot look better than one that selects."""
+    runs = hand_runs()
+    pts = rate_points(runs, "sim")
+    assert sorted(pts["method"].unique()) == ["dense", "spike_slab"] and len(pts) == 6
+    fig = simulation_pips(runs, PROV, frozen)
+    ax = fig.axes[2]
+    offsets = [np.asarray(c.get_offsets()) for c in ax.collections]
+    assert len(offsets) == 4 and all(len(o) == 3 for o in offsets)  # 2 methods x (FNR, FPR), 3 replicates each
+    assert [sorted(set(np.round(o[:, 1], 6))) for o in offsets] == [[0.0], [1.0], [0.2], [0.0]]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["dense", "spike_slab"]
+    assert "3 replicates" in ax.get_title()
+
+
+def test_lenet5_conv1_kernel_pips_are_drawn_as_5x5_maps(frozen):
+    """A convolutional first layer: its input PIP is one value per channel, so the figure shows
+    conv1's kernel PIPs, one 5x5 tile per output channel (mean over input channels and seeds)."""
+    arrays = dict(frozen["arrays"])
+    meta = dict(frozen["meta"], **{"mnist-l5": {"dataset": "mnist", "feature_shape": [28, 28], "true_support": None,
+                                                "n_features": 784, "mean_image": "mean", "input_pips": {"spike_slab": [0, 1]},
+                                                "kernel_pips": {"spike_slab": [0, 1]}, "selected_features": {}}})
+    for s in (0, 1):
+        k = np.zeros((20, 1, 5, 5), dtype=np.float32)
+        k[3, 0, 2, 2] = 1.0 if s == 0 else 0.5  # channel 3's centre: mean 0.75
+        arrays[f"kernel_pip/mnist-l5/spike_slab/seed={s}"] = k
+        arrays[f"input_pip/mnist-l5/spike_slab/seed={s}"] = np.ones(1, dtype=np.float32)
+    arts = dict(frozen, arrays=arrays, meta=meta)
+    row = next(r for r in input_pip_rows(hand_runs(), arts) if r["experiment"] == "mnist-l5")
+    assert row["kernels"].shape == (2, 20, 1, 5, 5) and row["pips"] is None and row["message"] is None
+    mosaic = kernel_mosaic(row["kernels"].mean(0))
+    assert mosaic.shape == (4 * 6 - 1, 5 * 6 - 1)
+    assert mosaic[2, 3 * 6 + 2] == pytest.approx(0.75) and np.isnan(mosaic[5, 0])  # tile (0, 3); a gap row
+    fig = input_pips(hand_runs(), PROV, arts)
+    pip_ax = next(ax for ax in fig.axes if "conv1 kernel PIPs" in ax.get_title())
+    assert np.asarray(pip_ax.images[0].get_array()).shape == mosaic.shape
+    assert "1 of 500 kernel weights > 0.5" in pip_ax.get_title() and "[REDUCED: epochs 2 (protocol 200)]" in pip_ax.get_title()
+
+
 def test_nodes_kept_are_fractions_of_the_dense_widths():
     runs = hand_runs()
     widths, whose = layer_widths(runs[runs["experiment"] == "mnist-x"])
@@ -165,7 +210,7 @@ def test_calibration_says_what_the_table_lacks():
     ece = next(ax for ax in fig.axes if ax.get_title().startswith("mnist-x: ECE\n"))
     line = next(ln for ln in ece.get_lines() if ln.get_label() == "spike_slab")
     assert list(line.get_ydata()) == pytest.approx([0.015, 0.02])  # ece at 0.5: (0.01 + 0.02) / 2
-    nll = next(ax for ax in fig.axes if ax.get_title() == "mnist-x: test NLL")
+    nll = next(ax for ax in fig.axes if ax.get_title().startswith("mnist-x: test NLL\n[REDUCED: epochs 2 (protocol 200)]"))
     assert any(ln.get_label().startswith("spike_slab BMA natural") and ln.get_ydata()[0] == pytest.approx(0.25)
                for ln in nll.get_lines())
 
@@ -178,7 +223,7 @@ def test_every_figure_draws_from_a_table_frozen_before_the_artefacts(tmp_path):
     runs = hand_runs()
     for fig in (input_pips(runs, PROV, arts), simulation_pips(runs, PROV, arts)):
         text = _texts(fig).replace("\n", " ")
-        assert "not in the frozen data" in text and "paper/run_grid.sh config/paper.yaml" in text
+        assert "not in the frozen data" in text and " ".join(REFREEZE.split()) in " ".join(text.split())
         assert "cifar10-vgg" in text
     # without per-feature data the simulation panel falls back to the table's FNR: 1 - 0.2
     fig = simulation_pips(runs, PROV, arts)
@@ -211,6 +256,8 @@ def tiny_paper(tmp_path_factory):
             train_stack_job(specs, str(root / STACK_FILE.format(experiment=exp, method=method, stack=i)))
     prov = freeze(PAPER_TINY, root / "paper" / "data", results_root=root, full_grid=ROOT / "config" / "paper.yaml")
     argv = sys.argv
+    if str(ROOT / "paper") not in sys.path:
+        sys.path.insert(0, str(ROOT / "paper"))  # the scripts import paper/_common.py
     try:
         for name in FIGURES:
             sys.argv = [name, str(root / "paper")]
@@ -295,12 +342,13 @@ def grid(tmp_path_factory):
 def test_run_grid_trains_freezes_and_redraws_the_shrunken_grid(grid):
     workdir, proc = grid
     data, prov = workdir / "paper" / "data", json.loads((workdir / "paper" / "data" / "provenance.json").read_text())
-    # everything but CIFAR-10 (no files) ran: 3 + 2 + 2 + 2 seeds x 5 methods
-    assert prov["runs_configured"] == 55 and prov["runs_present"] == 45
-    assert sorted(prov["runs_missing"]) == sorted(f"cifar10-vgg/{m}/seed={s}" for m in
-                                                  ("dense", "magnitude", "spike_slab", "sparse_vd", "l0") for s in (0, 1))
+    # everything but CIFAR-10 (no files) ran: 3 + 2 + 2 + 2 seeds x 5 methods; CIFAR-10 has no entry
+    exps = prov["experiments"]
+    assert sorted(exps) == ["digits", "friedman", "mnist5k", "simulation"]
+    assert sum(e["runs_configured"] for e in exps.values()) == 45 and sum(e["runs_present"] for e in exps.values()) == 45
+    assert all(e["runs_missing"] == [] and e["label"] == "REDUCED" for e in exps.values())
     assert prov["paper_grid_missing"]["cifar10-vgg"].startswith("not run: needs the CIFAR-10 files")
-    assert prov["config"] == ".test/paper.yaml" and "snakemake exit status" in prov["note"]
+    assert all(e["config"] == ".test/paper.yaml" and "snakemake exit status" in e["note"] for e in exps.values())
     assert "10 configured runs missing" in proc.stdout
     arts = load_artefacts(data)
     assert arts["missing"] == []
@@ -342,7 +390,7 @@ def test_run_grid_continues_an_unfinished_grid(grid):
     assert (lost / "seed=0" / "metrics.jsonl").exists() and (lost / "seed=1" / "metrics.jsonl").exists()
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # nothing else retrained
     prov = json.loads((workdir / "paper" / "data" / "provenance.json").read_text())
-    assert prov["runs_present"] == 45
+    assert sum(e["runs_present"] for e in prov["experiments"].values()) == 45
     # planned: the lost digits/dense stack and the five CIFAR-10 stacks, which fail again
     assert job_counts(proc.stdout + proc.stderr).get("train") == 6, proc.stderr[-3000:]
 
@@ -361,3 +409,34 @@ def test_freeze_facts_never_download(tmp_path, monkeypatch):
     assert image is None and facts["feature_shape"] is None
     assert facts["mean_image"] == "data files missing at freeze time (DatasetFilesMissing)"
     assert tried == []
+
+
+def test_no_path_reads_every_sign_of_a_net_cut_from_its_input():
+    """A zero in any layer of ``nodes_kept`` (one hidden layer reads back from a CSV as a
+    number), an empty physical network (units fed by their bias alone), or no weight left."""
+    from slabbench.plotting import no_path
+
+    g = pd.DataFrame({"nodes_kept": ["300-100", "3-0", 0.0, 4.0, 7.0, None],
+                      "physical_empty": [False, False, False, True, None, False],
+                      "nonzero_weights": [10, 5, 0, 11, 9, 0]})
+    assert no_path(g).tolist() == [False, True, True, True, False, True]
+    csv = pd.read_csv(__import__("io").StringIO("nodes_kept,physical_empty\n4,False\n0,False\n2,True\n"))
+    assert no_path(csv).tolist() == [False, True, True]
+
+
+def test_experiments_frozen_without_artefacts_beside_ones_with_them_say_so(frozen):
+    """After a freeze of some experiments, those frozen earlier (no artefacts) still get their
+    panels, saying what is missing; the simulation's falls back to the table's FNR."""
+    from slabbench.paper import REFREEZE
+
+    old = hand_runs().replace({"experiment": {"mnist-x": "mnist-old", "sim": "sim-old"}})
+    runs = pd.concat([hand_runs(), old], ignore_index=True)
+    prov = dict(PROV, experiments=dict(PROV["experiments"], **{e: PROV["experiments"]["sim"] for e in ("mnist-old", "sim-old")}))
+    rows = {r["experiment"]: r for r in input_pip_rows(runs, frozen)}
+    assert rows["mnist-old"]["pips"] is None and "artefacts of mnist-old are not in the frozen data" in rows["mnist-old"]["message"]
+    assert rows["mnist-x"]["pips"] is not None
+    fig = simulation_pips(runs, prov, frozen)
+    titled = [ax.get_title() for ax in fig.axes]
+    assert any(t.startswith("sim-old: true features found per replicate") for t in titled)
+    assert any(t.startswith("sim: spike_slab input PIPs, 3 replicates") for t in titled)
+    assert " ".join(REFREEZE.split()) in " ".join(_texts(fig).split())

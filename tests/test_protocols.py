@@ -96,10 +96,13 @@ def _row(method, rmse, sampled=None, seed=0, params="{}"):
 def test_natural_table_shows_the_sampled_rmse_only_where_measured():
     import pandas as pd
 
-    from slabbench.paper import natural_sparsity
+    from conftest import paper_script
 
-    prov = {"label": "test", "runs_present": 1, "runs_configured": 1, "config": "c.yaml", "config_sha256": "ab" * 32,
-            "run_commits": ["0123456789abcdef"], "devices": ["cpu"], "runs_missing": [], "frozen_at": "2026-01-01T00:00:00Z"}
+    natural_sparsity = paper_script("natural_sparsity").render
+    prov = {"format": 2, "experiments": {"sim": {
+        "label": "protocol", "reduced": [], "runs_present": 1, "runs_configured": 1, "config": "c.yaml",
+        "config_sha256": "ab" * 32, "run_commits": ["0123456789abcdef"], "devices": ["cpu"], "runs_missing": [],
+        "frozen_at": "2026-01-01T00:00:00Z"}}}
     with_it = natural_sparsity(pd.DataFrame([_row("dense", 3.0), _row("spike_slab", 1.25, 1.20, seed=0),
                                              _row("spike_slab", 1.23, 1.16, seed=1)]), prov)
     assert "sampled nets, unmasked" in with_it
@@ -112,7 +115,7 @@ def test_natural_table_shows_the_sampled_rmse_only_where_measured():
 def test_published_comparison_names_the_official_schedules_when_used():
     import pandas as pd
 
-    from slabbench.paper import published_comparison
+    from slabbench.published import published_comparison
 
     def rows(params):
         return pd.DataFrame([dict(_row("sparse_vd", None, params=params), dataset="mnist", task="classification",

@@ -44,7 +44,8 @@ from slabbench.stackfile import KINDS, DamagedRunError, file_digest, read_stack_
 log = logging.getLogger("slabbench")
 
 FORMAT = 1
-#: the entries of a run's artefacts.pt that an archive keeps (what paper.freeze_artefacts reads)
+#: the entries of a run's artefacts.pt that an archive keeps (what paper.freeze_artefacts reads;
+#: also the first layer's ``pip_weight`` where it is convolutional: the kernel PIP maps)
 KEPT = ("pip_input",)
 MANIFEST = "archive.json"
 DEFAULT_MAX_MB = 16.0
@@ -62,8 +63,12 @@ def _slim_artefacts(path: Path) -> bytes:
     import torch
 
     art = torch.load(path, weights_only=True)
+    slim = {k: art[k] for k in KEPT if k in art}
+    first = next(iter((art.get("pip_weight") or {}).items()), None)
+    if first is not None and first[1].dim() == 4:  # a convolutional first layer: its kernel PIPs (LeNet-5: 500 values)
+        slim["pip_weight"] = dict([first])
     buf = io.BytesIO()
-    torch.save({k: art[k] for k in KEPT if k in art}, buf)
+    torch.save(slim, buf)
     return buf.getvalue()
 
 

@@ -1,15 +1,18 @@
-"""The paper's figures and tables, drawn from a frozen run table (``paper/data/runs.csv``)
-and its provenance (``paper/data/provenance.json``), never from a training run.
+"""Freezing runs for the paper: run folders (or a run table) -> ``paper/data/``, with a
+provenance kept per experiment, and loading them back.  The figures and tables themselves are
+drawn by the scripts in ``paper/`` (one per output, shared pieces in ``paper/_common.py``).
 
-    freeze(...)                 results/summary/runs.csv (or the run folders) -> paper/data/,
-                                with the small per-run artefacts the figures need (freeze_artefacts)
-    load_artefacts(...)         those artefacts back (input PIPs, mean images, selected features)
-    error_vs_sparsity(...)      the central figure: test error vs sparsity, one panel per data set
-    published_comparison(...)   our numbers beside the published ones (docs/published.md)
-    natural_sparsity(...)       the Bayesian methods' own selections beside dense
+    freeze(...)                 the runs of some experiments -> paper/data/ (runs.csv, provenance.json
+                                and the per-run artefacts of freeze_artefacts), replacing only those
+                                experiments: experiments frozen from other runs stay as they are
+    load_frozen(...)            the frozen table and its provenance (an old single-run provenance is
+                                migrated to the per-experiment form on load)
+    load_artefacts(...)         the artefacts back (input PIPs, conv1 kernel PIPs, mean images, selections)
+    source_line(...), tag(...)  what the numbers of a figure, panel or table row come from
 
-Every output carries a source line built from the provenance, so a reduced run is labelled
-as such wherever its numbers appear.
+Each experiment's provenance says ``protocol`` when its runs are every run of
+config/paper.yaml's block for it, made with exactly that block's options, and ``REDUCED``
+otherwise, with what is reduced (epochs, fine-tuning epochs, seeds, methods, options).
 """
 
 from __future__ import annotations
@@ -25,78 +28,252 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
-from tabulate import tabulate
 
-from slabbench.aggregate import check_runs, compression_of_means, metric_values, records_table, spec_setting, write_csv
+from slabbench.aggregate import COLUMNS, check_runs, records_table, spec_setting, write_csv
 from slabbench.config import load_yaml, run_dir, run_specs, validate
 from slabbench.io import atomic_path, read_jsonl, write_text
-from slabbench.plotting import method_order, plot_experiment, plt
 from slabbench.provenance import git_commit
-from slabbench.stats import CI_NAME, describe
 
 log = logging.getLogger(__name__)
 
-#: published numbers of docs/published.md: (dataset, model, method, selection, error %, kept, source).
-#: ``selection`` says which of our records is compared: the method's natural selection, or the
-#: matched target nearest to the published fraction of weights kept.
-PUBLISHED = [
-    ("mnist", "mlp", "dense", "natural", 1.64, 1.0, "100%", "Han et al. 2015"),
-    ("mnist", "mlp", "magnitude", "target", 1.59, 0.08, "8% (12×)", "Han et al. 2015"),
-    ("mnist", "mlp", "sparse_vd", "natural", 1.92, 0.015, "1.5% (68×)", "Molchanov et al. 2017"),
-    ("mnist", "mlp", "l0", "natural", 1.6, None, "266-88-33 neurons", "Louizos et al. 2018"),
-    ("mnist", "lenet5", "dense", "natural", 0.80, 1.0, "100%", "Han et al. 2015"),
-    ("mnist", "lenet5", "magnitude", "target", 0.77, 0.08, "8% (12×)", "Han et al. 2015"),
-    ("mnist", "lenet5", "sparse_vd", "natural", 0.75, 0.0036, "0.36% (280×)", "Molchanov et al. 2017"),
-    ("mnist", "lenet5", "l0", "natural", 0.9, None, "20-25-45-462 neurons", "Louizos et al. 2018"),
-]
-#: how our protocol differs from the papers' wherever the provenance does not say otherwise
-PROTOCOL_NOTES = [
-    "We report the final epoch and select nothing on the test set; the L0 and some sparse VD scripts "
-    "report the best test error over epochs.",
-    "Adam at a constant learning rate for every method (the papers: Adam with decay, or SGD for Han et al.).",
-    "5,000 training images are held out for validation, so we train on 55,000 images, not 60,000.",
-    "Sparsity counts weights only (biases apart); the papers differ (some count all parameters).",
-    "Magnitude pruning is compared at our target nearest to Han et al.'s 8% of weights kept.",
-    "L0 with `gates: weight` (per-weight gates; the paper: per input neuron) reports weights kept, not neurons.",
-]
-
-
 #: the per-run artefacts that paper/data/ keeps beside runs.csv and provenance.json
 ARTEFACT_FILES = ("artefacts.json", "pips.npz", "features.csv")
+#: the paper grid: what "protocol" means, experiment by experiment
+PAPER_GRID = "config/paper.yaml"
 #: why an experiment of the paper grid is absent from a frozen table, by data set (else "not run")
 MISSING_REASONS = {
     "cifar10": "not run: needs the CIFAR-10 files (resources/cifar-10-batches-py/), which no machine that ran "
                "the grid could get",
 }
 #: how to fill what a frozen table lacks (named wherever a figure says something is missing)
-REFREEZE = "rerun the grid and freeze it: paper/run_grid.sh config/paper.yaml"
+REFREEZE = ("rerun the grid and freeze it: python paper/freeze.py --config config/paper.yaml --partial "
+            "--experiments EXPERIMENT...")
+#: the provenance format written by :func:`freeze` (1: one dict for the whole table, migrated on load)
+FORMAT = 2
+#: spec keys compared with the paper grid's block (what makes a run the protocol's), in this order
+COMPARED = ("epochs", "finetune_epochs", "batch_size", "lr", "finetune_lr_factor", "noise_sd", "dataset",
+            "dataset_params", "model", "model_params", "sparsities", "restarts", "restarts_keep",
+            "restarts_screen_epochs", "flush_denormal")
+#: spec keys that never make a run reduced (where it ran, which run it is)
+NOT_COMPARED = {"experiment", "method", "seed", "device", "graphs", "variant_of", "method_params"}
 
 
 class PaperError(ValueError):
     """The frozen table or its provenance is missing or malformed."""
 
 
-# --------------------------------------------------------------------------- freezing
+# --------------------------------------------------------------------------- provenance
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def freeze(config_path: str | Path, out_dir: str | Path, *, runs_csv: str | Path | None = None,
-           results_root: str | Path = ".", full_grid: str | Path | None = None, note: str = "") -> dict:
-    """Copy a run table into ``out_dir/runs.csv`` and write ``out_dir/provenance.json``.
+def specs_sha256(specs: list[dict]) -> str:
+    """SHA-256 of an experiment's resolved run specs (canonical JSON, sorted by method and
+    seed): what the runs were configured as, whatever else the config file holds."""
+    key = sorted(specs, key=lambda s: (s["method"], int(s["seed"])))
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
-    With ``runs_csv`` the table is taken as is; otherwise it is built from whichever run
-    folders of ``config_path``'s grid exist under ``results_root`` (a grid cut short).  The
-    provenance records the commit(s) the runs were made at, the devices, the config file and
-    its SHA-256, how many of the configured runs are present, and whether this is the full
-    paper grid (``config_path`` is ``full_grid`` and nothing is missing) or a reduced run.
-    """
+
+def _root() -> Path:
+    from slabbench._plugins import repo_root
+
+    return repo_root() or Path.cwd()
+
+
+def _rel(path: Path) -> str:
+    """``path`` as the provenance names it: relative to the repository where it lies inside."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(_root().resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, sort_keys=True)
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def protocol_differences(used: list[dict], protocol: list[dict], present: set[tuple[str, int]]) -> list[str]:
+    """What makes an experiment's frozen runs less than the paper grid's block for it.
+
+    ``used``: the specs of the experiment in the config the runs were made with; ``protocol``:
+    its specs in the paper grid (empty: not an experiment of the paper grid); ``present``: the
+    (method, seed) pairs with runs in the table.  One line per difference, e.g. "epochs 10
+    (protocol 200)", "5 of 30 seeds (0-4)", "methods not run: spike_slab_k5"; [] when the
+    runs are the protocol's, complete."""
+    if not protocol:
+        return [f"not an experiment of {PAPER_GRID}"]
+    out = []
+    proto_seeds = sorted({int(s["seed"]) for s in protocol})
+    seeds = sorted({seed for _, seed in present})
+    if seeds != proto_seeds:
+        out.append(f"{len(seeds)} of {len(proto_seeds)} seeds ({_ranges(seeds)})" if set(seeds) <= set(proto_seeds)
+                   else f"seeds {_ranges(seeds)} (protocol {_ranges(proto_seeds)})")
+    proto_methods, methods = {s["method"] for s in protocol}, {m for m, _ in present}
+    by_method = {s["method"]: s for s in sorted(used, key=lambda s: int(s["seed"]))}
+    proto_by = {s["method"]: s for s in sorted(protocol, key=lambda s: int(s["seed"]))}
+    common = sorted(methods & proto_methods & set(by_method))
+    keys = [k for k in COMPARED] + sorted({k for m in common for k in (*by_method[m], *proto_by[m])}
+                                          - set(COMPARED) - NOT_COMPARED)
+    for key in keys:
+        pairs = {(_fmt(by_method[m].get(key)), _fmt(proto_by[m].get(key))) for m in common
+                 if by_method[m].get(key) != proto_by[m].get(key)}
+        for have, want in sorted(pairs):
+            out.append(f"{key} {have} (protocol {want})")
+    if proto_methods - methods:
+        out.append("methods not run: " + ", ".join(sorted(proto_methods - methods)))
+    if methods - proto_methods:
+        out.append("methods outside the protocol: " + ", ".join(sorted(methods - proto_methods)))
+    for m in common:
+        have, want = by_method[m].get("method_params", {}), proto_by[m].get("method_params", {})
+        for k in sorted(set(have) | set(want)):
+            if have.get(k) != want.get(k):
+                out.append(f"{m} {k} {_fmt(have.get(k, 'default'))} (protocol {_fmt(want.get(k, 'default'))})")
+    missing = len({(s["method"], int(s["seed"])) for s in protocol if s["method"] in methods} - present)
+    if missing and seeds == proto_seeds:
+        out.append(f"{missing} of the protocol's runs of these methods missing")
+    return out
+
+
+def _ranges(seeds: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5"."""
+    parts, start = [], None
+    for i, s in enumerate(seeds):
+        if start is None:
+            start = s
+        if i + 1 == len(seeds) or seeds[i + 1] != s + 1:
+            parts.append(str(start) if start == s else f"{start}-{s}")
+            start = None
+    return ", ".join(parts)
+
+
+def _paper_specs(grid: str | Path | None) -> dict[str, list[dict]]:
+    """The paper grid's specs by experiment ({} when the file is not there)."""
+    path = Path(grid) if grid is not None else _root() / PAPER_GRID
+    if not path.is_file():
+        return {}
+    out: dict[str, list[dict]] = {}
+    for s in run_specs(validate(load_yaml(path))):
+        out.setdefault(s["experiment"], []).append(s)
+    return out
+
+
+def experiment_provenance(exp: str, runs: pd.DataFrame, specs: list[dict], config_path: Path,
+                          protocol: list[dict], note: str, frozen_at: str, frozen_at_commit: str) -> dict:
+    """The provenance of one experiment's frozen runs (``runs``: its rows; ``specs``: its
+    configured runs in ``config_path``; ``protocol``: its runs in the paper grid)."""
+    present = {(m, int(s)) for m, s in zip(runs["method"], runs["seed"])}
+    reduced = protocol_differences(specs, protocol, present)
+    configured = {(s["method"], int(s["seed"])) for s in specs}
+    return {
+        "label": "REDUCED" if reduced else "protocol",
+        "reduced": reduced,
+        "config": _rel(config_path),
+        "config_sha256": _sha256(config_path),
+        "specs_sha256": specs_sha256(specs),
+        "protocol_config": PAPER_GRID,
+        "protocol_runs": len(protocol),
+        "run_commits": sorted(runs["git_commit"].dropna().astype(str).unique()),
+        "run_commit_dirty": bool(runs["git_dirty"].fillna(False).astype(bool).any()) if "git_dirty" in runs else False,
+        "devices": sorted(runs["device_name"].dropna().astype(str).unique()) if "device_name" in runs else [],
+        "torch": sorted(runs["torch_version"].dropna().astype(str).unique()) if "torch_version" in runs else [],
+        "runs_configured": len(configured),
+        "runs_present": len(present),
+        "runs_missing": [f"{exp}/{m}/seed={s}" for m, s in sorted(configured - present)],
+        "rows": int(len(runs)),
+        "frozen_at": frozen_at,
+        "frozen_at_commit": frozen_at_commit,
+        "note": note,
+    }
+
+
+def migrate_provenance(prov: dict, runs: pd.DataFrame, grid: str | Path | None = None) -> dict:
+    """A provenance in the per-experiment form (:data:`FORMAT` 2).  An old one (one dict for
+    the whole table) becomes one entry per experiment of ``runs``, each with the old config,
+    commits, devices and note, and what is reduced read from the old config beside the paper
+    grid (when the old config file is still the one frozen, by its SHA-256; else said unknown)."""
+    if "experiments" in prov:
+        return prov
+    cfg = _root() / prov.get("config", "")
+    specs: dict[str, list[dict]] = {}
+    if cfg.is_file() and _sha256(cfg) == prov.get("config_sha256"):
+        for s in run_specs(validate(load_yaml(cfg))):
+            specs.setdefault(s["experiment"], []).append(s)
+    paper = _paper_specs(grid)
+    out = {}
+    for exp, g in runs.groupby("experiment", sort=True):
+        entry = experiment_provenance(exp, g, specs.get(exp, []), cfg if cfg.is_file() else Path(prov["config"]),
+                                      paper.get(exp, []), prov.get("note", ""), prov.get("frozen_at", ""),
+                                      prov.get("frozen_at_commit", "")) if exp in specs else None
+        if entry is None:  # the old config is gone or changed: keep what the old provenance said
+            present = {(m, int(s)) for m, s in zip(g["method"], g["seed"])}
+            entry = {"label": "REDUCED", "reduced": ["unknown: frozen as a reduced run before provenance was kept per "
+                                                     "experiment, and its config is no longer the one frozen"],
+                     "config": prov.get("config"), "config_sha256": prov.get("config_sha256"), "specs_sha256": None,
+                     "protocol_config": PAPER_GRID, "protocol_runs": len(paper.get(exp, [])),
+                     "run_commits": sorted(g["git_commit"].dropna().astype(str).unique()),
+                     "run_commit_dirty": prov.get("run_commit_dirty", False),
+                     "devices": sorted(g["device_name"].dropna().astype(str).unique()),
+                     "torch": sorted(g["torch_version"].dropna().astype(str).unique()),
+                     "runs_configured": None, "runs_present": len(present),
+                     "runs_missing": [m for m in prov.get("runs_missing", []) if m.startswith(exp + "/")],
+                     "rows": int(len(g)), "frozen_at": prov.get("frozen_at", ""),
+                     "frozen_at_commit": prov.get("frozen_at_commit", ""), "note": prov.get("note", "")}
+        out[exp] = entry
+    new = {"format": FORMAT, "experiments": out, "paper_grid_missing": None, "artefacts": prov.get("artefacts")}
+    new["paper_grid_missing"] = paper_grid_gaps(runs, grid if grid is not None else _root() / PAPER_GRID)
+    return new
+
+
+def paper_grid_gaps(runs: pd.DataFrame, full_grid: str | Path) -> dict[str, str] | None:
+    """The experiments of the paper grid ``full_grid`` without a row in ``runs``, each with
+    the reason (:data:`MISSING_REASONS` by data set, else "not run"); None without the file."""
+    if not Path(full_grid).is_file():
+        return None
+    grid = load_yaml(full_grid).get("experiments", {})
+    present = set(runs["experiment"].astype(str))
+    return {exp: MISSING_REASONS.get(block.get("dataset"), "not run") for exp, block in grid.items() if exp not in present}
+
+
+# --------------------------------------------------------------------------- freezing
+
+def freeze(config_path: str | Path, out_dir: str | Path, *, experiments: list[str] | None = None,
+           runs_csv: str | Path | None = None, results_root: str | Path = ".", full_grid: str | Path | None = None,
+           note: str = "") -> dict:
+    """Freeze the runs of ``experiments`` (default: every experiment of ``config_path`` with a
+    run present) into ``out_dir``, replacing only those experiments' rows, artefacts and
+    provenance; whatever else ``out_dir`` holds (experiments frozen from other runs, another
+    machine) is kept.  An old-format provenance there is migrated first.
+
+    With ``runs_csv`` the rows are taken from that table; otherwise from whichever run folders
+    of the config's grid exist under ``results_root`` (a grid cut short).  The artefacts are
+    read from the run folders under ``results_root``.  ``full_grid``: the paper grid that
+    "protocol" is measured against (default config/paper.yaml of the repository).
+    Returns the whole provenance written."""
     config_path, out_dir = Path(config_path), Path(out_dir)
-    specs = run_specs(validate(load_yaml(config_path)))
-    runs = pd.read_csv(runs_csv) if runs_csv else records_table(_matching_records(specs, Path(results_root)))
+    grid = Path(full_grid) if full_grid is not None else _root() / PAPER_GRID
+    all_specs = run_specs(validate(load_yaml(config_path)))
+    configured = sorted({s["experiment"] for s in all_specs})
+    if experiments:
+        unknown = sorted(set(experiments) - set(configured))
+        if unknown:
+            raise PaperError(f"unknown experiment(s) {', '.join(unknown)} in {config_path}; have {', '.join(configured)}")
+    wanted = set(experiments or configured)
+    specs = [s for s in all_specs if s["experiment"] in wanted]
+    if runs_csv:
+        runs = pd.read_csv(runs_csv)
+        if experiments:
+            runs = runs[runs["experiment"].isin(wanted)].reset_index(drop=True)
+    else:
+        runs = records_table(_matching_records(specs, Path(results_root)))
     if runs.empty:
-        raise PaperError(f"no runs to freeze: {runs_csv or 'no metrics.jsonl of ' + str(config_path) + ' under ' + str(results_root)}")
+        raise PaperError(f"no runs to freeze: {runs_csv or 'no metrics.jsonl of ' + str(config_path) + ' under ' + str(results_root)}"
+                         + (f" for {', '.join(sorted(wanted))}" if experiments else ""))
     present = set(zip(runs["experiment"], runs["method"], runs["seed"].astype(int)))
     extra = present - {(s["experiment"], s["method"], int(s["seed"])) for s in specs}
     if extra:
@@ -108,40 +285,56 @@ def freeze(config_path: str | Path, out_dir: str | Path, *, runs_csv: str | Path
         raise PaperError(f"{len(mismatched)} run(s) in the table were not made with {config_path}'s spec: "
                          + "; ".join(mismatched[:5]) + "; freeze with the config the runs were made with")
     check_runs(runs)
-    missing = [f"{s['experiment']}/{s['method']}/seed={s['seed']}" for s in specs
-               if (s["experiment"], s["method"], int(s["seed"])) not in present]
-    is_full = full_grid is not None and config_path.resolve() == Path(full_grid).resolve() and not missing
-    commits = sorted(runs["git_commit"].dropna().astype(str).unique())
-    prov = {
-        "label": "full paper grid" if is_full else "REDUCED run (not the paper grid)",
-        "config": config_path.as_posix(),
-        "config_sha256": _sha256(config_path),
-        "run_commits": commits,
-        "run_commit_dirty": bool(runs["git_dirty"].fillna(False).astype(bool).any()),
-        "frozen_at_commit": git_commit()[0],
-        "frozen_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "devices": sorted(runs["device_name"].dropna().astype(str).unique()),
-        "torch": sorted(runs["torch_version"].dropna().astype(str).unique()),
-        "runs_configured": len(specs),
-        "runs_present": len(present),
-        "runs_missing": missing,
-        "rows": int(len(runs)),
-        "note": note,
-        "paper_grid_missing": paper_grid_gaps(runs, full_grid) if full_grid is not None else None,
-    }
+    frozen = sorted(set(runs["experiment"]))
+    empty = sorted(set(experiments or []) - set(frozen))
+    if empty:
+        raise PaperError(f"no runs of {', '.join(empty)} to freeze (under {results_root})")
+    if full_grid is None and not grid.is_file():
+        grid = config_path
+    paper = _paper_specs(grid)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    commit = git_commit()[0]
+    by_exp = {e: [s for s in specs if s["experiment"] == e] for e in frozen}
+
+    old_runs, old_prov = _load_existing(out_dir, grid)
+    keep = old_runs[~old_runs["experiment"].isin(frozen)] if old_runs is not None else runs.iloc[:0]
+    merged = _concat(keep, runs)
+    check_runs(merged)
+    entries = dict((old_prov or {}).get("experiments", {}))
+    for e in frozen:
+        entries[e] = experiment_provenance(e, runs[runs["experiment"] == e], by_exp[e], config_path, paper.get(e, []),
+                                           note, when, commit)
+    entries = {e: entries[e] for e in sorted(entries) if e in set(merged["experiment"])}
     out_dir.mkdir(parents=True, exist_ok=True)
-    prov["artefacts"] = freeze_artefacts(specs, runs, Path(results_root), out_dir)
-    write_csv(runs, out_dir / "runs.csv")
+    artefacts = freeze_artefacts(specs, runs, Path(results_root), out_dir, replace=frozen)
+    for e in frozen:
+        entries[e]["artefacts"] = artefacts["by_experiment"].get(e, {})
+    prov = {"format": FORMAT, "experiments": entries, "paper_grid_missing": paper_grid_gaps(merged, grid),
+            "artefacts": {k: v for k, v in artefacts.items() if k != "by_experiment"}}
+    write_csv(merged, out_dir / "runs.csv")
     write_text(out_dir / "provenance.json", json.dumps(prov, indent=2) + "\n")
     return prov
 
 
-def paper_grid_gaps(runs: pd.DataFrame, full_grid: str | Path) -> dict[str, str]:
-    """The experiments of the paper grid ``full_grid`` without a row in ``runs``, each with
-    the reason (:data:`MISSING_REASONS` by data set, else "not run")."""
-    grid = load_yaml(full_grid).get("experiments", {})
-    present = set(runs["experiment"].astype(str))
-    return {exp: MISSING_REASONS.get(block.get("dataset"), "not run") for exp, block in grid.items() if exp not in present}
+def _concat(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """Rows of both, columns in the run table's order (then any other), sorted as the table."""
+    if old.empty:
+        out = new.copy()
+    else:
+        cols = [c for c in COLUMNS if c in old or c in new] + [c for c in [*old, *new] if c not in COLUMNS]
+        out = pd.concat([old.reindex(columns=list(dict.fromkeys(cols))), new.reindex(columns=list(dict.fromkeys(cols)))],
+                        ignore_index=True)
+    return out.sort_values(["experiment", "method", "selection", "target_sparsity", "seed"], na_position="first",
+                           kind="stable").reset_index(drop=True)
+
+
+def _load_existing(out_dir: Path, grid: Path) -> tuple[pd.DataFrame | None, dict | None]:
+    """What ``out_dir`` holds already (its provenance migrated), or (None, None)."""
+    csv, prov = out_dir / "runs.csv", out_dir / "provenance.json"
+    if not (csv.exists() and prov.exists()):
+        return None, None
+    runs = pd.read_csv(csv)
+    return runs, migrate_provenance(json.loads(prov.read_text()), runs, grid)
 
 
 def _dataset_facts(spec: dict) -> tuple[dict, "np.ndarray | None"]:
@@ -178,36 +371,46 @@ def _dataset_facts(spec: dict) -> tuple[dict, "np.ndarray | None"]:
     return facts, x.float().reshape(len(x), -1).mean(0).reshape(shape).cpu().numpy().astype(np.float32)
 
 
-def freeze_artefacts(specs: list[dict], runs: pd.DataFrame, root: Path, out_dir: Path) -> dict:
-    """Keep the small per-run artefacts the paper figures need, for the runs in ``runs``:
+def freeze_artefacts(specs: list[dict], runs: pd.DataFrame, root: Path, out_dir: Path,
+                     replace: list[str] | None = None) -> dict:
+    """Keep the small per-run artefacts the paper figures need, for the runs in ``runs``,
+    merged into those ``out_dir`` holds (the entries of the experiments ``replace``, default
+    those of ``runs``, are dropped first; every other experiment's are kept):
 
     - ``pips.npz``: ``input_pip/{experiment}/{method}/seed={seed}`` (float32, one PIP per input
-      feature, from the run's ``artefacts.pt``, the natural fit) and ``mean_image/{experiment}``
-      (the mean training input as an image, where the inputs are one);
+      feature, from the run's ``artefacts.pt``, the natural fit), ``kernel_pip/...`` (the PIPs of
+      a convolutional first layer's kernels, (out, in, h, w): LeNet-5's conv1) and
+      ``mean_image/{experiment}`` (the mean training input as an image, where the inputs are one);
     - ``features.csv``: for experiments with a known true support, the input features each
       natural selection keeps (``selected``: 0-based indices, space-separated);
     - ``artefacts.json``: per experiment the data set's feature shape, true support and number
-      of features, what the mean image is, and which runs gave input PIPs.
+      of features, what the mean image is, and which runs gave input / kernel PIPs.
 
     Nodes kept per layer, training time and calibration metrics are columns of ``runs.csv``.
-    Returns the provenance entry: each file's SHA-256 and what is in it.
-    """
+    Returns the provenance entry: each file's SHA-256, what is in it, and per experiment
+    (``by_experiment``) how many runs gave PIPs and selections."""
     import numpy as np
     import torch
 
+    replace = set(replace if replace is not None else runs["experiment"].unique())
+    old = load_artefacts(out_dir)
+    meta = {e: f for e, f in (old["meta"] or {}).items() if e not in replace}
+    arrays = {k: v for k, v in (old["arrays"] or {}).items() if k.split("/")[1] not in replace}
+    selected_rows = [] if old["features"] is None else [
+        {"experiment": r.experiment, "method": r.method, "seed": int(r.seed), "selected": " ".join(map(str, r.selected))}
+        for r in old["features"].itertuples(index=False) if r.experiment not in replace]
     present = set(zip(runs["experiment"], runs["method"], runs["seed"].astype(int)))
     by_exp: dict[str, list[dict]] = {}
     for spec in specs:
         if (spec["experiment"], spec["method"], int(spec["seed"])) in present:
             by_exp.setdefault(spec["experiment"], []).append(spec)
-    meta: dict[str, dict] = {}
-    arrays: dict[str, np.ndarray] = {}
-    selected_rows = []
+    counts: dict[str, dict] = {}
     for exp, exp_specs in sorted(by_exp.items()):
         facts, image = _dataset_facts(min(exp_specs, key=lambda s: int(s["seed"])))
         if image is not None:
             arrays[f"mean_image/{exp}"] = image
-        facts["input_pips"], facts["selected_features"] = {}, {}
+        facts["input_pips"], facts["kernel_pips"], facts["selected_features"] = {}, {}, {}
+        n_sel = 0
         for spec in sorted(exp_specs, key=lambda s: (s["method"], int(s["seed"]))):
             folder = root / run_dir(spec)
             records = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").exists() else []
@@ -219,21 +422,33 @@ def freeze_artefacts(specs: list[dict], runs: pd.DataFrame, root: Path, out_dir:
                 if "pip_input" in art:
                     arrays[f"input_pip/{exp}/{method}/seed={seed}"] = art["pip_input"].float().flatten().numpy()
                     facts["input_pips"].setdefault(method, []).append(seed)
+                first = next(iter((art.get("pip_weight") or {}).values()), None)
+                if first is not None and first.dim() == 4:  # a convolutional first layer: its kernels' PIPs
+                    arrays[f"kernel_pip/{exp}/{method}/seed={seed}"] = first.float().numpy()
+                    facts["kernel_pips"].setdefault(method, []).append(seed)
             if facts["true_support"] is not None:
                 for rec in records:
                     if rec.get("selection") == "natural" and "selected_features" in rec:
                         selected_rows.append({"experiment": exp, "method": method, "seed": seed,
                                               "selected": " ".join(str(i) for i in rec["selected_features"])})
                         facts["selected_features"].setdefault(method, []).append(seed)
+                        n_sel += 1
         meta[exp] = facts
+        counts[exp] = {"input_pip_runs": sum(map(len, facts["input_pips"].values())),
+                       "kernel_pip_runs": sum(map(len, facts["kernel_pips"].values())), "selection_runs": n_sel}
+    meta = {e: meta[e] for e in sorted(meta)}
     write_text(out_dir / "artefacts.json", json.dumps(meta, indent=1) + "\n")
     _write_npz(out_dir / "pips.npz", arrays)
-    write_csv(pd.DataFrame(selected_rows, columns=["experiment", "method", "seed", "selected"]), out_dir / "features.csv")
-    n_pips = sum(len(s) for f in meta.values() for s in f["input_pips"].values())
+    selected = pd.DataFrame(selected_rows, columns=["experiment", "method", "seed", "selected"])
+    write_csv(selected.sort_values(["experiment", "method", "seed"], kind="stable"), out_dir / "features.csv")
     return {"files": {name: _sha256(out_dir / name) for name in ARTEFACT_FILES},
-            "input_pip_runs": n_pips, "selection_runs": len(selected_rows),
-            "what": "input PIPs of every run that has them (artefacts.pt 'pip_input', the natural fit), the mean training "
-                    "image of image data sets, the natural selections' input features where the truth is known"}
+            "input_pip_runs": sum(len(s) for f in meta.values() for s in f.get("input_pips", {}).values()),
+            "kernel_pip_runs": sum(len(s) for f in meta.values() for s in f.get("kernel_pips", {}).values()),
+            "selection_runs": len(selected_rows),
+            "what": "input PIPs of every run that has them (artefacts.pt 'pip_input', the natural fit), the kernel PIPs "
+                    "of a convolutional first layer, the mean training image of image data sets, the natural "
+                    "selections' input features where the truth is known",
+            "by_experiment": counts}
 
 
 def _write_npz(path: Path, arrays: dict) -> None:
@@ -318,66 +533,120 @@ def _matching_records(specs: list[dict], root: Path) -> list[dict]:
     return out
 
 
+
+
 def load_frozen(data_dir: str | Path, references: bool = True) -> tuple[pd.DataFrame, dict]:
-    """The frozen run table and its provenance; with ``references``, regression rows made
+    """The frozen run table and its per-experiment provenance (an old single-dict provenance
+    migrated, see :func:`migrate_provenance`); with ``references``, regression rows made
     before records carried ``test_rmse_constant`` get it from :func:`with_references`."""
     data_dir = Path(data_dir)
     csv, prov = data_dir / "runs.csv", data_dir / "provenance.json"
     for p in (csv, prov):
         if not p.exists():
             raise PaperError(f"{p} is missing; freeze a run table first: python paper/freeze.py --config CONFIG")
-    runs, prov = pd.read_csv(csv), json.loads(prov.read_text())
-    if "paper_grid_missing" not in prov:  # frozen before the provenance said so
-        from slabbench._plugins import repo_root
-
-        grid = (repo_root() or Path.cwd()) / "config" / "paper.yaml"
-        prov["paper_grid_missing"] = paper_grid_gaps(runs, grid) if grid.is_file() else None
+    runs = pd.read_csv(csv)
+    prov = migrate_provenance(json.loads(prov.read_text()), runs)
     return (with_references(runs, prov) if references else runs), prov
+
+
+def _frozen_specs(entry: dict) -> list[dict] | None:
+    """The specs of one experiment's entry from its config, when the config still configures
+    them as frozen (its specs' SHA-256, or the file's for an entry without it); else None."""
+    cfg = Path(entry.get("config") or "")
+    cfg = cfg if cfg.is_absolute() else _root() / cfg
+    if not cfg.is_file():
+        return None
+    if entry.get("specs_sha256") is None and _sha256(cfg) != entry.get("config_sha256"):
+        return None
+    return run_specs(validate(load_yaml(cfg)))
 
 
 def with_references(runs: pd.DataFrame, prov: dict) -> pd.DataFrame:
     """``runs`` with the constant predictor's test RMSE (the training mean's) filled in for
-    regression rows that lack it, computed from the data sets of the frozen config's specs —
-    data only, no training.  Left empty (with a warning) when the config file is not there or
-    is not the one the table was frozen with (its SHA-256 differs)."""
-    from slabbench._plugins import repo_root
+    regression rows that lack it, computed from the data sets of each experiment's frozen
+    config — data only, no training.  Left empty (with a warning) where that config is not
+    there or no longer configures the experiment as frozen."""
     from slabbench.cli import reference_metrics
 
     runs = runs.copy()
     if "test_rmse_constant" not in runs:
         runs["test_rmse_constant"] = math.nan
     todo = runs[(runs["task"] == "regression") & runs["test_rmse_constant"].isna()]
-    if todo.empty:
-        return runs
-    cfg = Path(prov.get("config", ""))
-    if not cfg.is_absolute():
-        cfg = (repo_root() or Path.cwd()) / cfg
-    if not cfg.is_file() or _sha256(cfg) != prov.get("config_sha256"):
-        log.warning("no constant-predictor reference: %s is missing or not the frozen config", cfg)
-        return runs
-    specs = {(s["experiment"], s["method"], int(s["seed"])): s for s in run_specs(validate(load_yaml(cfg)))}
     done: dict[tuple, float] = {}
-    for (exp, method, seed), _ in todo.groupby(["experiment", "method", "seed"]):
-        spec = specs.get((exp, method, int(seed)))
-        if spec is None:
+    for exp, g in todo.groupby("experiment"):
+        entry = prov.get("experiments", {}).get(exp, {})
+        all_specs = _frozen_specs(entry)
+        specs = {(s["method"], int(s["seed"])): s for s in all_specs or [] if s["experiment"] == exp}
+        if not specs or (entry.get("specs_sha256") and specs_sha256(list(specs.values())) != entry["specs_sha256"]):
+            log.warning("no constant-predictor reference for %s: its config is missing or not the frozen one", exp)
             continue
-        key = (exp, json.dumps(spec["dataset_params"], sort_keys=True), int(seed))  # the same data for every method
-        if key not in done:
-            done[key] = reference_metrics(spec, "regression")["test_rmse_constant"]
-        rows = (runs["experiment"] == exp) & (runs["method"] == method) & (runs["seed"] == seed)
-        runs.loc[rows, "test_rmse_constant"] = done[key]
+        for (method, seed), _ in g.groupby(["method", "seed"]):
+            spec = specs.get((method, int(seed)))
+            if spec is None:
+                continue
+            key = (spec["dataset"], json.dumps(spec["dataset_params"], sort_keys=True), int(seed))  # same data, every method
+            if key not in done:
+                done[key] = reference_metrics(spec, "regression")["test_rmse_constant"]
+            rows = (runs["experiment"] == exp) & (runs["method"] == method) & (runs["seed"] == seed)
+            runs.loc[rows, "test_rmse_constant"] = done[key]
     return runs
 
 
-def source_line(prov: dict) -> str:
-    """One line naming what the numbers come from (shown under every figure and table)."""
-    commits = ", ".join(c[:10] for c in prov.get("run_commits", [])) or "unknown"
-    devices = ", ".join(prov.get("devices", [])) or "unknown device"
-    missing = len(prov.get("runs_missing", []))
-    extra = f"; {missing} configured runs missing" if missing else ""
-    return (f"{prov['label']}: {prov['runs_present']} of {prov['runs_configured']} runs of {prov['config']} "
-            f"(sha256 {prov['config_sha256'][:12]}){extra}; commit {commits}; {devices}; frozen {prov['frozen_at']}"
-            + gaps_text(prov))
+# --------------------------------------------------------------------------- saying where numbers come from
+
+def entry(prov: dict, exp: str) -> dict:
+    """The provenance of experiment ``exp`` (a PaperError naming the frozen ones if absent)."""
+    try:
+        return prov["experiments"][exp]
+    except KeyError:
+        raise PaperError(f"no provenance for experiment {exp!r}; frozen: {', '.join(prov.get('experiments', {}))}") from None
+
+
+def tag(prov: dict, exp: str, full: bool = False) -> str:
+    """"protocol" or "REDUCED: <what is reduced>" for experiment ``exp`` (the first two
+    reductions and how many more unless ``full``); "provenance unknown" without an entry."""
+    e = prov.get("experiments", {}).get(exp)
+    if e is None:
+        return "provenance unknown"
+    if e["label"] == "protocol":
+        return "protocol"
+    what = e.get("reduced") or []
+    shown = what if full or len(what) <= 2 else what[:2] + [f"{len(what) - 2} more"]
+    return "REDUCED: " + "; ".join(shown)
+
+
+def is_protocol(prov: dict, experiments) -> bool:
+    """True when every experiment of ``experiments`` was frozen at the protocol."""
+    exps = prov.get("experiments", {})
+    return all(exps.get(e, {}).get("label") == "protocol" for e in experiments)
+
+
+def source_line(prov: dict, experiments=None) -> str:
+    """What the numbers of ``experiments`` (default: every frozen one) come from, one clause
+    per group of experiments frozen alike: protocol or REDUCED and what is reduced, runs
+    present of configured, config and its SHA-256, commits, devices, when frozen; then the
+    paper-grid experiments the table lacks (with ``experiments`` None)."""
+    exps = prov.get("experiments", {})
+    names = sorted(exps) if experiments is None else [e for e in sorted(set(experiments)) if e in exps]
+    groups: dict[tuple, list[str]] = {}
+    for e in names:
+        x = exps[e]
+        key = (x["label"], x["config"], (x.get("config_sha256") or "")[:12], tuple(c[:10] for c in x.get("run_commits", [])),
+               tuple(x.get("devices", [])), tuple(x.get("reduced") or []), x.get("frozen_at", ""))
+        groups.setdefault(key, []).append(e)
+    clauses = []
+    for (label, config, sha, commits, devices, reduced, when), members in sorted(groups.items(), key=lambda kv: kv[0][0] != "protocol"):
+        present = sum(exps[e]["runs_present"] for e in members)
+        configured = [exps[e].get("runs_configured") for e in members]
+        of = f" of {sum(configured)}" if None not in configured else ""
+        missing = sum(len(exps[e].get("runs_missing") or []) for e in members)
+        what = f" ({'; '.join(reduced)})" if reduced else ""
+        clauses.append(f"{label}{what}: {', '.join(members)}: {present}{of} runs of {config} (sha256 {sha})"
+                       + (f", {missing} configured runs missing" if missing else "")
+                       + f"; commit {', '.join(commits) or 'unknown'}; {', '.join(devices) or 'unknown device'}; frozen {when}")
+    if not clauses:
+        clauses = ["no frozen experiment"]
+    return " | ".join(clauses) + (gaps_text(prov) if experiments is None else "")
 
 
 def gaps_text(prov: dict) -> str:
@@ -389,7 +658,7 @@ def gaps_text(prov: dict) -> str:
     if not by_reason:
         return ""
     parts = [f"{', '.join(exps)} ({reason})" for reason, exps in sorted(by_reason.items(), key=lambda kv: kv[0] == "not run")]
-    return "; paper-grid experiments not in this table: " + "; ".join(parts)
+    return " | paper-grid experiments not in this table: " + "; ".join(parts)
 
 
 def with_source_md(body: str, prov: dict) -> str:
@@ -400,192 +669,6 @@ def with_source_md(body: str, prov: dict) -> str:
 def source_tex(prov: dict) -> str:
     """The source line as a typeset LaTeX paragraph (not a comment: it must show)."""
     text = source_line(prov)
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"), ("|", r"\textbar{}")):
         text = text.replace(a, b)
     return f"\n\\noindent\\emph{{Source: {text}.}}\n"
-
-
-# --------------------------------------------------------------------------- figures
-
-def _net_name(dataset: str, model: str) -> str:
-    """The architecture's usual name (an MLP on 28x28 images is LeNet-300-100 in this suite)."""
-    if model == "mlp" and dataset in ("mnist", "fashion_mnist", "mnist5k"):
-        return "LeNet-300-100"
-    return {"mlp": "MLP", "lenet5": "LeNet-5-Caffe", "vgg": "VGG-like"}.get(model, model)
-
-
-def _joined(g: pd.DataFrame, col: str) -> str:
-    """The distinct integer values of ``col`` joined by "/" ("" when there are none)."""
-    values = sorted(g[col].dropna().unique()) if col in g else []
-    return "/".join(str(int(v)) for v in values)
-
-
-def _experiment_title(g: pd.DataFrame) -> str:
-    epochs = _joined(g, "epochs")
-    ep = f", {epochs} epochs" if epochs else ""
-    return f"{g['dataset'].iloc[0]}, {_net_name(g['dataset'].iloc[0], g['model'].iloc[0])}{ep}"
-
-
-#: natural selections below this sparsity are drawn at it (marked "<"), so the logit axis
-#: stays on the targets (0.5 ... 0.995) instead of stretching to e.g. 0.006
-X_FLOOR = 0.3
-
-
-def error_vs_sparsity(runs: pd.DataFrame, prov: dict, columns: int = 3):
-    """The central figure: test error (classification) or RMSE (regression) against sparsity,
-    one panel per experiment, every method, Student-t 95% CI bands of the mean over seeds,
-    logit-scaled sparsity axis (stretched near 1), natural selections as stars, dense as a
-    band, the constant predictor as a dotted line (regression)."""
-    experiments = sorted(runs["experiment"].unique())
-    cols = min(columns, len(experiments))
-    rows = math.ceil(len(experiments) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows + 0.5), squeeze=False)
-    for ax, exp in zip(axes.flat, experiments):
-        g = runs[runs["experiment"] == exp]
-        plot_experiment(g, title=_experiment_title(g), ax=ax, x_floor=X_FLOOR, log_y=True)
-    for ax in list(axes.flat)[len(experiments):]:
-        ax.set_visible(False)
-    label = "" if prov.get("label", "").startswith("full") else f"{prov['label']}: "
-    fig.suptitle(f"{label}test error vs sparsity (bands, bars: {CI_NAME} over seeds)", fontsize=12)
-    fig.text(0.5, 0.005, source_line(prov), ha="center", va="bottom", fontsize=6.5, wrap=True)
-    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
-    return fig
-
-
-# --------------------------------------------------------------------------- tables
-
-def _mean_sd(x: pd.Series, scale: float = 1.0, digits: int = 2) -> str:
-    """'mean ± sd' over the finite values of ``x`` (NaN there: diverged runs, counted)."""
-    d = describe((x.astype(float) * scale).tolist())
-    if d["n"] == 0:
-        return f"diverged ({d['n_nan']} runs)" if d["n_nan"] else "–"
-    text = f"{d['mean']:.{digits}f}" if d["n"] == 1 else f"{d['mean']:.{digits}f} ± {d['sd']:.{digits}f}"
-    return text + (f" ({d['n_nan']} of {d['n'] + d['n_nan']} diverged)" if d["n_nan"] else "")
-
-
-def _metric(g: pd.DataFrame, col: str) -> pd.Series:
-    """``col`` over the runs that measured it (NaN where a run diverged)."""
-    return metric_values(g, col) if col in g else pd.Series(dtype=float)
-
-
-def _error(g: pd.DataFrame, col: str = "test_accuracy") -> pd.Series:
-    return 100 * (1 - _metric(g, col))
-
-
-#: the note on learning rates when some compared run used an official schedule
-SCHEDULE_NOTE = ("Adam at a constant learning rate, except where the options below set the official schedules "
-                 "(`sparse_vd`'s `lr_schedule`, `l0`'s `ema`, `magnitude`'s retraining at `retrain_lr_factor`); "
-                 "Han et al. trained with SGD.")
-
-
-def _protocol_notes(runs: pd.DataFrame) -> list[str]:
-    """:data:`PROTOCOL_NOTES`, with the constant-learning-rate note replaced where a compared run
-    used an official schedule or parameter averaging (read from its options)."""
-    scheduled = False
-    if "method_params" in runs:
-        for text in runs["method_params"].dropna().unique():
-            try:
-                opts = json.loads(text)
-            except (TypeError, ValueError):
-                continue
-            scheduled |= (opts.get("lr_schedule", "constant") != "constant" or bool(opts.get("ema", 0))
-                          or opts.get("schedule") == "iterative")
-    return [SCHEDULE_NOTE if scheduled and n.startswith("Adam at a constant") else n for n in PROTOCOL_NOTES]
-
-
-def _run_notes(runs: pd.DataFrame) -> list[str]:
-    """What our compared runs did, read from the table: epochs, fine-tuning, method options."""
-    g = runs[runs["dataset"].isin({d for d, *_ in PUBLISHED}) & runs["model"].isin({m for _, m, *_ in PUBLISHED})]
-    if g.empty:
-        return []
-    epochs, finetune = _joined(g, "epochs") or "?", _joined(g[g["selection"] == "target"], "finetune_epochs") or "?"
-    out = [f"Our runs: {epochs} training epochs and {finetune} "
-           "fine-tuning epoch(s) of the matched targets (the papers: 200, and 20 for magnitude's retraining)."]
-    if "method_params" in g:
-        for method in method_order(g["method"].unique()):
-            params = sorted(g.loc[g["method"] == method, "method_params"].dropna().unique())
-            if params and params != ["{}"]:
-                out.append(f"Our `{method}` options: `{'`, `'.join(params)}`.")
-    return out
-
-
-def published_comparison(runs: pd.DataFrame, prov: dict | None) -> str:
-    """Markdown: our test error and weights kept beside the published numbers of docs/published.md,
-    for the same data set and architecture, with the protocol differences listed (and the
-    source line of ``prov`` when given)."""
-    check_runs(runs)
-    rows = []
-    for dataset, model, method, selection, err, kept_frac, kept, source in PUBLISHED:
-        same = runs[(runs["dataset"] == dataset) & (runs["model"] == model)]
-        experiments = sorted(same["experiment"].unique()) or [None]
-        for exp in experiments:  # one row per experiment: runs of other settings are never pooled
-            g = same[(same["experiment"] == exp) & (same["method"] == method) & (same["selection"] == selection)]
-            label = "natural" if selection == "natural" else ""
-            if selection == "target" and not g.empty:
-                targets = g["target_sparsity"].dropna().unique()
-                nearest = min(targets, key=lambda t: abs((1 - t) - kept_frac))
-                g = g[g["target_sparsity"] == nearest]
-                label = f"target {nearest:g}"
-            if g.empty:
-                ours = ["not run", "–", "–", "–"]
-            else:
-                ours = [f"{_mean_sd(_error(g))} ({label}, {g['seed'].nunique()} seeds)",
-                        f"{_mean_sd(100 * (1 - g['sparsity']), digits=2)}%", _joined(g, "epochs") or "?", str(g["nodes_kept"].iloc[0])]
-            where = f"{dataset} {_net_name(dataset, model)}" + (f" ({exp})" if len(experiments) > 1 else "")
-            rows.append([where, method, *ours, f"{err:g}", kept, source])
-    published = {(d, m) for d, m, *_ in PUBLISHED}
-    for (exp, dataset, model), g in runs[(runs["method"] == "spike_slab") & (runs["selection"] == "natural")].groupby(
-            ["experiment", "dataset", "model"]):
-        if (dataset, model) not in published:
-            continue
-        several = runs.loc[(runs["dataset"] == dataset) & (runs["model"] == model), "experiment"].nunique() > 1
-        rows.append([f"{dataset} {_net_name(dataset, model)}" + (f" ({exp})" if several else ""), "spike_slab",
-                     f"{_mean_sd(_error(g))} (natural, {g['seed'].nunique()} seeds)",
-                     f"{_mean_sd(100 * (1 - g['sparsity']))}%", _joined(g, "epochs"), str(g["nodes_kept"].iloc[0]), "–", "–",
-                     "no published number to compare with (the paper's tables were not available to us)"])
-    headers = ["data, net", "method", "ours: test error %", "ours: weights kept", "ours: epochs", "ours: nodes kept (seed 0)",
-               "published error %", "published kept", "source"]
-    notes = "\n".join(f"- {n}" for n in _protocol_notes(runs) + _run_notes(runs))
-    source = f"\n\nSource: {source_line(prov)}." if prov else ""
-    return ("# Our numbers beside the published ones\n\n" + tabulate(rows, headers=headers, tablefmt="github")
-            + f"{source}\n\nHow our protocol differs from the papers':\n\n{notes}\n")
-
-
-def natural_sparsity(runs: pd.DataFrame, prov: dict) -> str:
-    """Markdown: each Bayesian method's own (natural) selection beside the dense network, per
-    experiment: sparsity, test error / RMSE of the masked posterior mean and of the BMA, and,
-    where some run measured it, of the method's unmasked posterior-sampling predictor
-    (``*_sampled``: what Bai et al. report)."""
-    check_runs(runs)
-    sections = []
-    for exp in sorted(runs["experiment"].unique()):
-        g = runs[(runs["experiment"] == exp) & (runs["selection"] == "natural")]
-        if g.empty:
-            continue
-        task = g["task"].iloc[0]
-        # the unmasked posterior-sampling predictor (e.g. Bai et al.'s reported RMSE), where measured
-        sampled = "test_accuracy_sampled" if task == "classification" else "test_rmse_sampled"
-        sampled = sampled if sampled in g and not _metric(g, sampled).empty else None
-        rows = []
-        for method in method_order(g["method"].unique()):
-            m = g[g["method"] == method]
-            if task == "classification":
-                perf = [_mean_sd(_error(m)), _mean_sd(_error(m, "test_accuracy_bma"))]
-                perf += [_mean_sd(_error(m, sampled))] if sampled else []
-            else:
-                perf = [_mean_sd(_metric(m, "test_rmse"), digits=3), _mean_sd(_metric(m, "test_rmse_bma"), digits=3)]
-                perf += [_mean_sd(_metric(m, sampled), digits=3)] if sampled else []
-            extra = [_mean_sd(_metric(m, "fnr"), digits=3), _mean_sd(_metric(m, "fpr"), digits=3)]
-            c = compression_of_means(m)
-            rows.append([method, f"{_mean_sd(100 * m['sparsity'])}", *perf, "∞" if c == math.inf else f"{c:.1f}", *extra,
-                         str(m["seed"].nunique())])
-        if task == "regression" and "test_rmse_constant" in g and g["test_rmse_constant"].notna().any():
-            ref = g.dropna(subset=["test_rmse_constant"]).drop_duplicates("seed")
-            rows.append(["constant (training mean)", "–", _mean_sd(ref["test_rmse_constant"], digits=3), "–",
-                         *(["–"] if sampled else []), "–", "–", "–", str(ref["seed"].nunique())])
-        what = "test error %" if task == "classification" else "test RMSE"
-        headers = ["method", "sparsity %", what, f"{what} (BMA)", *([f"{what} (sampled nets, unmasked)"] if sampled else []),
-                   "compression × (of means)", "FNR", "FPR", "seeds"]
-        sections.append(f"## {exp}: {_experiment_title(g)}\n\n" + tabulate(rows, headers=headers, tablefmt="github") + "\n")
-    return ("# Natural sparsity: each method's own selection (mean ± sd over seeds)\n\n" + "\n".join(sections)
-            + f"\nSource: {source_line(prov)}.\n")

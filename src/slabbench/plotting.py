@@ -4,6 +4,8 @@ across every figure."""
 
 from __future__ import annotations
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -85,17 +87,54 @@ def metric_for(task: str) -> tuple[str, str]:
     return ("test_error", "test error (%)") if task == "classification" else ("test_rmse", "test RMSE")
 
 
+#: the range of each metric (intervals are cut to it: a Student-t band of an error near 100%
+#: would otherwise promise errors above 100%, one of an RMSE near 0 negative RMSEs)
+METRIC_RANGE = {"test_error": (0.0, 100.0), "test_accuracy": (0.0, 1.0), "ece": (0.0, 1.0), "ece_bma": (0.0, 1.0)}
+#: metrics that are never negative (RMSE, NLL with the fixed-variance or categorical likelihoods here)
+NONNEGATIVE = ("test_rmse", "test_rmse_bma", "test_nll", "test_nll_bma")
+RANGE_NOTE = ("intervals cut at the metric's range (error 0-100%, RMSE, NLL and ECE >= 0): the Student-t interval "
+              "is symmetric, the metric is not")
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """(low, high) of ``metric``'s values ((-inf, inf) for one without a known range)."""
+    if metric in METRIC_RANGE:
+        return METRIC_RANGE[metric]
+    return (0.0, math.inf) if metric in NONNEGATIVE or metric.startswith(("test_rmse", "test_nll")) else (-math.inf, math.inf)
+
+
+def no_path(g: pd.DataFrame) -> pd.Series:
+    """Per row: True for a net with no path from input to output (a hidden layer with no unit
+    kept in ``nodes_kept``, an empty physical network in ``physical_empty`` — which follows the
+    paths from the inputs, so it also catches units that are fed by their bias alone — or no
+    weight left): its prediction is a constant whatever the input."""
+    out = pd.Series(False, index=g.index)
+    if "nodes_kept" in g:  # "300-100" strings; one hidden layer reads back from a CSV as a number
+        out |= g["nodes_kept"].map(lambda s: (any(p.strip() == "0" for p in s.split("-")) if isinstance(s, str)
+                                              else s == s and s is not None and float(s) == 0))
+    if "physical_empty" in g:
+        out |= g["physical_empty"].map(lambda v: str(v).lower() in ("true", "1", "1.0"))
+    if "nonzero_weights" in g:
+        out |= g["nonzero_weights"].astype(float).eq(0)
+    return out
+
+
 def target_points(targets: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One point per method and sparsity target (never pooled across targets, even where two
     targets reach the same sparsity): ``reached`` (mean sparsity of its runs), the metric's
-    ``mean``, ``ci_low``, ``ci_high`` (Student-t 95%), ``n`` (finite runs) and ``diverged``
-    (runs whose metric is NaN)."""
+    ``mean``, ``ci_low``, ``ci_high`` (Student-t 95%, cut at the metric's range, see
+    :func:`metric_range`), ``n`` (finite runs), ``diverged`` (runs whose metric is NaN) and
+    ``no_path`` (runs whose net has no path from input to output, :func:`no_path`)."""
     rows = []
+    lo, hi = metric_range(metric)
+    empty = no_path(targets)
     for (method, target), g in targets.groupby(["method", "target_sparsity"], sort=True):
         d = describe(metric_values(g, metric).tolist())
         rows.append(dict(method=method, target_sparsity=target, reached=float(g["sparsity"].mean()), mean=d["mean"],
-                         ci_low=d["ci_low"], ci_high=d["ci_high"], n=d["n"], diverged=d["n_nan"]))
-    return pd.DataFrame(rows, columns=["method", "target_sparsity", "reached", "mean", "ci_low", "ci_high", "n", "diverged"])
+                         ci_low=max(d["ci_low"], lo), ci_high=min(d["ci_high"], hi), n=d["n"], diverged=d["n_nan"],
+                         no_path=int(empty[g.index].sum())))
+    return pd.DataFrame(rows, columns=["method", "target_sparsity", "reached", "mean", "ci_low", "ci_high", "n", "diverged",
+                                       "no_path"])
 
 
 def _with_error(runs: pd.DataFrame) -> pd.DataFrame:
@@ -109,7 +148,7 @@ def _with_error(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None, x_floor: float | None = None,
-                    log_y: bool = False):
+                    log_y: bool = False, ylim_from_means: bool = False, legend: str | None = "inside"):
     """Test metric vs sparsity reached (logit axis; ticks at the targets), a line per method
     through its sparsity targets (one point per target, at the mean sparsity its runs reached,
     with a Student-t 95% CI band); natural selections as points with 95% CI bars at their
@@ -119,7 +158,12 @@ def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None, x_flo
     figure; returns the figure.
     ``x_floor``: a natural selection sparser than nothing but below this is drawn at the
     floor as a left-pointing triangle labelled with its sparsity (keeps the axis on the
-    targets); ``log_y``: log-scaled metric axis."""
+    targets); ``log_y``: log-scaled metric axis.
+    Intervals are cut at the metric's range (:func:`metric_range`); a target whose runs
+    include a net with no path from input to output (:func:`no_path`) is drawn as a cross.
+    ``ylim_from_means``: the metric axis spans the drawn means (with a margin), so one wide
+    band cannot squash the other curves (bands may run past the panel's edge);
+    ``legend``: "inside" (best place), "outside" (right of the panel) or None."""
     check_runs(runs)
     task = runs["task"].iloc[0]
     metric, label = metric_for(task)
@@ -132,6 +176,8 @@ def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None, x_flo
     # each point at the sparsity its runs reached (mean over seeds), not at the target: a method
     # may prune more (L0 bakes its closed gates into the exported net, e.g. 53% at target 0.5)
     points = target_points(targets, metric)
+    lo_range, hi_range = metric_range(metric)
+    means: list[float] = []
     order = method_order(runs["method"].unique())
     colours = {m: method_colour(m, order) for m in order}  # one choice per method for the whole figure
     for method in [m for m in order if m in set(points["method"])]:
@@ -139,12 +185,21 @@ def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None, x_flo
         diverged = int(p["diverged"].sum())
         note = f" ({diverged} diverged runs not drawn)" if diverged else ""
         ax.plot(p["reached"], p["mean"], marker="o", color=colours[method], ls=method_linestyle(method),
-                label=f"{method}{note}")
+                label=f"{method}{note}", markevery=[i for i, e in enumerate(p["no_path"]) if not e])
         ax.fill_between(p["reached"], p["ci_low"], p["ci_high"], color=colours[method], alpha=0.2, lw=0)
+        empty = p[p["no_path"] > 0]
+        if not empty.empty:
+            ax.plot(empty["reached"], empty["mean"], marker="X", ms=9, mfc="white", mec=colours[method], mew=1.6,
+                    ls="none", zorder=4)
+        means += p["mean"].tolist()
+    if (points["no_path"] > 0).any():
+        ax.plot([], [], marker="X", ms=8, mfc="white", mec="k", ls="none", label="no path from input to output")
     natural = runs[runs["selection"] == "natural"]
     for method, g in natural.groupby("method", sort=False):
         y, x = describe(metric_values(g, metric).tolist()), describe(g["sparsity"].tolist())
         note = f", {y['n_nan']} diverged" if y["n_nan"] else ""
+        y["ci_low"], y["ci_high"] = max(y["ci_low"], lo_range), min(y["ci_high"], hi_range)
+        means.append(y["mean"])
         if method == "dense" or x["mean"] == 0:
             ax.axhline(y["mean"], color=colours[method], ls="--", lw=1, label=f"{method}{note}")
             ax.axhspan(y["ci_low"], y["ci_high"], color=colours[method], alpha=0.12, lw=0)
@@ -160,6 +215,7 @@ def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None, x_flo
     if task == "regression" and "test_rmse_constant" in runs and runs["test_rmse_constant"].notna().any():
         ref = runs.dropna(subset=["test_rmse_constant"]).drop_duplicates("seed")["test_rmse_constant"].mean()
         ax.axhline(ref, color="k", ls=":", lw=1, label=f"constant predictor (training mean), {ref:.2f}")
+        means.append(ref)
     targets = targets.assign(reached=targets.groupby(["method", "target_sparsity"])["sparsity"].transform("mean"))
     shown = natural.groupby("method")["sparsity"].transform("mean")
     keep = (natural["sparsity"] > 0) & ((shown >= x_floor) if x_floor is not None else True)
@@ -177,6 +233,14 @@ def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None, x_flo
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
         label += ", log scale"
+    shown = [m for m in means if m == m and abs(m) != math.inf]
+    if ylim_from_means and shown:
+        lo, hi = min(shown), max(shown)
+        if ax.get_yscale() == "log" and lo > 0:
+            ax.set_ylim(lo / 1.25, hi * 1.25)
+        else:
+            pad = 0.08 * (hi - lo) or 0.05 * abs(hi) or 1.0
+            ax.set_ylim(max(lo - pad, lo_range), min(hi + pad, hi_range))
     ax.set_xlabel("sparsity (fraction of weights pruned; logit scale)")
     ax.set_ylabel(label)
     if title is None:
@@ -185,8 +249,10 @@ def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None, x_flo
     ax.set_title(title)
     ax.grid(alpha=0.3)
     alone = len(fig.axes) == 1  # a panel of a larger figure says this in its caption
-    ax.legend(fontsize=8, frameon=True, framealpha=0.85, edgecolor="none", title_fontsize=8,  # readable over the data
-              title=f"bands, bars: {CI_NAME} over {runs['seed'].nunique()} seeds" if alone else None)
+    if legend is not None:
+        where = dict(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0) if legend == "outside" else {}
+        ax.legend(fontsize=8, frameon=True, framealpha=0.85, edgecolor="none", title_fontsize=8,  # readable over the data
+                  title=f"bands, bars: {CI_NAME} over {runs['seed'].nunique()} seeds" if alone else None, **where)
     if alone:
         fig.tight_layout()
     return fig

@@ -105,22 +105,24 @@ def _document(sections: list[str], heading: str, fmt: str) -> str:
     return head + "\n".join(sections)
 
 
-def render(runs: pd.DataFrame, fmt: str) -> str:
-    """All experiments as one document: ``fmt`` is "markdown" or "latex"."""
+def render(runs: pd.DataFrame, fmt: str, note=None) -> str:
+    """All experiments as one document: ``fmt`` is "markdown" or "latex"; ``note``: experiment
+    -> text appended to its section's title (e.g. where its runs come from)."""
     sections = []
     for exp, g in runs.groupby("experiment", sort=True):
         headers, rows = _rows(g, COLUMNS[g["task"].iloc[0]], PM[fmt])
-        sections.append(_section(f"{exp}: {g['dataset'].iloc[0]}, {g['model'].iloc[0]}", headers, rows, fmt))
+        title = f"{exp}: {g['dataset'].iloc[0]}, {g['model'].iloc[0]}" + (note(exp) if note else "")
+        sections.append(_section(title, headers, rows, fmt))
     return _document(sections, "slabbench results (mean ± sd over seeds; compression: ratio of the means)", fmt)
 
 
-def render_feature_selection(runs: pd.DataFrame, fmt: str) -> str:
+def render_feature_selection(runs: pd.DataFrame, fmt: str, note=None) -> str:
     """Feature selection (FNR over the true features, FPR over the noise features, RMSE,
-    sparsity) of every experiment whose true support is known."""
+    sparsity) of every experiment whose true support is known; ``note`` as in :func:`render`."""
     sections = []
     for exp, g in runs[runs["fnr"].notna()].groupby("experiment", sort=True):
         headers, rows = _rows(g, FEATURE_COLUMNS, PM[fmt])
-        sections.append(_section(f"{exp}: feature selection", headers, rows, fmt))
+        sections.append(_section(f"{exp}: feature selection" + (note(exp) if note else ""), headers, rows, fmt))
     if not sections:
         sections = ["No experiment with a known true support.\n"]
     return _document(sections, "Feature selection (mean ± sd over seeds)", fmt)

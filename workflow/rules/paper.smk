@@ -1,31 +1,108 @@
-# `snakemake paper`: redraw every paper figure and table from the frozen run table
-# paper/data/ (runs.csv, provenance.json and the per-run artefacts; no training).  The rule has
-# no output files, so it always runs.
-# One script per figure / table in paper/, named after its output.
+# The paper's figures and tables, each drawn by its own script paper/<output>.py from the frozen
+# data in paper/data/ (runs.csv, provenance.json and the per-run artefacts; no training).  One job
+# per output: editing one script redraws only its output; `snakemake paper` makes every one that
+# is missing or whose script, paper/_common.py or frozen data changed (`-F paper`: all).
 
+import os
 import sys
+
+#: figures: paper/figures/{name}.{png,pdf}; tables: paper/tables/{name}.md (and .tex where listed)
+PAPER_FIGURES = ["error_vs_sparsity", "input_pips", "simulation_pips", "nodes_kept", "calibration", "train_time"]
+PAPER_TABLES_TEX = ["results", "feature_selection"]
+PAPER_TABLES_MD = ["natural_sparsity", "published_comparison"]
+PAPER_DATA = ["paper/data/runs.csv", "paper/data/provenance.json"]
+PAPER_ARTEFACTS = ["paper/data/artefacts.json", "paper/data/pips.npz", "paper/data/features.csv"]
 
 # seconds of plotting on the frozen table: never sent to a cluster
 localrules:
     paper,
+    paper_figure,
+    paper_table_tex,
+    paper_table_md,
+    paper_readme,
 
 
-PAPER_SCRIPTS = [
-    "error_vs_sparsity", "published_comparison", "natural_sparsity", "results", "feature_selection",
-    "input_pips", "simulation_pips", "nodes_kept", "calibration", "train_time",
-]
+def paper_inputs(wildcards):
+    """The script of one output, the shared helpers and the frozen data (the artefact files
+    where they exist: a table frozen before they were kept has none)."""
+    return {"script": from_basedir(f"paper/{wildcards.name}.py"), "common": from_basedir("paper/_common.py"),
+            "data": PAPER_DATA + [f for f in PAPER_ARTEFACTS if os.path.exists(f)]}
 
 
 rule paper:
     input:
-        data="paper/data/runs.csv",
-        provenance="paper/data/provenance.json",
-        scripts=[from_basedir(f"paper/{script}.py") for script in PAPER_SCRIPTS],
+        expand("paper/figures/{name}.{ext}", name=PAPER_FIGURES, ext=("png", "pdf")),
+        expand("paper/tables/{name}.{ext}", name=PAPER_TABLES_TEX, ext=("md", "tex")),
+        expand("paper/tables/{name}.md", name=PAPER_TABLES_MD),
+        "paper/README.md",
+
+
+rule paper_figure:
+    input:
+        unpack(paper_inputs),
+    output:
+        png="paper/figures/{name}.png",
+        pdf="paper/figures/{name}.pdf",
+    wildcard_constraints:
+        name="|".join(PAPER_FIGURES),
     params:
         python=sys.executable,
     log:
-        "results/logs/paper.log",
+        "results/logs/paper/{name}.log",
     conda:
         "../../environment.yml"
     shell:
-        "for s in {input.scripts:q}; do {params.python:q} $s paper || exit 1; done > {log:q} 2>&1"
+        "{params.python:q} {input.script:q} paper > {log:q} 2>&1"
+
+
+rule paper_table_tex:
+    input:
+        unpack(paper_inputs),
+    output:
+        md="paper/tables/{name}.md",
+        tex="paper/tables/{name}.tex",
+    wildcard_constraints:
+        name="|".join(PAPER_TABLES_TEX),
+    params:
+        python=sys.executable,
+    log:
+        "results/logs/paper/{name}.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "{params.python:q} {input.script:q} paper > {log:q} 2>&1"
+
+
+rule paper_table_md:
+    input:
+        unpack(paper_inputs),
+    output:
+        md="paper/tables/{name}.md",
+    wildcard_constraints:
+        name="|".join(PAPER_TABLES_MD),
+    params:
+        python=sys.executable,
+    log:
+        "results/logs/paper/{name}.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "{params.python:q} {input.script:q} paper > {log:q} 2>&1"
+
+
+rule paper_readme:
+    input:
+        script=from_basedir("paper/claims.py"),
+        template=from_basedir("paper/README.template.md"),
+        common=from_basedir("paper/_common.py"),
+        data=PAPER_DATA,
+    output:
+        "paper/README.md",
+    params:
+        python=sys.executable,
+    log:
+        "results/logs/paper/README.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "{params.python:q} {input.script:q} paper {input.template:q} > {log:q} 2>&1"
