@@ -72,3 +72,15 @@ def gpu_count(wildcards):
 # memory (MB) a training job asks of a cluster: a CUDA process maps about 2 GB of host memory
 def train_mem_mb(wildcards):
     return 6000 if gpu_count(wildcards) else 2000
+
+
+# the paper's frozen data (workflow/rules/paper.smk)
+PAPER_DATA = ["paper/data/runs.csv", "paper/data/provenance.json"]
+PAPER_ARTEFACTS = ["paper/data/artefacts.json", "paper/data/pips.npz", "paper/data/features.csv"]
+
+
+def paper_inputs(wildcards):
+    """The script of one output, the shared helpers and the frozen data (the artefact files
+    where they exist: a table frozen before they were kept has none)."""
+    return {"script": from_basedir(f"paper/{wildcards.name}.py"), "common": from_basedir("paper/_common.py"),
+            "data": PAPER_DATA + [f for f in PAPER_ARTEFACTS if os.path.exists(f)]}

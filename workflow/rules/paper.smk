@@ -3,15 +3,13 @@
 # per output: editing one script redraws only its output; `snakemake paper` makes every one that
 # is missing or whose script, paper/_common.py or frozen data changed (`-F paper`: all).
 
-import os
 import sys
 
 #: figures: paper/figures/{name}.{png,pdf}; tables: paper/tables/{name}.md (and .tex where listed)
 PAPER_FIGURES = ["error_vs_sparsity", "input_pips", "simulation_pips", "nodes_kept", "calibration", "train_time"]
 PAPER_TABLES_TEX = ["results", "feature_selection"]
 PAPER_TABLES_MD = ["natural_sparsity", "published_comparison"]
-PAPER_DATA = ["paper/data/runs.csv", "paper/data/provenance.json"]
-PAPER_ARTEFACTS = ["paper/data/artefacts.json", "paper/data/pips.npz", "paper/data/features.csv"]
+# PAPER_DATA, PAPER_ARTEFACTS and paper_inputs (an output's script, helpers and frozen data): common.smk
 
 # seconds of plotting on the frozen table: never sent to a cluster
 localrules:
@@ -20,13 +18,6 @@ localrules:
     paper_table_tex,
     paper_table_md,
     paper_readme,
-
-
-def paper_inputs(wildcards):
-    """The script of one output, the shared helpers and the frozen data (the artefact files
-    where they exist: a table frozen before they were kept has none)."""
-    return {"script": from_basedir(f"paper/{wildcards.name}.py"), "common": from_basedir("paper/_common.py"),
-            "data": PAPER_DATA + [f for f in PAPER_ARTEFACTS if os.path.exists(f)]}
 
 
 rule paper:
