@@ -48,6 +48,27 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
     return counts
 
 
+#: what a checkout needs to run a grid with its own Snakefile (the package itself comes from the
+#: editable install)
+CHECKOUT = ["Snakefile", "environment.yml", "workflow", "config", "methods", "datasets", "profiles", ".test"]
+
+
+def copy_checkout(dest: Path, keep_dates: bool) -> Path:
+    """Copy the checkout's workflow files (:data:`CHECKOUT`) into ``dest``: with their file dates
+    (``keep_dates``, as ``cp -a``) or with new ones (as a fresh clone has)."""
+    import shutil
+
+    copy = shutil.copy2 if keep_dates else shutil.copy
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in CHECKOUT:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "results"), copy_function=copy)
+        else:
+            copy(src, dest / name)
+    return dest
+
+
 def paper_script(name: str):
     """paper/<name>.py as a module (its drawing functions; the script part runs only as __main__)."""
     import importlib.util

@@ -10,14 +10,12 @@ import tarfile
 import pytest
 import yaml
 
-from conftest import ROOT, job_counts
+from conftest import copy_checkout, job_counts
 from slabbench.archive import ArchiveError, pack, read_archive, unpack
 from slabbench.cli import latency_job, main, stack_outputs
 from slabbench.paper import freeze
 from slabbench.stackfile import DamagedRunError, read_stack_file
 
-#: what a checkout needs to run a grid with its own Snakefile (the package comes from the install)
-CHECKOUT = ["Snakefile", "environment.yml", "workflow", "config", "methods", "datasets", "profiles"]
 CONFIG = {
     "device": "cpu", "seeds": [0, 1], "sparsities": [0.5, 0.9], "methods": ["dense", "spike_slab"],
     "experiments": {"sim": {"dataset": "simulation", "dataset_params": {"p": 8, "n_train": 64, "n_val": 32, "n_test": 64},
@@ -27,13 +25,7 @@ CONFIG = {
 
 def checkout(path):
     """A fresh copy of the checkout (new file dates, as a clone has), with the test config."""
-    path.mkdir(parents=True)
-    for name in CHECKOUT:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__", "results"))
-        else:
-            shutil.copy(src, path / name)
+    copy_checkout(path, keep_dates=False)
     (path / "grid.yaml").write_text(yaml.safe_dump(CONFIG))
     return path
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, job_counts
+from conftest import ROOT, copy_checkout, job_counts
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 TEST_CONFIG = ROOT / ".test" / "config.yaml"
@@ -148,23 +148,12 @@ def test_damaged_run_is_named_with_the_command_that_retrains_it(finished):
     verify_stacks(finished)
 
 
-#: what a checkout needs to run the .test grid with its own Snakefile (the package itself comes
-#: from the editable install)
-CHECKOUT = ["Snakefile", "environment.yml", "workflow", "config", "methods", "datasets", "profiles", ".test"]
-
 
 def test_a_moved_or_copied_checkout_retrains_nothing(tmp_path):
     """The .test grid run in a checkout (cwd = the checkout, its own Snakefile), then the whole
     folder copied with timestamps (cp -a) to another path, at another depth: Snakemake plans
     nothing there (inputs are recorded relative to the working directory, not as absolute paths)."""
-    first = tmp_path / "first"
-    first.mkdir()
-    for name in CHECKOUT:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, first / name, ignore=shutil.ignore_patterns("__pycache__", "results"))
-        else:
-            shutil.copy2(src, first / name)
+    first = copy_checkout(tmp_path / "first", keep_dates=True)
     cmd = [sys.executable, "-m", "snakemake", "--configfile", ".test/config.yaml"]
     done = subprocess.run([*cmd, "--cores", "2"], cwd=first, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
