@@ -1,6 +1,6 @@
 """Our numbers beside the published ones (docs/published.md), on full MNIST.
 
-    .venv/bin/python benchmarks/published.py --experiment mnist-lenet300 [--epochs N] [--device cuda]
+    .venv/bin/python benchmarks/published.py --experiment published-lenet300 [--epochs N] [--device cuda]
     .venv/bin/python benchmarks/published.py --runs results/summary/runs.csv   # table only
 
 Runs the experiment of config/published.yaml (the papers' protocols; ``--epochs`` shortens
@@ -31,7 +31,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=Path, help="read this runs.csv instead of training")
     ap.add_argument("--config", type=Path, default=ROOT / "config" / "published.yaml")
-    ap.add_argument("--experiment", default="mnist-lenet300")
+    ap.add_argument("--experiment", default="published-lenet300")
     ap.add_argument("--epochs", type=int, help="shorten training (the papers: 200)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=1)
