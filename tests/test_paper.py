@@ -190,6 +190,22 @@ def test_published_comparison_by_hand():
     assert lines["dense"].rstrip(" |").endswith("REDUCED: epochs 10 (protocol 200)")  # each row says its provenance
 
 
+def test_published_comparison_counts_weights_on_a_path_and_the_papers_architecture():
+    """n_weights 1,000: seed 0 keeps 100 nonzero weights of which 40 lie on a path, seed 1 keeps
+    100 with 60 on a path -> weights kept 10.00 ± 0.00%, on a path 5.00 ± 1.41%; the MLP's
+    architecture is seed 0's inputs then hidden units, as Louizos et al. count it."""
+    rows = [dict(_row("l0", "natural", None, 0.98, 0.9, seed=s), n_weights=1000, physical_weights=w,
+                 features_kept=f, nodes_kept=n) for s, w, f, n in ((1, 60, 250, "90-30"), (0, 40, 266, "88-33"))]
+    md = published_comparison(pd.DataFrame(rows), PROV)
+    line = next(ln for ln in md.splitlines() if ln.startswith("| mnist LeNet-300-100") and "| l0 " in ln)
+    cells = [c.strip() for c in line.split("|")]
+    assert cells[4:8] == ["10.00 ± 0.00%", "5.00 ± 1.41%", "10", "266-88-33"]
+    # a row made before the record had physical_weights: no number invented
+    old = published_comparison(pd.DataFrame([_row("l0", "natural", None, 0.98, 0.9)]), PROV)
+    line = next(ln for ln in old.splitlines() if "| l0 " in ln)
+    assert [c.strip() for c in line.split("|")][5] == "–"
+
+
 def test_the_l0_note_follows_the_gates_the_runs_used():
     """The L0 note says the gates of the compared runs (default input), not fixed text."""
     def md(params):

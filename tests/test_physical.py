@@ -59,6 +59,21 @@ def test_hand_built_mlp_shapes_and_folded_bias():
     torch.testing.assert_close(P.forward(phys["layers"], x), net(x), rtol=0, atol=1e-6)
 
 
+def test_physical_weights_count_only_the_weights_on_a_path_from_input_to_output():
+    """The hand-built net has 13 nonzero weights (fc1 3, fc2 6, fc3 4); the physical net keeps
+    8 of them (fc1 2: unit 1's input-2 weight leads nowhere; fc2 2: the columns of the removed
+    unit 1 and the folded unit 2 go, and so does row 2; fc3 4).  An unread net keeps none."""
+    net = hand_mlp()
+    assert sum(int(torch.count_nonzero(m.weight)) for m in (net.fc1, net.fc2, net.fc3)) == 13
+    fields, _, _ = P.physical_record(net, (4,))
+    assert fields["physical_weights"] == 8
+    with torch.no_grad():
+        net.fc3.weight_mask[:, :2] = 0.0
+        net.fc3.weight.mul_(net.fc3.weight_mask)
+    fields, _, _ = P.physical_record(net, (4,))
+    assert fields["physical_empty"] is True and fields["physical_weights"] == 0
+
+
 def test_the_hand_built_check_fails_when_the_fold_is_broken(monkeypatch):
     """The equality check can fail: without the dead unit's constant (folded as 0), the
     outputs differ."""

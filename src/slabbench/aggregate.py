@@ -38,7 +38,7 @@ COLUMNS = KEYS + [
     "test_accuracy_sampled", "val_accuracy_sampled", "test_rmse_sampled", "val_rmse_sampled",
     "flops_kept", "nodes_kept", "features_kept", "fnr", "fpr", "train_seconds", "finetune_seconds", "epochs", "finetune_epochs",
     "model_bytes_dense", "model_bytes_pruned", "model_bytes_sparse", "model_bytes_sparse_fp16", "physical_widths",
-    "physical_empty",
+    "physical_empty", "physical_weights",
     "nan_metrics", "setting", "variant_of", "restarts", "restart_chosen", "stack_runs",
     "device", "device_name", "git_commit", "git_dirty", "slabbench_version", "torch_version", "python_version",
     "method_params",

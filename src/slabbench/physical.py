@@ -435,8 +435,12 @@ def physical_record(net: nn.Module, input_shape: Sequence[int]) -> tuple[dict, d
     unpruned network in the same format, masked weights stored as zeros), ``model_bytes_pruned``
     (the physical network, dense storage), ``model_bytes_sparse`` / ``model_bytes_sparse_fp16``
     (the physical network's weights in :func:`sparse_network` form, float32 / float16 values),
-    ``physical_empty`` and ``physical_widths`` (output units of each Linear / Conv2d layer);
-    the physical network and its sparse form (float32) to save."""
+    ``physical_empty``, ``physical_widths`` (output units of each Linear / Conv2d layer) and
+    ``physical_weights`` (the nonzero Linear / Conv2d weights of the physical network: the
+    weights that still lie on a path from an input to an output, biases apart; beside the
+    record's ``n_weights`` it gives the effective fraction of weights kept, which ``sparsity``
+    overstates by counting weights into units that no longer reach the outputs); the physical
+    network and its sparse form (float32) to save."""
     payload = physical_network(net, input_shape)
     sparse = sparse_network(payload)
     half = dict(sparse, layers=[dict(o, weight=dict(o["weight"], values=o["weight"]["values"].half()))
@@ -448,6 +452,8 @@ def physical_record(net: nn.Module, input_shape: Sequence[int]) -> tuple[dict, d
         "model_bytes_sparse_fp16": serialized_bytes(half),
         "physical_empty": bool(payload["empty"]),
         "physical_widths": widths(payload),
+        "physical_weights": sum(int(torch.count_nonzero(o["weight"])) for o in payload["layers"]
+                                if o["op"] in ("linear", "conv2d")),
     }
     return fields, payload, sparse
 

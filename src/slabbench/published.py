@@ -125,6 +125,28 @@ def _run_notes(runs: pd.DataFrame) -> list[str]:
     return out
 
 
+def on_a_path(g: pd.DataFrame) -> str:
+    """The weights still on a path from an input to an output (``physical_weights``, the
+    physical network's nonzero weights) as a percentage of all weights, mean ± sd over the
+    rows; "–" for rows made before the record had the field.  ``1 - sparsity`` overstates
+    it by the weights into units that no longer reach the outputs."""
+    if "physical_weights" not in g or g["physical_weights"].isna().any():
+        return "–"
+    return f"{mean_sd(100 * g['physical_weights'].astype(float) / g['n_weights'].astype(float), digits=2)}%"
+
+
+def architecture(g: pd.DataFrame) -> str:
+    """What the first row (the lowest seed) keeps, in the papers' form: for an MLP the input
+    features, then the units of each hidden layer (Louizos et al.'s "266-88-33" counts the
+    inputs of each of LeNet-300-100's three layers); else the units / channels of each hidden
+    layer (``nodes_kept``)."""
+    row = g.sort_values("seed").iloc[0]
+    nodes = str(row["nodes_kept"])
+    if row["model"] == "mlp" and "features_kept" in g and pd.notna(row["features_kept"]):
+        return f"{int(row['features_kept'])}-{nodes}"
+    return nodes
+
+
 def compared(runs: pd.DataFrame) -> pd.DataFrame:
     """The rows of ``runs`` on a data set and architecture with published numbers."""
     return runs[runs["dataset"].isin({d for d, *_ in PUBLISHED}) & runs["model"].isin({m for _, m, *_ in PUBLISHED})]
@@ -151,10 +173,11 @@ def published_comparison(runs: pd.DataFrame, prov: dict | None) -> str:
                 g = g[g["target_sparsity"] == nearest]
                 label = f"target {nearest:g}"
             if g.empty:
-                ours = ["not run", "–", "–", "–"]
+                ours = ["not run", "–", "–", "–", "–"]
             else:
                 ours = [f"{mean_sd(error(g))} ({label}, {g['seed'].nunique()} seeds)",
-                        f"{mean_sd(100 * (1 - g['sparsity']), digits=2)}%", joined(g, "epochs") or "?", str(g["nodes_kept"].iloc[0])]
+                        f"{mean_sd(100 * (1 - g['sparsity']), digits=2)}%", on_a_path(g), joined(g, "epochs") or "?",
+                        architecture(g)]
             where = f"{dataset} {net_name(dataset, model)}" + (f" ({exp})" if len(experiments) > 1 else "")
             rows.append([where, method, *ours, f"{err:g}", kept, source] + ([tag(prov, exp) if exp else "–"] if prov else []))
     published = {(d, m) for d, m, *_ in PUBLISHED}
@@ -165,10 +188,11 @@ def published_comparison(runs: pd.DataFrame, prov: dict | None) -> str:
         several = runs.loc[(runs["dataset"] == dataset) & (runs["model"] == model), "experiment"].nunique() > 1
         rows.append([f"{dataset} {net_name(dataset, model)}" + (f" ({exp})" if several else ""), "spike_slab",
                      f"{mean_sd(error(g))} (natural, {g['seed'].nunique()} seeds)",
-                     f"{mean_sd(100 * (1 - g['sparsity']))}%", joined(g, "epochs"), str(g["nodes_kept"].iloc[0]), "–", "–",
+                     f"{mean_sd(100 * (1 - g['sparsity']))}%", on_a_path(g), joined(g, "epochs"), architecture(g), "–", "–",
                      "no published number to compare with (the paper's tables were not available to us)"]
                     + ([tag(prov, exp)] if prov else []))
-    headers = ["data, net", "method", "ours: test error %", "ours: weights kept", "ours: epochs", "ours: nodes kept (seed 0)",
+    headers = ["data, net", "method", "ours: test error %", "ours: weights kept", "ours: on a path", "ours: epochs",
+               "ours: kept (seed 0)",
                "published error %", "published kept", "source"] + (["ours: provenance"] if prov else [])
     notes = "\n".join(f"- {n}" for n in protocol_notes(compared(runs)) + _run_notes(runs))
     source = f"\n\nSource: {source_line(prov, compared(runs)['experiment'].unique())}." if prov else ""
