@@ -51,7 +51,7 @@ def test_freeze_partial_records_what_is_present_and_missing(partial_grid, tmp_pa
     sim = prov["experiments"]["sim"]
     assert sim["runs_configured"] == 4 and sim["runs_present"] == 3
     assert sim["runs_missing"] == ["sim/spike_slab/seed=1"]  # the stale folder is not taken
-    assert sim["label"] == "REDUCED" and sim["reduced"] == ["not an experiment of config/paper.yaml"]
+    assert sim["label"] == "REDUCED" and sim["reduced"] == ["not an experiment of config/paper.yaml or config/published.yaml"]
     assert sim["config_sha256"] == hashlib.sha256(cfg_path.read_bytes()).hexdigest()
     assert sim["specs_sha256"] == specs_sha256([s for s in specs if s["experiment"] == "sim"])
     assert sim["devices"] and sim["run_commits"] and sim["torch"] and sim["note"] == "test"
@@ -60,6 +60,25 @@ def test_freeze_partial_records_what_is_present_and_missing(partial_grid, tmp_pa
     assert set(zip(runs["method"], runs["seed"])) == {("dense", 0), ("dense", 1), ("spike_slab", 0)}
     line = source_line(prov)
     assert "REDUCED" in line and "3 of 4 runs" in line and "1 configured runs missing" in line
+
+
+def test_the_published_comparisons_experiments_are_measured_against_config_published_yaml():
+    """An experiment the paper grid lacks but config/published.yaml has (the papers' own
+    protocols) is `protocol` when its runs are that block's, and REDUCED when shortened."""
+    from slabbench.config import load_yaml, run_specs, validate
+    from slabbench.paper import protocol_differences, protocol_of
+
+    paper = {"simulation": [{"experiment": "simulation"}]}
+    assert protocol_of("simulation", paper) == ("config/paper.yaml", paper["simulation"])
+    assert protocol_of("nowhere", paper) == ("config/paper.yaml", [])
+    where, proto = protocol_of("published-lenet300", paper)
+    assert where == "config/published.yaml" and sorted(s["method"] for s in proto) == ["dense", "l0", "magnitude", "sparse_vd"]
+    assert protocol_differences(proto, proto, {(s["method"], int(s["seed"])) for s in proto}) == []
+    cfg = load_yaml(ROOT / "config" / "published.yaml")
+    cfg["experiments"]["published-lenet300"]["epochs"] = 3
+    short = [s for s in run_specs(validate(cfg)) if s["experiment"] == "published-lenet300"]
+    assert protocol_differences(short, proto, {("dense", 0)}) == ["epochs 3 (protocol 200)",
+                                                                 "methods not run: l0, magnitude, sparse_vd"]
 
 
 def test_protocol_or_reduced_says_what_is_reduced():

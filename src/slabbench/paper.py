@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 ARTEFACT_FILES = ("artefacts.json", "pips.npz", "features.csv")
 #: the paper grid: what "protocol" means, experiment by experiment
 PAPER_GRID = "config/paper.yaml"
+#: the papers' own protocols for the published comparison (its experiments are named apart from
+#: the paper grid's): what "protocol" means for an experiment the paper grid does not have
+PUBLISHED_GRID = "config/published.yaml"
 #: why an experiment of the paper grid is absent from a frozen table, by data set (else "not run")
 MISSING_REASONS = {
     "cifar10": "not run: needs the CIFAR-10 files (resources/cifar-10-batches-py/), which no machine that ran "
@@ -107,7 +110,7 @@ def protocol_differences(used: list[dict], protocol: list[dict], present: set[tu
     (protocol 200)", "5 of 30 seeds (0-4)", "methods not run: spike_slab_k5"; [] when the
     runs are the protocol's, complete."""
     if not protocol:
-        return [f"not an experiment of {PAPER_GRID}"]
+        return [f"not an experiment of {PAPER_GRID} or {PUBLISHED_GRID}"]
     out = []
     proto_seeds = sorted({int(s["seed"]) for s in protocol})
     seeds = sorted({seed for _, seed in present})
@@ -163,10 +166,23 @@ def _paper_specs(grid: str | Path | None) -> dict[str, list[dict]]:
     return out
 
 
+def protocol_of(exp: str, paper: dict[str, list[dict]]) -> tuple[str, list[dict]]:
+    """Where experiment ``exp``'s protocol is written and its specs there: the paper grid's
+    block (``paper``: its specs by experiment) or, for an experiment it lacks, the block of
+    config/published.yaml of that name (the papers' own protocols); (PAPER_GRID, []) when
+    neither has it."""
+    if exp in paper:
+        return PAPER_GRID, paper[exp]
+    published = _paper_specs(_root() / PUBLISHED_GRID).get(exp, [])
+    return (PUBLISHED_GRID, published) if published else (PAPER_GRID, [])
+
+
 def experiment_provenance(exp: str, runs: pd.DataFrame, specs: list[dict], config_path: Path,
-                          protocol: list[dict], note: str, frozen_at: str, frozen_at_commit: str) -> dict:
+                          protocol: list[dict], note: str, frozen_at: str, frozen_at_commit: str,
+                          protocol_config: str = PAPER_GRID) -> dict:
     """The provenance of one experiment's frozen runs (``runs``: its rows; ``specs``: its
-    configured runs in ``config_path``; ``protocol``: its runs in the paper grid)."""
+    configured runs in ``config_path``; ``protocol``: its runs in ``protocol_config``, the paper
+    grid or, for the published comparison's experiments, config/published.yaml)."""
     present = {(m, int(s)) for m, s in zip(runs["method"], runs["seed"])}
     reduced = protocol_differences(specs, protocol, present)
     configured = {(s["method"], int(s["seed"])) for s in specs}
@@ -176,7 +192,7 @@ def experiment_provenance(exp: str, runs: pd.DataFrame, specs: list[dict], confi
         "config": _rel(config_path),
         "config_sha256": _sha256(config_path),
         "specs_sha256": specs_sha256(specs),
-        "protocol_config": PAPER_GRID,
+        "protocol_config": protocol_config,
         "protocol_runs": len(protocol),
         "run_commits": sorted(runs["git_commit"].dropna().astype(str).unique()),
         "run_commit_dirty": bool(runs["git_dirty"].fillna(False).astype(bool).any()) if "git_dirty" in runs else False,
@@ -302,8 +318,9 @@ def freeze(config_path: str | Path, out_dir: str | Path, *, experiments: list[st
     check_runs(merged)
     entries = dict((old_prov or {}).get("experiments", {}))
     for e in frozen:
-        entries[e] = experiment_provenance(e, runs[runs["experiment"] == e], by_exp[e], config_path, paper.get(e, []),
-                                           note, when, commit)
+        proto_config, proto = protocol_of(e, paper)
+        entries[e] = experiment_provenance(e, runs[runs["experiment"] == e], by_exp[e], config_path, proto,
+                                           note, when, commit, protocol_config=proto_config)
     entries = {e: entries[e] for e in sorted(entries) if e in set(merged["experiment"])}
     out_dir.mkdir(parents=True, exist_ok=True)
     artefacts = freeze_artefacts(specs, runs, Path(results_root), out_dir, replace=frozen)
