@@ -29,7 +29,7 @@ from torch import nn
 from slabbench import metrics as M
 from slabbench.api import Method
 from slabbench.graphs import StepGraphs, state_entries
-from slabbench.layers.stacked import run_generators, shared_input
+from slabbench.layers.stacked import RunGenerators, run_generators, shared_input
 from slabbench.stack import hooks_per_stack, run_views, select_runs, stacked_runs
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ class StackedStep:
     def set_runs(self, noise_gens: Sequence[torch.Generator], group_of: Sequence[int]) -> None:
         """The runs the step trains: their noise generators and data groups (at the start, and
         after the stack was cut to some of its runs)."""
-        self.noise_gens, self.runs = list(noise_gens), len(group_of)
+        self.noise_gens, self.runs = RunGenerators(noise_gens), len(group_of)
         # runs that see the same rows (restarts' starts): gathered once per group, and the stacked
         # linear layers fed the batch run one matmul per group (layers.stacked.shared_input)
         self.per_group = _group_size(group_of)

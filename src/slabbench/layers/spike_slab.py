@@ -55,6 +55,8 @@ GRANULARITIES = ("edge", "node", "input")
 MODES = ("closed_form", "gumbel", "lrt")
 BIAS_PRIORS = ("none", "spike_slab")
 LRT_EPS = 1e-8
+#: the key of the KL constants computed with the layer's own per-run prior_logit (see _fixed_gate)
+_OWN_PRIOR = "prior_logit"
 
 
 def logit(p: float) -> float:
@@ -94,6 +96,8 @@ class _SpikeSlab(nn.Module):
             self.theta = nn.Parameter(theta)
         self.register_buffer("weight_mask", torch.ones_like(w))
         self._gate_cache = None  # closed_form: φ and the KL's constant part, see _fixed_gate
+        # load_state_dict writes θ in place: the cached tensors follow it at once, in place
+        self.register_load_state_dict_post_hook(lambda module, incompatible: module._refresh_gate_cache())
         # a layer without bias has no bias prior to hold
         self.bias_prior = bias_prior if self.bias is not None else "none"
         if self.bias_prior == "spike_slab":
@@ -228,17 +232,21 @@ class _SpikeSlab(nn.Module):
         The cache is keyed on the θ tensor itself and its version counter (an in-place write
         such as ``closed_form_update`` or ``load_state_dict`` bumps it; ``.to()`` makes a new
         tensor), so a stale φ is never used.  A per-run λ (the ``prior_logit`` buffer, from
-        :meth:`_prior`) keys the constants by the tensor's identity: it is written only where θ
-        is too (``load_state_dict``), and a new one (``.to()``, stacking, cutting a stack)
-        comes with a new θ or a reset cache.  Returns (φ, φ_w, const or None)."""
+        :meth:`_prior`, always the layer's own ``prior_logit`` buffer) keys the constants by that
+        name: it is written only where θ is too (``load_state_dict``), and a new one (``.to()``,
+        stacking, cutting a stack) comes with a new θ or a reset cache.  Traced by torch.compile, the version counter is
+        not consulted (Dynamo cannot guard on it): the cache is taken as current, which it is,
+        since every write of θ outside a step refreshes it in place (``closed_form_update``, the
+        ``load_state_dict`` hook) and a step never writes θ.  Returns (φ, φ_w, const or None)."""
         c = self._gate_cache
-        if c is None or c[0] is not self.theta or c[1] != self.theta._version:
+        if c is None or c[0] is not self.theta or (not torch.compiler.is_compiling() and c[1] != self.theta._version):
             phi = self.phi
             c = self._gate_cache = (self.theta, self.theta._version, phi, self.expand(phi).contiguous(), {})
         consts = c[4]
         if logit_lam is None:
             return c[2], c[3], None
-        key = (logit_lam, sigma0)
+        # the per-run λ is always the layer's own prior_logit buffer (see _prior): keyed by name
+        key = (_OWN_PRIOR if torch.is_tensor(logit_lam) else logit_lam, sigma0)
         if key not in consts:
             consts[key] = self._gate_kl(logit_lam) + (math.log(sigma0) - 0.5) * c[3].sum()
         return c[2], c[3], consts[key]
@@ -313,7 +321,8 @@ class _SpikeSlab(nn.Module):
         c[2].copy_(phi)
         c[3].copy_(self.expand(phi))
         for (logit_lam, sigma0), const in c[4].items():
-            const.copy_(self._gate_kl(logit_lam) + (math.log(sigma0) - 0.5) * c[3].sum())
+            lam = self._prior(None) if logit_lam == _OWN_PRIOR else logit_lam
+            const.copy_(self._gate_kl(lam) + (math.log(sigma0) - 0.5) * c[3].sum())
         self._gate_cache = (self.theta, self.theta._version, *c[2:])
 
     # -- forward ------------------------------------------------------------------------

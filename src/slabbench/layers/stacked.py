@@ -14,46 +14,101 @@ Outside that context, and for unstacked layers, draws come from torch's global g
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import torch
 
 _GENERATORS: Sequence[torch.Generator] | None = None
+#: every live :class:`RunGenerators` by its key: where a traced draw finds its generators
+_REGISTRY: "weakref.WeakValueDictionary[int, RunGenerators]" = weakref.WeakValueDictionary()
+_KEYS = itertools.count()
+
+
+class RunGenerators(list):
+    """The runs' noise generators (a list, run s's at index s) under a registry key, so that a
+    draw traced into a graph (:func:`_per_run_noise`) finds them when the graph runs."""
+
+    def __init__(self, generators: Sequence[torch.Generator]):
+        super().__init__(generators)
+        self.key = next(_KEYS)
+        _REGISTRY[self.key] = self
 
 
 @contextmanager
 def run_generators(generators: Sequence[torch.Generator]) -> Iterator[None]:
     """Within the block, stacked layers draw run ``s``'s noise from ``generators[s]``."""
     global _GENERATORS
-    saved, _GENERATORS = _GENERATORS, list(generators)
+    saved = _GENERATORS
+    _GENERATORS = generators if isinstance(generators, RunGenerators) else list(generators)
     try:
         yield
     finally:
         _GENERATORS = saved
 
 
-def _per_run(t: torch.Tensor, stack: int, fill) -> torch.Tensor | None:
+def _fill(out: torch.Tensor, normal: bool, gens: Sequence[torch.Generator]) -> torch.Tensor:
+    """Slice s of ``out`` filled from ``gens[s]``: N(0, 1) or U[0, 1)."""
+    if len(gens) != out.shape[0]:
+        raise RuntimeError(f"{len(gens)} run generators for a stack of {out.shape[0]} runs")
+    for view, g in zip(out.unbind(0), gens):  # unbind: the S views at once, not S indexing calls
+        if normal:
+            view.normal_(generator=g)
+        else:
+            view.uniform_(generator=g)
+    return out
+
+
+@torch.library.custom_op("slabbench::per_run_noise", mutates_args=("order",))
+def _per_run_noise(order: torch.Tensor, shape: list[int], dtype: torch.dtype, normal: bool, key: int) -> torch.Tensor:
+    """The per-run draws of :func:`_fill` as one operator that a traced graph keeps whole
+    (Dynamo cannot take a ``torch.Generator`` argument into a graph): the generators are those
+    of the :class:`RunGenerators` registered under ``key``, read when the graph runs, so a run's
+    noise is the eager step's, draw for draw.  ``order``: a 0-dim token that every draw
+    declares it writes, so that no compiler reorders two draws (each generator's stream is
+    consumed in the order the eager step consumes it)."""
+    gens = _REGISTRY.get(key)
+    if gens is None:
+        raise RuntimeError(f"the run generators of a traced draw (key {key}) no longer exist")
+    return _fill(torch.empty(shape, dtype=dtype, device=order.device), normal, gens)
+
+
+@_per_run_noise.register_fake
+def _(order: torch.Tensor, shape: list[int], dtype: torch.dtype, normal: bool, key: int) -> torch.Tensor:
+    return order.new_empty(shape, dtype=dtype)
+
+
+_ORDER: dict[torch.device, torch.Tensor] = {}
+
+
+def _order_token(device: torch.device) -> torch.Tensor:
+    if device not in _ORDER:
+        _ORDER[device] = torch.zeros((), device=device)
+    return _ORDER[device]
+
+
+def _per_run(t: torch.Tensor, stack: int, normal: bool) -> torch.Tensor | None:
     gens = _GENERATORS
     if not stack or gens is None:
         return None
-    if len(gens) != t.shape[0]:
-        raise RuntimeError(f"{len(gens)} run generators for a stack of {t.shape[0]} runs")
-    out = torch.empty_like(t, memory_format=torch.contiguous_format)
-    for view, g in zip(out.unbind(0), gens):  # unbind: the S views at once, not S indexing calls
-        fill(view, g)
-    return out
+    if torch.compiler.is_compiling():  # traced: one opaque operator, the same draws
+        if not isinstance(gens, RunGenerators):
+            raise RuntimeError("a traced step draws per-run noise only from run_generators(RunGenerators(...))")
+        return _per_run_noise(_order_token(t.device), list(t.shape), t.dtype, normal, gens.key)
+    return _fill(torch.empty_like(t, memory_format=torch.contiguous_format), normal, gens)
 
 
 def rand_like(t: torch.Tensor, stack: int = 0) -> torch.Tensor:
     """U[0, 1) noise of ``t``'s shape; per run from its own generator when stacked."""
-    out = _per_run(t, stack, lambda view, g: view.uniform_(generator=g))
+    out = _per_run(t, stack, normal=False)
     return torch.rand_like(t) if out is None else out
 
 
 def randn_like(t: torch.Tensor, stack: int = 0) -> torch.Tensor:
     """N(0, 1) noise of ``t``'s shape; per run from its own generator when stacked."""
-    out = _per_run(t, stack, lambda view, g: view.normal_(generator=g))
+    out = _per_run(t, stack, normal=True)
     return torch.randn_like(t) if out is None else out
 
 
