@@ -575,3 +575,20 @@ def test_only_prior_from_target_puts_lambda_in_the_layers(options):
     held = [m.prior_logit.item() for m in model.modules() if "prior_logit" in m._buffers]
     assert held == ([pytest.approx(logit(0.1), rel=1e-6)] * 2 if options else [])
     assert method.penalty(model).item() > 0
+
+
+def test_load_state_dict_refreshes_the_closed_form_gate_cache_in_place():
+    """The cached φ is rewritten in place when load_state_dict writes θ (a traced step reads the
+    cache without checking θ's version, and a captured graph reads these very tensors)."""
+    from torch import nn
+
+    from slabbench.layers.spike_slab import SpikeSlabLinear
+
+    layer = SpikeSlabLinear(nn.Linear(4, 3))
+    layer.kl(-1.0, 1.3)
+    phi = layer._gate_cache[2]
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    state["theta"].fill_(2.0)
+    layer.load_state_dict(state)
+    assert layer._gate_cache[2] is phi  # the same tensor, new values
+    torch.testing.assert_close(phi, torch.full_like(phi, 1 / (1 + math.exp(-2.0))))

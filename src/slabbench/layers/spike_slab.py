@@ -59,6 +59,12 @@ LRT_EPS = 1e-8
 _OWN_PRIOR = "prior_logit"
 
 
+def _refresh_after_load(module: nn.Module, incompatible_keys) -> None:
+    """load_state_dict post-hook of the spike-and-slab layers (a module-level function, so that a
+    pickled layer keeps it): the cached gate tensors follow the θ just written."""
+    module._refresh_gate_cache()
+
+
 def logit(p: float) -> float:
     return math.log(p) - math.log1p(-p)
 
@@ -97,7 +103,7 @@ class _SpikeSlab(nn.Module):
         self.register_buffer("weight_mask", torch.ones_like(w))
         self._gate_cache = None  # closed_form: φ and the KL's constant part, see _fixed_gate
         # load_state_dict writes θ in place: the cached tensors follow it at once, in place
-        self.register_load_state_dict_post_hook(lambda module, incompatible: module._refresh_gate_cache())
+        self.register_load_state_dict_post_hook(_refresh_after_load)
         # a layer without bias has no bias prior to hold
         self.bias_prior = bias_prior if self.bias is not None else "none"
         if self.bias_prior == "spike_slab":
