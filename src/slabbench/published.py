@@ -24,11 +24,12 @@ PUBLISHED = [
     ("mnist", "mlp", "dense", "natural", 1.64, 1.0, "100%", "Han et al. 2015"),
     ("mnist", "mlp", "magnitude", "target", 1.59, 0.08, "8% (12×)", "Han et al. 2015"),
     ("mnist", "mlp", "sparse_vd", "natural", 1.92, 0.015, "1.5% (68×)", "Molchanov et al. 2017"),
-    ("mnist", "mlp", "l0", "natural", 1.6, None, "266-88-33 neurons", "Louizos et al. 2018"),
+    ("mnist", "mlp", "l0", "natural", 1.6, None, "266-88-33 neurons",
+     "Louizos et al. 2018 as quoted by Evci et al. 2020 (which λ: unchecked)"),
     ("mnist", "lenet5", "dense", "natural", 0.80, 1.0, "100%", "Han et al. 2015"),
     ("mnist", "lenet5", "magnitude", "target", 0.77, 0.08, "8% (12×)", "Han et al. 2015"),
     ("mnist", "lenet5", "sparse_vd", "natural", 0.75, 0.0036, "0.36% (280×)", "Molchanov et al. 2017"),
-    ("mnist", "lenet5", "l0", "natural", 0.9, None, "20-25-45-462 neurons", "Louizos et al. 2018"),
+    ("mnist", "lenet5", "l0", "natural", 0.9, None, "20-25-45-462 neurons", "Louizos et al. 2018 (λ = 0.1/N)"),
 ]
 #: how our protocol differs from the papers' wherever the compared runs' options do not say otherwise
 PROTOCOL_NOTES = [
