@@ -169,8 +169,11 @@ def published(runs: pd.DataFrame, prov: dict) -> str:
             if selection == "target":
                 nearest = min(g["target_sparsity"].dropna().unique(), key=lambda t: abs((1 - t) - kept_frac))
                 g, label = g[g["target_sparsity"] == nearest], f"target {nearest:g}"
-            out.append(f"`{method}` {mean_sd(error(g))}% at {100 * (1 - g['sparsity'].mean()):.2f}% of the weights "
-                       f"({label}; {source}: {err:g}% at {kept})")
+            path = ""
+            if "physical_weights" in g and g["physical_weights"].notna().all():
+                path = f" ({100 * (g['physical_weights'] / g['n_weights']).mean():.2f}% on a path from input to output)"
+            out.append(f"`{exp}` `{method}` {mean_sd(error(g))}% at {100 * (1 - g['sparsity'].mean()):.2f}% of the "
+                       f"weights{path} ({label}; {source}: {err:g}% at {kept})")
     exps = sorted({e for d, m, *_ in PUBLISHED for e in runs.loc[(runs["dataset"] == d) & (runs["model"] == m), "experiment"]})
     where = ", ".join(f"`{e}` [{tag(prov, e)}]" for e in exps)
     return (f"{where}: " + "; ".join(out) + ".") if out else "No run on a data set and net with published numbers."
