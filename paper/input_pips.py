@@ -15,8 +15,15 @@ from slabbench.plotting import method_colour
 TITLE = "input-pixel inclusion probabilities (feature importance)"
 
 
+def trains_pips(runs: pd.DataFrame, exp: str) -> bool:
+    """Whether experiment ``exp`` ran the method that writes input PIPs (or a variant of it); an
+    experiment without it (the published comparison's baselines) has no panel here."""
+    g = runs[runs["experiment"] == exp]
+    return bool((g["method"] == PIP_METHOD).any() or ("variant_of" in g and (g["variant_of"] == PIP_METHOD).any()))
+
+
 def input_pip_rows(runs: pd.DataFrame, arts: dict) -> list[dict]:
-    """One row per image experiment (and method with PIPs): ``experiment``, ``method``,
+    """One row per image experiment that ran the PIP method (and method with PIPs): ``experiment``, ``method``,
     ``image`` (h, w mean training input or None), ``pips`` ((seeds, h, w) or None),
     ``kernels`` ((seeds, out, in, kh, kw) conv1 kernel PIPs or None), ``message`` (what is
     missing, or None)."""
@@ -24,11 +31,11 @@ def input_pip_rows(runs: pd.DataFrame, arts: dict) -> list[dict]:
     if meta is None or arrays is None:
         return [dict(experiment=e, method=PIP_METHOD, image=None, pips=None, kernels=None,
                      message=missing_artefacts_text(arts, "Input PIPs and the mean image are"))
-                for e in experiments(runs, "classification")]
+                for e in experiments(runs, "classification") if trains_pips(runs, e)]
     rows = [dict(experiment=e, method=PIP_METHOD, image=None, pips=None, kernels=None,
                  message=f"the artefacts of {e} are not in the frozen data (frozen before the freeze kept them); to draw "
                          f"this panel, {REFREEZE}")
-            for e in experiments(runs, "classification") if e not in meta]
+            for e in experiments(runs, "classification") if e not in meta and trains_pips(runs, e)]
     for exp in sorted(meta):
         facts = meta[exp]
         shape = facts.get("feature_shape")
@@ -39,6 +46,8 @@ def input_pip_rows(runs: pd.DataFrame, arts: dict) -> list[dict]:
         image = None if image is None else np.asarray(image, dtype=float).reshape(shape)
         stacks, kernels = pip_stack(arts, exp), pip_stack(arts, exp, "kernel_pip")
         if not stacks and not kernels:
+            if not trains_pips(runs, exp):
+                continue  # no method that writes PIPs ran here: nothing is missing
             has = sorted(runs.loc[runs["experiment"] == exp, "method"].unique())
             rows.append(dict(experiment=exp, method=PIP_METHOD, image=image, pips=None, kernels=None,
                              message=f"no run with input PIPs in the frozen data (methods present: {', '.join(has)}; "

@@ -433,6 +433,11 @@ def test_experiments_frozen_without_artefacts_beside_ones_with_them_say_so(froze
     runs = pd.concat([hand_runs(), old], ignore_index=True)
     prov = dict(PROV, experiments=dict(PROV["experiments"], **{e: PROV["experiments"]["sim"] for e in ("mnist-old", "sim-old")}))
     rows = {r["experiment"]: r for r in input_pip_rows(runs, frozen)}
+    # an image experiment without the PIP method (a published-comparison baseline) has no panel
+    baselines = hand_runs().replace({"experiment": {"mnist-x": "mnist-baselines"}})
+    baselines = baselines[(baselines["experiment"] == "mnist-baselines") & (baselines["method"] != "spike_slab")]
+    assert len(baselines) and "mnist-baselines" not in {r["experiment"] for r in input_pip_rows(
+        pd.concat([runs, baselines], ignore_index=True), frozen)}
     assert rows["mnist-old"]["pips"] is None and "artefacts of mnist-old are not in the frozen data" in rows["mnist-old"]["message"]
     assert rows["mnist-x"]["pips"] is not None
     fig = simulation_pips(runs, prov, frozen)
