@@ -1,12 +1,17 @@
 """How long a config's grid takes here: every train job timed at two short lengths, extrapolated.
 
     .venv/bin/python benchmarks/grid_time.py config/paper.yaml [--experiments simulation friedman]
-        [--epochs 2 6] [--repeat 2] [--device cpu|cuda|auto] [--slots 2] [--graphs] [--out rows.csv]
+        [--epochs 2 6] [--min-gain 0.5] [--repeat 2] [--device cpu|cuda|auto] [--slots 2] [--graphs] [--out rows.csv]
 
 Each train job of the config (one experiment x method x stack of seeds, as Snakemake runs it) is
 run through the core (``slabbench.train.run_stack``) shortened: at ``E1`` and ``E2`` training
-epochs without fine-tuning, and at ``E1`` with one fine-tuning epoch, each ``--repeat`` times
-in turn, keeping the fastest (the first call of a job pays one-time costs).  Wall times give,
+epochs without fine-tuning, and at ``E1`` with one fine-tuning epoch, each ``--repeat`` times,
+keeping the fastest (the first call of a job pays one-time costs).  The second length and the
+fine-tuning length grow four times at a time (up to the config's own) until the job takes at
+least ``--min-gain`` times its ``E1`` time (and 1 s) longer: a small stacked job's fixed cost
+(tens of seconds evaluating every target) otherwise hides a per-epoch cost of a few
+milliseconds, and a fixed 2-vs-6-epoch timing read 0 s per epoch for Friedman's spike_slab,
+whose job takes 3 minutes.  Wall times give,
 per job, the cost of one training epoch, of one fine-tuning epoch and the rest (data, building,
 evaluation of every target), and so the job at the config's own length:
 
@@ -59,6 +64,20 @@ def timed(specs: list[dict], threads: int) -> float:
     return time.perf_counter() - t0
 
 
+def grown(measure, base: float, start: int, cap: int, min_gain: float) -> tuple[float, int]:
+    """Time ``measure(n)`` from ``n = start``, four times longer each try, until it exceeds
+    ``base`` by ``min_gain`` seconds or ``n`` reaches ``cap``: a per-epoch cost is then read from
+    a difference well above the noise of the job's fixed cost (data, building, evaluating
+    every target), which a few epochs of a small stacked job cannot show.  Returns (the last
+    time, its n)."""
+    n = max(1, min(start, cap))
+    while True:
+        t = measure(n)
+        if t - base >= min_gain or n >= cap:
+            return t, n
+        n = min(cap, 4 * n)
+
+
 def makespan(seconds: list[float], slots: int) -> float:
     """Longest-first list scheduling of jobs of ``seconds`` on ``slots`` lanes."""
     lanes = [0.0] * max(1, slots)
@@ -77,6 +96,8 @@ def main(argv=None) -> None:
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=2, help="time each length this many times, keep the fastest")
+    ap.add_argument("--min-gain", type=float, default=0.5,
+                    help="lengthen the second timing until the job takes this fraction of its first time longer")
     ap.add_argument("--slots", type=int, default=1, help="jobs running at once (cores, or GPU slots)")
     ap.add_argument("--graphs", action="store_true", help="train with graphs: true (CUDA)")
     ap.add_argument("--out", type=Path, help="also write the rows as CSV")
@@ -95,30 +116,32 @@ def main(argv=None) -> None:
     device = str(resolve_device(args.device))
     rows = []
     print(f"{args.config}: {len(jobs)} train jobs on {device}{' with graphs' if args.graphs else ''}, "
-          f"timed at {e1} and {e2} epochs (and {e1} + 1 fine-tuning epoch)")
-    print("| experiment | method | runs | epochs | s / epoch | s / fine-tuning epoch | rest s | job s (extrapolated) |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"timed at {e1} epochs and at {e2} or more (four times longer until the job takes "
+          f"{args.min_gain:g}x its {e1}-epoch time longer, or 1 s), fine-tuning likewise from 1 epoch")
+    print("| experiment | method | runs | epochs | timed at | s / epoch | s / fine-tuning epoch | rest s | job s (extrapolated) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for (experiment, method, stack), specs in jobs.items():
         full_epochs, full_ft = int(specs[0]["epochs"]), int(specs[0].get("finetune_epochs", 0))
         # each length timed --repeat times, in turn, and the fastest kept: the first call of a
         # job pays one-time costs (imports, lazy initialisation, data caches) that would
         # otherwise be charged to the shorter length and hide the cost per epoch
-        t1 = t2 = t1f = float("inf")
-        for _ in range(args.repeat):
-            t1 = min(t1, timed(shortened(specs, e1, 0, device, args.graphs), args.threads))
-            t2 = min(t2, timed(shortened(specs, e2, 0, device, args.graphs), args.threads))
-            if full_ft:
-                t1f = min(t1f, timed(shortened(specs, e1, 1, device, args.graphs), args.threads))
-        t1f = t1f if full_ft else t1
-        per_epoch = max(0.0, (t2 - t1) / (e2 - e1))
-        per_ft = max(0.0, t1f - t1)
+        def best(epochs: int, finetune: int) -> float:
+            return min(timed(shortened(specs, epochs, finetune, device, args.graphs), args.threads)
+                       for _ in range(args.repeat))
+
+        t1 = best(e1, 0)
+        gain = max(args.min_gain * t1, 1.0)
+        t2, e2_used = grown(lambda n: best(n, 0), t1, e2, max(full_epochs, e1 + 1), gain)
+        t1f, ft_used = grown(lambda n: best(e1, n), t1, 1, full_ft, gain) if full_ft else (t1, 0)
+        per_epoch = max(0.0, (t2 - t1) / (e2_used - e1))
+        per_ft = max(0.0, (t1f - t1) / ft_used) if full_ft else 0.0
         rest = max(0.0, t1 - e1 * per_epoch)
         total = rest + full_epochs * per_epoch + full_ft * per_ft
         rows.append(dict(experiment=experiment, method=method, stack=stack, runs=len(specs), epochs=full_epochs,
-                         finetune_epochs=full_ft, s_per_epoch=per_epoch, s_per_finetune_epoch=per_ft, rest_s=rest,
-                         job_s=total))
-        print(f"| {experiment} | {method} | {len(specs)} | {full_epochs} + {full_ft} | {per_epoch:.3f} | {per_ft:.3f} | "
-              f"{rest:.1f} | {total:.0f} |", flush=True)
+                         finetune_epochs=full_ft, timed_epochs=e2_used, timed_finetune_epochs=ft_used,
+                         s_per_epoch=per_epoch, s_per_finetune_epoch=per_ft, rest_s=rest, job_s=total))
+        print(f"| {experiment} | {method} | {len(specs)} | {full_epochs} + {full_ft} | {e1}, {e2_used} + {ft_used} | "
+              f"{per_epoch:.4f} | {per_ft:.3f} | {rest:.1f} | {total:.0f} |", flush=True)
     serial = sum(r["job_s"] for r in rows)
     print(f"\none job after another: {serial:.0f} s ({serial / 60:.1f} min); on {args.slots} slot(s), longest first: "
           f"{makespan([r['job_s'] for r in rows], args.slots) / 60:.1f} min (jobs assumed not to slow each other)")

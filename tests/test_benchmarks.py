@@ -3,6 +3,7 @@
 import importlib.util
 
 import pandas as pd
+import pytest
 
 from conftest import ROOT
 from slabbench.registry import available
@@ -80,6 +81,23 @@ def test_grid_time_schedules_longest_first():
     assert makespan([5, 4, 3, 3], 1) == 15 and makespan([5, 4, 3, 3], 8) == 5
 
 
+def test_grid_time_lengthens_a_timing_until_the_epochs_show():
+    """A job of fixed cost 30 s and 0.01 s per epoch: 6 epochs add 0.06 s (noise); the second
+    timing grows 6 -> 24 -> 96 -> 384 -> 1536 epochs until it adds at least 15 s, never past the
+    config's length."""
+    grown = load("grid_time").grown
+    calls = []
+
+    def measure(n):
+        calls.append(n)
+        return 30.0 + 0.01 * n
+
+    t, n = grown(measure, 30.02, 6, 2000, 15.0)
+    assert calls == [6, 24, 96, 384, 1536] and n == 1536 and t == pytest.approx(45.36)
+    calls.clear()
+    assert grown(measure, 30.02, 6, 100, 15.0)[1] == 100 and calls == [6, 24, 96, 100]  # capped
+
+
 def test_grid_time_extrapolates_each_job_of_a_config(tmp_path, capsys):
     load("grid_time").main([str(ROOT / ".test" / "config.yaml"), "--experiments", "sim-tiny", "--methods", "dense",
                             "magnitude", "--epochs", "1", "2", "--repeat", "1", "--device", "cpu", "--out",
@@ -90,7 +108,8 @@ def test_grid_time_extrapolates_each_job_of_a_config(tmp_path, capsys):
     expect = rows["rest_s"] + 5 * rows["s_per_epoch"] + 1 * rows["s_per_finetune_epoch"]
     assert (rows["job_s"] - expect).abs().max() < 1e-9
     out = capsys.readouterr().out
-    assert "| sim-tiny | magnitude | 2 | 5 + 1 |" in out and "one job after another" in out
+    assert "| sim-tiny | magnitude | 2 | 5 + 1 | 1, " in out and "one job after another" in out
+    assert ((rows["timed_epochs"] >= 2) & (rows["timed_epochs"] <= 5) & (rows["timed_finetune_epochs"] == 1)).all()
 
 
 def test_noise_rng_times_both_ways_and_its_hash_draws_are_standard():
