@@ -122,7 +122,7 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for (experiment, method, stack), specs in jobs.items():
         full_epochs, full_ft = int(specs[0]["epochs"]), int(specs[0].get("finetune_epochs", 0))
-        # each length timed --repeat times, in turn, and the fastest kept: the first call of a
+        # each length timed --repeat times and the fastest kept: the first call of a
         # job pays one-time costs (imports, lazy initialisation, data caches) that would
         # otherwise be charged to the shorter length and hide the cost per epoch
         def best(epochs: int, finetune: int) -> float:

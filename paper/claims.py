@@ -17,7 +17,7 @@ from _common import load_frozen, no_path, paper_dir, tag
 from slabbench.io import write_text
 from slabbench.paper import gaps_text, load_artefacts
 from slabbench.plotting import method_order
-from slabbench.published import PUBLISHED, error, mean_sd, metric, net_name
+from slabbench.published import PUBLISHED, error, mean_sd, metric, net_name, on_a_path
 
 MODERATE = 0.9  #: targets up to this are "moderate", above it "extreme"
 
@@ -169,9 +169,8 @@ def published(runs: pd.DataFrame, prov: dict) -> str:
             if selection == "target":
                 nearest = min(g["target_sparsity"].dropna().unique(), key=lambda t: abs((1 - t) - kept_frac))
                 g, label = g[g["target_sparsity"] == nearest], f"target {nearest:g}"
-            path = ""
-            if "physical_weights" in g and g["physical_weights"].notna().all():
-                path = f" ({100 * (g['physical_weights'] / g['n_weights']).mean():.2f}% on a path from input to output)"
+            path = on_a_path(g)
+            path = "" if path == "–" else f" ({path} on a path from input to output)"
             out.append(f"`{exp}` `{method}` {mean_sd(error(g))}% at {100 * (1 - g['sparsity'].mean()):.2f}% of the "
                        f"weights{path} ({label}; {source}: {err:g}% at {kept})")
     exps = sorted({e for d, m, *_ in PUBLISHED for e in runs.loc[(runs["dataset"] == d) & (runs["model"] == m), "experiment"]})
