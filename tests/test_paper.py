@@ -72,13 +72,14 @@ def test_the_published_comparisons_experiments_are_measured_against_config_publi
     assert protocol_of("simulation", paper) == ("config/paper.yaml", paper["simulation"])
     assert protocol_of("nowhere", paper) == ("config/paper.yaml", [])
     where, proto = protocol_of("published-lenet300", paper)
-    assert where == "config/published.yaml" and sorted(s["method"] for s in proto) == ["dense", "l0", "magnitude", "sparse_vd"]
+    assert where == "config/published.yaml" and sorted(s["method"] for s in proto) == ["dense", "l0", "magnitude", "sparse_vd",
+                                                                                             "spike_slab"]
     assert protocol_differences(proto, proto, {(s["method"], int(s["seed"])) for s in proto}) == []
     cfg = load_yaml(ROOT / "config" / "published.yaml")
     cfg["experiments"]["published-lenet300"]["epochs"] = 3
     short = [s for s in run_specs(validate(cfg)) if s["experiment"] == "published-lenet300"]
     assert protocol_differences(short, proto, {("dense", 0)}) == ["epochs 3 (protocol 200)",
-                                                                 "methods not run: l0, magnitude, sparse_vd"]
+                                                                 "methods not run: l0, magnitude, sparse_vd, spike_slab"]
 
 
 def test_protocol_or_reduced_says_what_is_reduced():
