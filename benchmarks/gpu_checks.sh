@@ -14,6 +14,10 @@
 #    gradient-reading method stacked vs alone (tests/test_plugin_hooks.py), and the stacking
 #    equivalence tests with their runs on CUDA (seed 1 in a stack == seed 1 alone, every method
 #    and option, mlp and conv nets).
+# 5. benchmarks/grid_time.py on CUDA with graphs for config/paper.yaml's mnist-lenet300 (every
+#    train job at 1 and 3 epochs, extrapolated to 200; 8 GPU slots): whether that experiment fits a
+#    short GPU session.  Needs the MNIST files in resources/MNIST/raw (git-ignored: carry that
+#    folder); cut off after GRID_TIME_S seconds (default 180), the rows printed by then are kept.
 # Each writes its output to OUT_DIR; a failing step does not stop the others. PYTHON picks the
 # interpreter (default python3). The paper grid has its own script: paper/run_grid.sh.
 set -uo pipefail
@@ -36,6 +40,8 @@ step stacking_cuda "$py" benchmarks/stacking.py --device cuda --sim-epochs 30 --
 step stacking_cuda_lenet5_loop "$py" benchmarks/stacking.py --device cuda --workloads lenet5 --conv loop --stacks 1 10 30
 step step_time_cuda "$py" benchmarks/step_time.py --device cuda
 step graph_replay_cuda "$py" benchmarks/graph_replay.py
+step grid_time_cuda timeout "${GRID_TIME_S:-180}" "$py" benchmarks/grid_time.py config/paper.yaml \
+    --experiments mnist-lenet300 --device cuda --graphs --epochs 1 3 --repeat 1 --slots 8 --out "$out/grid_time_cuda.csv"
 if "$py" -c "import pytest" 2> /dev/null; then
     step graph_tests_cuda env SLABBENCH_TEST_DEVICE=cuda "$py" -m pytest tests/test_graphs.py tests/test_plugin_hooks.py -q -p no:cacheprovider
     step stacking_tests_cuda env SLABBENCH_TEST_DEVICE=cuda "$py" -m pytest tests/test_stacking.py -q -x -p no:cacheprovider
