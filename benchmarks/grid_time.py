@@ -11,7 +11,9 @@ fine-tuning length grow four times at a time (up to the config's own) until the 
 least ``--min-gain`` times its ``E1`` time (and 1 s) longer: a small stacked job's fixed cost
 (tens of seconds evaluating every target) otherwise hides a per-epoch cost of a few
 milliseconds, and a fixed 2-vs-6-epoch timing read 0 s per epoch for Friedman's spike_slab,
-whose job takes 3 minutes.  Wall times give,
+whose job takes 3 minutes.  A job that fine-tunes nothing (dense: it has no scores, so no
+sparsity targets) is timed at one fine-tuning epoch only, its cost per fine-tuning epoch is 0
+and the table shows "+ 0".  Wall times give,
 per job, the cost of one training epoch, of one fine-tuning epoch and the rest (data, building,
 evaluation of every target), and so the job at the config's own length:
 
@@ -53,15 +55,17 @@ def shortened(specs: list[dict], epochs: int, finetune: int, device: str, graphs
     return out
 
 
-def timed(specs: list[dict], threads: int) -> float:
+def timed(specs: list[dict], threads: int) -> tuple[float, bool]:
+    """(wall seconds of the job, whether any of its records was fine-tuned)."""
     dev = resolve_device(specs[0]["device"])
     if dev.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    run_stack(specs, threads=threads)
+    results = run_stack(specs, threads=threads)
     if dev.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    return seconds, any(rec.get("finetune_epochs", 0) > 0 for records, _ in results for rec in records)
 
 
 def grown(measure, base: float, start: int, cap: int, min_gain: float) -> tuple[float, int]:
@@ -125,16 +129,28 @@ def main(argv=None) -> None:
         # each length timed --repeat times and the fastest kept: the first call of a
         # job pays one-time costs (imports, lazy initialisation, data caches) that would
         # otherwise be charged to the shorter length and hide the cost per epoch
+        tunes = []  # per timing: whether the job fine-tuned anything
+
         def best(epochs: int, finetune: int) -> float:
-            return min(timed(shortened(specs, epochs, finetune, device, args.graphs), args.threads)
-                       for _ in range(args.repeat))
+            times = [timed(shortened(specs, epochs, finetune, device, args.graphs), args.threads)
+                     for _ in range(args.repeat)]
+            tunes.append(any(t for _, t in times))
+            return min(t for t, _ in times)
 
         t1 = best(e1, 0)
         gain = max(args.min_gain * t1, 1.0)
         t2, e2_used = grown(lambda n: best(n, 0), t1, e2, max(full_epochs, e1 + 1), gain)
-        t1f, ft_used = grown(lambda n: best(e1, n), t1, 1, full_ft, gain) if full_ft else (t1, 0)
+        t1f, ft_used = (t1, 0)
+        if full_ft:
+            # one fine-tuning epoch first: a job with nothing to fine-tune (dense has no sparsity
+            # targets) is not grown to the config's fine-tuning length to read a cost of 0
+            t1f, ft_used = best(e1, 1), 1
+            if not tunes[-1]:
+                t1f, ft_used = t1, 0
+            elif t1f - t1 < gain and full_ft > 1:
+                t1f, ft_used = grown(lambda n: best(e1, n), t1, 4, full_ft, gain)
         per_epoch = max(0.0, (t2 - t1) / (e2_used - e1))
-        per_ft = max(0.0, (t1f - t1) / ft_used) if full_ft else 0.0
+        per_ft = max(0.0, (t1f - t1) / ft_used) if ft_used else 0.0
         rest = max(0.0, t1 - e1 * per_epoch)
         total = rest + full_epochs * per_epoch + full_ft * per_ft
         rows.append(dict(experiment=experiment, method=method, stack=stack, runs=len(specs), epochs=full_epochs,

@@ -109,7 +109,13 @@ def test_grid_time_extrapolates_each_job_of_a_config(tmp_path, capsys):
     assert (rows["job_s"] - expect).abs().max() < 1e-9
     out = capsys.readouterr().out
     assert "| sim-tiny | magnitude | 2 | 5 + 1 | 1, " in out and "one job after another" in out
-    assert ((rows["timed_epochs"] >= 2) & (rows["timed_epochs"] <= 5) & (rows["timed_finetune_epochs"] == 1)).all()
+    assert ((rows["timed_epochs"] >= 2) & (rows["timed_epochs"] <= 5)).all()
+    # dense fine-tunes nothing (no scores, no targets): timed at no fine-tuning length, 0 s per epoch;
+    # magnitude fine-tunes its targets: timed at the config's one fine-tuning epoch
+    by = rows.set_index("method")
+    assert by.loc["dense", "timed_finetune_epochs"] == 0 and by.loc["dense", "s_per_finetune_epoch"] == 0
+    assert by.loc["magnitude", "timed_finetune_epochs"] == 1
+    assert "| sim-tiny | dense | 2 | 5 + 1 | 1, " in out and " + 0 |" in out
 
 
 def test_noise_rng_times_both_ways_and_its_hash_draws_are_standard():
