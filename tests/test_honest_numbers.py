@@ -195,3 +195,19 @@ def test_a_diverged_classifier_is_counted_in_the_figure(tmp_path):
     assert "magnitude (2 diverged runs not drawn)" in labels
     ok = runs.assign(nan_metrics=math.nan, test_accuracy=0.9)  # no name at all: an all-NaN float column
     assert "magnitude" in [t.get_text() for t in plot_experiment(ok).axes[0].get_legend().get_texts()]
+
+
+def test_a_cpu_run_records_which_cpu_and_instruction_set():
+    """Two x86_64 machines can train the same spec to different numbers (kernels of another
+    vector instruction set round differently): a record names the CPU model and the
+    instruction set torch dispatches to, not just the architecture."""
+    import torch
+
+    from slabbench.provenance import cpu_name, provenance
+
+    isa = torch.backends.cpu.get_cpu_capability()
+    info = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7763 64-Core Processor\nflags\t\t: fpu\n"
+    assert cpu_name(info) == f"AMD EPYC 7763 64-Core Processor ({isa})"
+    assert cpu_name("Model\t\t: Raspberry Pi 4 Model B Rev 1.4\n") == f"Raspberry Pi 4 Model B Rev 1.4 ({isa})"
+    assert cpu_name("").endswith(f" ({isa})") and len(cpu_name("")) > len(f" ({isa})")  # falls back to the platform
+    assert provenance(torch.device("cpu"))["device_name"] == cpu_name()

@@ -40,6 +40,29 @@ def git_commit() -> tuple[str, bool]:
     return found
 
 
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU a run used, as specific as the machine tells: its model name (Linux
+    ``/proc/cpuinfo``; else :func:`platform.processor`, else the architecture) and the vector
+    instruction set torch's CPU kernels dispatch to, e.g. ``"AMD EPYC (AVX512)"``.  Two x86_64
+    machines can give different numbers for the same run (kernels of another instruction set
+    round differently, and 100,000 training steps grow the difference): the record says which."""
+    model = ""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("model name", "Model", "cpu model") and value.strip():
+            model = value.strip()
+            break
+    model = model or platform.processor() or platform.machine() or "unknown CPU"
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{model} ({capability})" if capability else model
+
+
 def provenance(device: torch.device) -> dict:
     commit, dirty = git_commit()
     info = {
@@ -50,6 +73,6 @@ def provenance(device: torch.device) -> dict:
         "platform": platform.platform(),
         "git_commit": commit,
         "git_dirty": dirty,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
     }
     return info
