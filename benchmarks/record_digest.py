@@ -13,7 +13,8 @@ floats by their exact ``repr``; wall-clock fields and the provenance left out) a
     python benchmarks/record_digest.py --quick --dump small.json # the cases tests/test_record_digest.py uses
 
 ``tests/test_record_digest.py`` compares the quick cases against ``tests/data/record_digests.json``
-(made on one machine: digests are compared where the torch version and CPU capability match).
+(made on one machine: digests are compared where the torch version, the CPU capability and the
+CPU model match, see :func:`machine`).
 """
 
 from __future__ import annotations
@@ -105,7 +106,12 @@ def digest(case: dict) -> str:
 
 
 def machine() -> dict:
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    """What a float result depends on besides the code: the torch build, the vector instruction
+    set its kernels dispatch to, and the CPU itself (the matrix libraries torch calls choose
+    kernels by CPU: two AVX512 machines of different models gave other digests for every case)."""
+    from slabbench.provenance import cpu_name
+
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_name()}
 
 
 def main(argv: list[str] | None = None) -> int:

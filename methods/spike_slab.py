@@ -8,9 +8,9 @@ Options (``Params``):
   ``closed_form`` (default): θ = logit φ is not trained by gradient; every ``phi_every`` steps
   (0 = once per epoch), after ``phi_warmup_epochs`` epochs with φ fixed at ``phi_init``
   (default 5% of the epochs; what counts is steps: the slabs widen while φ is fixed, and a
-  first update after 6,000 steps (MNIST, 10 of 200 epochs) removed 99.7% of LeNet-300-100's
+  first update after 5,500 steps (MNIST, 10 of 200 epochs) removed 99.7% of LeNet-300-100's
   weights for good, since a gate at φ ≈ 0 is never sampled on again: the image configs set
-  1 epoch = 600 steps, the simulation's 5%; docs/published.md),
+  1 epoch = 550 steps, near the simulation's 600; docs/published.md),
       logit φ_i = logit λ + log(σ_i/σ0) + μ_i²/(2σ_i²)
   (group form: logit φ_g = logit λ + Σ_{i∈g}[...]); gates in the forward pass are Bernoulli(φ),
   or with ``lrt_forward: true`` (ours) the moment-matched pre-activations of ``lrt``.

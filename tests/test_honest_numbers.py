@@ -209,5 +209,7 @@ def test_a_cpu_run_records_which_cpu_and_instruction_set():
     info = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7763 64-Core Processor\nflags\t\t: fpu\n"
     assert cpu_name(info) == f"AMD EPYC 7763 64-Core Processor ({isa})"
     assert cpu_name("Model\t\t: Raspberry Pi 4 Model B Rev 1.4\n") == f"Raspberry Pi 4 Model B Rev 1.4 ({isa})"
+    both = "Model\t\t: Raspberry Pi 5\nmodel name\t: ARMv8 Processor rev 1 (v8l)\n"
+    assert cpu_name(both) == f"ARMv8 Processor rev 1 (v8l) ({isa})"  # the processor before the board
     assert cpu_name("").endswith(f" ({isa})") and len(cpu_name("")) > len(f" ({isa})")  # falls back to the platform
     assert provenance(torch.device("cpu"))["device_name"] == cpu_name()

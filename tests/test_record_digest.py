@@ -2,9 +2,9 @@
 ``benchmarks/record_digest.py`` (every built-in method, stacked and alone, restarts with
 screening, the per-target variant) give the digests committed in ``tests/data/record_digests.json``.
 
-Float results depend on the torch build and the CPU's vector instructions, so the digests are
-compared where both match those the file was made with; elsewhere the test says which differs
-and skips.  A change that is meant to change records regenerates the file
+Float results depend on the torch build, the CPU's vector instructions and the CPU model (the
+matrix libraries choose kernels by CPU), so the digests are compared where all three match
+those the file was made with; elsewhere the test says which differs and skips.  A change that is meant to change records regenerates the file
 (``python benchmarks/record_digest.py --dump /tmp/full.json`` and keep its machine and digests)."""
 
 import importlib.util

@@ -53,11 +53,13 @@ def cpu_name(cpuinfo: str | None = None) -> str:
                 cpuinfo = f.read()
         except OSError:
             cpuinfo = ""
+    fields: dict[str, str] = {}
     for line in cpuinfo.splitlines():
         key, sep, value = line.partition(":")
-        if sep and key.strip() in ("model name", "Model", "cpu model") and value.strip():
-            model = value.strip()
-            break
+        if sep and value.strip():
+            fields.setdefault(key.strip(), value.strip())
+    # the processor's name first (x86, some ARM kernels; MIPS), the board's (ARM) last
+    model = next((fields[k] for k in ("model name", "cpu model", "Model") if k in fields), "")
     model = model or platform.processor() or platform.machine() or "unknown CPU"
     capability = torch.backends.cpu.get_cpu_capability()
     return f"{model} ({capability})" if capability else model
