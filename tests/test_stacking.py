@@ -132,8 +132,12 @@ def assert_records_close(a: list[dict], b: list[dict], rel: float = 1e-4) -> Non
         assert set(ra) == set(rb)
         for key in set(ra) - SKIP:
             va, vb = ra[key], rb[key]
-            if isinstance(va, float) and isinstance(vb, float):
-                assert (math.isnan(va) and math.isnan(vb)) or va == pytest.approx(vb, rel=rel, abs=1e-7), key
+            floats = (isinstance(va, float) and isinstance(vb, float)) or (
+                isinstance(va, list) and isinstance(vb, list) and len(va) == len(vb) and va
+                and all(isinstance(x, float) for x in va + vb))  # e.g. restart_screen_objectives
+            if floats:
+                for xa, xb in (zip(va, vb) if isinstance(va, list) else [(va, vb)]):
+                    assert (math.isnan(xa) and math.isnan(xb)) or xa == pytest.approx(xb, rel=rel, abs=1e-7), key
             else:
                 assert va == vb, key
 
