@@ -110,7 +110,8 @@ def test_grid_time_extrapolates_each_job_of_a_config(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| sim-tiny | magnitude | 2 | 5 + 1 | 1, " in out and "one job after another" in out
     assert ((rows["timed_epochs"] >= 2) & (rows["timed_epochs"] <= 5)).all()
-    # dense fine-tunes nothing (no scores, no targets): timed at no fine-tuning length, 0 s per epoch;
+    # dense fine-tunes nothing (no scores, no targets): timed at one fine-tuning epoch only, reported as
+    # 0 fine-tuning epochs at 0 s each;
     # magnitude fine-tunes its targets: timed at the config's one fine-tuning epoch
     by = rows.set_index("method")
     assert by.loc["dense", "timed_finetune_epochs"] == 0 and by.loc["dense", "s_per_finetune_epoch"] == 0

@@ -4,7 +4,8 @@ screening, the per-target variant) give the digests committed in ``tests/data/re
 
 Float results depend on the torch build, the CPU's vector instructions and the CPU model (the
 matrix libraries choose kernels by CPU), so the digests are compared where all three match
-those the file was made with; elsewhere the test says which differs and skips.  A change that is meant to change records regenerates the file
+those the file was made with; elsewhere the test says which differs and skips.  A change that
+is meant to change records regenerates the file
 (``python benchmarks/record_digest.py --dump /tmp/full.json`` and keep its machine and digests)."""
 
 import importlib.util

@@ -46,7 +46,6 @@ def cpu_name(cpuinfo: str | None = None) -> str:
     instruction set torch's CPU kernels dispatch to, e.g. ``"AMD EPYC (AVX512)"``.  Two x86_64
     machines can give different numbers for the same run (kernels of another instruction set
     round differently, and 100,000 training steps grow the difference): the record says which."""
-    model = ""
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
