@@ -129,26 +129,24 @@ def main(argv=None) -> None:
         # each length timed --repeat times and the fastest kept: the first call of a
         # job pays one-time costs (imports, lazy initialisation, data caches) that would
         # otherwise be charged to the shorter length and hide the cost per epoch
-        tunes = []  # per timing: whether the job fine-tuned anything
-
-        def best(epochs: int, finetune: int) -> float:
+        def best(epochs: int, finetune: int) -> tuple[float, bool]:
+            """(the fastest of --repeat timings, whether the job fine-tuned anything)."""
             times = [timed(shortened(specs, epochs, finetune, device, args.graphs), args.threads)
                      for _ in range(args.repeat)]
-            tunes.append(any(t for _, t in times))
-            return min(t for t, _ in times)
+            return min(t for t, _ in times), any(tuned for _, tuned in times)
 
-        t1 = best(e1, 0)
+        t1 = best(e1, 0)[0]
         gain = max(args.min_gain * t1, 1.0)
-        t2, e2_used = grown(lambda n: best(n, 0), t1, e2, max(full_epochs, e1 + 1), gain)
+        t2, e2_used = grown(lambda n: best(n, 0)[0], t1, e2, max(full_epochs, e1 + 1), gain)
         t1f, ft_used = (t1, 0)
         if full_ft:
             # one fine-tuning epoch first: a job with nothing to fine-tune (dense has no sparsity
             # targets) is not grown to the config's fine-tuning length to read a cost of 0
-            t1f, ft_used = best(e1, 1), 1
-            if not tunes[-1]:
-                t1f, ft_used = t1, 0
-            elif t1f - t1 < gain and full_ft > 1:
-                t1f, ft_used = grown(lambda n: best(e1, n), t1, 4, full_ft, gain)
+            t, tuned = best(e1, 1)
+            if tuned and (t - t1 >= gain or full_ft == 1):
+                t1f, ft_used = t, 1
+            elif tuned:  # one epoch hides the cost: grow 4, 16, ... as the training length does
+                t1f, ft_used = grown(lambda n: best(e1, n)[0], t1, 4, full_ft, gain)
         per_epoch = max(0.0, (t2 - t1) / (e2_used - e1))
         per_ft = max(0.0, (t1f - t1) / ft_used) if ft_used else 0.0
         rest = max(0.0, t1 - e1 * per_epoch)

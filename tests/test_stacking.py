@@ -126,17 +126,22 @@ def elementwise_adam(monkeypatch):
             monkeypatch.setattr(module, "adam", adam)
 
 
+def _floats(v) -> list[float] | None:
+    """``v`` as a list of floats when it is a float or a non-empty list of floats, else None."""
+    if isinstance(v, float):
+        return [v]
+    return v if isinstance(v, list) and v and all(isinstance(x, float) for x in v) else None
+
+
 def assert_records_close(a: list[dict], b: list[dict], rel: float = 1e-4) -> None:
     assert len(a) == len(b)
     for ra, rb in zip(a, b):
         assert set(ra) == set(rb)
         for key in set(ra) - SKIP:
             va, vb = ra[key], rb[key]
-            floats = (isinstance(va, float) and isinstance(vb, float)) or (
-                isinstance(va, list) and isinstance(vb, list) and len(va) == len(vb) and va
-                and all(isinstance(x, float) for x in va + vb))  # e.g. restart_screen_objectives
-            if floats:
-                for xa, xb in (zip(va, vb) if isinstance(va, list) else [(va, vb)]):
+            fa, fb = _floats(va), _floats(vb)  # a float, or a list of them (restart_screen_objectives)
+            if fa is not None and fb is not None and len(fa) == len(fb):
+                for xa, xb in zip(fa, fb):
                     assert (math.isnan(xa) and math.isnan(xb)) or xa == pytest.approx(xb, rel=rel, abs=1e-7), key
             else:
                 assert va == vb, key
