@@ -107,3 +107,27 @@ def test_the_old_name_still_works_for_a_layer_and_a_method_and_warns_once_per_cl
     assert len(messages) == 2 and all("`stackable = True`, a deprecated name" in m for m in messages)
     assert any("OldLayer" in m for m in messages) and any("OldMethod" in m for m in messages)
     assert all("handles_run_dim = True" in m and "hooks_per_stack = True" in m for m in messages)
+
+
+def test_a_job_logs_its_progress_epoch_time_left_and_each_runs_training_nll(monkeypatch, caplog):
+    """Every PROGRESS_SECONDS (0 here: every epoch) the epoch loop logs the epoch reached of how
+    many, the time left and each run's training NLL; the runs' NLL falls from epoch 1 to 3."""
+    monkeypatch.setattr(engine, "PROGRESS_SECONDS", 0.0)
+    with caplog.at_level(logging.INFO, logger="slabbench.engine"):
+        T.run_stack([tiny_spec(seed=0, epochs=3, finetune_epochs=0), tiny_spec(seed=1, epochs=3, finetune_epochs=0)])
+    lines = [r.getMessage() for r in caplog.records if "s per epoch" in r.getMessage()]
+    assert [line.split(": epoch ")[1].split(",")[0] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert all(line.startswith("tiny/dense: ") and " left; training NLL per example: " in line for line in lines)
+    first, last = ([float(v) for v in line.rsplit(": ", 1)[1].split(", ")] for line in (lines[0], lines[-1]))
+    assert len(first) == len(last) == 2 and all(b < a for a, b in zip(first, last))
+    assert "about 0 s left" in lines[-1]
+
+
+def test_a_job_shorter_than_progress_seconds_logs_no_progress_line(caplog):
+    """At the default PROGRESS_SECONDS (60 s) a sub-second job logs no progress line; the time
+    left reads in the unit a person would use."""
+    assert engine.PROGRESS_SECONDS == 60.0
+    with caplog.at_level(logging.INFO, logger="slabbench.engine"):
+        T.run_stack([tiny_spec(epochs=3, finetune_epochs=0)])
+    assert not [r for r in caplog.records if "s per epoch" in r.getMessage()]
+    assert engine._duration(45) == "45 s" and engine._duration(720) == "12 min" and engine._duration(3 * 3600 + 720) == "3.2 h"

@@ -20,6 +20,7 @@ elsewhere.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -33,6 +34,11 @@ from slabbench.layers.stacked import RunGenerators, run_generators, shared_input
 from slabbench.stack import hooks_per_stack, run_views, select_runs, stacked_runs
 
 log = logging.getLogger(__name__)
+
+#: a training job logs its progress (epoch, time per epoch, time left, training NLL) at most this
+#: often, in seconds of wall time, and at its last epoch if it logged before: a 200-epoch job on a
+#: CPU says it is alive without flooding the log of a short one
+PROGRESS_SECONDS = 60.0
 
 class TrainingDiverged(RuntimeError):
     """A run's training loss or parameters became NaN or infinite."""
@@ -100,6 +106,28 @@ def _check_finite(members: Sequence[Member], nll_sums: torch.Tensor, params: lis
         if stop:
             raise TrainingDiverged(msg)
         log.warning(msg)
+
+
+def _log_progress(members: Sequence[Member], nll_sums: torch.Tensor, steps: int, epoch: int, epochs: int,
+                  elapsed: float) -> None:
+    """One progress line: the epoch reached, wall time per epoch, the time left at that rate and
+    each run's training NLL per example, the mean of the epoch's ``steps`` minibatch means
+    (``nll_sums`` is read after :func:`_check_finite` has synchronised: no further wait)."""
+    per_epoch = elapsed / (epoch + 1)
+    left = per_epoch * (epochs - epoch - 1)
+    nll = (nll_sums / steps).tolist()
+    shown = ", ".join(f"{v:.4g}" for v in nll[:8]) + (f", ... ({len(nll)} runs)" if len(nll) > 8 else "")
+    log.info("%s: epoch %d/%d, %.3g s per epoch, about %s left; training NLL per example: %s",
+             members[0].label.split(" seed=")[0], epoch + 1, epochs, per_epoch, _duration(left), shown)
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` for a person: "45 s", "12 min", "3.2 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _batches(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]):
@@ -318,6 +346,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
 
     model.train()
     step = 0
+    started = last_log = time.monotonic()
     for epoch in range(epochs):
         beta = lead.beta(epoch)
         factor = lead.lr_factor(epoch)
@@ -364,6 +393,10 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
         if step_graphs is not None and hooked:
             step_graphs.check()
         _check_finite(members, train_step.nll_sums, params, epoch, epochs, lr, stop_on_divergence)
+        now = time.monotonic()
+        if now - last_log >= PROGRESS_SECONDS or (epoch + 1 == epochs and last_log > started):
+            last_log = now
+            _log_progress(members, train_step.nll_sums, -(-n // batch_size), epoch, epochs, now - started)
         if screen is not None and epoch + 1 == screen[0] and epoch + 1 < epochs:
             keep = sorted(set(screen[1](model, members)))
             if len(keep) < s_runs:
