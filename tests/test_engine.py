@@ -131,3 +131,15 @@ def test_a_job_shorter_than_progress_seconds_logs_no_progress_line(caplog):
         T.run_stack([tiny_spec(epochs=3, finetune_epochs=0)])
     assert not [r for r in caplog.records if "s per epoch" in r.getMessage()]
     assert engine._duration(45) == "45 s" and engine._duration(720) == "12 min" and engine._duration(3 * 3600 + 720) == "3.2 h"
+
+
+def test_a_jobs_records_name_the_commit_read_before_it_trains(monkeypatch):
+    """Provenance (git commit, dirty tree) is read when the job starts, not after training: a
+    commit made while a long job trains is not the code it ran."""
+    order = []
+    real_prov, real_train = T.provenance, T._train
+    monkeypatch.setattr(T, "provenance", lambda device: order.append("provenance") or dict(real_prov(device), git_commit="at-start"))
+    monkeypatch.setattr(T, "_train", lambda *a, **k: order.append("train") or real_train(*a, **k))
+    [(records, meta)] = T.run_stack([tiny_spec(finetune_epochs=0)])
+    assert order[0] == "provenance" and "train" in order
+    assert {r["provenance"]["git_commit"] for r in records} == {"at-start"}

@@ -292,6 +292,9 @@ def _run_stack(specs: list[RunSpec], threads: int, flushed: bool) -> list[tuple[
     spec = specs[0]  # the job's settings (every spec's but the seed)
     set_threads(threads)
     device = resolve_device(spec.device)
+    # read before training: the commit whose code this process runs (a commit made while a long
+    # job trains must not be named in its records)
+    prov = dict(provenance(device), flush_denormal=flushed)
     m_cls = method_class(spec.plugin)
     m_params = make_params(m_cls.Params, spec.method_params, f"method {spec.method!r}")
     err = run_option_error(spec, int(spec.epochs))  # validate() checked it; run_stack is also called directly
@@ -347,7 +350,6 @@ def _run_stack(specs: list[RunSpec], threads: int, flushed: bool) -> list[tuple[
             raise TrainingDiverged(f"{lost[0].label}: {which} diverged (start "
                                    f"{lost[0].start}: {lost[0].diverged}). {_divergence_advice(float(spec.lr))}")
 
-    prov = dict(provenance(device), flush_denormal=flushed)
     measure = Measure(data_spec=data_spec, task=task, noise_sd=noise_sd, device=device)
     results: list[tuple[list[dict], dict[str, Any]]] = [([], {}) for _ in specs]
     pending: list[TargetSelection] = []  # awaiting fine-tuning
