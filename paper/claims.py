@@ -146,15 +146,31 @@ def features(runs: pd.DataFrame, prov: dict, data_dir: Path) -> str:
     return "\n".join(out) or "- no experiment with known true features in the frozen data."
 
 
+def _hours(seconds: float) -> str:
+    """A wall time in hours from one hour up, else in minutes."""
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
 def wall_time(runs: pd.DataFrame, prov: dict) -> str:
-    out = []
+    """Per experiment: runs, hours of training (each run's share of its stack's wall time) and of
+    fine-tuning (its targets' shares), the span per run, the fastest and slowest method; then the
+    experiments on each kind of device (CPU, GPU) together."""
+    out, totals = [], {}
     for exp, g in runs.groupby("experiment", sort=True):
         per_run = g.groupby(["method", "seed"])["train_seconds"].apply(lambda s: float(s.dropna().unique().sum()))
+        tuned = g[g["selection"] == "target"]
+        tune = float(tuned["finetune_seconds"].fillna(0).sum()) if "finetune_seconds" in g else 0.0
         means = per_run.groupby(level=0).mean().sort_values()
         devices = ", ".join(prov.get("experiments", {}).get(exp, {}).get("devices", [])) or "unknown device"
-        out.append(f"- `{exp}` ({devices}): {len(per_run)} runs, {per_run.sum() / 3600:.2f} h of training in all, "
-                   f"{_span(per_run, 0)} s per run; fastest `{means.index[0]}` ({means.iloc[0]:.1f} s per run), slowest "
-                   f"`{means.index[-1]}` ({means.iloc[-1]:.1f} s).")
+        kind = "GPU" if set(g["device"].astype(str).str.split(":").str[0]) == {"cuda"} else "CPU"
+        totals.setdefault(kind, []).append((exp, per_run.sum() + tune))
+        out.append(f"- `{exp}` ({devices}): {len(per_run)} run{'s' * (len(per_run) != 1)}, {_hours(per_run.sum())} of training and "
+                   f"{_hours(tune)} of fine-tuning in all, {_span(per_run, 0)} s of training per run; fastest "
+                   f"`{means.index[0]}` ({means.iloc[0]:.1f} s per run), slowest `{means.index[-1]}` ({means.iloc[-1]:.1f} s).")
+    for kind, items in sorted(totals.items()):
+        out.append(f"- Together, the {len(items)} experiment{'s' * (len(items) != 1)} trained on a {kind} "
+                   f"({', '.join(f'`{e}`' for e, _ in items)}): {_hours(sum(t for _, t in items))} of training and "
+                   f"fine-tuning, the sum of its jobs' wall times as they ran (jobs side by side finish sooner).")
     return "\n".join(out)
 
 
