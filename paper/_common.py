@@ -201,6 +201,47 @@ def no_path_summary(runs: pd.DataFrame) -> list[str]:
     return out
 
 
+def trains_per_target(g: pd.DataFrame) -> bool | None:
+    """Whether the records ``g`` of one run come from one training per sparsity target (the
+    method's ``trains_per_target`` on the run's own options: ``spike_slab`` with
+    ``prior_from_target``, ``magnitude`` with a gradual schedule); None where the table cannot
+    say (no ``method_params`` column, or a method this installation does not know)."""
+    import json
+
+    from slabbench.api import make_params
+    from slabbench.registry import method_class
+
+    if "method_params" not in g or g["method_params"].isna().all():
+        return None
+    row = g.iloc[0]
+    plugin = row["variant_of"] if "variant_of" in g and isinstance(row["variant_of"], str) else row["method"]
+    try:
+        cls = method_class(plugin)
+        return bool(cls.trains_per_target(make_params(cls.Params, json.loads(row["method_params"]), plugin)))
+    except Exception:  # a plugin that is not installed here, options it no longer takes
+        return None
+
+
+def run_seconds(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run (experiment, method, seed): ``seconds`` of training (each record holds its
+    model's share of its stack's wall time: a run's seconds are its models' shares, one model per
+    run, or one per target record for a method that trains per target), ``finetune_seconds``
+    (its target records' shares; NaN when none was recorded), ``models``, ``device``."""
+    rows = []
+    for (exp, method, seed), g in runs.groupby(["experiment", "method", "seed"], sort=True):
+        per_target = trains_per_target(g)
+        if per_target:
+            secs = g.loc[g["selection"] == "target", "train_seconds"].dropna().astype(float).to_numpy()
+        else:  # one model; where the table cannot say, distinct shares are distinct trainings
+            secs = g["train_seconds"].dropna().astype(float).unique()
+            secs = secs[:1] if per_target is False else secs
+        tune = g.loc[g["selection"] == "target", "finetune_seconds"].dropna() if "finetune_seconds" in g else pd.Series([])
+        rows.append(dict(experiment=exp, method=method, seed=int(seed), seconds=float(secs.sum()) if len(secs) else math.nan,
+                         finetune_seconds=float(tune.sum()) if len(tune) else math.nan, models=len(secs),
+                         device=", ".join(sorted(g["device_name"].dropna().astype(str).unique())) if "device_name" in g else ""))
+    return pd.DataFrame(rows, columns=["experiment", "method", "seed", "seconds", "finetune_seconds", "models", "device"])
+
+
 def pip_stack(arts: dict, exp: str, kind: str = "input_pip") -> dict[str, np.ndarray]:
     """method -> (seeds, ...) PIPs of ``exp`` in the frozen arrays (``kind``: input_pip or
     kernel_pip), ``PIP_METHOD`` first."""

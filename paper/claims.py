@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from _common import load_frozen, no_path, paper_dir, tag
+from _common import load_frozen, no_path, paper_dir, run_seconds, tag
 from slabbench.io import write_text
 from slabbench.paper import gaps_text, load_artefacts
 from slabbench.plotting import method_order
@@ -147,30 +147,36 @@ def features(runs: pd.DataFrame, prov: dict, data_dir: Path) -> str:
 
 
 def _hours(seconds: float) -> str:
-    """A wall time in hours from one hour up, else in minutes."""
-    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+    """A wall time in hours from one hour up, in minutes from one minute, else in seconds."""
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def wall_time(runs: pd.DataFrame, prov: dict) -> str:
-    """Per experiment: runs, hours of training (each run's share of its stack's wall time) and of
-    fine-tuning (its targets' shares), the span per run, the fastest and slowest method; then the
-    experiments on each kind of device (CPU, GPU) together."""
+    """Per experiment: runs, time of training (each run's models' shares of their stacks' wall
+    time, :func:`_common.run_seconds`) and of fine-tuning (its targets' shares), the span per run,
+    the fastest and slowest method; then the experiments on each kind of device together."""
     out, totals = [], {}
-    for exp, g in runs.groupby("experiment", sort=True):
-        per_run = g.groupby(["method", "seed"])["train_seconds"].apply(lambda s: float(s.dropna().unique().sum()))
-        tuned = g[g["selection"] == "target"]
-        tune = float(tuned["finetune_seconds"].fillna(0).sum()) if "finetune_seconds" in g else 0.0
-        means = per_run.groupby(level=0).mean().sort_values()
+    per_run_all = run_seconds(runs)
+    for exp, per_run in per_run_all.groupby("experiment", sort=True):
+        g = runs[runs["experiment"] == exp]
+        train = per_run["seconds"].sum()
+        tuned = per_run["finetune_seconds"].dropna()
+        tuned_text = (f" and {_hours(tuned.sum())} of fine-tuning in all" if len(tuned) else
+                      " in all (fine-tuning not recorded)" if (g["selection"] == "target").any() else " in all (no fine-tuning)")
+        means = per_run.groupby("method")["seconds"].mean().sort_values()
         devices = ", ".join(prov.get("experiments", {}).get(exp, {}).get("devices", [])) or "unknown device"
         kind = "GPU" if set(g["device"].astype(str).str.split(":").str[0]) == {"cuda"} else "CPU"
-        totals.setdefault(kind, []).append((exp, per_run.sum() + tune))
-        out.append(f"- `{exp}` ({devices}): {len(per_run)} run{'s' * (len(per_run) != 1)}, {_hours(per_run.sum())} of training and "
-                   f"{_hours(tune)} of fine-tuning in all, {_span(per_run, 0)} s of training per run; fastest "
-                   f"`{means.index[0]}` ({means.iloc[0]:.1f} s per run), slowest `{means.index[-1]}` ({means.iloc[-1]:.1f} s).")
+        totals.setdefault(kind, []).append((exp, train + tuned.sum(), len(tuned) > 0 or not (g["selection"] == "target").any()))
+        n = len(per_run)
+        out.append(f"- `{exp}` ({devices}): {n} run{'s' * (n != 1)}, {_hours(train)} of training{tuned_text}, "
+                   f"{_span(per_run['seconds'], 0)} s of training per run; fastest `{means.index[0]}` "
+                   f"({means.iloc[0]:.1f} s per run), slowest `{means.index[-1]}` ({means.iloc[-1]:.1f} s).")
     for kind, items in sorted(totals.items()):
+        partial = [e for e, _, complete in items if not complete]
         out.append(f"- Together, the {len(items)} experiment{'s' * (len(items) != 1)} trained on a {kind} "
-                   f"({', '.join(f'`{e}`' for e, _ in items)}): {_hours(sum(t for _, t in items))} of training and "
-                   f"fine-tuning, the sum of its jobs' wall times as they ran (jobs side by side finish sooner).")
+                   f"({', '.join(f'`{e}`' for e, _, _ in items)}): {_hours(sum(t for _, t, _ in items))} of training and "
+                   f"fine-tuning" + (f" (fine-tuning not recorded for {', '.join(f'`{e}`' for e in partial)})" if partial else "")
+                   + ", the sum of their jobs' wall times as they ran (jobs side by side finish sooner).")
     return "\n".join(out)
 
 

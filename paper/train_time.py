@@ -9,21 +9,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from _common import REFREEZE, fill, finish, grid, load, panel_tag, save_figure, say
+from _common import REFREEZE, fill, finish, grid, load, panel_tag, run_seconds, save_figure, say  # noqa: F401 (tests take run_seconds from here)
 from slabbench.plotting import method_colour, method_order
-
-
-def run_seconds(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run (experiment, method, seed): ``seconds`` = the sum of the distinct
-    ``train_seconds`` of its records (one model per run, or one per target for methods that
-    train per target), ``device``."""
-    rows = []
-    for (exp, method, seed), g in runs.groupby(["experiment", "method", "seed"], sort=True):
-        secs = g["train_seconds"].dropna().astype(float).unique()
-        rows.append(dict(experiment=exp, method=method, seed=int(seed), seconds=float(secs.sum()) if len(secs) else math.nan,
-                         models=len(secs), device=", ".join(sorted(g["device_name"].dropna().astype(str).unique()))
-                         if "device_name" in g else ""))
-    return pd.DataFrame(rows, columns=["experiment", "method", "seed", "seconds", "models", "device"])
 
 
 def draw(runs: pd.DataFrame, prov: dict, columns: int = 3):
@@ -66,7 +53,8 @@ def draw(runs: pd.DataFrame, prov: dict, columns: int = 3):
         say(axes[0, 0], "no runs in the frozen table")
     finish(fig, prov, "the price of each method: training time per run",
             ["Wall time of training only (no evaluation, no fine-tuning); runs trained stacked in one job share its "
-             "wall time equally; a method that trains once per target (gradual magnitude pruning) sums its trainings. "
+             "wall time equally; a run of a method that trains once per target (spike_slab_target; magnitude with a gradual "
+             "schedule) sums its targets' trainings. "
              "Bars: mean over seeds; dots: seeds. Jobs that shared a device run slower than alone: see the provenance note."],
             experiments=exps)
     return fig

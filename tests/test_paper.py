@@ -361,22 +361,25 @@ def test_committed_readme_is_what_claims_py_makes_of_the_committed_data():
 
 def test_wall_time_adds_each_runs_share_and_its_targets_fine_tuning_per_experiment_and_device():
     """Two seeds of one CPU job (900 s and 2,700 s of training; fine-tuning 60 s per target, two
-    targets each) and one GPU run of 30 s: 1.00 h + 4.0 min on the CPU, 0.5 min on the GPU."""
+    targets each) and a per-target GPU method whose three trainings got 10 s each (equal shares
+    of one stack: three models, not one), its fine-tuning not recorded."""
     import pandas as pd
 
     claims = paper_script("claims")
     rows = [dict(experiment="a", method="m", seed=s, selection=sel, device="cpu", train_seconds=t,
                  finetune_seconds=(60.0 if sel == "target" else None))
             for s, t in ((0, 900.0), (1, 2700.0)) for sel in ("natural", "target", "target")]
-    rows.append(dict(experiment="b", method="m", seed=0, selection="natural", device="cuda:0", train_seconds=30.0,
-                     finetune_seconds=None))
+    rows += [dict(experiment="b", method="spike_slab_target", seed=0, selection="target", device="cuda:0",
+                  train_seconds=10.0, finetune_seconds=None, variant_of="spike_slab",
+                  method_params='{"prior_from_target": true}') for _ in range(3)]
     prov = {"experiments": {"a": {"devices": ["AMD EPYC (AVX512)"]}, "b": {"devices": ["NVIDIA H200"]}}}
     lines = claims.wall_time(pd.DataFrame(rows), prov).splitlines()
     assert lines[0].startswith("- `a` (AMD EPYC (AVX512)): 2 runs, 1.00 h of training and 4.0 min of fine-tuning in all, "
                                "900–2700 s of training per run")
-    assert lines[1].startswith("- `b` (NVIDIA H200): 1 run, 0.5 min of training and 0.0 min of fine-tuning")
-    assert lines[2].startswith("- Together, the 1 experiment trained on a CPU (`a`): 1.07 h of training and fine-tuning")
-    assert lines[3].startswith("- Together, the 1 experiment trained on a GPU (`b`): 0.5 min of training and fine-tuning")
+    assert lines[1].startswith("- `b` (NVIDIA H200): 1 run, 30 s of training in all (fine-tuning not recorded), ")
+    assert lines[2].startswith("- Together, the 1 experiment trained on a CPU (`a`): 1.07 h of training and fine-tuning, ")
+    assert lines[3].startswith("- Together, the 1 experiment trained on a GPU (`b`): 30 s of training and fine-tuning "
+                               "(fine-tuning not recorded for `b`)")
 
 
 def _pip_artefacts(n_inputs, seeds=2):

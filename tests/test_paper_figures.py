@@ -201,6 +201,20 @@ def test_training_time_sums_the_trainings_of_a_run():
     assert "8 s, 2.0× dense" in text and "5 s, 1.2× dense" in text and "cifar10-vgg" in text
 
 
+def test_training_time_counts_one_model_per_target_where_the_method_trains_per_target():
+    """Per-target training in one stack gives every target's model the same share (2 s): the run
+    trained three models (6 s), and spike_slab with its default options one (2 s), whatever the
+    number of its records."""
+    rows = [dict(experiment="e", method=m, seed=0, selection="target", target_sparsity=t, train_seconds=2.0,
+                 variant_of=v, method_params=p, device_name="cpu")
+            for m, v, p in (("spike_slab_target", "spike_slab", '{"prior_from_target": true}'),
+                            ("spike_slab", None, '{"sigma0": 1.3}'))
+            for t in (0.5, 0.9, 0.99)]
+    per = run_seconds(pd.DataFrame(rows)).set_index("method")
+    assert per.loc["spike_slab_target", "seconds"] == 6.0 and per.loc["spike_slab_target", "models"] == 3
+    assert per.loc["spike_slab", "seconds"] == 2.0 and per.loc["spike_slab", "models"] == 1
+
+
 def test_calibration_says_what_the_table_lacks():
     runs = hand_runs()
     fig = calibration(runs, PROV)
