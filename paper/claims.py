@@ -19,7 +19,7 @@ from slabbench.paper import gaps_text, load_artefacts
 from slabbench.plotting import method_order
 from slabbench.published import PUBLISHED, error, mean_sd, metric, net_name, on_a_path
 
-MODERATE = 0.9  #: targets up to this are "moderate", above it "extreme"
+MODERATE = 0.9  #: the claims split the targets at this one: up to it, and above it
 
 
 def render(template: str, values: dict[str, str]) -> str:
@@ -64,7 +64,16 @@ def _targets_clause(g: pd.DataFrame, targets, label: str) -> str:
     best = m.idxmin(axis=1)
     lowest = (f"lowest mean at every one of them: `{best.iloc[0]}`" if best.nunique() == 1 else
               "lowest mean by target: " + ", ".join(f"{t:g} `{b}`" for t, b in best.items()))
-    return f"{label} ({', '.join(f'{t:g}' for t in m.index)}), mean {what} over seeds: {ranges}; {lowest}."
+    rows = g[g["selection"] == "target"]
+    hollow = []  # a lowest mean made (in part) of nets with no path from input to output: constant predictions
+    for t, b in best.items():
+        r = rows[(rows["target_sparsity"] == t) & (rows["method"] == b)]
+        k = int(no_path(r).sum())
+        if k:
+            hollow.append(f"{t:g} `{b}` in {k} of {len(r)} runs")
+    note = (" Among these lowest means, nets with no path from input to output (constant predictions): "
+            + "; ".join(hollow) + "." if hollow else "")
+    return f"{label} ({', '.join(f'{t:g}' for t in m.index)}), mean {what} over seeds: {ranges}; {lowest}.{note}"
 
 
 def generalisation(runs: pd.DataFrame, prov: dict) -> str:
@@ -73,8 +82,8 @@ def generalisation(runs: pd.DataFrame, prov: dict) -> str:
         targets = sorted(g["target_sparsity"].dropna().unique())
         what, y, digits = _perf(g)
         dense = g[(g["method"] == "dense") & (g["selection"] == "natural")]
-        parts = [_targets_clause(g, [t for t in targets if t <= MODERATE], "At moderate targets"),
-                 _targets_clause(g, [t for t in targets if t > MODERATE], "At extreme targets")]
+        parts = [_targets_clause(g, [t for t in targets if t <= MODERATE], f"At targets up to {MODERATE:g}"),
+                 _targets_clause(g, [t for t in targets if t > MODERATE], f"At targets above {MODERATE:g}")]
         if not dense.empty:
             parts.append(f"Dense: {mean_sd(y[dense.index], digits=digits)}.")
         if "test_rmse_constant" in g and g["test_rmse_constant"].notna().any():
@@ -117,7 +126,8 @@ def extreme(runs: pd.DataFrame, prov: dict) -> str:
         for method in method_order(nat["method"].unique()):
             m = nat[nat["method"] == method]
             kept = 100 * (1 - m["sparsity"].astype(float).mean())
-            sels.append(f"`{method}` keeps {kept:.2f}% of the weights ({1 / max(kept / 100, 1e-12):.0f}×) at "
+            ratio = 1 / max(kept / 100, 1e-12)
+            sels.append(f"`{method}` keeps {kept:.2f}% of the weights ({ratio:.{1 if ratio < 10 else 0}f}×) at "
                         f"{what} {mean_sd(y[m.index], digits=digits)}")
         out.append(f"- `{exp}` [{tag(prov, exp)}]: natural selections: " + ("; ".join(sels) or "none") + ".")
     return "\n".join(out)

@@ -206,7 +206,7 @@ def test_published_comparison_by_hand():
     # magnitude: the target nearest to Han et al.'s 8% kept is 0.9 (10% kept), error 2.5
     assert "2.50 (target 0.9, 1 seeds)" in lines["magnitude"] and "10.00%" in lines["magnitude"]
     assert "not run" in lines["sparse_vd"]
-    assert "REDUCED" in md and "best test error over epochs" in md
+    assert "REDUCED" in md and "the L0 script reports the best test error over its epochs" in md and "sparse VD's scripts the final network" in md
     assert lines["dense"].rstrip(" |").endswith("REDUCED: epochs 10 (protocol 200)")  # each row says its provenance
 
 

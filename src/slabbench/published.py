@@ -33,8 +33,8 @@ PUBLISHED = [
 ]
 #: how our protocol differs from the papers' wherever the compared runs' options do not say otherwise
 PROTOCOL_NOTES = [
-    "We report the final epoch and select nothing on the test set; the L0 and some sparse VD scripts "
-    "report the best test error over epochs.",
+    "We report the final epoch and select nothing on the test set; the L0 script reports the best test "
+    "error over its epochs (its validation loader is the test set), sparse VD's scripts the final network, as we do.",
     "Adam at a constant learning rate for every method (the papers: Adam with decay, or SGD for Han et al.).",
     "5,000 training images are held out for validation, so we train on 55,000 images, not 60,000.",
     "Sparsity counts weights only (biases apart); the papers differ (some count all parameters).",
