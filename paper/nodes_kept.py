@@ -21,12 +21,21 @@ def _nodes(values: pd.Series) -> np.ndarray:
     return out
 
 
-def layer_widths(g: pd.DataFrame) -> tuple[np.ndarray, str]:
-    """Units per hidden layer of one experiment's net: the dense network's (every unit kept),
-    else the most any run kept (then said so)."""
+def layer_widths(g: pd.DataFrame, runs: pd.DataFrame | None = None) -> tuple[np.ndarray, str]:
+    """Units per hidden layer of one experiment's net: its dense network's (every unit kept),
+    else that of another experiment in ``runs`` that trained the same net (same data set, model
+    and number of weights: a variant's own experiment, such as the restarts), else the most any
+    run kept (then said so)."""
     dense = g[(g["method"] == "dense")]
     if not dense.empty:
         return np.nanmax(_nodes(dense["nodes_kept"]), axis=0), "of the dense net's"
+    if runs is not None and {"dataset", "model", "n_weights"} <= set(g.columns) and len(g):
+        first = g.iloc[0]
+        same = runs[(runs["method"] == "dense") & (runs["dataset"] == first["dataset"]) & (runs["model"] == first["model"])
+                    & (runs["n_weights"] == first["n_weights"])]
+        if not same.empty:
+            return (np.nanmax(_nodes(same["nodes_kept"]), axis=0),
+                    f"of the dense net's (`{sorted(same['experiment'].unique())[0]}`, the same net)")
     return np.nanmax(_nodes(g["nodes_kept"]), axis=0), "of the most any run kept (no dense run)"
 
 
@@ -48,7 +57,7 @@ def draw(runs: pd.DataFrame, prov: dict):
             for ax in axes[r, 1:]:
                 ax.set_visible(False)
             continue
-        widths, whose = layer_widths(g)
+        widths, whose = layer_widths(g, runs)
         nodes = _nodes(g["nodes_kept"])
         frac = pd.DataFrame(nodes / widths, index=g.index)
         ticks = sorted(set(g["target_sparsity"].dropna().round(4)))

@@ -192,6 +192,21 @@ def test_nodes_kept_are_fractions_of_the_dense_widths():
     assert [ax.get_xscale() for ax in fig.axes if ax.get_visible() and ax.get_title()][:2] == ["logit", "logit"]
 
 
+def test_an_experiment_without_dense_takes_its_widths_from_the_same_net_elsewhere():
+    """A restarts experiment has no dense run: its layers are counted against the dense net of
+    an experiment with the same data set, model and number of weights (20-20), not against the
+    most its own runs kept (19-20)."""
+    rows = [dict(experiment="fried", method="dense", dataset="friedman", model="mlp", n_weights=2420, nodes_kept="20-20"),
+            dict(experiment="fried-k28", method="spike_slab_k28", dataset="friedman", model="mlp", n_weights=2420,
+                 nodes_kept="19-20"),
+            dict(experiment="other", method="dense", dataset="friedman", model="mlp", n_weights=999, nodes_kept="30-30")]
+    runs = pd.DataFrame(rows)
+    widths, whose = layer_widths(runs[runs["experiment"] == "fried-k28"], runs)
+    assert widths.tolist() == [20, 20] and "`fried`, the same net" in whose
+    widths, whose = layer_widths(runs[runs["experiment"] == "fried-k28"])
+    assert widths.tolist() == [19, 20] and "no dense run" in whose
+
+
 def test_training_time_sums_the_trainings_of_a_run():
     per = run_seconds(hand_runs()).set_index(["experiment", "method", "seed"])["seconds"]
     assert per[("mnist-x", "magnitude", 0)] == 5.0  # trained once per target: 2 s + 3 s
