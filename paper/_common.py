@@ -17,7 +17,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullForma
 
 from slabbench.io import write_text
 from slabbench.paper import REFREEZE, gaps_text, is_protocol, load_artefacts, load_frozen, source_line, tag  # noqa: F401
-from slabbench.plotting import RANGE_NOTE, method_order, no_path, plt, save  # noqa: F401 (the scripts take them from here)
+from slabbench.plotting import RANGE_NOTE, method_order, no_path, plt, save, sparsity_ticks  # noqa: F401 (the scripts take them from here)
 from slabbench.published import net_name
 
 #: the method whose input PIPs the figures show first (others with PIPs follow)
@@ -55,9 +55,11 @@ def save_table(name: str, markdown: str, latex: str, folder: Path | None = None)
 # --------------------------------------------------------------------------- provenance in titles
 
 def experiment_title(g: pd.DataFrame, prov: dict | None = None) -> str:
-    """"mnist, LeNet-300-100, 200 epochs", with the experiment's provenance tag below when given."""
+    """"mnist, LeNet-300-100, 200 epochs, 3 seeds", with the experiment's provenance tag below when given."""
     epochs = "/".join(str(int(v)) for v in sorted(g["epochs"].dropna().unique())) if "epochs" in g else ""
     ep = f", {epochs} epochs" if epochs else ""
+    n = g["seed"].nunique() if "seed" in g else 0
+    ep += f", {n} seed{'s' * (n != 1)}" if n else ""
     title = f"{g['experiment'].iloc[0]}: {g['dataset'].iloc[0]}, {net_name(g['dataset'].iloc[0], g['model'].iloc[0])}{ep}"
     return title + (f"\n[{tag(prov, g['experiment'].iloc[0])}]" if prov is not None else "")
 
@@ -171,7 +173,7 @@ def logit_x(ax, xs, ticks) -> None:
     xs = [x for x in xs if x is not None and not math.isnan(x)]
     if xs and min(xs) > 0 and max(xs) < 1:
         ax.set_xscale("logit")
-        ax.xaxis.set_major_locator(FixedLocator(sorted(ticks) or sorted(set(np.round(xs, 3)))))
+        ax.xaxis.set_major_locator(FixedLocator(sparsity_ticks(sorted(ticks) or sorted(set(np.round(xs, 3))), xs)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("sparsity (fraction of weights pruned; logit scale)")

@@ -474,3 +474,12 @@ def test_experiments_frozen_without_artefacts_beside_ones_with_them_say_so(froze
     assert any(t.startswith("sim-old: true features found per replicate") for t in titled)
     assert any(t.startswith("sim: spike_slab input PIPs, 3 replicates") for t in titled)
     assert " ".join(REFREEZE.split()) in " ".join(_texts(fig).split())
+
+
+def test_an_axis_with_one_target_gains_round_sparsities_that_do_not_crowd_it():
+    """published-lenet300 has one target (0.9182) and natural points from 0.655 to 0.9975: 0.8
+    and 0.99 are marked too, 0.95 (0.52 from 0.9182 in logit) is not; three targets stay alone."""
+    from slabbench.plotting import sparsity_ticks
+
+    assert sparsity_ticks([0.9182], [0.655, 0.9182, 0.9975]) == [0.8, 0.9182, 0.99]
+    assert sparsity_ticks([0.5, 0.9, 0.99], [0.4, 0.999]) == [0.5, 0.9, 0.99]

@@ -147,6 +147,23 @@ def _with_error(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
+#: sparsities marked on a logit axis that has fewer than three targets to mark
+REFERENCE_TICKS = (0.5, 0.8, 0.95, 0.99, 0.999)
+
+
+def sparsity_ticks(ticks, xs) -> list[float]:
+    """The ticks of a logit sparsity axis: ``ticks`` (the targets), and where there are fewer
+    than three, the :data:`REFERENCE_TICKS` inside the points' range ``xs`` that do not crowd
+    them (0.8 apart in logit), so that a point away from the targets can be read off."""
+    ticks = sorted(float(t) for t in ticks)
+    xs = [float(x) for x in xs]
+    if len(ticks) >= 3 or not xs:
+        return ticks
+    logit = lambda v: math.log(v / (1 - v))  # noqa: E731
+    return sorted(ticks + [t for t in REFERENCE_TICKS if min(xs) <= t <= max(xs)
+                           and all(abs(logit(t) - logit(u)) > 0.8 for u in ticks)])
+
+
 def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None, x_floor: float | None = None,
                     log_y: bool = False, ylim_from_means: bool = False, legend: str | None = "inside"):
     """Test metric vs sparsity reached (logit axis; ticks at the targets), a line per method
@@ -224,7 +241,7 @@ def plot_experiment(runs: pd.DataFrame, title: str | None = None, ax=None, x_flo
         xs = pd.concat([xs, pd.Series([x_floor])])
     if not xs.empty and xs.min() > 0 and xs.max() < 1:
         ax.set_xscale("logit")  # stretches the region near 1 (extreme sparsity)
-        ticks = sorted(set(targets["target_sparsity"].dropna().round(4))) or sorted(xs.round(3).unique())
+        ticks = sparsity_ticks(sorted(set(targets["target_sparsity"].dropna().round(4))) or sorted(xs.round(3).unique()), xs)
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
