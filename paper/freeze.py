@@ -8,6 +8,8 @@ experiment in paper/data/ (frozen from other runs, another machine) stays as it 
         --experiments simulation friedman            # those two, from the run folders under DIR
     python paper/freeze.py --config config/paper.yaml  # every experiment of the config, from results/summary/runs.csv
     python paper/freeze.py --migrate                   # an old provenance.json in the per-experiment form
+    python paper/freeze.py --refresh fmnist-lenet300   # what a frozen experiment lacks, read again against
+                                                       # config/paper.yaml as it is now (no runs read)
 
 Each experiment's provenance names its config (and SHA-256, and that of its resolved specs), the
 commits, devices and torch of its runs, how many of its configured runs are present, and says
@@ -23,7 +25,7 @@ import sys
 from pathlib import Path
 
 from slabbench.io import write_text
-from slabbench.paper import PaperError, freeze, load_frozen, source_line
+from slabbench.paper import PaperError, freeze, load_frozen, refresh_provenance, source_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +33,9 @@ ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDe
 ap.add_argument("--config", type=Path, help="the config the runs were made with")
 ap.add_argument("--migrate", action="store_true",
                 help="only rewrite --out's provenance.json in the per-experiment form (no runs are read)")
+ap.add_argument("--refresh", nargs="+", metavar="EXPERIMENT",
+                help="only re-read what these frozen experiments lack against config/paper.yaml as it is now "
+                     "(after an edit of its blocks); their runs are not read, their config must be unchanged")
 ap.add_argument("--experiments", nargs="+", metavar="EXPERIMENT",
                 help="freeze only these experiments of the config (default: every one with runs present)")
 ap.add_argument("--runs", type=Path, default=ROOT / "results" / "summary" / "runs.csv", help="run table to freeze")
@@ -42,6 +47,12 @@ args = ap.parse_args()
 if args.migrate:
     runs, prov = load_frozen(args.out, references=False)
     write_text(args.out / "provenance.json", json.dumps(prov, indent=2) + "\n")
+    sys.exit(print(source_line(prov)))
+if args.refresh:
+    try:
+        prov = refresh_provenance(args.out, args.refresh, full_grid=ROOT / "config" / "paper.yaml")
+    except PaperError as err:
+        sys.exit(f"freeze.py: {err}")
     sys.exit(print(source_line(prov)))
 if args.config is None:
     ap.error("--config is required (except with --migrate)")

@@ -166,6 +166,33 @@ def test_an_old_provenance_is_migrated_and_kept_beside_a_new_freeze(partial_grid
     assert sorted(set(pd.read_csv(out / "runs.csv")["experiment"])) == ["old", "sim"]
 
 
+def test_refresh_reads_again_what_a_frozen_experiment_lacks_against_the_paper_grid_as_it_is_now(tmp_path):
+    """An edit of the paper grid's block (here fmnist-lenet300 at 150 epochs) changes what the
+    frozen runs lack; --refresh says so without their runs and keeps everything else; an
+    experiment whose own config changed since its freeze is refused (refreeze it instead)."""
+    import shutil
+
+    from slabbench.paper import refresh_provenance
+
+    data = tmp_path / "data"
+    shutil.copytree(ROOT / "paper" / "data", data)
+    before = json.loads((data / "provenance.json").read_text())["experiments"]
+    grid = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    grid["experiments"]["fmnist-lenet300"]["epochs"] = 150
+    (tmp_path / "paper.yaml").write_text(yaml.safe_dump(grid))
+    after = refresh_provenance(data, ["fmnist-lenet300"], full_grid=tmp_path / "paper.yaml")["experiments"]
+    assert "epochs 10 (protocol 150)" in after["fmnist-lenet300"]["reduced"]
+    assert "epochs 10 (protocol 200)" in before["fmnist-lenet300"]["reduced"]
+    same = {k: v for k, v in before["fmnist-lenet300"].items() if k != "reduced"}
+    assert {k: after["fmnist-lenet300"][k] for k in same} == same and after["fmnist-lenet300"]["refreshed_at"]
+    assert after["mnist-lenet300"] == before["mnist-lenet300"]  # not named: untouched
+    prov = json.loads((data / "provenance.json").read_text())
+    prov["experiments"]["fmnist-lenet300"]["config_sha256"] = "0" * 64  # as if config/paper-gpu.yaml changed since
+    (data / "provenance.json").write_text(json.dumps(prov))
+    with pytest.raises(PaperError, match="fmnist-lenet300: its config config/paper-gpu.yaml is not the file frozen"):
+        refresh_provenance(data, ["fmnist-lenet300"], full_grid=tmp_path / "paper.yaml")
+
+
 def test_freeze_refuses_an_empty_grid(tmp_path):
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(TINY))

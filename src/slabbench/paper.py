@@ -333,6 +333,42 @@ def freeze(config_path: str | Path, out_dir: str | Path, *, experiments: list[st
     return prov
 
 
+def refresh_provenance(out_dir: str | Path, experiments: list[str], full_grid: str | Path | None = None) -> dict:
+    """Re-read what is reduced in frozen ``experiments`` of ``out_dir`` against the paper grid as
+    it is now (``full_grid``, default config/paper.yaml), without their runs: an edit of the
+    paper grid's block (a new option) changes what the runs lack, not the runs.  The specs the
+    runs were made with come from the experiment's recorded config, which must still be the file
+    frozen (its SHA-256), else the experiment is refrozen from its runs.  Everything else in the
+    entry stays; ``refreshed_at`` / ``refreshed_at_commit`` say when.  Returns the provenance written."""
+    out_dir = Path(out_dir)
+    grid = Path(full_grid) if full_grid is not None else _root() / PAPER_GRID
+    runs, prov = load_frozen(out_dir, references=False)
+    known = prov.get("experiments", {})
+    unknown = sorted(set(experiments) - set(known))
+    if unknown:
+        raise PaperError(f"no frozen experiment {', '.join(unknown)} in {out_dir}; have {', '.join(sorted(known))}")
+    paper = _paper_specs(grid)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    commit = git_commit()[0]
+    for exp in experiments:
+        entry = known[exp]
+        cfg = Path(entry["config"]) if Path(entry["config"]).is_absolute() else _root() / entry["config"]
+        if not cfg.is_file() or _sha256(cfg) != entry.get("config_sha256"):
+            raise PaperError(f"{exp}: its config {entry['config']} is not the file frozen (SHA-256 "
+                             f"{entry.get('config_sha256')}): refreeze {exp} from its runs instead")
+        specs = [s for s in run_specs(validate(load_yaml(cfg))) if s["experiment"] == exp]
+        proto_config, proto = protocol_of(exp, paper)
+        fresh = experiment_provenance(exp, runs[runs["experiment"] == exp], specs, cfg, proto, entry.get("note", ""),
+                                      entry.get("frozen_at", ""), entry.get("frozen_at_commit", ""),
+                                      protocol_config=proto_config)
+        keep = {k: v for k, v in entry.items() if k not in fresh}  # artefacts, an earlier refresh's stamp
+        known[exp] = {**fresh, **keep, "refreshed_at": when, "refreshed_at_commit": commit}
+    prov["experiments"] = known
+    prov["paper_grid_missing"] = paper_grid_gaps(runs, grid)
+    write_text(out_dir / "provenance.json", json.dumps(prov, indent=2) + "\n")
+    return prov
+
+
 def _concat(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     """Rows of both, columns in the run table's order (then any other), sorted as the table."""
     if old.empty:
