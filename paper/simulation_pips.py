@@ -77,32 +77,51 @@ def draw(runs: pd.DataFrame, prov: dict, arts: dict):
     return fig
 
 
+def feature_positions(p: int, support) -> tuple[np.ndarray, float]:
+    """Where each of ``p`` features is drawn: the true ones first, ``step`` apart (wide enough to
+    read each one's replicates and label), then the noise features in their order, one apart.
+    Returns (x of feature j, step)."""
+    support = sorted(support)
+    step = max(1.0, (p - len(support)) / 15)
+    pos = np.empty(p)
+    pos[support] = step * (np.arange(len(support)) + 1)
+    noise = np.setdiff1d(np.arange(p), support)
+    pos[noise] = step * (len(support) + 1.5) + np.arange(len(noise))
+    return pos, step
+
+
 def _draw_pips(ax, exp: str, method: str, pips: np.ndarray, support, where: str) -> None:
     p = pips.shape[1]
-    idx = np.arange(1, p + 1)
+    pos, step = feature_positions(p, support)
     true = np.zeros(p, dtype=bool)
     true[list(support)] = True
     rng = np.random.default_rng(0)  # jitter only: the same figure every time
-    for group, colour, label in ((~true, "0.55", f"noise features ({int((~true).sum())})"),
-                                 (true, method_colour(PIP_METHOD), f"true features ({int(true.sum())})")):
+    for group, colour, label, width in ((~true, "0.55", f"noise features ({int((~true).sum())})", 0.3),
+                                        (true, method_colour(PIP_METHOD), f"true features ({int(true.sum())})", 0.3 * step)):
         if not group.any():
             continue
-        xs = np.repeat(idx[group][None, :], len(pips), 0) + rng.uniform(-0.3, 0.3, (len(pips), int(group.sum())))
-        ax.scatter(xs.ravel(), pips[:, group].ravel(), s=9 if group is true else 4, color=colour, alpha=0.55,
+        xs = np.repeat(pos[group][None, :], len(pips), 0) + rng.uniform(-width, width, (len(pips), int(group.sum())))
+        ax.scatter(xs.ravel(), pips[:, group].ravel(), s=12 if group is true else 4, color=colour, alpha=0.55,
                    lw=0, label=label)
-    ax.scatter(idx, pips.mean(0), marker="_", s=60 if p <= 50 else 25, color="k", lw=1.2,
+    ax.scatter(pos, pips.mean(0), marker="_", s=np.where(true, 250, 60 if p <= 50 else 25), color="k", lw=1.2,
                label=f"mean over {len(pips)} replicates")
     for j in support:
-        ax.annotate(f"x{j + 1}", (j + 1, 1.02), ha="center", va="bottom", fontsize=7, color=method_colour(PIP_METHOD))
+        found = int((pips[:, j] > 0.5).sum())
+        ax.annotate(f"{found}/{len(pips)}", (pos[j], 1.03), ha="center", va="bottom", fontsize=7,
+                    color=method_colour(PIP_METHOD))
     ax.axhline(0.5, color="k", ls=":", lw=0.8)
-    ax.set_xlim(0.2, p + 0.8)
-    ax.set_ylim(-0.03, 1.1)
-    ax.set_xlabel(f"input feature (1..{p})")
+    if (~true).any() and true.any():
+        ax.axvline(step * (len(support) + 0.75), color="0.7", lw=0.8)
+    ax.set_xlim(pos.min() - step * 0.7, pos.max() + 0.8)
+    ax.set_ylim(-0.03, 1.13)
+    ax.set_xticks(pos[sorted(support)], [f"x{j + 1}" for j in sorted(support)], fontsize=7)
+    ax.set_xlabel(f"input feature: the {int(true.sum())} true ones spread out at the left (above: replicates with "
+                  f"PIP > 0.5), then the {int((~true).sum())} noise features in order", fontsize=8)
     ax.set_ylabel("input PIP")
     noise_max = pips[:, ~true].max() if (~true).any() else float("nan")
     ax.set_title(f"{exp}: {method} input PIPs, {len(pips)} replicates (largest noise PIP {noise_max:.2f})\n{where}",
                  fontsize=8)
-    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(0.0, -0.14), ncol=3, borderaxespad=0)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(0.0, -0.16), ncol=3, borderaxespad=0)
 
 
 def _draw_found(ax, runs: pd.DataFrame, arts: dict, exp: str, support, pips, method: str) -> None:

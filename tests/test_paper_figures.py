@@ -132,7 +132,12 @@ def test_simulation_pips_mark_the_true_features_and_count_how_often_they_are_fou
     assert len(true_dots) == 3 * 5 and np.asarray(true_dots)[:, 1].max() == pytest.approx(0.6)
     means = np.asarray(ax.collections[2].get_offsets())
     assert means[:, 1] == pytest.approx((np.arange(8) + 1) / 10)
-    assert [a.get_text() for a in ax.texts] == ["x1", "x2", "x3", "x4", "x5"]
+    # above each true feature: how many replicates have its PIP > 0.5 (x5: 0.6 in replicate 2)
+    assert [a.get_text() for a in ax.texts] == ["0/3", "0/3", "0/3", "0/3", "1/3"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["x1", "x2", "x3", "x4", "x5"]
+    pos, step = _sim.feature_positions(200, [0, 1, 2, 3, 4])  # Bai et al.'s 200 inputs: x1..x5 13 apart
+    assert step == pytest.approx(13) and pos[:5] == pytest.approx(13 * np.arange(1, 6))
+    assert pos[5] == pytest.approx(13 * 6.5) and np.diff(pos[5:]) == pytest.approx(np.ones(194))
     heights = [p.get_height() for p in ax_found.patches]
     assert heights == pytest.approx([2 / 3, 2 / 3, 1, 1, 1, 1 / 9])
     assert "largest noise PIP 0.90" in ax.get_title()
