@@ -10,11 +10,14 @@ floats by their exact ``repr``; wall-clock fields and the provenance left out) a
 
     python benchmarks/record_digest.py --dump out.json          # full canonical records and digests
     python benchmarks/record_digest.py --check out.json         # same digests as a dump?  (exit 1 if not)
-    python benchmarks/record_digest.py --quick --dump small.json # the cases tests/test_record_digest.py uses
+    python benchmarks/record_digest.py --fixture tests/data/record_digests.json          # add this machine
+    python benchmarks/record_digest.py --fixture tests/data/record_digests.json --reset  # records meant to change
 
-``tests/test_record_digest.py`` compares the quick cases against ``tests/data/record_digests.json``
-(made on one machine: digests are compared where the torch version, the CPU capability and the
-CPU model match, see :func:`machine`).
+``tests/test_record_digest.py`` compares every case against ``tests/data/record_digests.json``,
+which holds one entry per machine (digests are compared where the torch version, the CPU
+capability and the CPU model match an entry, see :func:`machine`).  ``--fixture`` writes this
+machine's entry there, replacing an older one of the same machine; with ``--reset`` it drops every
+other machine's entry too, as a change meant to change records must (their digests are stale).
 """
 
 from __future__ import annotations
@@ -114,13 +117,36 @@ def machine() -> dict:
     return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_name()}
 
 
+def fixture_entries(fixture: dict) -> list[dict]:
+    """The per-machine entries (``machine``, ``digests``) of a digest fixture."""
+    if "machines" not in fixture:
+        raise ValueError(f"a digest fixture holds {{'machines': [...]}}, this one has keys {sorted(fixture)}")
+    return fixture["machines"]
+
+
+def write_fixture(path: Path, machine_: dict, digests: dict, reset: bool = False) -> None:
+    """Put this machine's digests into the fixture at ``path`` (created if absent), replacing an
+    entry of the same machine; ``reset`` drops every other machine's entry.  Written atomically."""
+    entries = [] if reset or not path.exists() else fixture_entries(json.loads(path.read_text()))
+    entries = [e for e in entries if e["machine"] != machine_] + [{"machine": machine_, "digests": digests}]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"machines": entries}, indent=1) + "\n")
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dump", type=Path, help="write canonical records and digests here")
     ap.add_argument("--check", type=Path, help="compare digests with this dump")
     ap.add_argument("--quick", action="store_true", help="only the quick cases (the test's)")
     ap.add_argument("--cases", nargs="*", help="only these cases")
+    ap.add_argument("--fixture", type=Path, help="write this machine's digests of every case into this fixture")
+    ap.add_argument("--reset", action="store_true", help="with --fixture: drop the other machines' entries")
     args = ap.parse_args(argv)
+    if args.fixture and (args.quick or args.cases):
+        ap.error("--fixture records every case: leave out --quick and --cases")
+    if args.reset and not args.fixture:
+        ap.error("--reset needs --fixture")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
     names = args.cases or [n for n, (_, quick) in CASES.items() if quick or not args.quick]
@@ -131,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:28s} {out['digests'][name]}", flush=True)
     if args.dump:
         args.dump.write_text(json.dumps(out, indent=1) + "\n")
+    if args.fixture:
+        write_fixture(args.fixture, out["machine"], out["digests"], reset=args.reset)
     if args.check:
         ref = json.loads(args.check.read_text())
         bad = [n for n in names if ref["digests"].get(n) != out["digests"][n]]

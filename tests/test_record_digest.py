@@ -3,10 +3,11 @@
 screening, the per-target variant) give the digests committed in ``tests/data/record_digests.json``.
 
 Float results depend on the torch build, the CPU's vector instructions and the CPU model (the
-matrix libraries choose kernels by CPU), so the digests are compared where all three match
-those the file was made with; elsewhere the test says which differs and skips.  A change that
-is meant to change records regenerates the file
-(``python benchmarks/record_digest.py --dump /tmp/full.json`` and keep its machine and digests)."""
+matrix libraries choose kernels by CPU), so the file holds one entry per machine and the digests
+are compared where all three match an entry; elsewhere the test names the machines it has and
+skips.  Another machine is added with ``python benchmarks/record_digest.py --fixture
+tests/data/record_digests.json``; a change that is meant to change records regenerates the file
+with ``--reset`` added (which drops the other machines' now stale entries)."""
 
 import importlib.util
 import json
@@ -27,10 +28,27 @@ def _script():
 
 def test_records_of_every_built_in_method_are_bit_identical_to_the_committed_digests():
     script = _script()
-    ref = json.loads(FIXTURE.read_text())
-    if script.machine() != ref["machine"]:
-        pytest.skip(f"digests were made with {ref['machine']}, this machine has {script.machine()}")
+    entries = script.fixture_entries(json.loads(FIXTURE.read_text()))
+    here = script.machine()
+    ref = next((e for e in entries if e["machine"] == here), None)
+    if ref is None:
+        pytest.skip(f"digests were made on {[e['machine'] for e in entries]}, this machine is {here}")
     assert set(ref["digests"]) == set(script.CASES)
     differ = [name for name in script.CASES if script.digest(script.run_case(name)) != ref["digests"][name]]
     assert not differ, (f"records changed for {differ}: compare `python benchmarks/record_digest.py --dump` "
                         f"before and after the change")
+
+
+def test_fixture_writing_adds_replaces_and_resets_per_machine_entries(tmp_path):
+    script = _script()
+    path = tmp_path / "digests.json"
+    a, b = {"cpu": "A"}, {"cpu": "B"}
+    script.write_fixture(path, a, {"dense": "1"})
+    script.write_fixture(path, b, {"dense": "2"})
+    script.write_fixture(path, a, {"dense": "3"})          # A's entry replaced, B's kept
+    assert script.fixture_entries(json.loads(path.read_text())) == [
+        {"machine": b, "digests": {"dense": "2"}}, {"machine": a, "digests": {"dense": "3"}}]
+    script.write_fixture(path, b, {"dense": "4"}, reset=True)
+    assert script.fixture_entries(json.loads(path.read_text())) == [{"machine": b, "digests": {"dense": "4"}}]
+    with pytest.raises(ValueError, match="machines"):
+        script.fixture_entries({"machine": a, "digests": {}})
