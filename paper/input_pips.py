@@ -126,13 +126,19 @@ def draw(runs: pd.DataFrame, prov: dict, arts: dict):
             ax_img.contour(mean, levels=[0.5], colors=[method_colour(PIP_METHOD)], linewidths=1.0)
             ax_img.set_title(f"{exp}: mean training image (contour: mean PIP = 0.5)\n{fill(where, 60)}", fontsize=8)
         kept = int((mean > 0.5).sum())
-        ax_pip.set_title(f"{method}: mean input PIP over {len(row['pips'])} seeds\n{kept} of {mean.size} pixels > 0.5",
-                         fontsize=8)
+        title = f"{method}: mean input PIP over {len(row['pips'])} seeds\n{kept} of {mean.size} pixels > 0.5"
+        if len(row["pips"]) > 1:  # how far the seeds agree: a mean near 1/3 or 2/3 is seeds disagreeing
+            per_seed = (row["pips"] > 0.5).reshape(len(row["pips"]), -1).sum(1)
+            every = int((row["pips"] > 0.5).all(0).sum())
+            title += f"; > 0.5 in every seed: {every}, per seed {per_seed.min()}–{per_seed.max()}"
+        ax_pip.set_title(title, fontsize=8)
         ax_pip.set_xticks([])
         ax_pip.set_yticks([])
     finish(fig, prov, TITLE,
            ["Input PIP: the posterior probability that a pixel feeds at least one included first-layer weight "
-            "(1 - prod(1 - phi) over its weights), of each run's natural fit; mean over seeds. Conv1 kernel PIPs "
+            "(1 - prod(1 - phi) over its weights), of each run's natural fit; mean over seeds. Where each seed's "
+            "PIPs are near 0 or 1, the mean counts the seeds that keep a pixel (0, 1/3, 2/3, 1 over three seeds): "
+            "it shows how far the seeds agree, not posterior uncertainty. Conv1 kernel PIPs "
             "(LeNet-5): one 5x5 map per output channel, the weight PIPs of its kernel (the same at every position)."],
            experiments=shown)
     return fig

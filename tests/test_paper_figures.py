@@ -117,6 +117,8 @@ def test_input_pip_map_is_the_mean_over_seeds_beside_the_mean_image(frozen):
     assert np.asarray(img_ax.images[0].get_array())[0, 1] == pytest.approx(1 / 784)
     text = _texts(fig)
     assert "1 of 784 pixels > 0.5" in text and "3 seeds" in text
+    # seeds 0, 1 keep only pixel (0, 0), seed 2 (PIP 0.6) keeps all 784: the mean hides that
+    assert "> 0.5 in every seed: 1, per seed 1–784" in text and "how far the seeds agree" in text
     assert "cifar10-vgg (not run: needs the CIFAR-10 files)" in text and "REDUCED" in text
 
 
