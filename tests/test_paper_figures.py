@@ -490,3 +490,16 @@ def test_an_axis_with_one_target_gains_round_sparsities_that_do_not_crowd_it():
 
     assert sparsity_ticks([0.9182], [0.655, 0.9182, 0.9975]) == [0.8, 0.9182, 0.99]
     assert sparsity_ticks([0.5, 0.9, 0.99], [0.4, 0.999]) == [0.5, 0.9, 0.99]
+
+
+def test_a_log_error_axis_under_a_decade_labels_values_inside_it():
+    """mnist-lenet300's errors span 1.18-12.5%, fmnist's 8.2-26.7%: the finest mantissa set with
+    at most 8 ticks inside is labelled (matplotlib's default labelled nothing below 2 there);
+    wider spans fall back to 1, 2, 5 x 10^k; a span too narrow for two ticks gets none."""
+    from slabbench.plotting import log_ticks
+
+    assert log_ticks(1.18, 12.5) == [1.5, 2, 3, 5, 10]
+    assert log_ticks(8.2, 26.7) == [10, 12, 15, 20]
+    assert log_ticks(1.2, 112) == [2, 5, 10, 20, 50, 100]
+    assert log_ticks(0.51, 0.55) == []
+    assert log_ticks(0, 1) == []
