@@ -268,6 +268,12 @@ def test_the_l0_note_follows_the_gates_the_runs_used():
     assert "`gates: input` (per input neuron / output channel, as the paper)" in with_input and "gates: weight" not in with_input
     assert "`gates: input`" in md("{}")  # the method's default
     assert "L0 with" not in published_comparison(pd.DataFrame([_row("dense", "natural", None, 0.98, 0.0)]), PROV)
+    # two experiments with different gates: each note and option set names its experiment
+    rows = [dict(_row("l0", "natural", None, 0.98, 0.9), method_params=p, experiment=e)
+            for p, e in (('{"gates": "weight"}', "grid"), ('{"gates": "input"}', "published"))]
+    both = published_comparison(pd.DataFrame(rows), PROV)
+    assert "reports weights kept, not neurons (`grid`)." in both and "the paper the neurons (`published`)." in both
+    assert 'Our `l0` options: `{"gates": "input"}` (`published`), `{"gates": "weight"}` (`grid`).' in both
 
 
 def test_central_figure_has_a_panel_per_experiment():

@@ -106,8 +106,19 @@ def protocol_notes(runs: pd.DataFrame) -> list[str]:
     scheduled = any(o.get("lr_schedule", "constant") != "constant" or bool(o.get("ema", 0)) or o.get("schedule") == "iterative"
                     for o in _options(runs))
     notes = [SCHEDULE_NOTE if scheduled and n.startswith("Adam at a constant") else n for n in PROTOCOL_NOTES]
-    gates = sorted({o.get("gates", L0_DEFAULT_GATES) for o in _options(runs, "l0")})
-    return notes + [L0_GATES_NOTES.get(g, f"L0 with `gates: {g}`.") for g in gates]
+    l0 = runs[runs["method"] == "l0"] if "method" in runs else runs.iloc[:0]
+    where: dict[str, set[str]] = {}  # gates -> the experiments whose l0 runs use them
+    for exp, g in (l0.groupby("experiment") if "experiment" in l0 else [("", l0)]):
+        for o in _options(g):
+            where.setdefault(o.get("gates", L0_DEFAULT_GATES), set()).add(str(exp))
+    return notes + [_in(L0_GATES_NOTES.get(gates, f"L0 with `gates: {gates}`."), where[gates] if len(where) > 1 else ())
+                    for gates in sorted(where)]
+
+
+def _in(note: str, experiments) -> str:
+    """``note`` saying which experiments it is of, where the compared runs differ in it."""
+    names = sorted(e for e in experiments if e)
+    return f"{note.rstrip('.')} ({', '.join(f'`{e}`' for e in names)})." if names else note
 
 
 def _run_notes(runs: pd.DataFrame) -> list[str]:
@@ -120,9 +131,15 @@ def _run_notes(runs: pd.DataFrame) -> list[str]:
            "fine-tuning epoch(s) of the matched targets (the papers: 200, and 20 for magnitude's retraining)."]
     if "method_params" in g:
         for method in method_order(g["method"].unique()):
-            params = sorted(g.loc[g["method"] == method, "method_params"].dropna().unique())
+            m = g[(g["method"] == method) & g["method_params"].notna()]
+            params = sorted(m["method_params"].unique())
             if params and params != ["{}"]:
-                out.append(f"Our `{method}` options: `{'`, `'.join(params)}`.")
+                if len(params) > 1 and "experiment" in m:  # which experiment ran with which
+                    said = [f"`{p}` ({', '.join(f'`{e}`' for e in sorted(m.loc[m['method_params'] == p, 'experiment'].unique()))})"
+                            for p in params]
+                else:
+                    said = [f"`{p}`" for p in params]
+                out.append(f"Our `{method}` options: {', '.join(said)}.")
     return out
 
 
