@@ -128,10 +128,11 @@ def write_fixture(path: Path, machine_: dict, digests: dict, reset: bool = False
     """Put this machine's digests into the fixture at ``path`` (created if absent), replacing an
     entry of the same machine; ``reset`` drops every other machine's entry.  Written atomically."""
     entries = [] if reset or not path.exists() else fixture_entries(json.loads(path.read_text()))
+    from slabbench.io import atomic_path
+
     entries = [e for e in entries if e["machine"] != machine_] + [{"machine": machine_, "digests": digests}]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"machines": entries}, indent=1) + "\n")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"machines": entries}, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

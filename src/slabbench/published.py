@@ -115,10 +115,16 @@ def protocol_notes(runs: pd.DataFrame) -> list[str]:
                     for gates in sorted(where)]
 
 
+def _of(experiments) -> str:
+    """" (`a`, `b`)": the experiments a note or option set is of ("" when none is named)."""
+    names = sorted(str(e) for e in experiments if e)
+    return f" ({', '.join(f'`{e}`' for e in names)})" if names else ""
+
+
 def _in(note: str, experiments) -> str:
     """``note`` saying which experiments it is of, where the compared runs differ in it."""
-    names = sorted(e for e in experiments if e)
-    return f"{note.rstrip('.')} ({', '.join(f'`{e}`' for e in names)})." if names else note
+    of = _of(experiments)
+    return f"{note.rstrip('.')}{of}." if of else note
 
 
 def _run_notes(runs: pd.DataFrame) -> list[str]:
@@ -134,11 +140,9 @@ def _run_notes(runs: pd.DataFrame) -> list[str]:
             m = g[(g["method"] == method) & g["method_params"].notna()]
             params = sorted(m["method_params"].unique())
             if params and params != ["{}"]:
-                if len(params) > 1 and "experiment" in m:  # which experiment ran with which
-                    said = [f"`{p}` ({', '.join(f'`{e}`' for e in sorted(m.loc[m['method_params'] == p, 'experiment'].unique()))})"
-                            for p in params]
-                else:
-                    said = [f"`{p}`" for p in params]
+                named = len(params) > 1 and "experiment" in m  # which experiment ran with which
+                said = [f"`{p}`" + (_of(m.loc[m["method_params"] == p, "experiment"].unique()) if named else "")
+                        for p in params]
                 out.append(f"Our `{method}` options: {', '.join(said)}.")
     return out
 
