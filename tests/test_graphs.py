@@ -125,6 +125,50 @@ def test_a_replaced_tensor_drops_the_graphs():
     assert not graphs.graphs
 
 
+def test_the_guard_tells_a_replaced_tensor_from_a_rebuilt_container():
+    """StepGraphs.check probes the objects held at capture: a tensor given new storage
+    (``.data =``) is seen though the object is the same; a hook that rebuilds a tuple or dict of
+    the same tensors (SpikeSlab's gate cache after a φ update) is not a change, and a tensor
+    replaced inside the rebuilt container afterwards is; so are a new entry in the optimizer's
+    state and a param group given other parameters."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    layer = model[0]
+    cache = torch.zeros(2)
+    layer.cache = (cache, 0, {"gate": torch.ones(2)})
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+
+    def captured():
+        graphs = StepGraphs(lambda key: None, state=lambda: state_entries(model, opt, T.Method(None, None)),
+                            generators=[], label="toy", backend=StandIn(), warmup=0)
+        graphs.run("a")
+        return graphs
+
+    graphs = captured()
+    layer.cache = (cache, 1, dict(layer.cache[2]))  # rebuilt: same tensors, another plain value
+    graphs.check()
+    assert graphs.graphs and graphs.invalidations == 0
+    layer.cache[2]["gate"] = torch.ones(2)  # a tensor replaced inside the rebuilt container
+    graphs.check()
+    assert graphs.invalidations == 1
+
+    graphs = captured()
+    layer.weight.data = torch.zeros(2, 3)  # the same Parameter object, new storage
+    graphs.check()
+    assert graphs.invalidations == 1
+
+    graphs = captured()
+    opt.state[layer.bias]["exp_avg"] = torch.zeros(2)
+    graphs.check()
+    assert graphs.invalidations == 1
+
+    graphs = captured()
+    opt.param_groups[0]["params"] = [torch.nn.Parameter(torch.zeros(1))]
+    graphs.check()
+    assert graphs.invalidations == 1
+
+
 def test_a_failing_capture_falls_back_to_eager_steps(caplog):
     class Failing(StandIn):
         def capture(self, fn, generators):

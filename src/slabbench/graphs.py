@@ -116,11 +116,60 @@ def state_entries(model: nn.Module, opt: torch.optim.Optimizer, method: Any) -> 
 
 
 
-def _lookup(owner: Any, key: Any) -> Any:
-    if key == "params" and isinstance(owner, dict) and "params" in owner and isinstance(owner["params"], list):
-        return tuple(id(p) for p in owner["params"])
-    value = owner.get(key) if isinstance(owner, dict) else None
-    return _identity(value)
+def _value(owner: Any, key: Any) -> Any:
+    """What ``owner[key]`` holds now (``owner``: a dict such as ``vars(module)``, or a list or
+    tuple that an entry's value contains)."""
+    if isinstance(owner, dict):
+        return owner.get(key)
+    return owner[key] if key < len(owner) else None
+
+
+def _tracked(value: Any) -> bool:
+    return torch.is_tensor(value) or isinstance(value, (tuple, list, dict))
+
+
+class _Probe:
+    """One entry of :func:`state_entries`, checked fast.  The object it held at capture is kept,
+    so the usual case costs an identity test (and a storage pointer for a tensor, the members'
+    probes for a container); a replaced object is compared by :func:`_identity`, as at capture,
+    and, if that is unchanged (a hook rebuilt a tuple of the same tensors), probed from then on.
+    A param group's ``params`` is compared by its parameters' ids."""
+
+    __slots__ = ("owner", "key", "ident", "value", "ptr", "size", "members", "params")
+
+    def __init__(self, owner: Any, key: Any, ident: Any):
+        self.owner, self.key, self.ident = owner, key, ident
+        # ``key`` may be a tensor (the optimizer state is keyed by parameters): compared with a
+        # string only when it is one (``tensor == str`` would dispatch an operator)
+        self.params = (isinstance(owner, dict) and isinstance(key, str) and key == "params"
+                       and isinstance(owner.get("params"), list))
+        self._rebase(_value(owner, key))
+
+    def _rebase(self, value: Any) -> None:
+        self.value, self.ptr, self.size, self.members = value, None, None, None
+        if torch.is_tensor(value):
+            if value.layout == torch.strided:
+                self.ptr = value.data_ptr()
+        elif isinstance(value, (tuple, list, dict)) and not self.params:
+            self.size = len(value)
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            self.members = [_Probe(value, k, _identity(v)) for k, v in items if _tracked(v)]
+
+    def moved(self) -> bool:
+        value = _value(self.owner, self.key)
+        if self.params:
+            return tuple(id(p) for p in value) != self.ident
+        if value is self.value:
+            if self.ptr is not None:
+                return value.data_ptr() != self.ptr
+            if self.members is None:  # a plain value, or a tensor without storage
+                return False
+            if len(value) == self.size:
+                return any(m.moved() for m in self.members)
+        if _identity(value) != self.ident:
+            return True
+        self._rebase(value)
+        return False
 
 
 class StepGraphs:
@@ -180,7 +229,7 @@ class StepGraphs:
             return None
         self.graphs[key] = graph
         self.captures += 1
-        self.entries = self.state()
+        self.entries = [_Probe(*entry) for entry in self.state()]
         return graph
 
     def disable(self, why: str) -> None:
@@ -202,9 +251,9 @@ class StepGraphs:
         """After hooks: drop the graphs if anything the step reads was replaced since capture."""
         if not self.graphs or self.entries is None:
             return
-        for owner, key, ident in self.entries:
-            if _lookup(owner, key) != ident:
-                log.info("%s: %r changed outside the captured step; capturing again", self.label, key)
+        for probe in self.entries:
+            if probe.moved():
+                log.info("%s: %r changed outside the captured step; capturing again", self.label, probe.key)
                 self.invalidate()
                 return
 
