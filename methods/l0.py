@@ -146,9 +146,8 @@ class Method(_Base):
             params = [p.detach() for p in model.parameters()]
             if self._ema is None:
                 self._ema = [torch.zeros_like(p) for p in params]
-            with torch.no_grad():
-                for avg, p in zip(self._ema, params):
-                    avg.lerp_(p, 1.0 - self.params.ema)  # avg = ema * avg + (1 - ema) * p
+            with torch.no_grad():  # avg = ema * avg + (1 - ema) * p; one kernel for all on a GPU
+                torch._foreach_lerp_(self._ema, params, 1.0 - self.params.ema)
             self._ema_steps += 1
 
     def after_epoch(self, model, epoch):
