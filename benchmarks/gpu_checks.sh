@@ -3,21 +3,23 @@
 #
 #   benchmarks/gpu_checks.sh [OUT_DIR]      # default gpu-checks/
 #
-# 1. benchmarks/stacking.py on CUDA (wall time per run, S = 1, 3, 10, 30; the simulation,
+# 1. with pytest: the training loop's CUDA graphs against its eager steps (tests/test_graphs.py:
+#    same records, every method and option; no host synchronisation in a step) and a
+#    gradient-reading method stacked vs alone (tests/test_plugin_hooks.py).  First, because graphs
+#    are on by default on CUDA: where this fails, train on the GPU with `graphs: false`;
+# 2. benchmarks/graph_replay.py (a captured stacked step replayed vs eager: speed, and whether
+#    replay reproduces eager training);
+# 3. benchmarks/grid_time.py on CUDA (graphs on, the default) for config/paper.yaml's
+#    mnist-lenet300 (every train job at 1 and 3 epochs, extrapolated to 200; 8 GPU slots):
+#    whether that experiment fits a short GPU session.  Needs the MNIST files in
+#    resources/MNIST/raw (git-ignored: carry that folder); cut off after GRID_TIME_S seconds
+#    (default 180), the rows printed by then are kept;
+# 4. benchmarks/step_time.py on CUDA (each method's step against dense);
+# 5. benchmarks/stacking.py on CUDA (wall time per run, S = 1, 3, 10, 30; the simulation,
 #    LeNet-300-100 and LeNet-5 with grouped stacked convolutions), and LeNet-5 with one
 #    convolution per run for comparison;
-# 2. benchmarks/step_time.py on CUDA (each method's step against dense);
-# 3. benchmarks/graph_replay.py (a captured stacked step replayed vs eager: speed, and whether
-#    replay reproduces eager training);
-# 4. with pytest: the training loop's CUDA graphs against its eager steps (tests/test_graphs.py:
-#    same records, every method and option; no host synchronisation in a step), a
-#    gradient-reading method stacked vs alone (tests/test_plugin_hooks.py), and the stacking
-#    equivalence tests with their runs on CUDA (seed 1 in a stack == seed 1 alone, every method
-#    and option, mlp and conv nets).
-# 5. benchmarks/grid_time.py on CUDA with graphs for config/paper.yaml's mnist-lenet300 (every
-#    train job at 1 and 3 epochs, extrapolated to 200; 8 GPU slots): whether that experiment fits a
-#    short GPU session.  Needs the MNIST files in resources/MNIST/raw (git-ignored: carry that
-#    folder); cut off after GRID_TIME_S seconds (default 180), the rows printed by then are kept.
+# 6. the stacking equivalence tests with their runs on CUDA (seed 1 in a stack == seed 1 alone,
+#    every method and option, mlp and conv nets; graphs on, the default).
 # Each writes its output to OUT_DIR; a failing step does not stop the others. PYTHON picks the
 # interpreter (default python3). The paper grid has its own script: paper/run_grid.sh.
 set -uo pipefail
@@ -36,16 +38,20 @@ step() {  # step NAME COMMAND...: run, keep its output, remember a failure
     echo "   $((SECONDS - t0)) s"
 }
 command -v nvidia-smi > /dev/null && nvidia-smi > "$out/nvidia-smi.txt" 2>&1
-step stacking_cuda "$py" benchmarks/stacking.py --device cuda --sim-epochs 30 --workloads simulation lenet300 lenet5 --conv grouped
-step stacking_cuda_lenet5_loop "$py" benchmarks/stacking.py --device cuda --workloads lenet5 --conv loop --stacks 1 10 30
-step step_time_cuda "$py" benchmarks/step_time.py --device cuda
+have_pytest=0
+"$py" -c "import pytest" 2> /dev/null && have_pytest=1
+if [ $have_pytest = 1 ]; then
+    step graph_tests_cuda env SLABBENCH_TEST_DEVICE=cuda "$py" -m pytest tests/test_graphs.py tests/test_plugin_hooks.py -q -p no:cacheprovider
+else
+    echo "== graph_tests_cuda, stacking_tests_cuda: skipped (no pytest for $py)"
+fi
 step graph_replay_cuda "$py" benchmarks/graph_replay.py
 step grid_time_cuda timeout "${GRID_TIME_S:-180}" "$py" benchmarks/grid_time.py config/paper.yaml \
-    --experiments mnist-lenet300 --device cuda --graphs --epochs 1 3 --repeat 1 --slots 8 --out "$out/grid_time_cuda.csv"
-if "$py" -c "import pytest" 2> /dev/null; then
-    step graph_tests_cuda env SLABBENCH_TEST_DEVICE=cuda "$py" -m pytest tests/test_graphs.py tests/test_plugin_hooks.py -q -p no:cacheprovider
+    --experiments mnist-lenet300 --device cuda --epochs 1 3 --repeat 1 --slots 8 --out "$out/grid_time_cuda.csv"
+step step_time_cuda "$py" benchmarks/step_time.py --device cuda
+step stacking_cuda "$py" benchmarks/stacking.py --device cuda --sim-epochs 30 --workloads simulation lenet300 lenet5 --conv grouped
+step stacking_cuda_lenet5_loop "$py" benchmarks/stacking.py --device cuda --workloads lenet5 --conv loop --stacks 1 10 30
+if [ $have_pytest = 1 ]; then
     step stacking_tests_cuda env SLABBENCH_TEST_DEVICE=cuda "$py" -m pytest tests/test_stacking.py -q -x -p no:cacheprovider
-else
-    echo "== stacking_tests_cuda: skipped (no pytest for $py)"
 fi
 exit $status

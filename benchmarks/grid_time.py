@@ -1,7 +1,7 @@
 """How long a config's grid takes here: every train job timed at two short lengths, extrapolated.
 
     .venv/bin/python benchmarks/grid_time.py config/paper.yaml [--experiments simulation friedman]
-        [--epochs 2 6] [--min-gain 0.5] [--repeat 2] [--device cpu|cuda|auto] [--slots 2] [--graphs] [--out rows.csv]
+        [--epochs 2 6] [--min-gain 0.5] [--repeat 2] [--device cpu|cuda|auto] [--slots 2] [--eager] [--out rows.csv]
 
 Each train job of the config (one experiment x method x stack of seeds, as Snakemake runs it) is
 run through the core (``slabbench.train.run_stack``) shortened: at ``E1`` and ``E2`` training
@@ -41,14 +41,14 @@ from slabbench.config import load_yaml, stack_jobs, validate
 from slabbench.train import resolve_device, run_stack
 
 
-def shortened(specs: list[dict], epochs: int, finetune: int, device: str, graphs: bool) -> list[dict]:
+def shortened(specs: list[dict], epochs: int, finetune: int, device: str, eager: bool = False) -> list[dict]:
     out = []
     for spec in specs:
         s = dict(copy.deepcopy(spec))  # a plain dict: the run spec itself is read-only
         full = int(s["epochs"])
         s.update(epochs=epochs, finetune_epochs=finetune, device=device)
-        if graphs:
-            s["graphs"] = True
+        if eager:  # the config's own choice otherwise (graphs on by default, CUDA only)
+            s["graphs"] = False
         if s.get("restarts_screen_epochs") is not None:  # the same fraction of the shortened run
             s["restarts_screen_epochs"] = max(1, min(epochs - 1, round(epochs * s["restarts_screen_epochs"] / full)))
         out.append(s)
@@ -103,7 +103,7 @@ def main(argv=None) -> None:
     ap.add_argument("--min-gain", type=float, default=0.5,
                     help="lengthen the second timing until the job takes this fraction of its first time longer")
     ap.add_argument("--slots", type=int, default=1, help="jobs running at once (cores, or GPU slots)")
-    ap.add_argument("--graphs", action="store_true", help="train with graphs: true (CUDA)")
+    ap.add_argument("--eager", action="store_true", help="train with graphs: false (CUDA: eager steps, not replays)")
     ap.add_argument("--out", type=Path, help="also write the rows as CSV")
     args = ap.parse_args(argv)
     e1, e2 = args.epochs
@@ -119,7 +119,7 @@ def main(argv=None) -> None:
         ap.error("no train job matches --experiments / --methods")
     device = str(resolve_device(args.device))
     rows = []
-    print(f"{args.config}: {len(jobs)} train jobs on {device}{' with graphs' if args.graphs else ''}, "
+    print(f"{args.config}: {len(jobs)} train jobs on {device}{' with eager steps' if args.eager else ''}, "
           f"timed at {e1} epochs and at {e2} or more (four times longer until the job takes "
           f"{args.min_gain:g}x its {e1}-epoch time longer, or 1 s), fine-tuning likewise from 1 epoch")
     print("| experiment | method | runs | epochs | timed at | s / epoch | s / fine-tuning epoch | rest s | job s (extrapolated) |")
@@ -131,7 +131,7 @@ def main(argv=None) -> None:
         # otherwise be charged to the shorter length and hide the cost per epoch
         def best(epochs: int, finetune: int) -> tuple[float, bool]:
             """(the fastest of --repeat timings, whether the job fine-tuned anything)."""
-            times = [timed(shortened(specs, epochs, finetune, device, args.graphs), args.threads)
+            times = [timed(shortened(specs, epochs, finetune, device, args.eager), args.threads)
                      for _ in range(args.repeat)]
             return min(t for t, _ in times), any(tuned for _, tuned in times)
 

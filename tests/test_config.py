@@ -135,3 +135,15 @@ def test_data_noise_sd_and_likelihood_noise_sd_are_compared(default_config, capl
     with caplog.at_level(logging.WARNING, logger="slabbench.config"):
         validate(default_config)
     assert f"config.experiments.{exp}: the data set draws noise with sd 0.5" in caplog.text and "noise_sd 1" in caplog.text
+
+
+def test_a_command_line_boolean_is_read_as_one(default_config):
+    """``snakemake --config graphs=false`` hands the option over as the string 'false': the
+    strings true / false (any case) of a boolean option are booleans; anything else is refused
+    with the valid values named."""
+    cfg = validate(dict(default_config, graphs="false", flush_denormal="True"))
+    assert cfg["graphs"] is False and cfg["flush_denormal"] is True
+    assert all(s["graphs"] is False and "flush_denormal" not in s for s in run_specs(cfg))
+    assert "graphs" not in run_specs(validate(default_config))[0]  # on by default: out of the spec
+    with pytest.raises(ConfigError, match=r"config.graphs is 'no'; expected true \(default\) or false"):
+        validate(dict(default_config, graphs="no"))

@@ -60,7 +60,7 @@ SPEC = dict(batch_size=24, epochs=4)
 @pytest.mark.parametrize("name,options", CASES, ids=[f"{m}-{'-'.join(f'{k}={v}' for k, v in o.items() if k != 'layer_sparsity') or 'default'}" for m, o in CASES])
 def test_graph_steps_give_the_records_of_eager_steps(name, options, backend, caplog):
     specs = [tiny_spec(name, method_params=options, seed=s, **SPEC) for s in (0, 1, 2)]
-    eager = T.run_stack(specs)
+    eager = T.run_stack([dict(s, graphs=False) for s in specs])
     with caplog.at_level(logging.INFO, logger="slabbench.engine"):
         graphed = T.run_stack([dict(s, graphs=True) for s in specs])
     assert "graph capture(s)" in caplog.text and "CUDA graphs off" not in caplog.text, "the graph path ran"
@@ -81,7 +81,7 @@ def test_each_step_kind_is_warmed_up_then_captured_once(stand_in, caplog):
 def test_screened_restarts_capture_again_after_the_cut(stand_in):
     spec = tiny_spec("spike_slab", restarts=3, restarts_keep=1, restarts_screen_epochs=3, finetune_epochs=0,
                      **dict(SPEC, epochs=6))
-    eager = T.run_stack([spec])
+    eager = T.run_stack([dict(spec, graphs=False)])
     graphed = T.run_stack([dict(spec, graphs=True)])
     # full and partial batches captured for the 3 starts, then again for the finalist alone
     assert stand_in.captures == [3, 3, 1, 1]
@@ -93,7 +93,7 @@ def test_a_gradient_reading_method_under_graphs(stand_in, tmp_path, monkeypatch)
     cls = _readme_method(tmp_path, "# methods/taylor.py")
     monkeypatch.setattr(T, "method_class", lambda name: cls)
     specs = [tiny_spec("taylor", seed=s, **SPEC) for s in (0, 1)]
-    eager = T.run_stack(specs)
+    eager = T.run_stack([dict(s, graphs=False) for s in specs])
     graphed = T.run_stack([dict(s, graphs=True) for s in specs])
     for e, g in zip(eager, graphed):
         for key in e[1]["scores"]:

@@ -37,8 +37,8 @@ def dict_run_specs(config: dict) -> list[dict]:
                         spec[key] = int(core[key])
                 if config.get("on_divergence", "stop") != "stop":
                     spec["on_divergence"] = config["on_divergence"]
-                if exp.get("graphs", config.get("graphs", False)):
-                    spec["graphs"] = True
+                if not exp.get("graphs", config.get("graphs", True)):
+                    spec["graphs"] = False
                 if not exp.get("flush_denormal", config.get("flush_denormal", True)):
                     spec["flush_denormal"] = False
                 specs.append(spec)
@@ -65,7 +65,7 @@ def test_every_specs_dict_form_is_the_dict_run_specs_made_before(path, monkeypat
 
 def test_every_default_is_resolved_in_the_spec():
     spec = RunSpec.of(tiny_spec("spike_slab"))
-    assert (spec.restarts, spec.restarts_keep, spec.screen, spec.graphs, spec.flush_denormal) == (1, None, None, False, True)
+    assert (spec.restarts, spec.restarts_keep, spec.screen, spec.graphs, spec.flush_denormal) == (1, None, None, True, True)
     assert spec.stops_on_divergence and spec.variant_of is None and spec.plugin == "spike_slab"
     assert "restarts" not in spec and spec.get("restarts") is None  # the dict form keeps what it was given
     variant = RunSpec.of(tiny_spec("spike_slab_k3", variant_of="spike_slab", restarts=3, restarts_keep=1,
@@ -88,8 +88,8 @@ def test_a_spec_is_read_only_and_survives_copies_and_pickling():
         spec.seed = 4
     for other in (copy.deepcopy(spec), pickle.loads(pickle.dumps(spec)), RunSpec.of(spec.to_dict())):
         assert isinstance(other, RunSpec) and other == spec and list(other) == list(spec)
-    changed = dataclasses.replace(spec, seed=4, graphs=True)
-    assert changed.seed == 4 and changed["seed"] == 4 and changed["graphs"] is True and spec.seed == 3
+    changed = dataclasses.replace(spec, seed=4, graphs=False)
+    assert changed.seed == 4 and changed["seed"] == 4 and changed["graphs"] is False and spec.seed == 3
 
 
 def test_unknown_and_missing_keys_are_errors_naming_them():

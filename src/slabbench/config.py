@@ -205,12 +205,26 @@ def _check_noise_sd(where: str, exp: dict, dparams: Any) -> None:
                     where, data_sd, lik_sd)
 
 
+def _command_line_booleans(config: Any, schema: dict) -> Any:
+    """``config`` with the strings true / false (any case) of a top-level boolean option read as
+    booleans: ``snakemake --config graphs=false`` hands the option over as the string 'false'."""
+    if not isinstance(config, dict):
+        return config
+    out = dict(config)
+    for key, prop in schema.get("properties", {}).items():
+        value = out.get(key)
+        if prop.get("type") == "boolean" and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            out[key] = value.strip().lower() == "true"
+    return out
+
+
 def validate(config: Any) -> dict:
     """Validate ``config`` (schema, then plugins and options); return it with defaults filled.
 
     Raises :class:`ConfigError` naming every bad value and the valid ones.
     """
     schema = load_yaml(schema_path())
+    config = _command_line_booleans(config, schema)
     _validate_schema(config, schema)
     config = _apply_defaults(config, schema)
     problems: list[str] = []
@@ -365,7 +379,7 @@ class RunSpec(dict):
     restarts_keep: int | None = RUN_DEFAULTS["restarts_keep"]
     restarts_screen_epochs: int | None = RUN_DEFAULTS["restarts_screen_epochs"]
     on_divergence: str = "stop"  #: stop (the job fails) or record (the run is recorded as diverged)
-    graphs: bool = False  #: CUDA graphs (CUDA only)
+    graphs: bool = True  #: CUDA graphs: each kind of step captured once and replayed (CUDA only)
     flush_denormal: bool = True  #: subnormal floats flushed to zero on the CPU while training
     order: tuple = field(default=(), compare=False)
 
@@ -452,8 +466,8 @@ def run_specs(config: dict) -> list[RunSpec]:
                         spec[key] = int(core[key])
                 if config.get("on_divergence", "stop") != "stop":  # the default stays out of the spec
                     spec["on_divergence"] = config["on_divergence"]
-                if exp.get("graphs", config.get("graphs", False)):  # CUDA graphs (off by default)
-                    spec["graphs"] = True
+                if not exp.get("graphs", config.get("graphs", True)):  # CUDA graphs: on by default
+                    spec["graphs"] = False
                 if not exp.get("flush_denormal", config.get("flush_denormal", True)):  # on by default
                     spec["flush_denormal"] = False
                 specs.append(RunSpec.of(spec))

@@ -8,7 +8,7 @@ stacked model (:mod:`slabbench.stack`), or an ordinary one, with the core's loss
 one step at a time: gather each run's minibatch from the device-resident data, forward with
 every run's own noise, loss and penalty, backward, the optimizer's step; then the method's
 per-step and per-epoch hooks, and once per epoch (one host synchronisation) the finiteness of
-every run.  Under ``graphs: true`` on CUDA each kind of step is captured once and replayed
+every run.  On CUDA (``graphs: true``, the default) each kind of step is captured once and replayed
 (:mod:`slabbench.graphs`).  Each run draws its data order and noise from its own seed only, so
 what it learns does not depend on which runs share its stack.
 
