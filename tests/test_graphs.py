@@ -1,10 +1,13 @@
 """`graphs: true`: the training loop's capture-and-replay path (slabbench.engine, slabbench.graphs), run on the CPU
-with a stand-in for CUDA graphs whose "replay" calls the captured step.  It checks what the CPU
-can: the same records as eager training for every method and option (static buffers, β and the
-learning rates as tensors, capturable fused Adam, each step kind captured after its warm-up,
-gradients pointed at the replaying graph's), the guard that drops graphs when a hook replaces a
-tensor, and the eager fallback.  Whether a real CUDA graph replays the same numbers is checked
-on a GPU (benchmarks/graph_replay.py, benchmarks/gpu_checks.sh)."""
+with two stand-ins for CUDA graphs: one whose "replay" calls the captured step (the loop's
+plumbing: each step kind captured after its warm-up, the guard, the fallback), and one that, as
+a CUDA graph does, records the step's tensor operations at capture and replays only those, on
+the same tensors, without the step's Python (:class:`Recording`).  The second shows that the
+step reads nothing that the loop changes outside it but in place: β and the learning rates as
+tensors, static index and gather buffers, capturable fused Adam, gradients pointed at the
+replaying graph's; a step that took β or a learning rate as a number keeps its capture's value
+there and fails.  Whether a real CUDA graph replays the same numbers (memory pool, streams,
+generator registration) is checked on a GPU (benchmarks/graph_replay.py, benchmarks/gpu_checks.sh)."""
 
 import logging
 from types import SimpleNamespace
@@ -35,6 +38,57 @@ class StandIn:
         return SimpleNamespace(replay=fn)
 
 
+class Recording(StandIn):
+    """Replays as a CUDA graph does: capture runs the step once under a dispatch mode that
+    records every tensor operation with the tensors it read and wrote; a replay runs only
+    those operations again on the same tensors (results copied into the tensors captured), no
+    Python of the step.  So a value the step took from Python at capture (a float schedule, a
+    host read, a tensor made anew each step) stays what it was at capture, as on a GPU, and
+    records that still equal eager training show the step reads only what stays in place.
+    The capture itself is the first step (a CUDA capture runs nothing): its first replay is
+    skipped."""
+
+    def capture(self, fn, generators):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        ops = []
+
+        class Record(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                out = func(*args, **kwargs)
+                ops.append((func, args, kwargs, out))
+                return out
+
+        with Record():
+            fn()
+        self.captures.append(len(generators))
+        return _Replay(ops)
+
+
+class _Replay:
+    def __init__(self, ops):
+        self.ops, self.first = ops, True
+
+    def replay(self):
+        if self.first:  # the capture ran this step
+            self.first = False
+            return
+        with torch._C._AutoDispatchBelowADInplaceOrView():  # kernels only, as the mode saw them
+            for func, args, kwargs, out in self.ops:
+                _into(out, func(*args, **kwargs))
+
+
+def _into(captured, new):
+    """Write an operation's new result into the tensor(s) it gave at capture."""
+    if isinstance(captured, (list, tuple)):
+        for c, n in zip(captured, new):
+            _into(c, n)
+    elif torch.is_tensor(captured) and torch.is_tensor(new) and captured is not new:
+        if (new.data_ptr(), new.shape, new.stride()) != (captured.data_ptr(), captured.shape, captured.stride()):
+            captured.copy_(new)  # (a view of the same memory is left alone)
+
+
 @pytest.fixture
 def stand_in(monkeypatch):
     backend = StandIn()
@@ -57,7 +111,32 @@ def backend(request):
 SPEC = dict(batch_size=24, epochs=4)
 
 
-@pytest.mark.parametrize("name,options", CASES, ids=[f"{m}-{'-'.join(f'{k}={v}' for k, v in o.items() if k != 'layer_sparsity') or 'default'}" for m, o in CASES])
+CASE_IDS = [f"{m}-{'-'.join(f'{k}={v}' for k, v in o.items() if k != 'layer_sparsity') or 'default'}" for m, o in CASES]
+
+
+# a KL weight that changes every epoch (β = 0, 1/3, 2/3, 1): a step that read β as a number
+# would keep the β of its capture
+RAMPS = [("spike_slab", {"kl_warmup_epochs": 3}), ("sparse_vd", {"kl_warmup_start": 0, "kl_warmup_end": 3})]
+
+
+@pytest.mark.parametrize("name,options", CASES + RAMPS,
+                         ids=CASE_IDS + [f"{m}-kl-ramp" for m, _ in RAMPS])
+def test_replays_of_recorded_operations_give_the_records_of_eager_steps(name, options, monkeypatch, caplog):
+    """The stand-in closest to a CUDA graph (:class:`Recording`: a replay re-runs the captured
+    operations only): the same records as eager training, every method and option, and with a
+    KL weight or a learning rate that changes between epochs."""
+    backend = Recording()
+    monkeypatch.setattr(E, "GRAPH_BACKEND", backend)
+    specs = [tiny_spec(name, method_params=options, seed=s, **SPEC) for s in (0, 1, 2)]
+    eager = T.run_stack([dict(s, graphs=False) for s in specs])
+    with caplog.at_level(logging.INFO, logger="slabbench.engine"):
+        graphed = T.run_stack(specs)
+    assert backend.captures and "CUDA graphs off" not in caplog.text, "the graph path ran"
+    for e, g in zip(eager, graphed):
+        assert_records_close([dict(r, spec=None) for r in g[0]], [dict(r, spec=None) for r in e[0]], rel=1e-5)
+
+
+@pytest.mark.parametrize("name,options", CASES, ids=CASE_IDS)
 def test_graph_steps_give_the_records_of_eager_steps(name, options, backend, caplog):
     specs = [tiny_spec(name, method_params=options, seed=s, **SPEC) for s in (0, 1, 2)]
     eager = T.run_stack([dict(s, graphs=False) for s in specs])
