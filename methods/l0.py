@@ -95,6 +95,7 @@ class Method(_Base):
     Params = Params
     hooks_per_stack = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
     run_state = ("_ema",)  # the parameter averages: one per run of a stack
+    after_step_in_step = True  # the clamp and the averaging: in place, the same every step (counted on the device)
 
     def __init__(self, params: Params, ctx):
         super().__init__(params, ctx)
@@ -114,7 +115,7 @@ class Method(_Base):
             raise PluginError(f"option 'ema' of {owner} must be in [0, 1) (0 = no averaging; official L0MLP: 0.999), "
                               f"got {params.ema!r}")
         self._ema: list[torch.Tensor] | None = None  # running averages of model.parameters(), in order
-        self._ema_steps = 0
+        self._ema_steps: torch.Tensor | None = None  # how many averaging steps (a device counter: no host sync)
 
     def build(self, model):
         p = self.params
@@ -146,19 +147,20 @@ class Method(_Base):
             params = [p.detach() for p in model.parameters()]
             if self._ema is None:
                 self._ema = [torch.zeros_like(p) for p in params]
+                self._ema_steps = torch.zeros((), dtype=torch.int64, device=params[0].device)
             with torch.no_grad():  # avg = ema * avg + (1 - ema) * p; one kernel for all on a GPU
                 torch._foreach_lerp_(self._ema, params, 1.0 - self.params.ema)
-            self._ema_steps += 1
+                self._ema_steps.add_(1)
 
     def after_epoch(self, model, epoch):
-        if self.params.ema > 0 and epoch == self.ctx.epochs - 1 and self._ema_steps:
+        if self.params.ema > 0 and epoch == self.ctx.epochs - 1 and self._ema_steps is not None:
             self.load_average(model)
 
     @torch.no_grad()
     def load_average(self, model):
         """Replace the parameters of ``model`` by their bias-corrected averages a_t / (1 - ema^t)
         (the official ``load_ema_params``, from a_0 = 0; see the module docstring)."""
-        debias = 1.0 - self.params.ema ** self._ema_steps
+        debias = 1.0 - self.params.ema ** int(self._ema_steps)  # (read once, at the end)
         for p, avg in zip(model.parameters(), self._ema):
             p.copy_(avg / debias)
 

@@ -18,7 +18,7 @@ import torch
 from conftest import TEST_DEVICE, tiny_spec
 from slabbench import engine as E
 from slabbench import train as T
-from slabbench.graphs import StepGraphs, state_entries
+from slabbench.graphs import WARMUP, StepGraphs, state_entries
 from slabbench.layers import prunable_layers
 from test_stacking import CASES, assert_records_close
 
@@ -303,3 +303,24 @@ def test_the_captured_step_never_waits_for_the_device(name, options, monkeypatch
     T.run_stack([tiny_spec(name, method_params=options, seed=s, graphs=True, finetune_epochs=0, **SPEC) for s in (0, 1)])
     assert counting.ops, "a step was captured"
     assert not SYNCING & set(counting.ops), sorted(SYNCING & set(counting.ops))
+
+
+def test_a_hook_declared_after_step_in_step_is_captured_with_the_step(monkeypatch):
+    """l0 declares ``after_step_in_step``: under graphs its clamp and parameter averaging are
+    the last part of the captured step, so the Python hook runs only in the eager warm-ups and
+    the captures (2 + 1 per step kind), never between replays, and the records stay eager
+    training's (test_replays_of_recorded_operations_give_the_records_of_eager_steps)."""
+    backend = Recording()
+    monkeypatch.setattr(E, "GRAPH_BACKEND", backend)
+    cls = T.method_class("l0")
+    calls = []
+    original = cls.after_step
+    monkeypatch.setattr(cls, "after_step", lambda self, model, step, epoch: calls.append(step) or original(self, model, step, epoch))
+    spec = tiny_spec("l0", method_params={"ema": 0.9}, seed=0, finetune_epochs=0, **SPEC)
+    T.run_stack([spec, dict(spec, seed=1)])
+    kinds = len(backend.captures)  # full and partial batches
+    assert kinds == 2 and len(calls) == kinds * (WARMUP + 1)
+    eager_calls = len(calls)
+    calls.clear()
+    T.run_stack([dict(spec, graphs=False), dict(spec, seed=1, graphs=False)])
+    assert len(calls) == SPEC["epochs"] * 3 > eager_calls  # every step: 2 full batches and a partial one

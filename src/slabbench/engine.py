@@ -314,13 +314,31 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     group_of = _data_groups(xs, ys, data_gens) if SHARE_INPUTS and stacked else list(range(s_runs))
     order_gens = [data_gens[group_of.index(g)] for g in range(group_of[-1] + 1)]  # one data order per group
     members, noise_gens, kept = list(members), list(noise_gens), list(range(s_runs))
-    step_graphs = None
+    cls = type(lead)
+    # hooks once per run (on views, with their run's gradients) only where they could tell runs
+    # apart: a method that does not declare hooks_per_stack and overrides a per-step hook (e.g.
+    # magnitude's gradual schedule, a plugin that reads gradients)
+    per_run_hooks = stacked and not hooks_per_stack(cls) and (
+        cls.after_step is not Method.after_step or cls.after_epoch is not Method.after_epoch)
+    step_hooked = cls.after_step is not Method.after_step
+    hooked = step_hooked or cls.after_epoch is not Method.after_epoch
+    step_graphs, in_step = None, False
     if _use_graphs(graphs, device):
         opt, why = _capturable(opt, device)
         if why is None:
+            # a per-step hook that declares itself the same tensor work every step runs inside the
+            # captured step (replayed with it); its step and epoch are those of the capture
+            in_step = (step_hooked and hooks_per_stack(cls) and not per_run_hooks
+                       and cls.__dict__.get("after_step_in_step", False))
+
+            def body(key):
+                train_step(idx_bufs[key[0]], beta_t, key[1], False)
+                if in_step:
+                    lead.after_step(model, step, epoch)
+
             # each graph writes gradients of its own (captured with none there): hooks read that
             # graph's, so .grad is pointed at them around every replay
-            step_graphs = StepGraphs(lambda key: train_step(idx_bufs[key[0]], beta_t, key[1], False),
+            step_graphs = StepGraphs(body,
                                      state=lambda: state_entries(model, opt, lead), generators=noise_gens,
                                      label=members[0].label.split(" seed=")[0], backend=GRAPH_BACKEND,
                                      prepare=lambda key: opt.zero_grad(set_to_none=True),
@@ -334,18 +352,13 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     beta_t = torch.zeros((), device=device) if step_graphs is not None else None
     idx_bufs: dict[int, torch.Tensor] = {}  # minibatch size -> the index buffer a graph reads
     grads_of: dict = {}  # step kind -> (parameter, the gradient its graph writes)
-    cls = type(lead)
-    # hooks once per run (on views, with their run's gradients) only where they could tell runs
-    # apart: a method that does not declare hooks_per_stack and overrides a per-step hook (e.g.
-    # magnitude's gradual schedule, a plugin that reads gradients)
-    per_run_hooks = stacked and not hooks_per_stack(cls) and (
-        cls.after_step is not Method.after_step or cls.after_epoch is not Method.after_epoch)
     views = run_views(model) if per_run_hooks else None
     params = [p if stacked else p[None] for p in model.parameters()]  # leading run dimension
     # under graphs, what a hook replaced is looked for after each step only where a per-step hook
-    # ran (StepGraphs.check: tens of microseconds a step), after each epoch where any hook did
-    step_hooked = cls.after_step is not Method.after_step
-    hooked = step_hooked or cls.after_epoch is not Method.after_epoch
+    # ran between replays (StepGraphs.check: tens of microseconds a step), after each epoch
+    # where any hook did
+    if in_step:
+        step_hooked = False
 
     model.train()
     step = 0
@@ -383,7 +396,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
                 views.share_grads()
                 for m, view in zip(members, views):
                     m.method.after_step(view, step, epoch)
-            else:
+            elif not in_step:
                 lead.after_step(model, step, epoch)
             if step_graphs is not None and step_hooked:
                 step_graphs.check()
