@@ -167,7 +167,11 @@ def test_screened_restarts_capture_again_after_the_cut(stand_in):
     assert_records_close([dict(r, spec=None) for r in graphed[0][0]], [dict(r, spec=None) for r in eager[0][0]], rel=1e-5)
 
 
-def test_a_gradient_reading_method_under_graphs(stand_in, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", [StandIn, Recording])
+def test_a_gradient_reading_method_under_graphs(kind, tmp_path, monkeypatch):
+    """The README's plugin (hooks once per run, on views with their run's gradients) under
+    graphs: its scores equal eager training's."""
+    monkeypatch.setattr(E, "GRAPH_BACKEND", kind())
     from test_plugin_hooks import _readme_method
     cls = _readme_method(tmp_path, "# methods/taylor.py")
     monkeypatch.setattr(T, "method_class", lambda name: cls)
@@ -324,3 +328,24 @@ def test_a_hook_declared_after_step_in_step_is_captured_with_the_step(monkeypatc
     calls.clear()
     T.run_stack([dict(spec, graphs=False), dict(spec, seed=1, graphs=False)])
     assert len(calls) == SPEC["epochs"] * 3 > eager_calls  # every step: 2 full batches and a partial one
+
+
+def test_a_method_trained_outside_a_stack_under_graphs(monkeypatch, caplog):
+    """A plugin that overrides ``penalty`` without ``hooks_per_stack`` trains its seeds one
+    after another, unstacked (engine.fit); under the recording stand-in its records equal eager
+    training's."""
+    class Lasso(T.Method):
+        def penalty(self, model):
+            return sum(p.abs().sum() for name, p in model.named_parameters() if name.endswith("weight"))
+
+    backend = Recording()
+    monkeypatch.setattr(E, "GRAPH_BACKEND", backend)
+    monkeypatch.setattr(T, "method_class", lambda name: Lasso)
+    specs = [tiny_spec("lasso", seed=s, finetune_epochs=0, **SPEC) for s in (0, 1)]
+    eager = T.run_stack([dict(s, graphs=False) for s in specs])
+    with caplog.at_level(logging.INFO):
+        graphed = T.run_stack(specs)
+    assert "2 runs train one after another (not stacked" in caplog.text
+    assert backend.captures == [0, 0, 0, 0]  # two step kinds per seed; noise would come from the global generator
+    for e, g in zip(eager, graphed):
+        assert_records_close([dict(r, spec=None) for r in g[0]], [dict(r, spec=None) for r in e[0]], rel=1e-5)
