@@ -157,7 +157,10 @@ def test_each_step_kind_is_warmed_up_then_captured_once(stand_in, caplog):
     assert "2 graph capture(s), 0 invalidation(s)" in caplog.text
 
 
-def test_screened_restarts_capture_again_after_the_cut(stand_in):
+@pytest.mark.parametrize("kind", [StandIn, Recording])
+def test_screened_restarts_capture_again_after_the_cut(kind, monkeypatch):
+    stand_in = kind()
+    monkeypatch.setattr(E, "GRAPH_BACKEND", stand_in)
     spec = tiny_spec("spike_slab", restarts=3, restarts_keep=1, restarts_screen_epochs=3, finetune_epochs=0,
                      **dict(SPEC, epochs=6))
     eager = T.run_stack([dict(spec, graphs=False)])
