@@ -21,7 +21,10 @@
 # 6. the stacking equivalence tests with their runs on CUDA (seed 1 in a stack == seed 1 alone,
 #    every method and option, mlp and conv nets; graphs on, the default).
 # Each writes its output to OUT_DIR; a failing step does not stop the others. PYTHON picks the
-# interpreter (default python3). The paper grid has its own script: paper/run_grid.sh.
+# interpreter (default python3). STEPS picks steps by name (default all, in the order above:
+# graph_tests_cuda graph_replay_cuda grid_time_cuda step_time_cuda stacking_cuda
+# stacking_cuda_lenet5_loop stacking_tests_cuda), e.g. STEPS="graph_tests_cuda grid_time_cuda"
+# for a short session. The paper grid has its own script: paper/run_grid.sh.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-gpu-checks}
@@ -30,8 +33,13 @@ mkdir -p "$out"
 cd "$root"
 export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" SLABBENCH_ROOT="$root"
 status=0
+all="graph_tests_cuda graph_replay_cuda grid_time_cuda step_time_cuda stacking_cuda stacking_cuda_lenet5_loop stacking_tests_cuda"
+for name in ${STEPS:-}; do
+    case " $all " in *" $name "*) ;; *) echo "gpu_checks.sh: unknown step '$name' in STEPS; the steps: $all" >&2; exit 2 ;; esac
+done
 step() {  # step NAME COMMAND...: run, keep its output, remember a failure
     local name=$1; shift
+    case " ${STEPS:-$all} " in *" $name "*) ;; *) return 0 ;; esac
     echo "== $name: $*"
     local t0=$SECONDS
     "$@" > "$out/$name.txt" 2>&1 || { echo "   failed (exit $?), see $out/$name.txt"; status=1; }
