@@ -12,7 +12,7 @@
 # 3. benchmarks/grid_time.py on CUDA (graphs on, the default) for config/paper.yaml's
 #    mnist-lenet300 (every train job at 1 and 3 epochs, extrapolated to 200; 8 GPU slots):
 #    whether that experiment fits a short GPU session.  Needs the MNIST files in
-#    resources/MNIST/raw (git-ignored: carry that folder); cut off after GRID_TIME_S seconds
+#    resources/MNIST/raw (git-ignored: copy that folder with the checkout); cut off after GRID_TIME_S seconds
 #    (default 180), the rows printed by then are kept;
 # 4. benchmarks/step_time.py on CUDA (each method's step against dense);
 # 5. benchmarks/stacking.py on CUDA (wall time per run, S = 1, 3, 10, 30; the simulation,

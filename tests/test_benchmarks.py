@@ -136,3 +136,13 @@ def test_noise_rng_times_both_ways_and_its_hash_draws_are_standard():
     corr = torch.corrcoef(torch.cat([z, z2]))
     assert (corr - torch.eye(6)).abs().max() < 0.012
     assert torch.equal(bench.hashed_normal(keys[1:2], 1, 1000), z[1:2, :1000])  # a run's draws depend on its key only
+
+
+def test_graph_guard_times_the_check_per_method_and_against_another_version(capsys, tmp_path):
+    old = tmp_path / "old_graphs.py"
+    old.write_text((ROOT / "src" / "slabbench" / "graphs.py").read_text())
+    load("graph_guard").main(["--methods", "dense", "l0", "--runs", "2", "--number", "3", "--repeat", "1",
+                              "--against", str(old)])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "method" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["dense", "l0"]
+    assert all(r.rstrip().endswith("x |") and int(r.split("|")[2]) > 10 for r in rows)  # entries, and a ratio

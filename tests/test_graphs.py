@@ -66,14 +66,31 @@ class Recording(StandIn):
         return _Replay(ops)
 
 
+def _tensors(value):
+    if torch.is_tensor(value):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
+
+
 class _Replay:
     def __init__(self, ops):
         self.ops, self.first = ops, True
+        # a CUDA graph reads and writes memory addresses, not tensor objects: each tensor the
+        # step reads must keep its storage (the loop's guard recaptures where a hook moved one)
+        self.memory = {id(t): (t, t.data_ptr()) for _, args, kwargs, _ in ops
+                       for t in _tensors((args, kwargs)) if t.layout == torch.strided}
 
     def replay(self):
         if self.first:  # the capture ran this step
             self.first = False
             return
+        for t, ptr in self.memory.values():
+            assert t.data_ptr() == ptr, "a tensor the captured step reads moved to other memory since the capture"
         with torch._C._AutoDispatchBelowADInplaceOrView():  # kernels only, as the mode saw them
             for func, args, kwargs, out in self.ops:
                 _into(out, func(*args, **kwargs))
@@ -240,6 +257,15 @@ def test_the_guard_tells_a_replaced_tensor_from_a_rebuilt_container():
     assert graphs.invalidations == 1
 
     graphs = captured()
+    layer.cache[2]["mask"] = None
+    graphs.check()  # a plain item added: nothing the step reads moved
+    assert graphs.invalidations == 0
+    graphs = captured()
+    layer.cache[2]["mask"] = torch.ones(2)  # a plain slot of the same dict now holds a tensor
+    graphs.check()
+    assert graphs.invalidations == 1
+
+    graphs = captured()
     layer.weight.data = torch.zeros(2, 3)  # the same Parameter object, new storage
     graphs.check()
     assert graphs.invalidations == 1
@@ -253,6 +279,11 @@ def test_the_guard_tells_a_replaced_tensor_from_a_rebuilt_container():
     opt.param_groups[0]["params"] = [torch.nn.Parameter(torch.zeros(1))]
     graphs.check()
     assert graphs.invalidations == 1
+
+    layer.params = [torch.zeros(1)]  # a module's own list named like a param group's: a plain container
+    graphs = captured()
+    graphs.check()
+    assert graphs.invalidations == 0
 
 
 def test_a_failing_capture_falls_back_to_eager_steps(caplog):
@@ -352,3 +383,54 @@ def test_a_method_trained_outside_a_stack_under_graphs(monkeypatch, caplog):
     assert backend.captures == [0, 0, 0, 0]  # two step kinds per seed; noise would come from the global generator
     for e, g in zip(eager, graphed):
         assert_records_close([dict(r, spec=None) for r in g[0]], [dict(r, spec=None) for r in e[0]], rel=1e-5)
+
+
+class _ScaleByEpoch(T.Method):
+    """A penalty weighted by a Python number that a hook changes every epoch."""
+    hooks_per_stack = True
+
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        self.scale = 1.0
+
+    def penalty(self, model):
+        return self.scale * sum(p.square().sum() for p in model.parameters())
+
+    def after_epoch(self, model, epoch):
+        self.scale = 1.0 + epoch
+
+
+class _CountInStep(T.Method):
+    """A per-step hook declared in the step that keeps a Python counter."""
+    hooks_per_stack = True
+    after_step_in_step = True
+
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        self.count = 0
+
+    def after_step(self, model, step, epoch):
+        self.count += 1
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1.0 - 1e-3 * self.count)
+
+
+@pytest.mark.parametrize("cls", [_ScaleByEpoch, _CountInStep], ids=["python-number-in-penalty", "python-counter-in-step"])
+def test_the_recording_stand_in_keeps_what_python_gave_the_capture(cls, monkeypatch):
+    """Negative controls: a step that reads a Python number which changes between steps (a
+    float a hook sets, a counter in a hook declared in the step) trains as eager under the
+    calling stand-in, which runs the step's Python at every replay, and differs under the
+    recording one, which, like a CUDA graph, keeps the capture's value."""
+    monkeypatch.setattr(T, "method_class", lambda name: cls)
+    specs = [tiny_spec("toy", seed=s, finetune_epochs=0, **SPEC) for s in (0, 1)]
+    eager = T.run_stack([dict(s, graphs=False) for s in specs])
+    results = {}
+    for kind in (StandIn, Recording):
+        monkeypatch.setattr(E, "GRAPH_BACKEND", kind())
+        results[kind] = T.run_stack(specs)
+    for e, g in zip(eager, results[StandIn]):
+        assert_records_close([dict(r, spec=None) for r in g[0]], [dict(r, spec=None) for r in e[0]], rel=1e-5)
+    with pytest.raises(AssertionError):
+        for e, g in zip(eager, results[Recording]):
+            assert_records_close([dict(r, spec=None) for r in g[0]], [dict(r, spec=None) for r in e[0]], rel=1e-5)

@@ -16,9 +16,11 @@ exactly as an eager step does (measured: parameters identical to eager training 
 steps, every method and stack size).
 
 Hooks (``after_step``, ``after_epoch``) run eagerly between replays and may change any tensor in
-place (a clamp, a new mask, a closed-form φ).  A hook that *replaces* a tensor the graph reads (a
-new parameter, buffer or cached tensor on a layer, a changed flag) would leave the graph reading
-the old one, so after hooks :meth:`StepGraphs.check` compares the identity of everything the
+place (a new mask, a closed-form φ), except a per-step hook that its method declares the same
+in-place tensor work every step (``after_step_in_step``, l0's clamp and averaging): that one is
+part of the captured step.  A hook that *replaces* a tensor the graph reads (a new parameter,
+buffer or cached tensor on a layer, a changed flag) would leave the graph reading the old one,
+so after hooks between replays :meth:`StepGraphs.check` compares the identity of everything the
 step can read with what it was at capture, and drops the graphs when anything moved (they are
 captured again; the log counts it).  A capture that fails falls back to eager steps for the rest
 of the training, and the log says why.
@@ -133,26 +135,29 @@ class _Probe:
     so the usual case costs an identity test (and a storage pointer for a tensor, the members'
     probes for a container); a replaced object is compared by :func:`_identity`, as at capture,
     and, if that is unchanged (a hook rebuilt a tuple of the same tensors), probed from then on.
-    A param group's ``params`` is compared by its parameters' ids."""
+    A container that stays the same object is compared through its members' probes as long as
+    it keeps its keys and its other items (``None``, numbers) stay plain; else by
+    :func:`_identity`.  A param group's ``params`` is compared by its parameters' ids."""
 
-    __slots__ = ("owner", "key", "ident", "value", "ptr", "size", "members", "params")
+    __slots__ = ("owner", "key", "ident", "value", "ptr", "keys", "plain", "members", "params")
 
     def __init__(self, owner: Any, key: Any, ident: Any):
         self.owner, self.key, self.ident = owner, key, ident
         # ``key`` may be a tensor (the optimizer state is keyed by parameters): compared with a
         # string only when it is one (``tensor == str`` would dispatch an operator)
         self.params = (isinstance(owner, dict) and isinstance(key, str) and key == "params"
-                       and isinstance(owner.get("params"), list))
+                       and isinstance(owner.get("params"), list) and "lr" in owner)  # a param group
         self._rebase(_value(owner, key))
 
     def _rebase(self, value: Any) -> None:
-        self.value, self.ptr, self.size, self.members = value, None, None, None
+        self.value, self.ptr, self.keys, self.plain, self.members = value, None, None, None, None
         if torch.is_tensor(value):
             if value.layout == torch.strided:
                 self.ptr = value.data_ptr()
         elif isinstance(value, (tuple, list, dict)) and not self.params:
-            self.size = len(value)
-            items = value.items() if isinstance(value, dict) else enumerate(value)
+            items = list(value.items() if isinstance(value, dict) else enumerate(value))
+            self.keys = tuple(k for k, _ in items)
+            self.plain = [k for k, v in items if not _tracked(v)]
             self.members = [_Probe(value, k, _identity(v)) for k, v in items if _tracked(v)]
 
     def moved(self) -> bool:
@@ -164,7 +169,8 @@ class _Probe:
                 return value.data_ptr() != self.ptr
             if self.members is None:  # a plain value, or a tensor without storage
                 return False
-            if len(value) == self.size:
+            same_keys = tuple(value) == self.keys if isinstance(value, dict) else len(value) == len(self.keys)
+            if same_keys and not any(_tracked(value[k]) for k in self.plain):
                 return any(m.moved() for m in self.members)
         if _identity(value) != self.ident:
             return True
