@@ -434,3 +434,19 @@ def test_the_recording_stand_in_keeps_what_python_gave_the_capture(cls, monkeypa
     with pytest.raises(AssertionError):
         for e, g in zip(eager, results[Recording]):
             assert_records_close([dict(r, spec=None) for r in g[0]], [dict(r, spec=None) for r in e[0]], rel=1e-5)
+
+
+def test_records_say_how_the_steps_ran(stand_in):
+    """Where graphs were used a record's provenance says how (captures and invalidations, or
+    eager and why); on the CPU without them it says nothing (CPU records stay as they were)."""
+    spec = tiny_spec("spike_slab", seed=0, finetune_epochs=0, **SPEC)
+    graphed = T.run_stack([spec, dict(spec, seed=1)])
+    assert {r["provenance"]["step_graphs"] for recs, _ in graphed for r in recs} == {"2 graph capture(s), 0 invalidation(s)"}
+    eager = T.run_stack([dict(spec, graphs=False)])
+    assert all("step_graphs" not in r["provenance"] for r in eager[0][0])
+
+
+def test_records_say_why_steps_ran_eagerly(stand_in, monkeypatch):
+    monkeypatch.setattr(T.method_class("dense"), "optimizer", lambda self, model, lr: torch.optim.SGD(model.parameters(), lr=lr))
+    recs, _ = T.run_stack([tiny_spec("dense", seed=0, finetune_epochs=0, **SPEC)])[0]
+    assert recs[0]["provenance"]["step_graphs"].startswith("eager (its optimizer (SGD) is not Adam or AdamW")

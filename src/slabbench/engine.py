@@ -58,6 +58,9 @@ class Member:
     start: int = 0  #: which of the run's starts (restarts) this is
     stack_runs: int = 1  #: how many runs trained in its stack
     noise: int | None = None  #: seed of its noise generator; None = noise_seed(seed)
+    #: how its training steps ran where CUDA graphs were asked for and possible on its device:
+    #: "N graph capture(s), M invalidation(s)", or "eager (why)"; None elsewhere (the CPU)
+    step_graphs: str | None = None
     screen_objective: float | None = None  #: restarts' screening: its training objective then (None: diverged)
     screened_out: bool = False  #: restarts' screening: it stopped there (its model is its state then)
 
@@ -347,6 +350,8 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
                                          key, [(q, q.grad) for q in model.parameters()]))
         else:
             log.info("%s: CUDA graphs off: %s", members[0].label, why)
+            for m in members:
+                m.step_graphs = m.step_graphs or f"eager ({why})"
     train_step = StackedStep(model, lead, opt, x_all, y_all, n, batch_size=batch_size, task=task, noise_sd=noise_sd,
                              noise_gens=noise_gens, group_of=group_of)
     beta_t = torch.zeros((), device=device) if step_graphs is not None else None
@@ -441,6 +446,8 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
                     grads_of.clear()
     if step_graphs is not None:
         log.info("%s: %s", members[0].label.split(" seed=")[0], step_graphs.summary())
+        for m in members:  # (the training's, not a later fine-tuning's)
+            m.step_graphs = m.step_graphs or step_graphs.summary()
     model.eval()
     return kept
 
