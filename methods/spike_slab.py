@@ -120,6 +120,13 @@ class Method(_Base):
     # (a buffer, stacked per run), so runs of different targets share one stack
     target_in_model = True
 
+    @property
+    def after_step_in_step(self) -> bool:
+        """The per-step hook does nothing unless φ is updated every ``phi_every`` steps (which
+        reads the step count): then it runs between steps, else it is part of the step."""
+        p = self.params
+        return not (p.phi_update == "closed_form" and p.phi_every > 0)
+
     def __init__(self, params: Params, ctx):
         super().__init__(params, ctx)
         owner = "method 'spike_slab'"

@@ -248,7 +248,8 @@ class Method:
     #: the host (``.item()``, branching on values) and replaces no tensor.  The core may then run
     #: it as the last part of the training step itself, where a CUDA graph captures and replays
     #: it with the step (no launches and no guard between steps).  Default: it runs after the
-    #: step (and between replays).
+    #: step (and between replays).  A method whose options decide may make it a property of the
+    #: instance (spike_slab: its hook does nothing unless φ is updated every few steps).
     after_step_in_step: ClassVar[bool] = False
 
     def __init__(self, params: Any, ctx: TrainContext):

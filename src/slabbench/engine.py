@@ -331,8 +331,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
         if why is None:
             # a per-step hook that declares itself the same tensor work every step runs inside the
             # captured step (replayed with it); its step and epoch are those of the capture
-            in_step = (step_hooked and hooks_per_stack(cls) and not per_run_hooks
-                       and cls.__dict__.get("after_step_in_step", False))
+            in_step = step_hooked and hooks_per_stack(cls) and not per_run_hooks and _after_step_in_step(lead)
 
             def body(key):
                 train_step(idx_bufs[key[0]], beta_t, key[1], False)
@@ -475,6 +474,14 @@ def _capturable(opt: torch.optim.Optimizer, device: torch.device) -> tuple[torch
         group["lr"] = torch.tensor(float(g["lr"]), device=device)
         groups.append(group)
     return type(opt)(groups, fused=True, capturable=True), None
+
+
+def _after_step_in_step(method: Method) -> bool:
+    """Whether ``method`` declares, in its own class body, that its ``after_step`` may run inside
+    the captured step (:attr:`slabbench.api.Method.after_step_in_step`: a bool, or a property
+    that the instance's options decide)."""
+    declared = type(method).__dict__.get("after_step_in_step", False)
+    return bool(declared.__get__(method, type(method)) if isinstance(declared, property) else declared)
 
 
 def _point_grads(pairs) -> None:
