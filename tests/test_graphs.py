@@ -285,6 +285,20 @@ def test_the_guard_tells_a_replaced_tensor_from_a_rebuilt_container():
     graphs.check()
     assert graphs.invalidations == 0
 
+    layer.by_tensor = {cache: torch.ones(1)}  # a dict keyed by tensors gains a key: no tensor compared by ==
+    graphs = captured()
+    layer.by_tensor[torch.zeros(2)] = None
+    graphs.check()
+    assert graphs.invalidations == 0
+    layer.by_tensor[cache] = torch.ones(1)
+    graphs.check()
+    assert graphs.invalidations == 1
+
+    graphs = captured()
+    del opt.param_groups[0]["params"]
+    graphs.check()
+    assert graphs.invalidations == 1
+
 
 def test_a_failing_capture_falls_back_to_eager_steps(caplog):
     class Failing(StandIn):
@@ -444,6 +458,23 @@ def test_records_say_how_the_steps_ran(stand_in):
     assert {r["provenance"]["step_graphs"] for recs, _ in graphed for r in recs} == {"2 graph capture(s), 0 invalidation(s)"}
     eager = T.run_stack([dict(spec, graphs=False)])
     assert all("step_graphs" not in r["provenance"] for r in eager[0][0])
+
+
+def test_a_start_screened_out_says_how_its_steps_ran(stand_in, monkeypatch):
+    """Screening cuts the stack; every start, kept or not, gets the training's summary (a start
+    screened out becomes the chosen record where every finalist diverged)."""
+    spec = tiny_spec("spike_slab", restarts=3, restarts_keep=1, restarts_screen_epochs=3, finetune_epochs=0,
+                     **dict(SPEC, epochs=6))
+    members = []
+    original = T.fit_stacked
+
+    def keep(model, group, *args, **kwargs):
+        members.extend(group)
+        return original(model, group, *args, **kwargs)
+
+    monkeypatch.setattr(T, "fit_stacked", keep)
+    T.run_stack([spec])
+    assert len(members) == 3 and all(m.step_graphs == "4 graph capture(s), 1 invalidation(s)" for m in members)
 
 
 def test_records_say_why_steps_ran_eagerly(stand_in, monkeypatch):

@@ -317,6 +317,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     group_of = _data_groups(xs, ys, data_gens) if SHARE_INPUTS and stacked else list(range(s_runs))
     order_gens = [data_gens[group_of.index(g)] for g in range(group_of[-1] + 1)]  # one data order per group
     members, noise_gens, kept = list(members), list(noise_gens), list(range(s_runs))
+    started_with = list(members)  # (screening cuts ``members``: a start screened out still gets its records)
     cls = type(lead)
     # hooks once per run (on views, with their run's gradients) only where they could tell runs
     # apart: a method that does not declare hooks_per_stack and overrides a per-step hook (e.g.
@@ -445,7 +446,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
                     grads_of.clear()
     if step_graphs is not None:
         log.info("%s: %s", members[0].label.split(" seed=")[0], step_graphs.summary())
-        for m in members:  # (the training's, not a later fine-tuning's)
+        for m in started_with:  # (the training's; a later fine-tuning's members are others)
             m.step_graphs = m.step_graphs or step_graphs.summary()
     model.eval()
     return kept

@@ -163,13 +163,15 @@ class _Probe:
     def moved(self) -> bool:
         value = _value(self.owner, self.key)
         if self.params:
-            return tuple(id(p) for p in value) != self.ident
+            return not isinstance(value, list) or tuple(id(p) for p in value) != self.ident
         if value is self.value:
             if self.ptr is not None:
                 return value.data_ptr() != self.ptr
             if self.members is None:  # a plain value, or a tensor without storage
                 return False
-            same_keys = tuple(value) == self.keys if isinstance(value, dict) else len(value) == len(self.keys)
+            # keys by identity (a dict may be keyed by tensors: ``==`` would compare their values)
+            same_keys = len(value) == len(self.keys) and (
+                not isinstance(value, dict) or all(a is b for a, b in zip(value, self.keys)))
             if same_keys and not any(_tracked(value[k]) for k in self.plain):
                 return any(m.moved() for m in self.members)
         if _identity(value) != self.ident:
