@@ -138,6 +138,10 @@ class Method(_Base):
             raise PluginError(f"option 'lrt_forward' of {owner} needs phi_update closed_form or lrt, got gumbel")
         if not 0 < params.phi_step <= 1:
             raise PluginError(f"option 'phi_step' of {owner} must be in (0, 1], got {params.phi_step}")
+        for key in ("phi_every", "phi_warmup_epochs"):  # (a negative count would never update φ)
+            v = getattr(params, key)
+            if v is not None and v < 0:
+                raise PluginError(f"option {key!r} of {owner} must be >= 0, got {v}")
         for key in ("sigma0", "tau", "rho_lr_factor"):
             if getattr(params, key) <= 0:
                 raise PluginError(f"option {key!r} of {owner} must be > 0, got {getattr(params, key)}")
