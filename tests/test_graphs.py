@@ -265,6 +265,12 @@ def test_the_guard_tells_a_replaced_tensor_from_a_rebuilt_container():
     graphs.check()
     assert graphs.invalidations == 1
 
+    layer.slots = [cache, None]
+    graphs = captured()
+    layer.slots[0], layer.slots[1] = None, cache  # the same tensor, in another place
+    graphs.check()
+    assert graphs.invalidations == 1
+
     graphs = captured()
     layer.weight.data = torch.zeros(2, 3)  # the same Parameter object, new storage
     graphs.check()

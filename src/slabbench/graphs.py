@@ -65,18 +65,23 @@ class CudaGraphs:
 
 def _identity(value: Any) -> Any:
     """What identifies ``value`` for :func:`state_entries`: a tensor's object and storage, a
-    container's tensors', a plain value itself; ``None`` for anything else (not tracked)."""
+    container's tensors' with where they sit (index or key), a plain value itself; ``None`` for
+    anything else (not tracked)."""
     if torch.is_tensor(value):
         return (id(value), value.data_ptr() if value.layout == torch.strided else 0)
-    if isinstance(value, (tuple, list)):
-        inner = tuple(_identity(v) for v in value if torch.is_tensor(v) or isinstance(v, (tuple, list, dict)))
-        return inner or None
-    if isinstance(value, dict):
-        inner = tuple(_identity(v) for v in value.values() if torch.is_tensor(v) or isinstance(v, (tuple, list, dict)))
+    if isinstance(value, (tuple, list, dict)):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        inner = tuple((_place(k), _identity(v)) for k, v in items
+                      if torch.is_tensor(v) or isinstance(v, (tuple, list, dict)))
         return inner or None
     if isinstance(value, (bool, int, float, str)) or value is None:
         return ("value", value)
     return None
+
+
+def _place(key: Any) -> Any:
+    """A container key as part of an identity (a tensor key by its object: ``==`` would compare values)."""
+    return key if isinstance(key, (str, int, float, bool)) or key is None else ("id", id(key))
 
 
 _SKIP = {"_modules", "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
