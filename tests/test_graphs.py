@@ -523,7 +523,8 @@ def test_conv_nets_under_graphs(name, options, model, model_params, blobs, no_bi
     only gives the records of the replay that runs the step's Python, bit for bit; and eager
     steps with the optimizer that graphs use (as on CUDA, engine.CAPTURABLE_ADAM) give them to
     float rounding (rel 1e-5).  (With the CPU's own Adam instead, the rounding of the two
-    optimizers alone moves LeNet-5 under spike_slab lrt by 0.8% in test NLL within 12 steps.)"""
+    optimizers alone moved LeNet-5 under spike_slab lrt by 0.8% in test NLL within 12 steps,
+    measured once: docs/performance.md, "CUDA graphs".)"""
     specs = [tiny_spec(name, dataset="blobs", model=model, model_params=model_params, method_params=options,
                        batch_size=24, seed=s, epochs=4) for s in (0, 1, 2)]
     monkeypatch.setattr(E, "CAPTURABLE_ADAM", ("cpu",))

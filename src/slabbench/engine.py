@@ -456,9 +456,9 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
 
 #: devices where Adam is fused and capturable (learning rate a device tensor, bias corrections in
 #: float32 on the device) with graphs or without, so that eager steps (``graphs: false``) and
-#: replayed ones compute the same numbers: the two optimizers' rounding alone moves a small
-#: LeNet-5's test NLL by 0.8% within 12 steps (tests/test_graphs.py).  Not the CPU, whose
-#: records predate graphs and stay as they were.
+#: replayed ones compute the same numbers: the two optimizers' rounding alone moved a small
+#: LeNet-5's test NLL by 0.8% within 12 steps (measured on the CPU, docs/performance.md "CUDA
+#: graphs").  Not the CPU, whose records predate graphs and stay as they were.
 CAPTURABLE_ADAM = ("cuda",)
 
 #: captures and replays the steps of ``graphs: true`` (None: :class:`slabbench.graphs.CudaGraphs`,
