@@ -527,7 +527,7 @@ def test_conv_nets_under_graphs(name, options, model, model_params, blobs, no_bi
     measured once: docs/performance.md, "CUDA graphs".)"""
     specs = [tiny_spec(name, dataset="blobs", model=model, model_params=model_params, method_params=options,
                        batch_size=24, seed=s, epochs=4) for s in (0, 1, 2)]
-    monkeypatch.setattr(E, "CAPTURABLE_ADAM", ("cpu",))
+    monkeypatch.setattr(E, "CAPTURABLE_ADAM", ("cpu", "cuda"))  # (also where the suite runs on CUDA)
     eager = T.run_stack([dict(s, graphs=False) for s in specs])
     graphed = {}
     for kind in (StandIn, Recording):
