@@ -121,6 +121,12 @@ def layer_keep_counts(sizes: dict[str, int], profile: dict[str, float], keep: in
 class Method(_Base):
     Params = Params
 
+    @property
+    def after_step_in_step(self) -> bool:
+        """The per-step hook prunes on the gradual schedule only (it reads the step); for
+        oneshot and iterative pruning it does nothing and is part of the step."""
+        return self.params.schedule != "gradual"
+
     def __init__(self, params: Params, ctx):
         super().__init__(params, ctx)
         owner = "method 'magnitude'"

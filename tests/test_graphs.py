@@ -489,24 +489,28 @@ def test_records_say_why_steps_ran_eagerly(stand_in, monkeypatch):
     assert recs[0]["provenance"]["step_graphs"].startswith("eager (its optimizer (SGD) is not Adam or AdamW")
 
 
-@pytest.mark.parametrize("options,in_step", [({}, True), ({"phi_every": 1}, False), ({"phi_update": "lrt"}, True)])
-def test_spike_slabs_options_decide_where_its_per_step_hook_runs(options, in_step, monkeypatch):
-    """spike_slab's after_step does nothing unless φ is updated every ``phi_every`` steps: it is
-    part of the captured step (no Python, no guard between replays) except then, and the records
-    equal eager training's either way (test_replays_of_recorded_operations_...)."""
+@pytest.mark.parametrize("name,options,in_step", [
+    ("spike_slab", {}, True), ("spike_slab", {"phi_every": 1}, False), ("spike_slab", {"phi_update": "lrt"}, True),
+    ("magnitude", {}, True), ("magnitude", {"schedule": "gradual"}, False)])
+def test_a_methods_options_decide_where_its_per_step_hook_runs(name, options, in_step, monkeypatch):
+    """spike_slab's after_step does nothing unless φ is updated every ``phi_every`` steps, and
+    magnitude's (once per run, on views) unless it prunes gradually: either is part of the
+    captured step (no Python, no guard between replays) except then; the records equal eager
+    training's either way (test_replays_of_recorded_operations_...)."""
     backend = Recording()
     monkeypatch.setattr(E, "GRAPH_BACKEND", backend)
     checks = []
     original = StepGraphs.check
     monkeypatch.setattr(StepGraphs, "check", lambda self: checks.append(1) or original(self))
-    spec = tiny_spec("spike_slab", method_params=options, seed=0, finetune_epochs=0, **SPEC)
-    T.run_stack([spec])
+    spec = tiny_spec(name, method_params=options, seed=0, finetune_epochs=0, **SPEC)
+    T.run_stack([spec, dict(spec, seed=1)])
     steps = SPEC["epochs"] * 3
-    cls = T.method_class("spike_slab")
+    cls = T.method_class(name)
     method = cls.__new__(cls)
-    method.params = T.make_params(cls.Params, options, "spike_slab")
+    method.params = T.make_params(cls.Params, options, name)
     assert E._after_step_in_step(method) == in_step
-    assert len(checks) == (SPEC["epochs"] if in_step else SPEC["epochs"] + steps)  # after each epoch, and each step between replays
+    # (gradual pruning trains once per target, every target x seed in one stack: one training)
+    assert len(checks) == (SPEC["epochs"] if in_step else SPEC["epochs"] + steps)  # each epoch; each step between replays
 
 
 from test_stacking import CONV_MODELS, blobs, no_biases_before_batch_norm  # noqa: E402,F401  (fixtures)

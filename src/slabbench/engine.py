@@ -334,11 +334,15 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
         if why is None:
             # a per-step hook that declares itself the same tensor work every step runs inside the
             # captured step (replayed with it); its step and epoch are those of the capture
-            in_step = step_hooked and hooks_per_stack(cls) and not per_run_hooks and _after_step_in_step(lead)
+            in_step = step_hooked and (hooks_per_stack(cls) or per_run_hooks) and _after_step_in_step(lead)
 
             def body(key):
                 train_step(idx_bufs[key[0]], beta_t, key[1], False)
-                if in_step:
+                if in_step and per_run_hooks:  # once per run, on its view with its gradients
+                    views.share_grads()
+                    for m, view in zip(members, views):
+                        m.method.after_step(view, step, epoch)
+                elif in_step:
                     lead.after_step(model, step, epoch)
 
             # each graph writes gradients of its own (captured with none there): hooks read that
@@ -399,16 +403,20 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
                     idx_bufs[b] = torch.empty_like(idx)
                 idx_bufs[b].copy_(idx)
                 step_graphs.run((b, beta != 0.0))
-            if per_run_hooks:
+            if in_step:
+                pass  # (part of the step)
+            elif per_run_hooks:
                 views.share_grads()
                 for m, view in zip(members, views):
                     m.method.after_step(view, step, epoch)
-            elif not in_step:
+            else:
                 lead.after_step(model, step, epoch)
             if step_graphs is not None and step_hooked:
                 step_graphs.check()
             step += 1
         if per_run_hooks:
+            if in_step:  # (shared in the step only at capture: the last replay's gradients now)
+                views.share_grads()
             for m, view in zip(members, views):
                 m.method.after_epoch(view, epoch)
         else:
