@@ -242,15 +242,15 @@ class Method:
     #: stack to some of its runs (restarts' screening) it calls :meth:`select_runs`, which cuts
     #: these; per-run state in the model's parameters and buffers is cut by the core itself.
     run_state: ClassVar[tuple[str, ...]] = ()
-    #: ``True`` in a method's own class body when :meth:`after_step` does the
-    #: same tensor work every step, in place: it reads neither its ``step`` and ``epoch`` nor any
-    #: Python value that changes between steps, keeps no Python counter, reads no tensor value on
-    #: the host (``.item()``, branching on values) and replaces no tensor.  The core may then run
-    #: it as the last part of the training step itself (hooks per run: on each run's view, as
-    #: between steps), where a CUDA graph captures and replays it with the step (no launches and
-    #: no guard between steps).  Default: it runs after the
-    #: step (and between replays).  A method whose options decide may make it a property of the
-    #: instance (spike_slab: its hook does nothing unless φ is updated every few steps).
+    #: ``True`` in a method's own class body when :meth:`after_step` does the same tensor work
+    #: every step, in place: it reads neither its ``step`` and ``epoch`` nor any Python value that
+    #: changes between steps, keeps no Python counter, reads no tensor value on the host
+    #: (``.item()``, branching on values) and replaces no tensor.  The core may then run it as
+    #: the last part of the training step itself (hooks per run: on each run's view, as between
+    #: steps), where a CUDA graph captures and replays it with the step (no launches and no guard
+    #: between steps).  Default: it runs after the step (and between replays).  A method whose
+    #: options decide may make it a property of the instance (spike_slab: its hook does nothing
+    #: unless φ is updated every few steps).
     after_step_in_step: ClassVar[bool] = False
 
     def __init__(self, params: Any, ctx: TrainContext):

@@ -338,12 +338,8 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
 
             def body(key):
                 train_step(idx_bufs[key[0]], beta_t, key[1], False)
-                if in_step and per_run_hooks:  # once per run, on its view with its gradients
-                    views.share_grads()
-                    for m, view in zip(members, views):
-                        m.method.after_step(view, step, epoch)
-                elif in_step:
-                    lead.after_step(model, step, epoch)
+                if in_step:
+                    step_hooks()
 
             # each graph writes gradients of its own (captured with none there): hooks read that
             # graph's, so .grad is pointed at them around every replay
@@ -356,7 +352,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
                                          key, [(q, q.grad) for q in model.parameters()]))
         else:
             log.info("%s: CUDA graphs off: %s", members[0].label, why)
-            for m in members:
+            for m in started_with:
                 m.step_graphs = m.step_graphs or f"eager ({why})"
     train_step = StackedStep(model, lead, opt, x_all, y_all, n, batch_size=batch_size, task=task, noise_sd=noise_sd,
                              noise_gens=noise_gens, group_of=group_of)
@@ -368,8 +364,16 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     # under graphs, what a hook replaced is looked for after each step only where a per-step hook
     # ran between replays (StepGraphs.check: tens of microseconds a step), after each epoch
     # where any hook did
-    if in_step:
-        step_hooked = False
+    check_steps = step_graphs is not None and step_hooked and not in_step
+
+    def step_hooks() -> None:
+        """The method's per-step hook: once per run on its view, with its gradients, or once."""
+        if per_run_hooks:
+            views.share_grads()
+            for m, view in zip(members, views):
+                m.method.after_step(view, step, epoch)
+        else:
+            lead.after_step(model, step, epoch)
 
     model.train()
     step = 0
@@ -403,15 +407,9 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
                     idx_bufs[b] = torch.empty_like(idx)
                 idx_bufs[b].copy_(idx)
                 step_graphs.run((b, beta != 0.0))
-            if in_step:
-                pass  # (part of the step)
-            elif per_run_hooks:
-                views.share_grads()
-                for m, view in zip(members, views):
-                    m.method.after_step(view, step, epoch)
-            else:
-                lead.after_step(model, step, epoch)
-            if step_graphs is not None and step_hooked:
+            if not in_step:  # (else part of the step)
+                step_hooks()
+            if check_steps:
                 step_graphs.check()
             step += 1
         if per_run_hooks:

@@ -63,6 +63,11 @@ class CudaGraphs:
         return graph
 
 
+def _tracked(value: Any) -> bool:
+    """Whether an identity follows ``value``: a tensor or a container (plain values are not)."""
+    return torch.is_tensor(value) or isinstance(value, (tuple, list, dict))
+
+
 def _identity(value: Any) -> Any:
     """What identifies ``value`` for :func:`state_entries`: a tensor's object and storage, a
     container's tensors' with where they sit (index or key), a plain value itself; ``None`` for
@@ -71,8 +76,7 @@ def _identity(value: Any) -> Any:
         return (id(value), value.data_ptr() if value.layout == torch.strided else 0)
     if isinstance(value, (tuple, list, dict)):
         items = value.items() if isinstance(value, dict) else enumerate(value)
-        inner = tuple((_place(k), _identity(v)) for k, v in items
-                      if torch.is_tensor(v) or isinstance(v, (tuple, list, dict)))
+        inner = tuple((_place(k), _identity(v)) for k, v in items if _tracked(v))
         return inner or None
     if isinstance(value, (bool, int, float, str)) or value is None:
         return ("value", value)
@@ -115,7 +119,7 @@ def state_entries(model: nn.Module, opt: torch.optim.Optimizer, method: Any) -> 
         entries.append((group, "params", tuple(id(p) for p in group["params"])))
     if type(method).penalty is not Method.penalty:  # its penalty is in the step: its tensors too
         for key, value in vars(method).items():
-            if torch.is_tensor(value) or isinstance(value, (tuple, list, dict)):
+            if _tracked(value):
                 ident = _identity(value)
                 if ident is not None:
                     entries.append((vars(method), key, ident))
@@ -129,10 +133,6 @@ def _value(owner: Any, key: Any) -> Any:
     if isinstance(owner, dict):
         return owner.get(key)
     return owner[key] if key < len(owner) else None
-
-
-def _tracked(value: Any) -> bool:
-    return torch.is_tensor(value) or isinstance(value, (tuple, list, dict))
 
 
 class _Probe:
