@@ -23,6 +23,14 @@ from slabbench.layers import prunable_layers
 from test_stacking import CASES, assert_records_close
 
 
+def assert_stacks_close(got, want, rel: float = 1e-5) -> None:
+    """Each run's records of two ``run_stack`` results equal to ``rel`` (their specs aside: one
+    trained with graphs, the other without)."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert_records_close([dict(r, spec=None) for r in g[0]], [dict(r, spec=None) for r in w[0]], rel=rel)
+
+
 class StandIn:
     """Captures by keeping the step function; a replay calls it."""
 
@@ -149,8 +157,7 @@ def test_replays_of_recorded_operations_give_the_records_of_eager_steps(name, op
     with caplog.at_level(logging.INFO, logger="slabbench.engine"):
         graphed = T.run_stack(specs)
     assert backend.captures and "CUDA graphs off" not in caplog.text, "the graph path ran"
-    for e, g in zip(eager, graphed):
-        assert_records_close([dict(r, spec=None) for r in g[0]], [dict(r, spec=None) for r in e[0]], rel=1e-5)
+    assert_stacks_close(graphed, eager)
 
 
 @pytest.mark.parametrize("name,options", CASES, ids=CASE_IDS)
@@ -160,8 +167,7 @@ def test_graph_steps_give_the_records_of_eager_steps(name, options, backend, cap
     with caplog.at_level(logging.INFO, logger="slabbench.engine"):
         graphed = T.run_stack([dict(s, graphs=True) for s in specs])
     assert "graph capture(s)" in caplog.text and "CUDA graphs off" not in caplog.text, "the graph path ran"
-    for e, g in zip(eager, graphed):
-        assert_records_close([dict(r, spec=None) for r in g[0]], [dict(r, spec=None) for r in e[0]], rel=1e-5)
+    assert_stacks_close(graphed, eager)
 
 
 def test_each_step_kind_is_warmed_up_then_captured_once(stand_in, caplog):
@@ -184,7 +190,7 @@ def test_screened_restarts_capture_again_after_the_cut(kind, monkeypatch):
     graphed = T.run_stack([dict(spec, graphs=True)])
     # full and partial batches captured for the 3 starts, then again for the finalist alone
     assert stand_in.captures == [3, 3, 1, 1]
-    assert_records_close([dict(r, spec=None) for r in graphed[0][0]], [dict(r, spec=None) for r in eager[0][0]], rel=1e-5)
+    assert_stacks_close(graphed, eager)
 
 
 @pytest.mark.parametrize("kind", [StandIn, Recording])
@@ -401,8 +407,7 @@ def test_a_method_trained_outside_a_stack_under_graphs(monkeypatch, caplog):
         graphed = T.run_stack(specs)
     assert "2 runs train one after another (not stacked" in caplog.text
     assert backend.captures == [0, 0, 0, 0]  # two step kinds per seed; noise would come from the global generator
-    for e, g in zip(eager, graphed):
-        assert_records_close([dict(r, spec=None) for r in g[0]], [dict(r, spec=None) for r in e[0]], rel=1e-5)
+    assert_stacks_close(graphed, eager)
 
 
 class _ScaleByEpoch(T.Method):
@@ -449,11 +454,9 @@ def test_the_recording_stand_in_keeps_what_python_gave_the_capture(cls, monkeypa
     for kind in (StandIn, Recording):
         monkeypatch.setattr(E, "GRAPH_BACKEND", kind())
         results[kind] = T.run_stack(specs)
-    for e, g in zip(eager, results[StandIn]):
-        assert_records_close([dict(r, spec=None) for r in g[0]], [dict(r, spec=None) for r in e[0]], rel=1e-5)
+    assert_stacks_close(results[StandIn], eager)
     with pytest.raises(AssertionError):
-        for e, g in zip(eager, results[Recording]):
-            assert_records_close([dict(r, spec=None) for r in g[0]], [dict(r, spec=None) for r in e[0]], rel=1e-5)
+        assert_stacks_close(results[Recording], eager)
 
 
 def test_records_say_how_the_steps_ran(stand_in):
@@ -539,6 +542,5 @@ def test_conv_nets_under_graphs(name, options, model, model_params, blobs, no_bi
         monkeypatch.setattr(E, "GRAPH_BACKEND", backend)
         graphed[kind] = T.run_stack(specs)
         assert backend.captures
-    for c, r, e in zip(graphed[StandIn], graphed[Recording], eager):
-        assert_records_close([dict(x, spec=None) for x in r[0]], [dict(x, spec=None) for x in c[0]], rel=1e-12)
-        assert_records_close([dict(x, spec=None) for x in r[0]], [dict(x, spec=None) for x in e[0]], rel=1e-5)
+    assert_stacks_close(graphed[Recording], graphed[StandIn], rel=1e-12)
+    assert_stacks_close(graphed[Recording], eager)
