@@ -294,3 +294,15 @@ def test_train_jobs_ask_for_a_gpu_per_experiment_device(tmp_path):
         if block.lstrip().startswith("rule train:") and exp and res:
             gpus.setdefault(exp.group(1), set()).add(int(res.group(1)))
     assert gpus == {"sim-tiny": {0}, "digits-tiny": {1}}
+
+
+def test_train_jobs_save_their_state_as_often_as_the_config_says(tmp_path):
+    """``checkpoint_minutes`` reaches the train jobs (0: a save every epoch, slabbench.checkpoint),
+    a finished job leaves no checkpoint, and changing the interval retrains nothing."""
+    config = one_experiment_config(tmp_path, ("spike_slab",))
+    snakemake(tmp_path, "--cores", "1", "--config", "checkpoint_minutes=0", config=config)
+    log = (tmp_path / "results" / "logs" / "train" / "sim-tiny" / "spike_slab" / "stack-0.log").read_text()
+    # 5 training epochs, 1 fine-tuning epoch
+    assert log.count("checkpoint written: results/checkpoints/sim-tiny/spike_slab/stack-0.pt") == 6, log[-2000:]
+    assert not list((tmp_path / "results" / "checkpoints").rglob("*.pt"))
+    assert planned_jobs(tmp_path, config) == {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -71,22 +72,52 @@ def _write_run(records: list[dict], artefacts: dict, metrics_path: str | Path, a
     write_records(metrics_path, records)
 
 
-def train_stack_job(specs: list[dict], stack_path: str, threads: int = 1) -> None:
+def checkpoint_file(stack_path: str | os.PathLike) -> Path:
+    """Where the job of the stack file ``stack_path`` keeps its training state:
+    ``results/checkpoints/{experiment}/{method}/stack-{i}.pt`` for
+    ``results/runs/{experiment}/{method}/stack-{i}.json``, else beside the stack file."""
+    p = Path(stack_path)
+    if len(p.parents) > 3 and p.parents[2].name == "runs":
+        return p.parents[3] / "checkpoints" / p.parents[1].name / p.parent.name / f"{p.stem}.pt"
+    return p.with_name(f"{p.stem}.checkpoint.pt")
+
+
+def checkpoint_minutes() -> float:
+    """How often a training job saves its state: ``$SLABBENCH_CHECKPOINT_MINUTES`` (the
+    Snakefile sets it from the config's ``checkpoint_minutes``), else 10."""
+    raw = os.environ.get("SLABBENCH_CHECKPOINT_MINUTES", "10")
+    try:
+        minutes = float(raw)
+    except ValueError:
+        minutes = float("nan")
+    if not minutes >= 0:
+        raise ValueError(f"SLABBENCH_CHECKPOINT_MINUTES={raw!r}: it must be a number of minutes >= 0 "
+                         f"(0: save every epoch)")
+    return minutes
+
+
+def train_stack_job(specs: list[dict], stack_path: str, threads: int = 1, checkpoint_every: float | None = None) -> None:
     """Train the runs ``specs`` (one experiment x method, several seeds) together and write,
     per seed, ``seed={seed}/metrics.jsonl`` and ``artefacts.pt`` beside ``stack_path``; then the
     stack file itself (:mod:`slabbench.stackfile`: the seeds, their files and the files'
-    checksums), atomically and last."""
+    checksums), atomically and last.  The job's training state is saved every ``checkpoint_every``
+    minutes (None: :func:`checkpoint_minutes`) to :func:`checkpoint_file` (:mod:`slabbench.checkpoint`):
+    the job goes on from there when it is run again, and removes it once the stack file is written."""
     from slabbench.stackfile import write_stack_file
     from slabbench.train import run_stack
 
     folder = Path(stack_path).parent
-    results = run_stack([dict(s) for s in specs], threads=threads)
+    checkpoint = checkpoint_file(stack_path)
+    minutes = checkpoint_minutes() if checkpoint_every is None else checkpoint_every
+    results = run_stack([dict(s) for s in specs], threads=threads, checkpoint=checkpoint,
+                        checkpoint_seconds=60.0 * minutes)
     runs = []
     for spec, (records, artefacts) in zip(specs, results):
         run = folder / f"seed={spec['seed']}"
         _write_run(records, artefacts, run / "metrics.jsonl", run / "artefacts.pt")
         runs.append({"seed": int(spec["seed"]), "metrics": run / "metrics.jsonl", "artefacts": run / "artefacts.pt"})
     write_stack_file(stack_path, specs[0]["experiment"], specs[0]["method"], runs)
+    checkpoint.unlink(missing_ok=True)
 
 
 def stack_outputs(paths: list[str], kind: str) -> list[str]:

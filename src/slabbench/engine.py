@@ -29,6 +29,8 @@ from torch import nn
 
 from slabbench import metrics as M
 from slabbench.api import Method
+from slabbench.checkpoint import (NotResumable, Phase, cpu_copy, method_state, model_tensors, restore_method_state,
+                                  restore_model_tensors)
 from slabbench.graphs import StepGraphs, state_entries
 from slabbench.layers.stacked import RunGenerators, run_generators, shared_input
 from slabbench.stack import hooks_per_stack, run_views, select_runs, stacked_runs
@@ -198,6 +200,9 @@ def _undeclared_run_state(method: Method, runs: int) -> list[str]:
     return sorted(k for k, v in vars(method).items() if k not in type(method).run_state and per_run(v))
 
 
+#: what a checkpoint saves of each run (:class:`Member`): what its training found out about it
+_MEMBER_STATE = ("diverged", "screen_objective", "screened_out", "step_graphs")
+
 #: screen(model, members) -> positions of the runs that train on, called once after the
 #: screening epoch (restarts' successive halving, see :func:`fit_stacked`)
 Screen = tuple[int, Callable[[nn.Module, Sequence["Member"]], Sequence[int]]]
@@ -284,7 +289,8 @@ class StackedStep:
 def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], *,
                 epochs: int, batch_size: int, lr: float, task: str, noise_sd: float,
                 data_gens: Sequence[torch.Generator], noise_gens: Sequence[torch.Generator],
-                stop_on_divergence: bool = True, screen: Screen | None = None, graphs: bool = False) -> list[int]:
+                stop_on_divergence: bool = True, screen: Screen | None = None, graphs: bool = False,
+                checkpoint: Phase | None = None) -> list[int]:
     """Train ``model`` with the core's loss convention: the sum over its runs of
     [mean NLL_s + beta * penalty_s / N].  ``model`` is stacked (S runs, see
     :mod:`slabbench.stack`) or an ordinary model (one run, S = 1, noise from torch's global
@@ -304,7 +310,12 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
 
     ``graphs`` (CUDA): each kind of step is captured once as a CUDA graph and replayed
     (:mod:`slabbench.graphs`); β and the learning rates then live in device tensors and Adam is
-    made capturable.  Eager otherwise, and wherever capture is not possible (the log says why)."""
+    made capturable.  Eager otherwise, and wherever capture is not possible (the log says why).
+
+    ``checkpoint`` (:mod:`slabbench.checkpoint`): the phase of a job's checkpoint this training
+    is.  Training starts from its saved state if it has one (a finished phase: no epoch is
+    trained again), and its state is saved at the end of an epoch when the checkpoint's interval
+    has passed, and held at the end."""
     lead = members[0].method
     opt = lead.optimizer(model, lr)
     base_lrs = [g["lr"] for g in opt.param_groups]  # lr_factor scales these (one value for the stack)
@@ -317,6 +328,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     group_of = _data_groups(xs, ys, data_gens) if SHARE_INPUTS and stacked else list(range(s_runs))
     order_gens = [data_gens[group_of.index(g)] for g in range(group_of[-1] + 1)]  # one data order per group
     members, noise_gens, kept = list(members), list(noise_gens), list(range(s_runs))
+    all_noise = list(noise_gens)  # (a checkpoint saves every generator's state, cut or not)
     started_with = list(members)  # (screening cuts ``members``: a start screened out still gets its records)
     cls = type(lead)
     # hooks once per run (on views, with their run's gradients) only where they could tell runs
@@ -375,10 +387,87 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
         else:
             lead.after_step(model, step, epoch)
 
+    def cut(keep: list[int]) -> None:
+        """Cut the stack to the runs ``keep`` (positions among those it holds), in place."""
+        nonlocal members, noise_gens, kept, offsets, order_gens, group_of, s_runs, params, views
+        idx = torch.tensor(keep, dtype=torch.long)
+        _cut_optimizer_state(opt, select_runs(model, keep), idx)
+        if not per_run_hooks:  # the stack's one method instance: its declared per-run state
+            undeclared = _undeclared_run_state(lead, s_runs)
+            if undeclared:
+                log.warning("%s: %s holds %s with one row per run but does not name it in run_state: "
+                            "not cut to the kept runs", members[0].label.split(" seed=")[0],
+                            type(lead).__name__, ", ".join(undeclared))
+            lead.select_runs(idx)
+        members, noise_gens, kept = [members[i] for i in keep], [noise_gens[i] for i in keep], [kept[i] for i in keep]
+        offsets = offsets[idx]
+        groups = sorted(set(group_of[i] for i in keep))
+        order_gens = [order_gens[g] for g in groups]
+        group_of = [groups.index(group_of[i]) for i in keep]
+        train_step.set_runs(noise_gens, group_of)
+        s_runs = len(keep)
+        params = list(model.parameters())
+        views = run_views(model) if per_run_hooks else None
+        if step_graphs is not None:  # new tensors, fewer runs: every step kind is captured anew
+            step_graphs.invalidate()
+            step_graphs.generators = list(noise_gens)
+            idx_bufs.clear()
+            grads_of.clear()
+
+    def save(epochs_done: int) -> None:
+        """Hold the training's state after ``epochs_done`` epochs in the checkpoint (written
+        when its interval has passed)."""
+        try:
+            state = dict(epochs=epochs, epoch=epochs_done, step=step, kept=list(kept),
+                         methods=[method_state(m.method, model) for m in started_with])
+        except NotResumable as err:
+            checkpoint.off(str(err))
+            return
+        state.update(model=model_tensors(model), opt=cpu_copy(opt.state_dict()),
+                     members=[{f: getattr(m, f) for f in _MEMBER_STATE} for m in started_with],
+                     data_gens=[g.get_state() for g in data_gens], noise_gens=[g.get_state() for g in all_noise],
+                     rng=torch.get_rng_state(),
+                     cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                     seconds=checkpoint.prior_seconds + time.perf_counter() - phase_started)
+        checkpoint.keep(state, write=True)
+
+    def restore(state: dict) -> None:
+        """Go on from a saved state: the stack cut as it was, then every tensor, generator and
+        method attribute as saved."""
+        nonlocal step
+        if len(state["kept"]) < s_runs:
+            cut(state["kept"])
+        restore_model_tensors(model, state["model"], device)
+        lrs = [g["lr"] for g in opt.param_groups]
+        opt.load_state_dict(state["opt"])
+        for g, lr_now in zip(opt.param_groups, lrs):  # (a device tensor under graphs stays that tensor)
+            if torch.is_tensor(lr_now):
+                g["lr"] = lr_now
+        for m, saved, fields in zip(started_with, state["methods"], state["members"]):
+            restore_method_state(m.method, saved, model, device)
+            for f, v in fields.items():
+                setattr(m, f, v)
+        for g, st in zip(data_gens, state["data_gens"]):
+            g.set_state(st)
+        for g, st in zip(all_noise, state["noise_gens"]):
+            g.set_state(st.cpu())
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        step = state["step"]
+
     model.train()
-    step = 0
+    step, first_epoch = 0, 0
+    phase_started = time.perf_counter()
+    if checkpoint is not None and checkpoint.saved is not None:
+        try:
+            restore(checkpoint.saved)
+        except NotResumable as err:  # (the same specs and code made it: not expected)
+            raise RuntimeError(f"{members[0].label.split(' seed=')[0]}: the state saved in {checkpoint.job.path} "
+                               f"does not fit this training ({err}); delete that file to train afresh") from None
+        first_epoch = checkpoint.saved["epoch"]
     started = last_log = time.monotonic()
-    for epoch in range(epochs):
+    for epoch in range(first_epoch, epochs):
         beta = lead.beta(epoch)
         factor = lead.lr_factor(epoch)
         for group, base in zip(opt.param_groups, base_lrs):
@@ -429,29 +518,9 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
         if screen is not None and epoch + 1 == screen[0] and epoch + 1 < epochs:
             keep = sorted(set(screen[1](model, members)))
             if len(keep) < s_runs:
-                idx = torch.tensor(keep, dtype=torch.long)
-                _cut_optimizer_state(opt, select_runs(model, keep), idx)
-                if not per_run_hooks:  # the stack's one method instance: its declared per-run state
-                    undeclared = _undeclared_run_state(lead, s_runs)
-                    if undeclared:
-                        log.warning("%s: %s holds %s with one row per run but does not name it in run_state: "
-                                    "not cut to the kept runs", members[0].label.split(" seed=")[0],
-                                    type(lead).__name__, ", ".join(undeclared))
-                    lead.select_runs(idx)
-                members, noise_gens, kept = [members[i] for i in keep], [noise_gens[i] for i in keep], [kept[i] for i in keep]
-                offsets = offsets[idx]
-                groups = sorted(set(group_of[i] for i in keep))
-                order_gens = [order_gens[g] for g in groups]
-                group_of = [groups.index(group_of[i]) for i in keep]
-                train_step.set_runs(noise_gens, group_of)
-                s_runs = len(keep)
-                params = list(model.parameters())
-                views = run_views(model) if per_run_hooks else None
-                if step_graphs is not None:  # new tensors, fewer runs: every step kind is captured anew
-                    step_graphs.invalidate()
-                    step_graphs.generators = list(noise_gens)
-                    idx_bufs.clear()
-                    grads_of.clear()
+                cut(keep)
+        if checkpoint is not None and (epoch + 1 == epochs or checkpoint.due()):
+            save(epoch + 1)
     if step_graphs is not None:
         log.info("%s: %s", members[0].label.split(" seed=")[0], step_graphs.summary())
         for m in started_with:  # (the training's; a later fine-tuning's members are others)
@@ -509,10 +578,11 @@ def _point_grads(pairs) -> None:
 
 def fit(model: nn.Module, method: Method, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int,
         lr: float, task: str, noise_sd: float, generator: torch.Generator, member: Member | None = None,
-        stop_on_divergence: bool = True, graphs: bool = False) -> None:
+        stop_on_divergence: bool = True, graphs: bool = False, checkpoint: Phase | None = None) -> None:
     """Minibatch training of one ordinary (unstacked) model, see :func:`fit_stacked`; ``x``,
     ``y`` live on the model's device; shuffling draws from ``generator`` (CPU), noise from
     torch's global generator."""
     member = member or Member(label="run", seed=0, target=None, method=method)
     fit_stacked(model, [member], [x], [y], epochs=epochs, batch_size=batch_size, lr=lr, task=task, noise_sd=noise_sd,
-                data_gens=[generator], noise_gens=[], stop_on_divergence=stop_on_divergence, graphs=graphs)
+                data_gens=[generator], noise_gens=[], stop_on_divergence=stop_on_divergence, graphs=graphs,
+                checkpoint=checkpoint)

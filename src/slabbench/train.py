@@ -37,6 +37,7 @@ from torch import nn
 
 from slabbench import engine
 from slabbench.api import Method, TrainContext, make_params
+from slabbench.checkpoint import JobCheckpoint, code_digest
 from slabbench.config import RunSpec, run_option_error
 from slabbench.engine import Member, Screen, TrainingDiverged, _divergence_advice, fit, fit_stacked, noise_seed
 from slabbench.models import build_model
@@ -161,11 +162,14 @@ def _target_splits_stacks(cls: type) -> bool:
 
 def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: float, task: str, noise_sd: float,
            device: torch.device, data_seeds: Sequence[int], stop: bool, what: str,
-           screen: tuple[int, int] | None = None, graphs: bool = False) -> list[float]:
+           screen: tuple[int, int] | None = None, graphs: bool = False,
+           checkpoint: JobCheckpoint | None = None) -> list[float]:
     """Train every member's model (stacked where possible, else one after another); returns
     each member's share of the wall time in seconds.  ``screen = (epoch, keep)``: restarts'
     screening (stacked runs only, see :func:`slabbench.restarts.screen_starts`): after ``epoch`` epochs only
-    the ``keep`` best starts of each run train on; every start's share counts the whole stack."""
+    the ``keep`` best starts of each run train on; every start's share counts the whole stack.
+    ``checkpoint``: the job's; each stack (or run trained alone) is one of its phases, named by
+    ``what`` and its position."""
     refusal = stack_refusal(members[0].method, members[0].model)
     seconds = [0.0] * len(members)
     kw = dict(epochs=epochs, batch_size=batch_size, lr=lr, task=task, noise_sd=noise_sd, stop_on_divergence=stop,
@@ -177,11 +181,12 @@ def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: f
         log.info("%s: %d runs train one after another (not stacked: %s)", what, len(members), refusal)
         for i, m in enumerate(members):
             torch.manual_seed(m.noise_seed)
+            phase = None if checkpoint is None else checkpoint.phase(f"{what}: run {i}")
             t0 = time.perf_counter()
             fit(m.model, m.method, xs[i], ys[i], generator=torch.Generator().manual_seed(int(data_seeds[i])),
-                member=m, **kw)
+                member=m, checkpoint=phase, **kw)
             _sync(device)
-            seconds[i] = time.perf_counter() - t0
+            seconds[i] = time.perf_counter() - t0 + (phase.prior_seconds if phase else 0.0)
         return seconds
     # a hooks_per_stack method's hooks run once per stack with the first run's instance, so runs
     # whose instances differ (per-target training: each its own target) share a stack only when
@@ -199,8 +204,9 @@ def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: f
         size = max(map(len, units))
         chunks += [[i for u in c for i in units[u]] for c in plan_chunks(len(units), per_run * size, _free_bytes(device))]
     log.info("%s: %d runs train stacked in %d stack(s) of up to %d", what, len(members), len(chunks), max(map(len, chunks)))
-    for chunk in chunks:
+    for k, chunk in enumerate(chunks):
         group = [members[i] for i in chunk]
+        phase = None if checkpoint is None else checkpoint.phase(f"{what}: stack {k}")
         stacked = stack_modules([m.model for m in group])
         data = [(xs[i], ys[i]) for i in chunk]
         scr = None if screen is None else (screen[0], lambda model, ms, data=data: screen_starts(
@@ -208,9 +214,10 @@ def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: f
         t0 = time.perf_counter()
         kept = fit_stacked(stacked, group, [d[0] for d in data], [d[1] for d in data],
                            data_gens=[torch.Generator().manual_seed(int(data_seeds[i])) for i in chunk],
-                           noise_gens=[_generator(m.noise_seed, device) for m in group], screen=scr, **kw)
+                           noise_gens=[_generator(m.noise_seed, device) for m in group], screen=scr,
+                           checkpoint=phase, **kw)
         _sync(device)
-        share = (time.perf_counter() - t0) / len(group)
+        share = (time.perf_counter() - t0 + (phase.prior_seconds if phase else 0.0)) / len(group)
         for i, m in zip(chunk, group):
             m.stack_runs = len(group)
             seconds[i] = share
@@ -224,8 +231,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _finetune_all(jobs: list[TargetSelection], spec: RunSpec, task: str, device,
-                  label: str) -> tuple[list[nn.Module], list[float]]:
+def _finetune_all(jobs: list[TargetSelection], spec: RunSpec, task: str, device, label: str,
+                  checkpoint: JobCheckpoint | None = None) -> tuple[list[nn.Module], list[float]]:
     """Masked copies of the networks of the selections ``jobs``, fine-tuned with
     NLL only, Adam at ``lr * finetune_lr_factor`` for ``finetune_epochs`` epochs (the same for
     every method), all targets x seeds in one stack where the network stacks; also each one's
@@ -247,7 +254,7 @@ def _finetune_all(jobs: list[TargetSelection], spec: RunSpec, task: str, device,
     seconds = _train(members, [j.data["train"][0] for j in jobs], [j.data["train"][1] for j in jobs], epochs=epochs,
                      batch_size=spec.batch_size, lr=lr, task=task, noise_sd=spec.noise_sd, device=device,
                      data_seeds=[j.seed + 7919 for j in jobs], stop=spec.stops_on_divergence,
-                     what=f"{label} fine-tuning", graphs=bool(spec.graphs))
+                     what=f"{label} fine-tuning", graphs=bool(spec.graphs), checkpoint=checkpoint)
     out = []
     for m, job in zip(members, jobs):
         with torch.no_grad():  # Adam moments may move masked weights; they never act, zero them
@@ -264,7 +271,8 @@ def _load_data(spec: RunSpec, device: torch.device) -> tuple[Any, dict]:
     return dataset.spec(), {s: tuple(t.to(device) for t in dataset.load(s)) for s in ("train", "val", "test")}
 
 
-def run_stack(specs: Sequence[Mapping[str, Any]], threads: int = 1) -> list[tuple[list[dict], dict[str, Any]]]:
+def run_stack(specs: Sequence[Mapping[str, Any]], threads: int = 1, checkpoint: str | os.PathLike | None = None,
+              checkpoint_seconds: float = 600.0) -> list[tuple[list[dict], dict[str, Any]]]:
     """Train and evaluate the runs ``specs`` (run specs of one experiment x method that differ
     in their seed only: :class:`slabbench.config.RunSpec`, see :func:`slabbench.config.run_specs`,
     or their dict form) in one process.  Returns, per spec, its records (one per target plus
@@ -273,19 +281,25 @@ def run_stack(specs: Sequence[Mapping[str, Any]], threads: int = 1) -> list[tupl
     Subnormal floats are flushed to zero on the CPU while it runs (``flush_denormal``, default
     true; switched off again at the end): long CPU runs otherwise slow down as weights decay
     into the subnormal range (magnitude on MNIST LeNet-300-100, epochs 3-12 of one thread: 4.77
-    s of CPU per epoch without, 1.20 s with; docs/config.md, "flush_denormal")."""
+    s of CPU per epoch without, 1.20 s with; docs/config.md, "flush_denormal").
+
+    ``checkpoint``: a file for the job's training state (:mod:`slabbench.checkpoint`), written at
+    the end of an epoch once ``checkpoint_seconds`` have passed since the last write; a job run
+    again with the same specs and code goes on from it and gives the same records.  The caller
+    removes it once it has written the records."""
     if not specs:
         return []
     specs = [RunSpec.of(s) for s in specs]
     flush = bool(specs[0].flush_denormal)
     applied = torch.set_flush_denormal(flush) and flush
     try:
-        return _run_stack(specs, threads, applied)
+        return _run_stack(specs, threads, applied, checkpoint, checkpoint_seconds)
     finally:
         torch.set_flush_denormal(False)
 
 
-def _run_stack(specs: list[RunSpec], threads: int, flushed: bool) -> list[tuple[list[dict], dict[str, Any]]]:
+def _run_stack(specs: list[RunSpec], threads: int, flushed: bool, checkpoint_path: str | os.PathLike | None = None,
+               checkpoint_seconds: float = 600.0) -> list[tuple[list[dict], dict[str, Any]]]:
     same = [{k: v for k, v in s.items() if k != "seed"} for s in specs]
     if any(s != same[0] for s in same):
         raise ValueError("run_stack: the specs of one job must differ in their seed only")
@@ -302,6 +316,13 @@ def _run_stack(specs: list[RunSpec], threads: int, flushed: bool) -> list[tuple[
         raise ValueError(f"{spec.experiment}/{spec.method}: {err}")
     restarts, screen, stop = int(spec.restarts), spec.screen, spec.stops_on_divergence
     label = f"{spec.experiment}/{spec.method}"
+    checkpoint = None
+    if checkpoint_path is not None:
+        identity = dict(specs=[s.to_dict() for s in specs], code=code_digest(m_cls, dataset_class(spec.dataset)),
+                        torch=prov["torch"], device=prov["device_name"])
+        checkpoint = JobCheckpoint(checkpoint_path, checkpoint_seconds, identity)
+        if checkpoint.resumed:  # (wall times then add up the processes that trained it)
+            prov["resumed"] = checkpoint.resumed
     # a fixed split (the spec's promise, checked by the dataset contract test) is loaded once
     # and shared by every run; a simulation draws each seed's replicate
     loaded = [_load_data(specs[0], device)]
@@ -336,7 +357,7 @@ def _run_stack(specs: list[RunSpec], threads: int, flushed: bool) -> list[tuple[
                      epochs=int(spec.epochs), batch_size=int(spec.batch_size), lr=float(spec.lr), task=task,
                      noise_sd=noise_sd, device=device, data_seeds=[m.seed for m in members],
                      stop=stop and restarts == 1, what=label, screen=screen,  # with restarts, a diverged start just loses
-                     graphs=bool(spec.graphs))
+                     graphs=bool(spec.graphs), checkpoint=checkpoint)
     restart_info = [{"restarts": restarts}] * len(members)
     if restarts > 1:
         members, member_run, seconds, restart_info = choose_starts(
@@ -358,7 +379,7 @@ def _run_stack(specs: list[RunSpec], threads: int, flushed: bool) -> list[tuple[
         common = common_fields(specs[r], m, measure, data, prov, secs, chosen)
         pending += measure_run(m, r, spec.method, data, common, measure, targets, fine_tuned=bool(spec.finetune_epochs),
                                records=results[r][0], artefacts=results[r][1])
-    tuned, tune_seconds = _finetune_all(pending, spec, task, device, label)
+    tuned, tune_seconds = _finetune_all(pending, spec, task, device, label, checkpoint)
     for sel, net, secs in zip(pending, tuned, tune_seconds):
         results[sel.run][0].append(sel.record(net, secs, int(spec.finetune_epochs), measure, results[sel.run][1]))
     for (records, _), s in zip(results, specs):

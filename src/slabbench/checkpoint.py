@@ -1,0 +1,285 @@
+"""Resumable training jobs: a job's training state saved at the end of an epoch every so often,
+so that a job stopped by a time limit, a signal or a crash goes on from there when it is run
+again, and gives the records it would have given had it never stopped.
+
+A job (:func:`slabbench.train.run_stack`) trains in phases, one per call of
+:func:`slabbench.engine.fit_stacked`: its stacks, then their fine-tuning.  Each phase's state at
+the end of an epoch is everything its next epoch reads: the (stacked) model's parameters and
+buffers, the optimizer's state, the state each method instance keeps in its attributes, every
+random generator the phase draws from (data orders, per-run noise, torch's global one), the runs
+a screening kept and what it recorded about them, the epoch and step.  A finished phase keeps its
+final state, so a resumed job skips it; what the job computes between phases (measuring,
+pruning) is recomputed from those states, deterministically.
+
+The file is written atomically (never half-written) and only at the end of an epoch once
+``every`` seconds have passed since the last write (or the start): a short job writes none.  It
+is used only by a process whose job is the same: the same run specs, the same source code
+(slabbench and the method's and data set's plugin files, by content), the same torch and the
+same device; otherwise it is set aside with a warning that says what differs and the job starts
+afresh.  The caller removes it once the job's outputs are written."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slabbench.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+#: the layout of a checkpoint file; a file of another layout is set aside
+FORMAT = 1
+
+#: attributes of a method instance that its constructor sets from the job and never change
+#: (restored by construction, not from the file)
+_FIXED = ("params", "ctx")
+
+
+def code_digest(*classes: type) -> str:
+    """sha256 of the source that trains a job: every ``.py`` file of the slabbench package and
+    the files that define ``classes`` (a method's and a data set's plugin)."""
+    root = Path(__file__).resolve().parent
+    files = sorted(root.rglob("*.py"))
+    for cls in classes:
+        try:
+            files.append(Path(inspect.getsourcefile(cls)).resolve())
+        except (TypeError, OSError):  # a class defined in an interactive session: its name only
+            files.append(Path(f"<{cls.__module__}.{cls.__qualname__}>"))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(root) if f.is_relative_to(root) else f.name).encode())
+        h.update(f.read_bytes() if f.is_file() else b"")
+    return h.hexdigest()
+
+
+class NotResumable(RuntimeError):
+    """A phase's state cannot be saved so that it is restored as it was (the message says why)."""
+
+
+class _Ref:
+    """A method attribute's reference to one of the model's parameters, buffers or modules,
+    saved by name and resolved against the model it is restored into."""
+
+    def __init__(self, kind: str, name: str):
+        self.kind, self.name = kind, name
+
+
+def _model_objects(model: nn.Module) -> tuple[dict[int, _Ref], set[int]]:
+    """(id -> reference of every parameter, buffer and module of ``model``; the storage
+    addresses of its tensors)."""
+    refs: dict[int, _Ref] = {}
+    for name, m in model.named_modules():
+        refs.setdefault(id(m), _Ref("module", name))
+    for name, t in model.named_parameters(remove_duplicate=False):
+        refs.setdefault(id(t), _Ref("tensor", name))
+    for name, t in model.named_buffers(remove_duplicate=False):
+        refs.setdefault(id(t), _Ref("tensor", name))
+    storages = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()] if t.numel()}
+    return refs, storages
+
+
+def _save_value(value: Any, refs: dict[int, _Ref], storages: set[int], where: str) -> Any:
+    """``value`` with the model's own objects as :class:`_Ref` and other tensors copied to the
+    CPU (containers walked)."""
+    if id(value) in refs:
+        return refs[id(value)]
+    if isinstance(value, torch.Tensor):
+        if value.numel() and value.untyped_storage().data_ptr() in storages:
+            raise NotResumable(f"{where} is a view of the model's tensors that is not one of its parameters or buffers")
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, nn.Module):
+        raise NotResumable(f"{where} is a module that is not part of the model")
+    if isinstance(value, (list, tuple)):
+        out = [_save_value(v, refs, storages, f"{where}[{i}]") for i, v in enumerate(value)]
+        return out if isinstance(value, list) else tuple(out)
+    if isinstance(value, dict):
+        return {k: _save_value(v, refs, storages, f"{where}[{k!r}]") for k, v in value.items()}
+    return value
+
+
+def _load_value(value: Any, model: nn.Module, device: torch.device) -> Any:
+    if isinstance(value, _Ref):
+        return model.get_submodule(value.name) if value.kind == "module" else _named_tensor(model, value.name)
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        out = [_load_value(v, model, device) for v in value]
+        return out if isinstance(value, list) else tuple(out)
+    if isinstance(value, dict):
+        return {k: _load_value(v, model, device) for k, v in value.items()}
+    return value
+
+
+def _named_tensor(model: nn.Module, name: str) -> torch.Tensor:
+    owner, _, attr = name.rpartition(".")
+    return getattr(model.get_submodule(owner), attr)
+
+
+def method_state(method: Any, model: nn.Module) -> dict[str, Any]:
+    """The state a method instance keeps in its attributes (all but its options and context),
+    with its references to ``model``'s parameters, buffers and modules kept as references."""
+    refs, storages = _model_objects(model)
+    return {k: _save_value(v, refs, storages, f"{type(method).__name__}.{k}")
+            for k, v in vars(method).items() if k not in _FIXED}
+
+
+def restore_method_state(method: Any, state: dict[str, Any], model: nn.Module, device: torch.device) -> None:
+    vars(method).update({k: _load_value(v, model, device) for k, v in state.items()})
+
+
+def _tables(model: nn.Module):
+    """(name, kind, table, key) of every parameter and buffer slot of ``model`` (a buffer may be
+    None, and non-persistent: ``state_dict`` would miss it)."""
+    for mname, m in model.named_modules():
+        for kind, table in (("parameter", m._parameters), ("buffer", m._buffers)):
+            for key in table:
+                yield (f"{mname}.{key}" if mname else key), kind, table, key
+
+
+def model_tensors(model: nn.Module) -> dict[str, tuple[str, torch.Tensor | None]]:
+    """CPU copies of every parameter and buffer of ``model`` by name, with their kind."""
+    return {name: (kind, None if table[key] is None else table[key].detach().to("cpu", copy=True))
+            for name, kind, table, key in _tables(model)}
+
+
+def restore_model_tensors(model: nn.Module, saved: dict[str, tuple[str, torch.Tensor | None]], device: torch.device) -> None:
+    """Put :func:`model_tensors`' ``saved`` back into ``model``: parameters in place (the
+    optimizer holds them), buffers in place where their shape is the same, else rebound.
+    Checked whole before anything changes (:class:`NotResumable` names what does not fit)."""
+    slots = list(_tables(model))
+    names = {name for name, *_ in slots}
+    if names != set(saved):
+        extra, missing = sorted(set(saved) - names), sorted(names - set(saved))
+        raise NotResumable(f"the model's tensors are not the checkpoint's (only in the checkpoint: {extra[:3]}; "
+                           f"only in the model: {missing[:3]})")
+    for name, kind, table, key in slots:
+        live, (saved_kind, value) = table[key], saved[name]
+        if kind == "parameter" and (saved_kind != kind or live is None or value is None or live.shape != value.shape):
+            raise NotResumable(f"parameter {name}: {None if live is None else tuple(live.shape)} in the model, "
+                               f"{None if value is None else tuple(value.shape)} in the checkpoint")
+    with torch.no_grad():
+        for name, kind, table, key in slots:
+            live, value = table[key], saved[name][1]
+            if live is not None and value is not None and live.shape == value.shape and live.dtype == value.dtype:
+                live.copy_(value)
+            else:
+                table[key] = None if value is None else value.to(device)
+
+
+def cpu_copy(value: Any) -> Any:
+    """``value`` with every tensor copied to the CPU (containers walked): a snapshot that later
+    training does not change."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, list):
+        return [cpu_copy(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(cpu_copy(v) for v in value)
+    if isinstance(value, dict):
+        return {k: cpu_copy(v) for k, v in value.items()}
+    return value
+
+
+class Phase:
+    """One phase (one :func:`slabbench.engine.fit_stacked` call) of a job's checkpoint: its
+    saved state, if any, and what the phase saves."""
+
+    def __init__(self, job: "JobCheckpoint", name: str):
+        self.job, self.name = job, name
+        self.saved = job.state(name)
+        #: wall time the phase trained before this process (in earlier processes)
+        self.prior_seconds = float(self.saved["seconds"]) if self.saved else 0.0
+
+    def keep(self, state: dict[str, Any], write: bool) -> None:
+        """Hold ``state`` as the phase's latest; write the file when ``write`` and the interval
+        has passed."""
+        self.job.keep(self.name, state)
+        if write and self.job.due():
+            self.job.write()
+
+    def due(self) -> bool:
+        return self.job.due()
+
+    def off(self, why: str) -> None:
+        self.job.off(why)
+
+
+class JobCheckpoint:
+    """The checkpoint file of one training job at ``path``, written at the end of an epoch once
+    ``every`` seconds have passed since the last write (0: every epoch).  ``identity``: what must
+    be equal for a saved state to be resumed (run specs, code digest, torch, device); a file
+    with another identity, another layout or that cannot be read is set aside (the log says
+    why) and the job starts afresh."""
+
+    def __init__(self, path: str | os.PathLike, every: float, identity: dict[str, Any]):
+        if not every >= 0:
+            raise ValueError(f"checkpoint interval: {every!r} seconds; it must be a number >= 0")
+        self.path, self.every, self.identity = Path(path), float(every), identity
+        self.phases: dict[str, dict[str, Any]] = {}  #: phase name -> its last saved state
+        self.resumed = 0  #: how many times this job was resumed from the file (0: a fresh start)
+        self.last_write = time.monotonic()
+        self._read()
+
+    def _read(self) -> None:
+        if not self.path.exists():
+            return
+        try:
+            data = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 (any damage: start afresh)
+            log.warning("checkpoint %s cannot be read (%s): the job starts afresh", self.path, err)
+            return
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            log.warning("checkpoint %s has another layout (format %r, this code writes %d): the job starts afresh",
+                        self.path, data.get("format") if isinstance(data, dict) else None, FORMAT)
+            return
+        saved = data.get("identity", {})
+        differs = sorted(k for k in set(saved) | set(self.identity) if saved.get(k) != self.identity.get(k))
+        if differs:
+            log.warning("checkpoint %s was written by another job or code (its %s differ): the job starts afresh",
+                        self.path, ", ".join(differs))
+            return
+        self.phases, self.resumed = data["phases"], int(data["resumed"]) + 1
+        done = [n for n, s in self.phases.items() if s["epoch"] == s["epochs"]]
+        going = {n: s["epoch"] for n, s in self.phases.items() if s["epoch"] < s["epochs"]}
+        log.info("resuming from checkpoint %s (written %d time(s) before): %s", self.path, self.resumed,
+                 "; ".join([f"{n}: done" for n in done] + [f"{n}: from epoch {e}" for n, e in going.items()]))
+
+    def phase(self, name: str) -> Phase:
+        return Phase(self, name)
+
+    def off(self, why: str) -> None:
+        """Write no more (a phase's state cannot be saved faithfully): say so once."""
+        if self.every != float("inf"):
+            log.warning("checkpoints off for this job (%s): if it stops, it starts afresh", why)
+        self.every = float("inf")
+        self.path.unlink(missing_ok=True)
+
+    def state(self, phase: str) -> dict[str, Any] | None:
+        """The saved state of ``phase``, if any."""
+        return self.phases.get(phase)
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last_write >= self.every
+
+    def keep(self, phase: str, state: dict[str, Any]) -> None:
+        """Hold ``state`` (a CPU snapshot) as ``phase``'s latest; written with the next :meth:`write`."""
+        self.phases[phase] = state
+
+    def write(self) -> None:
+        """Write every phase's latest state, atomically."""
+        with atomic_path(self.path) as tmp:
+            torch.save({"format": FORMAT, "identity": self.identity, "resumed": self.resumed, "phases": self.phases}, tmp)
+        self.last_write = time.monotonic()
+        log.info("checkpoint written: %s", self.path)
+
+    def remove(self) -> None:
+        """Delete the file (the job's outputs are written)."""
+        self.path.unlink(missing_ok=True)

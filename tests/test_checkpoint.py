@@ -1,0 +1,224 @@
+"""Resumable jobs (slabbench.checkpoint): a job stopped after any epoch and run again goes on
+from its checkpoint and gives, bit for bit, the records of the job that never stopped; a
+checkpoint of another job or code, or a damaged one, is set aside; a finished job leaves none."""
+
+import logging
+
+import pytest
+import torch
+
+from conftest import tiny_spec
+from slabbench import checkpoint as C
+from slabbench import train as T
+from test_stacking import SKIP, _ForeignConv, blobs  # noqa: F401 (a fixture)
+
+SPEC = dict(batch_size=24, epochs=4)
+
+
+class Stopped(Exception):
+    """Stands for the process being killed right after a checkpoint was written."""
+
+
+def stop_after(monkeypatch, writes: int) -> list[int]:
+    """Make the ``writes``-th checkpoint write (counting from 1) stop the job right after it."""
+    real, count = C.JobCheckpoint.write, [0]
+
+    def write(self):
+        real(self)
+        count[0] += 1
+        if count[0] == writes:
+            raise Stopped
+
+    monkeypatch.setattr(C.JobCheckpoint, "write", write)
+    return count
+
+
+def assert_same_records(got, want) -> None:
+    """Every record of two ``run_stack`` results equal, value for value (wall times and
+    provenance aside)."""
+    assert len(got) == len(want)
+    for (g, _), (w, _) in zip(got, want):
+        assert [{k: v for k, v in r.items() if k not in SKIP} for r in g] == \
+               [{k: v for k, v in r.items() if k not in SKIP} for r in w]
+
+
+def resumed(specs, path, monkeypatch, writes: int):
+    """The records of ``specs`` trained with a checkpoint at ``path`` (written every epoch),
+    stopped after its ``writes``-th write and run again."""
+    with monkeypatch.context() as m:
+        stop_after(m, writes)
+        with pytest.raises(Stopped):
+            T.run_stack(specs, checkpoint=path, checkpoint_seconds=0)
+    assert path.exists()
+    return T.run_stack(specs, checkpoint=path, checkpoint_seconds=0)
+
+
+# every method, with the options whose state lives outside the parameters: magnitude's masks
+# and schedules, l0's parameter averages (a method attribute) and clamp, spike_slab's φ and
+# KL warm-up, sparse_vd's KL warm-up and learning-rate schedule, per-target training
+CASES = [
+    ("dense", {}), ("magnitude", {}), ("magnitude", {"schedule": "gradual"}),
+    ("magnitude", {"schedule": "iterative", "rounds": 2, "begin_frac": 0.25, "end_frac": 0.75}),
+    ("spike_slab", {"kl_warmup_epochs": 3}), ("spike_slab", {"phi_update": "lrt", "phi_every": 1}),
+    ("spike_slab", {"phi_update": "gumbel"}), ("spike_slab", {"prior_from_target": True}),
+    ("sparse_vd", {"kl_warmup_start": 0, "kl_warmup_end": 3, "lr_schedule": "linear_to0"}),
+    ("l0", {"ema": 0.9}),
+]
+
+
+@pytest.mark.parametrize("name,options", CASES, ids=[f"{m}-{'-'.join(map(str, o.values())) or 'default'}"
+                                                      for m, o in CASES])
+def test_a_job_stopped_mid_training_resumes_to_the_same_records(name, options, tmp_path, monkeypatch):
+    specs = [tiny_spec(name, method_params=options, seed=s, **SPEC) for s in (0, 1)]
+    want = T.run_stack(specs)
+    # after epoch 2 of 4 (training), and after the training's last epoch (fine-tuning next)
+    for writes in (2, 4):
+        path = tmp_path / f"stopped-{writes}.pt"
+        assert_same_records(resumed(specs, path, monkeypatch, writes), want)
+
+
+def test_a_job_stopped_in_its_fine_tuning_skips_its_training(tmp_path, monkeypatch, caplog):
+    specs = [tiny_spec("spike_slab", seed=s, **dict(SPEC, finetune_epochs=2)) for s in (0, 1)]
+    want = T.run_stack(specs)
+    path = tmp_path / "job.pt"
+    with monkeypatch.context() as m:
+        stop_after(m, 5)  # 4 training epochs, then the first fine-tuning epoch
+        with pytest.raises(Stopped):
+            T.run_stack(specs, checkpoint=path, checkpoint_seconds=0)
+    epochs = []
+    real = T.fit_stacked
+
+    def counting(*args, **kwargs):
+        phase = kwargs["checkpoint"]
+        epochs.append(kwargs["epochs"] - (phase.saved["epoch"] if phase.saved else 0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "fit_stacked", counting)
+    with caplog.at_level(logging.INFO, logger="slabbench.checkpoint"):
+        got = T.run_stack(specs, checkpoint=path, checkpoint_seconds=0)
+    assert epochs == [0, 1]  # the training is not repeated; one fine-tuning epoch is left
+    assert "tiny/spike_slab: stack 0: done" in caplog.text
+    assert "tiny/spike_slab fine-tuning: stack 0: from epoch 1" in caplog.text
+    assert_same_records(got, want)
+    assert all(r["provenance"]["resumed"] == 1 for records, _ in got for r in records)
+    assert all("resumed" not in r["provenance"] for records, _ in want for r in records)
+
+
+def test_screened_restarts_resume_after_the_cut(tmp_path, monkeypatch):
+    """Stopped after the screening cut the stack to its best start: the resumed job cuts its
+    fresh stack the same way and goes on with the kept start."""
+    specs = [tiny_spec("spike_slab", restarts=3, restarts_keep=1, restarts_screen_epochs=2, seed=s,
+                       **dict(SPEC, epochs=5)) for s in (0, 1)]
+    want = T.run_stack(specs)
+    assert_same_records(resumed(specs, tmp_path / "job.pt", monkeypatch, 3), want)
+
+
+class _NoisyForeign(_ForeignConv):
+    """A model that does not stack, and a penalty that draws from torch's global generator."""
+
+    def penalty(self, model):
+        return (1.0 + torch.rand(())) * sum(p.square().sum() for p in model.parameters())
+
+
+def test_runs_trained_one_after_another_resume(tmp_path, monkeypatch, blobs):
+    """A method whose model does not stack: each run is a phase of its own, and torch's global
+    generator (its noise) is restored with it."""
+    monkeypatch.setattr(T, "method_class", lambda name: _NoisyForeign)
+    specs = [tiny_spec("foreign", dataset="blobs", model="lenet5", model_params={}, batch_size=16, seed=s, epochs=3)
+             for s in (0, 1)]
+    want = T.run_stack(specs)
+    # in the second run's training
+    assert_same_records(resumed(specs, tmp_path / "job.pt", monkeypatch, 5), want)
+
+
+def test_a_checkpoint_is_written_only_when_its_interval_has_passed(tmp_path, monkeypatch):
+    count = stop_after(monkeypatch, 0)
+    specs = [tiny_spec("spike_slab", seed=0, **SPEC)]
+    T.run_stack(specs, checkpoint=tmp_path / "job.pt", checkpoint_seconds=3600)
+    assert count[0] == 0 and not (tmp_path / "job.pt").exists()
+    T.run_stack(specs, checkpoint=tmp_path / "job.pt", checkpoint_seconds=0)
+    assert count[0] == SPEC["epochs"] + 1  # every training and fine-tuning epoch
+
+
+def test_a_checkpoint_of_other_specs_or_damaged_is_set_aside(tmp_path, monkeypatch, caplog):
+    specs = [tiny_spec("dense", seed=0, **SPEC)]
+    path = tmp_path / "job.pt"
+    with monkeypatch.context() as m:
+        stop_after(m, 2)
+        with pytest.raises(Stopped):
+            T.run_stack(specs, checkpoint=path, checkpoint_seconds=0)
+    want = T.run_stack([dict(specs[0], lr=0.02)])
+    with caplog.at_level(logging.WARNING, logger="slabbench.checkpoint"):
+        got = T.run_stack([dict(specs[0], lr=0.02)], checkpoint=path, checkpoint_seconds=3600)
+    assert "was written by another job or code (its specs differ): the job starts afresh" in caplog.text
+    assert_same_records(got, want)
+    caplog.clear()
+    path.write_bytes(b"not a checkpoint")
+    with caplog.at_level(logging.WARNING, logger="slabbench.checkpoint"):
+        got = T.run_stack([dict(specs[0], lr=0.02)], checkpoint=path, checkpoint_seconds=3600)
+    assert f"checkpoint {path} cannot be read" in caplog.text
+    assert_same_records(got, want)
+
+
+def test_the_code_digest_follows_the_plugin_source(tmp_path):
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    for f, body in ((a, "x = 1\n"), (b, "x = 2\n")):
+        f.write_text("class P:\n    pass\n" + body)
+    import importlib.util
+
+    def load(f):
+        spec = importlib.util.spec_from_file_location(f.stem, f)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod.P
+
+    assert C.code_digest(load(a)) == C.code_digest(load(a))
+    assert C.code_digest(load(a)) != C.code_digest(load(b))
+
+
+def test_method_state_keeps_references_to_the_model(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+
+    class Holder:
+        pass
+
+    h = Holder()
+    h.params, h.ctx = "options", "context"
+    h.weight, h.layer, h.own = model[0].weight, model[0], [torch.ones(2), None, 3]
+    state = C.method_state(h, model)
+    assert set(state) == {"weight", "layer", "own"}
+    fresh = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    h2 = Holder()
+    C.restore_method_state(h2, state, fresh, torch.device("cpu"))
+    assert h2.weight is fresh[0].weight and h2.layer is fresh[0]
+    assert torch.equal(h2.own[0], torch.ones(2)) and h2.own[1:] == [None, 3]
+    h.view = model[0].weight[0]
+    with pytest.raises(C.NotResumable, match=r"Holder.view is a view of the model's tensors"):
+        C.method_state(h, model)
+
+
+def test_a_finished_job_removes_its_checkpoint(tmp_path, monkeypatch):
+    from slabbench.cli import checkpoint_file, train_stack_job
+    specs = [tiny_spec("spike_slab", seed=s, **SPEC) for s in (0, 1)]
+    stack = tmp_path / "results" / "runs" / "tiny" / "spike_slab" / "stack-0.json"
+    path = checkpoint_file(stack)
+    assert path == tmp_path / "results" / "checkpoints" / "tiny" / "spike_slab" / "stack-0.pt"
+    seen = []
+    real = C.JobCheckpoint.write
+
+    def write(self):
+        real(self)
+        seen.append(self.path)
+
+    monkeypatch.setattr(C.JobCheckpoint, "write", write)
+    monkeypatch.setenv("SLABBENCH_CHECKPOINT_MINUTES", "0")
+    train_stack_job(specs, str(stack))
+    assert seen == [path] * (SPEC["epochs"] + 1) and stack.exists() and not path.exists()
+    monkeypatch.setenv("SLABBENCH_CHECKPOINT_MINUTES", "often")
+    with pytest.raises(ValueError, match=r"SLABBENCH_CHECKPOINT_MINUTES='often': it must be a number of minutes >= 0"):
+        train_stack_job(specs, str(stack))
+
+
+def test_a_negative_interval_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"checkpoint interval: -1.0 seconds; it must be a number >= 0"):
+        T.run_stack([tiny_spec("dense", **SPEC)], checkpoint=tmp_path / "job.pt", checkpoint_seconds=-1.0)
