@@ -5,7 +5,9 @@
 #
 # 1. with pytest: the training loop's CUDA graphs against its eager steps (tests/test_graphs.py:
 #    same records, every method and option; no host synchronisation in a step) and a
-#    gradient-reading method stacked vs alone (tests/test_plugin_hooks.py).  First, because graphs
+#    gradient-reading method stacked vs alone (tests/test_plugin_hooks.py), and jobs stopped and
+#    resumed from their checkpoints against jobs that never stopped (tests/test_checkpoint.py:
+#    records equal bit for bit, checked on the CPU only until then).  First, because graphs
 #    are on by default on CUDA: where this fails, train on the GPU with `graphs: false`;
 # 2. benchmarks/graph_replay.py (a captured stacked step replayed vs eager: speed, and whether
 #    replay reproduces eager training);
@@ -49,7 +51,7 @@ command -v nvidia-smi > /dev/null && nvidia-smi > "$out/nvidia-smi.txt" 2>&1
 have_pytest=0
 "$py" -c "import pytest" 2> /dev/null && have_pytest=1
 if [ $have_pytest = 1 ]; then
-    step graph_tests_cuda env SLABBENCH_TEST_DEVICE=cuda "$py" -m pytest tests/test_graphs.py tests/test_plugin_hooks.py -q -p no:cacheprovider
+    step graph_tests_cuda env SLABBENCH_TEST_DEVICE=cuda "$py" -m pytest tests/test_graphs.py tests/test_plugin_hooks.py tests/test_checkpoint.py -q -p no:cacheprovider
 else
     echo "== graph_tests_cuda, stacking_tests_cuda: skipped (no pytest for $py)"
 fi

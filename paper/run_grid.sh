@@ -21,11 +21,14 @@
 # Environment: PYTHON (interpreter with slabbench and snakemake; default python3), WORKDIR
 # (where results/ and paper/{data,figures,tables} are written; default the repository root),
 # CORES (default nproc), CARRIED (1: keep the finished runs of a carried results/), ARCHIVE (the
-# archive to continue from and write; "none": neither).
+# archive to continue from and write; "none": neither), CHECKPOINT_MINUTES (with a budget, how
+# often a training job saves its state; default 1).
 # GPU slots: each training job on a GPU asks for gpu=1; N slots let N small jobs share one GPU.
 # With a budget, Snakemake is interrupted when it is spent (SIGINT: it stops its jobs and
-# removes their incomplete outputs).  Jobs that fail (CIFAR-10 without its files) do not stop
-# the others.  Whatever finished is frozen (freeze.py --partial; only the experiments with runs are
+# removes their incomplete outputs), and each training job saves its state every
+# CHECKPOINT_MINUTES (default 1; slabbench.checkpoint, docs/reliability.md): run again in the
+# same WORKDIR, or with its results/checkpoints/ carried, a stopped job goes on from its last
+# save.  Jobs that fail (CIFAR-10 without its files) do not stop the others.  Whatever finished is frozen (freeze.py --partial; only the experiments with runs are
 # replaced in paper/data/): the provenance lists per experiment every configured run that is
 # missing, and says REDUCED (and what) wherever the runs are not config/paper.yaml's block for it.
 # Exit status: 0 when the freeze and the redraw succeeded (missing runs are reported, not an
@@ -68,6 +71,9 @@ fi
 smk=(--snakefile "$root/Snakefile" --directory "$workdir" "--configfile=$config_abs")
 args=(-m snakemake stacks "${smk[@]}" --cores "$cores" --resources "gpu=$slots" --scheduler greedy
       --keep-going --rerun-incomplete --rerun-triggers params input software-env)
+if [ "$budget" -gt 0 ]; then  # (how often jobs save their state: never a rerun trigger)
+    args+=(--config "checkpoint_minutes=${CHECKPOINT_MINUTES:-1}")
+fi
 start=$(date +%s)
 if [ "$budget" -gt 0 ]; then
     timeout -s INT "$budget" "$python" "${args[@]}"

@@ -42,15 +42,40 @@ def assert_same_records(got, want) -> None:
                [{k: v for k, v in r.items() if k not in SKIP} for r in w]
 
 
+def trained_epochs(monkeypatch) -> list[int]:
+    """The number of epochs each training (phase) of the jobs that follow trains itself: its
+    epochs less those restored from a checkpoint."""
+    epochs, real = [], T.fit_stacked
+
+    def counting(*args, **kwargs):
+        phase = kwargs.get("checkpoint")
+        epochs.append(kwargs["epochs"] - (phase.saved["epoch"] if phase is not None and phase.saved else 0))
+        return real(*args, **kwargs)
+
+    from slabbench import engine as E
+    monkeypatch.setattr(T, "fit_stacked", counting)
+    monkeypatch.setattr(E, "fit_stacked", counting)  # (engine.fit's, for runs trained one after another)
+    return epochs
+
+
 def resumed(specs, path, monkeypatch, writes: int):
     """The records of ``specs`` trained with a checkpoint at ``path`` (written every epoch),
-    stopped after its ``writes``-th write and run again."""
+    stopped after its ``writes``-th write and run again; checks that the second process went on
+    from the checkpoint (it trained fewer epochs than the whole job, its records say so)."""
     with monkeypatch.context() as m:
         stop_after(m, writes)
         with pytest.raises(Stopped):
             T.run_stack(specs, checkpoint=path, checkpoint_seconds=0)
     assert path.exists()
-    return T.run_stack(specs, checkpoint=path, checkpoint_seconds=0)
+    with monkeypatch.context() as m:
+        full = trained_epochs(m)
+        T.run_stack(specs)
+    with monkeypatch.context() as m:
+        epochs = trained_epochs(m)
+        got = T.run_stack(specs, checkpoint=path, checkpoint_seconds=0)
+    assert sum(epochs) < sum(full), "the job went on from its checkpoint"
+    assert all(r["provenance"]["resumed"] == 1 for records, _ in got for r in records)
+    return got
 
 
 # every method, with the options whose state lives outside the parameters: magnitude's masks
@@ -85,15 +110,7 @@ def test_a_job_stopped_in_its_fine_tuning_skips_its_training(tmp_path, monkeypat
         stop_after(m, 5)  # 4 training epochs, then the first fine-tuning epoch
         with pytest.raises(Stopped):
             T.run_stack(specs, checkpoint=path, checkpoint_seconds=0)
-    epochs = []
-    real = T.fit_stacked
-
-    def counting(*args, **kwargs):
-        phase = kwargs["checkpoint"]
-        epochs.append(kwargs["epochs"] - (phase.saved["epoch"] if phase.saved else 0))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(T, "fit_stacked", counting)
+    epochs = trained_epochs(monkeypatch)
     with caplog.at_level(logging.INFO, logger="slabbench.checkpoint"):
         got = T.run_stack(specs, checkpoint=path, checkpoint_seconds=0)
     assert epochs == [0, 1]  # the training is not repeated; one fine-tuning epoch is left
@@ -111,6 +128,43 @@ def test_screened_restarts_resume_after_the_cut(tmp_path, monkeypatch):
                        **dict(SPEC, epochs=5)) for s in (0, 1)]
     want = T.run_stack(specs)
     assert_same_records(resumed(specs, tmp_path / "job.pt", monkeypatch, 3), want)
+
+
+def test_screened_out_starts_keep_their_state_at_the_screening(tmp_path, monkeypatch):
+    """A start the screening stopped keeps its model as it was then (measured if every start
+    trained to the end diverges): restored as such, not as a fresh start."""
+    specs = [tiny_spec("spike_slab", restarts=3, restarts_keep=1, restarts_screen_epochs=2, seed=0,
+                       **dict(SPEC, epochs=5))]
+    seen, real = [], T.choose_starts
+
+    def spy(members, *args, **kwargs):
+        seen.append([(m.start, m.screened_out, [p.detach().clone() for p in m.model.parameters()]) for m in members])
+        return real(members, *args, **kwargs)
+
+    monkeypatch.setattr(T, "choose_starts", spy)
+    T.run_stack(specs)
+    resumed(specs, tmp_path / "job.pt", monkeypatch, 3)
+    want, got = seen[0], seen[-1]
+    assert [s[:2] for s in got] == [s[:2] for s in want] and sum(s[1] for s in got) == 2
+    for (_, _, a), (_, _, b) in zip(got, want):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_a_resumed_job_splits_its_runs_between_stacks_as_before(tmp_path, monkeypatch):
+    """How a job splits its runs between stacks depends on the memory free when it starts: a
+    resumed job splits them as the job it goes on from did."""
+    specs = [tiny_spec("spike_slab", seed=s, **SPEC) for s in (0, 1)]
+    monkeypatch.setattr(T, "_free_bytes", lambda device: 1)  # one run per stack
+    want = T.run_stack(specs)
+    path = tmp_path / "job.pt"
+    with monkeypatch.context() as m:
+        stop_after(m, 6)  # in the second stack's training
+        with pytest.raises(Stopped):
+            T.run_stack(specs, checkpoint=path, checkpoint_seconds=0)
+    monkeypatch.setattr(T, "_free_bytes", lambda device: 1 << 40)  # both runs would share a stack now
+    got = T.run_stack(specs, checkpoint=path, checkpoint_seconds=0)
+    assert_same_records(got, want)
+    assert [r["stack_runs"] for records, _ in got for r in records] == [r["stack_runs"] for records, _ in want for r in records]
 
 
 class _NoisyForeign(_ForeignConv):
@@ -185,16 +239,41 @@ def test_method_state_keeps_references_to_the_model(tmp_path):
     h = Holder()
     h.params, h.ctx = "options", "context"
     h.weight, h.layer, h.own = model[0].weight, model[0], [torch.ones(2), None, 3]
-    state = C.method_state(h, model)
-    assert set(state) == {"weight", "layer", "own"}
+    h.same = h.own[0]  # one tensor, two attributes
+    [state] = C.method_states([h], model)
+    assert set(state) == {"weight", "layer", "own", "same"}
     fresh = torch.nn.Sequential(torch.nn.Linear(2, 2))
     h2 = Holder()
-    C.restore_method_state(h2, state, fresh, torch.device("cpu"))
+    C.restore_method_states([h2], [state], fresh, torch.device("cpu"))
     assert h2.weight is fresh[0].weight and h2.layer is fresh[0]
     assert torch.equal(h2.own[0], torch.ones(2)) and h2.own[1:] == [None, 3]
+    assert h2.same is h2.own[0] and h2.same is not h.own[0]
     h.view = model[0].weight[0]
     with pytest.raises(C.NotResumable, match=r"Holder.view is a view of the model's tensors"):
-        C.method_state(h, model)
+        C.method_states([h], model)
+    del h.view
+    h.part = h.own[0][:1]
+    with pytest.raises(C.NotResumable, match=r"Holder.part shares memory with another tensor the method holds"):
+        C.method_states([h], model)
+
+
+def test_a_state_that_cannot_be_written_switches_checkpoints_off(tmp_path, monkeypatch, caplog):
+    from slabbench.registry import method_class
+
+    class Lambda(method_class("dense")):
+        def __init__(self, params, ctx):
+            super().__init__(params, ctx)
+            self.handle = lambda: None
+
+    monkeypatch.setattr(T, "method_class", lambda name: Lambda)
+    specs = [tiny_spec("dense", seed=0, **SPEC)]
+    path = tmp_path / "job.pt"
+    with caplog.at_level(logging.WARNING, logger="slabbench.checkpoint"):
+        got = T.run_stack(specs, checkpoint=path, checkpoint_seconds=0)
+    assert "checkpoints off for this job (its state cannot be written:" in caplog.text
+    assert caplog.text.count("checkpoints off") == 1 and not path.exists()
+    monkeypatch.undo()
+    assert_same_records(got, T.run_stack(specs))
 
 
 def test_a_finished_job_removes_its_checkpoint(tmp_path, monkeypatch):
@@ -222,3 +301,25 @@ def test_a_finished_job_removes_its_checkpoint(tmp_path, monkeypatch):
 def test_a_negative_interval_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"checkpoint interval: -1.0 seconds; it must be a number >= 0"):
         T.run_stack([tiny_spec("dense", **SPEC)], checkpoint=tmp_path / "job.pt", checkpoint_seconds=-1.0)
+
+
+def test_a_resumed_training_reports_the_time_per_epoch_of_its_own_epochs(caplog):
+    from slabbench import engine as E
+    member = E.Member(label="exp/m seed=0", seed=0, target=None, method=None)
+    with caplog.at_level(logging.INFO, logger="slabbench.engine"):
+        # epochs 10 and 11 of 20 trained in this process, in 4 s
+        E._log_progress([member], torch.tensor([3.0]), 3, 11, 20, 4.0, first_epoch=10)
+    assert "exp/m: epoch 12/20, 2 s per epoch" in caplog.text
+
+
+@pytest.mark.parametrize("name,options", [("spike_slab", {"kl_warmup_epochs": 3}), ("l0", {"ema": 0.9})])
+def test_a_job_under_graphs_resumes_to_the_same_records(name, options, tmp_path, monkeypatch):
+    """Under graphs (the CPU stand-in that replays recorded operations, as a CUDA graph does)
+    a resumed job captures its steps anew, with the restored learning rates, β and Adam state
+    in the tensors the step reads."""
+    from slabbench import engine as E
+    from test_graphs import Recording
+    monkeypatch.setattr(E, "GRAPH_BACKEND", Recording())
+    specs = [tiny_spec(name, method_params=options, seed=s, graphs=True, **SPEC) for s in (0, 1)]
+    want = T.run_stack(specs)
+    assert_same_records(resumed(specs, tmp_path / "job.pt", monkeypatch, 2), want)

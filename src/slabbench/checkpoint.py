@@ -7,16 +7,19 @@ A job (:func:`slabbench.train.run_stack`) trains in phases, one per call of
 the end of an epoch is everything its next epoch reads: the (stacked) model's parameters and
 buffers, the optimizer's state, the state each method instance keeps in its attributes, every
 random generator the phase draws from (data orders, per-run noise, torch's global one), the runs
-a screening kept and what it recorded about them, the epoch and step.  A finished phase keeps its
-final state, so a resumed job skips it; what the job computes between phases (measuring,
-pruning) is recomputed from those states, deterministically.
+a screening kept, what it recorded about them and the state of those it stopped, the epoch and
+step; and per job, how its runs were split between stacks (which depends on the memory free
+when it starts).  A finished phase keeps its final state, so a resumed job skips it; what the
+job computes between phases (measuring, pruning) is recomputed from those states,
+deterministically.
 
 The file is written atomically (never half-written) and only at the end of an epoch once
 ``every`` seconds have passed since the last write (or the start): a short job writes none.  It
 is used only by a process whose job is the same: the same run specs, the same source code
-(slabbench and the method's and data set's plugin files, by content), the same torch and the
-same device; otherwise it is set aside with a warning that says what differs and the job starts
-afresh.  The caller removes it once the job's outputs are written."""
+(slabbench and the plugin folders, by content), the same torch, Python and numpy, the same
+device; otherwise it is set aside with a warning that says what differs and the job starts
+afresh.  It is a pickle: load only your own.  The caller removes it once the job's outputs are
+written."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import hashlib
 import inspect
 import logging
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slabbench._plugins import plugin_dir
 from slabbench.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -45,17 +50,27 @@ _FIXED = ("params", "ctx")
 
 def code_digest(*classes: type) -> str:
     """sha256 of the source that trains a job: every ``.py`` file of the slabbench package and
-    the files that define ``classes`` (a method's and a data set's plugin)."""
+    of the plugin folders (``methods/``, ``datasets/``: a plugin may import another), and the
+    files that define ``classes`` and the classes they derive from (a method and a data set
+    defined elsewhere)."""
     root = Path(__file__).resolve().parent
     files = sorted(root.rglob("*.py"))
+    for kind in ("methods", "datasets"):
+        folder = plugin_dir(kind)
+        files += sorted(Path(folder).resolve().glob("*.py")) if folder else []
     for cls in classes:
-        try:
-            files.append(Path(inspect.getsourcefile(cls)).resolve())
-        except (TypeError, OSError):  # a class defined in an interactive session: its name only
-            files.append(Path(f"<{cls.__module__}.{cls.__qualname__}>"))
+        for base in cls.__mro__:
+            if base.__module__ in ("builtins", "abc", "typing"):
+                continue
+            try:
+                f = Path(inspect.getsourcefile(base)).resolve()
+            except (TypeError, OSError):  # a class defined in an interactive session: its name only
+                f = Path(f"<{base.__module__}.{base.__qualname__}>")
+            if f not in files:
+                files.append(f)
     h = hashlib.sha256()
     for f in files:
-        h.update(str(f.relative_to(root) if f.is_relative_to(root) else f.name).encode())
+        h.update(f.name.encode())
         h.update(f.read_bytes() if f.is_file() else b"")
     return h.hexdigest()
 
@@ -72,49 +87,56 @@ class _Ref:
         self.kind, self.name = kind, name
 
 
-def _model_objects(model: nn.Module) -> tuple[dict[int, _Ref], set[int]]:
-    """(id -> reference of every parameter, buffer and module of ``model``; the storage
-    addresses of its tensors)."""
-    refs: dict[int, _Ref] = {}
-    for name, m in model.named_modules():
-        refs.setdefault(id(m), _Ref("module", name))
-    for name, t in model.named_parameters(remove_duplicate=False):
-        refs.setdefault(id(t), _Ref("tensor", name))
-    for name, t in model.named_buffers(remove_duplicate=False):
-        refs.setdefault(id(t), _Ref("tensor", name))
-    storages = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()] if t.numel()}
-    return refs, storages
+class _Saving:
+    """What :func:`method_state` has seen: the model's objects (saved as references), and each
+    tensor it copied (one copy per tensor, so that two attributes holding one tensor hold one
+    again when restored) by identity and by memory."""
+
+    def __init__(self, model: nn.Module):
+        self.refs: dict[int, _Ref] = {}
+        for name, m in model.named_modules():
+            self.refs.setdefault(id(m), _Ref("module", name))
+        for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+            self.refs.setdefault(id(t), _Ref("tensor", name))
+        self.model_memory = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()] if t.numel()}
+        self.copies: dict[int, torch.Tensor] = {}  # id of a method's tensor -> its copy
+        self.memory: dict[int, int] = {}  # storage address -> id of the tensor copied from it
+
+    def value(self, value: Any, where: str) -> Any:
+        """``value`` with the model's own objects as :class:`_Ref` and other tensors copied to
+        the CPU (containers walked)."""
+        if id(value) in self.refs:
+            return self.refs[id(value)]
+        if isinstance(value, torch.Tensor):
+            if id(value) in self.copies:
+                return self.copies[id(value)]
+            memory = value.untyped_storage().data_ptr() if value.numel() else None
+            if memory in self.model_memory:
+                raise NotResumable(f"{where} is a view of the model's tensors that is not one of its parameters or buffers")
+            if memory is not None and self.memory.setdefault(memory, id(value)) != id(value):
+                raise NotResumable(f"{where} shares memory with another tensor the method holds (a view)")
+            self.copies[id(value)] = value.detach().to("cpu", copy=True)
+            return self.copies[id(value)]
+        if isinstance(value, nn.Module):
+            raise NotResumable(f"{where} is a module that is not part of the model")
+        if isinstance(value, (list, tuple)):
+            out = [self.value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+            return out if isinstance(value, list) else tuple(out)
+        if isinstance(value, dict):
+            return {k: self.value(v, f"{where}[{k!r}]") for k, v in value.items()}
+        return value
 
 
-def _save_value(value: Any, refs: dict[int, _Ref], storages: set[int], where: str) -> Any:
-    """``value`` with the model's own objects as :class:`_Ref` and other tensors copied to the
-    CPU (containers walked)."""
-    if id(value) in refs:
-        return refs[id(value)]
-    if isinstance(value, torch.Tensor):
-        if value.numel() and value.untyped_storage().data_ptr() in storages:
-            raise NotResumable(f"{where} is a view of the model's tensors that is not one of its parameters or buffers")
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, nn.Module):
-        raise NotResumable(f"{where} is a module that is not part of the model")
-    if isinstance(value, (list, tuple)):
-        out = [_save_value(v, refs, storages, f"{where}[{i}]") for i, v in enumerate(value)]
-        return out if isinstance(value, list) else tuple(out)
-    if isinstance(value, dict):
-        return {k: _save_value(v, refs, storages, f"{where}[{k!r}]") for k, v in value.items()}
-    return value
-
-
-def _load_value(value: Any, model: nn.Module, device: torch.device) -> Any:
+def _load_value(value: Any, model: nn.Module, device: torch.device, loaded: dict[int, torch.Tensor]) -> Any:
     if isinstance(value, _Ref):
         return model.get_submodule(value.name) if value.kind == "module" else _named_tensor(model, value.name)
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
+    if isinstance(value, torch.Tensor):  # (one tensor where one was saved)
+        return loaded.setdefault(id(value), value.to(device, copy=True))
     if isinstance(value, (list, tuple)):
-        out = [_load_value(v, model, device) for v in value]
+        out = [_load_value(v, model, device, loaded) for v in value]
         return out if isinstance(value, list) else tuple(out)
     if isinstance(value, dict):
-        return {k: _load_value(v, model, device) for k, v in value.items()}
+        return {k: _load_value(v, model, device, loaded) for k, v in value.items()}
     return value
 
 
@@ -123,16 +145,21 @@ def _named_tensor(model: nn.Module, name: str) -> torch.Tensor:
     return getattr(model.get_submodule(owner), attr)
 
 
-def method_state(method: Any, model: nn.Module) -> dict[str, Any]:
-    """The state a method instance keeps in its attributes (all but its options and context),
-    with its references to ``model``'s parameters, buffers and modules kept as references."""
-    refs, storages = _model_objects(model)
-    return {k: _save_value(v, refs, storages, f"{type(method).__name__}.{k}")
-            for k, v in vars(method).items() if k not in _FIXED}
+def method_states(methods: list[Any], model: nn.Module) -> list[dict[str, Any]]:
+    """The state each method instance keeps in its attributes (all but its options and
+    context), with its references to ``model``'s parameters, buffers and modules kept as
+    references and a tensor that several attributes (or instances) hold saved once.
+    :class:`NotResumable` names an attribute that cannot be restored as it is."""
+    saving = _Saving(model)
+    return [{k: saving.value(v, f"{type(m).__name__}.{k}") for k, v in vars(m).items() if k not in _FIXED}
+            for m in methods]
 
 
-def restore_method_state(method: Any, state: dict[str, Any], model: nn.Module, device: torch.device) -> None:
-    vars(method).update({k: _load_value(v, model, device) for k, v in state.items()})
+def restore_method_states(methods: list[Any], states: list[dict[str, Any]], model: nn.Module,
+                          device: torch.device) -> None:
+    loaded: dict[int, torch.Tensor] = {}
+    for m, state in zip(methods, states):
+        vars(m).update({k: _load_value(v, model, device, loaded) for k, v in state.items()})
 
 
 def _tables(model: nn.Module):
@@ -162,9 +189,10 @@ def restore_model_tensors(model: nn.Module, saved: dict[str, tuple[str, torch.Te
                            f"only in the model: {missing[:3]})")
     for name, kind, table, key in slots:
         live, (saved_kind, value) = table[key], saved[name]
-        if kind == "parameter" and (saved_kind != kind or live is None or value is None or live.shape != value.shape):
-            raise NotResumable(f"parameter {name}: {None if live is None else tuple(live.shape)} in the model, "
-                               f"{None if value is None else tuple(value.shape)} in the checkpoint")
+        if kind == "parameter" and (saved_kind != kind or live is None or value is None or live.shape != value.shape
+                                    or live.dtype != value.dtype):
+            what = lambda t: None if t is None else f"{tuple(t.shape)} {t.dtype}"  # noqa: E731
+            raise NotResumable(f"parameter {name}: {what(live)} in the model, {what(value)} in the checkpoint")
     with torch.no_grad():
         for name, kind, table, key in slots:
             live, value = table[key], saved[name][1]
@@ -215,7 +243,7 @@ class Phase:
 class JobCheckpoint:
     """The checkpoint file of one training job at ``path``, written at the end of an epoch once
     ``every`` seconds have passed since the last write (0: every epoch).  ``identity``: what must
-    be equal for a saved state to be resumed (run specs, code digest, torch, device); a file
+    be equal for a saved state to be resumed (run specs, code digest, versions, device); a file
     with another identity, another layout or that cannot be read is set aside (the log says
     why) and the job starts afresh."""
 
@@ -224,8 +252,15 @@ class JobCheckpoint:
             raise ValueError(f"checkpoint interval: {every!r} seconds; it must be a number >= 0")
         self.path, self.every, self.identity = Path(path), float(every), identity
         self.phases: dict[str, dict[str, Any]] = {}  #: phase name -> its last saved state
+        #: what -> the job's runs (positions) in each of its stacks, as first planned: how runs
+        #: are split between stacks depends on the memory free when the job starts, and a resumed
+        #: job must split them as the job it goes on from did
+        self.plans: dict[str, list[list[int]]] = {}
         self.resumed = 0  #: how many times this job was resumed from the file (0: a fresh start)
         self.last_write = time.monotonic()
+        # a write cut short by a kill leaves its temporary file (atomic_path's) behind
+        for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
         self._read()
 
     def _read(self) -> None:
@@ -246,14 +281,22 @@ class JobCheckpoint:
             log.warning("checkpoint %s was written by another job or code (its %s differ): the job starts afresh",
                         self.path, ", ".join(differs))
             return
-        self.phases, self.resumed = data["phases"], int(data["resumed"]) + 1
+        self.phases, self.plans, self.resumed = data["phases"], data["plans"], int(data["resumed"]) + 1
         done = [n for n, s in self.phases.items() if s["epoch"] == s["epochs"]]
         going = {n: s["epoch"] for n, s in self.phases.items() if s["epoch"] < s["epochs"]}
-        log.info("resuming from checkpoint %s (written %d time(s) before): %s", self.path, self.resumed,
+        log.info("resuming from checkpoint %s (resumed %d time(s) now): %s", self.path, self.resumed,
                  "; ".join([f"{n}: done" for n in done] + [f"{n}: from epoch {e}" for n, e in going.items()]))
 
     def phase(self, name: str) -> Phase:
         return Phase(self, name)
+
+    def plan(self, what: str, chunks: list[list[int]]) -> list[list[int]]:
+        """The stacks of ``what``: as saved, if the job went that far before, else ``chunks``."""
+        saved = self.plans.setdefault(what, [list(c) for c in chunks])
+        if saved != chunks:
+            log.info("%s: runs split into stacks as in the checkpoint (%d stack(s); %d planned now)",
+                     what, len(saved), len(chunks))
+        return saved
 
     def off(self, why: str) -> None:
         """Write no more (a phase's state cannot be saved faithfully): say so once."""
@@ -274,12 +317,14 @@ class JobCheckpoint:
         self.phases[phase] = state
 
     def write(self) -> None:
-        """Write every phase's latest state, atomically."""
-        with atomic_path(self.path) as tmp:
-            torch.save({"format": FORMAT, "identity": self.identity, "resumed": self.resumed, "phases": self.phases}, tmp)
+        """Write every phase's latest state, atomically (a state that cannot be pickled, e.g. a
+        plugin's attribute, switches checkpoints off for the job instead)."""
+        try:
+            with atomic_path(self.path) as tmp:
+                torch.save({"format": FORMAT, "identity": self.identity, "resumed": self.resumed,
+                            "plans": self.plans, "phases": self.phases}, tmp)
+        except (pickle.PicklingError, TypeError, AttributeError) as err:
+            self.off(f"its state cannot be written: {err}")
+            return
         self.last_write = time.monotonic()
         log.info("checkpoint written: %s", self.path)
-
-    def remove(self) -> None:
-        """Delete the file (the job's outputs are written)."""
-        self.path.unlink(missing_ok=True)

@@ -29,7 +29,7 @@ from torch import nn
 
 from slabbench import metrics as M
 from slabbench.api import Method
-from slabbench.checkpoint import (NotResumable, Phase, cpu_copy, method_state, model_tensors, restore_method_state,
+from slabbench.checkpoint import (NotResumable, Phase, cpu_copy, method_states, model_tensors, restore_method_states,
                                   restore_model_tensors)
 from slabbench.graphs import StepGraphs, state_entries
 from slabbench.layers.stacked import RunGenerators, run_generators, shared_input
@@ -114,11 +114,12 @@ def _check_finite(members: Sequence[Member], nll_sums: torch.Tensor, params: lis
 
 
 def _log_progress(members: Sequence[Member], nll_sums: torch.Tensor, steps: int, epoch: int, epochs: int,
-                  elapsed: float) -> None:
+                  elapsed: float, first_epoch: int = 0) -> None:
     """One progress line: the epoch reached, wall time per epoch, the time left at that rate and
     each run's training NLL per example, the mean of the epoch's ``steps`` minibatch means
-    (``nll_sums`` is read after :func:`_check_finite` has synchronised: no further wait)."""
-    per_epoch = elapsed / (epoch + 1)
+    (``nll_sums`` is read after :func:`_check_finite` has synchronised: no further wait).
+    ``elapsed``: the wall time of epochs ``first_epoch`` to ``epoch`` (a resumed training's)."""
+    per_epoch = elapsed / (epoch + 1 - first_epoch)
     left = per_epoch * (epochs - epoch - 1)
     nll = (nll_sums / steps).tolist()
     shown = ", ".join(f"{v:.4g}" for v in nll[:8]) + (f", ... ({len(nll)} runs)" if len(nll) > 8 else "")
@@ -419,10 +420,13 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
         when its interval has passed)."""
         try:
             state = dict(epochs=epochs, epoch=epochs_done, step=step, kept=list(kept),
-                         methods=[method_state(m.method, model) for m in started_with])
+                         labels=[m.label for m in started_with],
+                         methods=method_states([m.method for m in started_with], model))
         except NotResumable as err:
             checkpoint.off(str(err))
             return
+        # a start that restarts' screening stopped keeps its own model (its state then)
+        state.update(screened=[model_tensors(m.model) if m.screened_out else None for m in started_with])
         state.update(model=model_tensors(model), opt=cpu_copy(opt.state_dict()),
                      members=[{f: getattr(m, f) for f in _MEMBER_STATE} for m in started_with],
                      data_gens=[g.get_state() for g in data_gens], noise_gens=[g.get_state() for g in all_noise],
@@ -435,6 +439,9 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
         """Go on from a saved state: the stack cut as it was, then every tensor, generator and
         method attribute as saved."""
         nonlocal step
+        if state["labels"] != [m.label for m in started_with]:
+            raise NotResumable(f"it trained {len(state['labels'])} run(s) ({state['labels'][0]}, ...), this trains "
+                               f"{len(started_with)} ({started_with[0].label}, ...)")
         if len(state["kept"]) < s_runs:
             cut(state["kept"])
         restore_model_tensors(model, state["model"], device)
@@ -443,10 +450,12 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
         for g, lr_now in zip(opt.param_groups, lrs):  # (a device tensor under graphs stays that tensor)
             if torch.is_tensor(lr_now):
                 g["lr"] = lr_now
-        for m, saved, fields in zip(started_with, state["methods"], state["members"]):
-            restore_method_state(m.method, saved, model, device)
+        restore_method_states([m.method for m in started_with], state["methods"], model, device)
+        for m, fields, screened in zip(started_with, state["members"], state["screened"]):
             for f, v in fields.items():
                 setattr(m, f, v)
+            if screened is not None:
+                restore_model_tensors(m.model, screened, device)
         for g, st in zip(data_gens, state["data_gens"]):
             g.set_state(st)
         for g, st in zip(all_noise, state["noise_gens"]):
@@ -514,7 +523,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
         now = time.monotonic()
         if now - last_log >= PROGRESS_SECONDS or (epoch + 1 == epochs and last_log > started):
             last_log = now
-            _log_progress(members, train_step.nll_sums, -(-n // batch_size), epoch, epochs, now - started)
+            _log_progress(members, train_step.nll_sums, -(-n // batch_size), epoch, epochs, now - started, first_epoch)
         if screen is not None and epoch + 1 == screen[0] and epoch + 1 < epochs:
             keep = sorted(set(screen[1](model, members)))
             if len(keep) < s_runs:

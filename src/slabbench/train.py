@@ -203,6 +203,8 @@ def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: f
         units = [list(u) for _, u in itertools.groupby(idx, key=lambda i: (members[i].seed, members[i].target))]
         size = max(map(len, units))
         chunks += [[i for u in c for i in units[u]] for c in plan_chunks(len(units), per_run * size, _free_bytes(device))]
+    if checkpoint is not None:
+        chunks = checkpoint.plan(what, chunks)
     log.info("%s: %d runs train stacked in %d stack(s) of up to %d", what, len(members), len(chunks), max(map(len, chunks)))
     for k, chunk in enumerate(chunks):
         group = [members[i] for i in chunk]
@@ -319,7 +321,7 @@ def _run_stack(specs: list[RunSpec], threads: int, flushed: bool, checkpoint_pat
     checkpoint = None
     if checkpoint_path is not None:
         identity = dict(specs=[s.to_dict() for s in specs], code=code_digest(m_cls, dataset_class(spec.dataset)),
-                        torch=prov["torch"], device=prov["device_name"])
+                        **{k: prov[k] for k in ("torch", "python", "numpy", "device_name")})
         checkpoint = JobCheckpoint(checkpoint_path, checkpoint_seconds, identity)
         if checkpoint.resumed:  # (wall times then add up the processes that trained it)
             prov["resumed"] = checkpoint.resumed

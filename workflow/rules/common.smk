@@ -13,7 +13,7 @@ except ConfigError as err:
     raise WorkflowError(str(err)) from None
 # how often a training job saves its state (slabbench.checkpoint), read by the job from its
 # environment: neither a param nor the script's code, both rerun triggers (changing it retrains nothing)
-os.environ["SLABBENCH_CHECKPOINT_MINUTES"] = str(CONFIG.get("checkpoint_minutes", 10))
+os.environ.update(SLABBENCH_CHECKPOINT_MINUTES=str(CONFIG.get("checkpoint_minutes", 10)))
 
 # training jobs: (experiment, method, stack index) -> the run specs that job trains
 # plain dicts: Snakemake compares a job's params by their repr (a changed repr reruns the job)
