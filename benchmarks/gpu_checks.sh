@@ -5,10 +5,12 @@
 #
 # 1. with pytest: the training loop's CUDA graphs against its eager steps (tests/test_graphs.py:
 #    same records, every method and option; no host synchronisation in a step) and a
-#    gradient-reading method stacked vs alone (tests/test_plugin_hooks.py), and jobs stopped and
-#    resumed from their checkpoints against jobs that never stopped (tests/test_checkpoint.py:
-#    records equal bit for bit, checked on the CPU only until then).  First, because graphs
+#    gradient-reading method stacked vs alone (tests/test_plugin_hooks.py).  First, because graphs
 #    are on by default on CUDA: where this fails, train on the GPU with `graphs: false`;
+#    then jobs stopped and resumed from their checkpoints against jobs that never stopped
+#    (tests/test_checkpoint.py, step checkpoint_tests_cuda: records equal bit for bit; checked
+#    on the CPU only until then; where it fails, do not resume GPU jobs: delete
+#    results/checkpoints/ before a rerun);
 # 2. benchmarks/graph_replay.py (a captured stacked step replayed vs eager: speed, and whether
 #    replay reproduces eager training);
 # 3. benchmarks/grid_time.py on CUDA (graphs on, the default) for config/paper.yaml's
@@ -24,7 +26,7 @@
 #    every method and option, mlp and conv nets; graphs on, the default).
 # Each writes its output to OUT_DIR; a failing step does not stop the others. PYTHON picks the
 # interpreter (default python3). STEPS picks steps by name (default all, in the order above:
-# graph_tests_cuda graph_replay_cuda grid_time_cuda step_time_cuda stacking_cuda
+# graph_tests_cuda checkpoint_tests_cuda graph_replay_cuda grid_time_cuda step_time_cuda stacking_cuda
 # stacking_cuda_lenet5_loop stacking_tests_cuda), e.g. STEPS="graph_tests_cuda grid_time_cuda"
 # for a short session. The paper grid has its own script: paper/run_grid.sh.
 set -uo pipefail
@@ -35,7 +37,7 @@ mkdir -p "$out"
 cd "$root"
 export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" SLABBENCH_ROOT="$root"
 status=0
-all="graph_tests_cuda graph_replay_cuda grid_time_cuda step_time_cuda stacking_cuda stacking_cuda_lenet5_loop stacking_tests_cuda"
+all="graph_tests_cuda checkpoint_tests_cuda graph_replay_cuda grid_time_cuda step_time_cuda stacking_cuda stacking_cuda_lenet5_loop stacking_tests_cuda"
 for name in ${STEPS:-}; do
     case " $all " in *" $name "*) ;; *) echo "gpu_checks.sh: unknown step '$name' in STEPS; the steps: $all" >&2; exit 2 ;; esac
 done
@@ -51,9 +53,10 @@ command -v nvidia-smi > /dev/null && nvidia-smi > "$out/nvidia-smi.txt" 2>&1
 have_pytest=0
 "$py" -c "import pytest" 2> /dev/null && have_pytest=1
 if [ $have_pytest = 1 ]; then
-    step graph_tests_cuda env SLABBENCH_TEST_DEVICE=cuda "$py" -m pytest tests/test_graphs.py tests/test_plugin_hooks.py tests/test_checkpoint.py -q -p no:cacheprovider
+    step graph_tests_cuda env SLABBENCH_TEST_DEVICE=cuda "$py" -m pytest tests/test_graphs.py tests/test_plugin_hooks.py -q -p no:cacheprovider
+    step checkpoint_tests_cuda env SLABBENCH_TEST_DEVICE=cuda "$py" -m pytest tests/test_checkpoint.py -q -p no:cacheprovider
 else
-    echo "== graph_tests_cuda, stacking_tests_cuda: skipped (no pytest for $py)"
+    echo "== graph_tests_cuda, checkpoint_tests_cuda, stacking_tests_cuda: skipped (no pytest for $py)"
 fi
 step graph_replay_cuda "$py" benchmarks/graph_replay.py
 step grid_time_cuda timeout "${GRID_TIME_S:-180}" "$py" benchmarks/grid_time.py config/paper.yaml \
