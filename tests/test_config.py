@@ -148,3 +148,13 @@ def test_a_command_line_boolean_is_read_as_one(default_config):
     assert "graphs" not in run_specs(validate(default_config))[0]  # on by default: out of the spec
     with pytest.raises(ConfigError, match=r"config.graphs is 'no'; expected true \(default\) or false"):
         validate(dict(default_config, graphs="no"))
+
+
+def test_checkpoint_minutes_is_a_number_of_minutes_kept_out_of_the_specs(default_config):
+    """How often a training job saves its state is no part of a run's spec (changing it retrains
+    nothing); a negative or non-numeric value is refused with the key named."""
+    specs = run_specs(validate(default_config))
+    assert run_specs(validate(dict(default_config, checkpoint_minutes=0.5))) == specs
+    for bad in (-1, "often"):
+        with pytest.raises(ConfigError, match=r"config.checkpoint_minutes"):
+            validate(dict(default_config, checkpoint_minutes=bad))
