@@ -23,8 +23,8 @@ def stop_after(monkeypatch, writes: int) -> list[int]:
     """Make the ``writes``-th checkpoint write (counting from 1) stop the job right after it."""
     real, count = C.JobCheckpoint.write, [0]
 
-    def write(self):
-        real(self)
+    def write(self, *args):
+        real(self, *args)
         count[0] += 1
         if count[0] == writes:
             raise Stopped
@@ -294,8 +294,8 @@ def test_a_finished_job_removes_its_checkpoint(tmp_path, monkeypatch):
     seen = []
     real = C.JobCheckpoint.write
 
-    def write(self):
-        real(self)
+    def write(self, *args):
+        real(self, *args)
         seen.append(self.path)
 
     monkeypatch.setattr(C.JobCheckpoint, "write", write)

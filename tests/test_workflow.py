@@ -303,6 +303,8 @@ def test_train_jobs_save_their_state_as_often_as_the_config_says(tmp_path):
     snakemake(tmp_path, "--cores", "1", "--config", "checkpoint_minutes=0", config=config)
     log = (tmp_path / "results" / "logs" / "train" / "sim-tiny" / "spike_slab" / "stack-0.log").read_text()
     # 5 training epochs, 1 fine-tuning epoch
-    assert log.count("checkpoint written: results/checkpoints/sim-tiny/spike_slab/stack-0.pt") == 6, log[-2000:]
+    assert log.count("checkpoint written: results/checkpoints/sim-tiny/spike_slab/stack-0.pt (") == 6, log[-2000:]
+    assert "(sim-tiny/spike_slab: stack 0: after epoch 5 of 5)" in log
+    assert "(sim-tiny/spike_slab fine-tuning: stack 0: after epoch 1 of 1)" in log
     assert not list((tmp_path / "results" / "checkpoints").rglob("*.pt"))
     assert planned_jobs(tmp_path, config) == {}

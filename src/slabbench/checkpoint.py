@@ -231,7 +231,7 @@ class Phase:
         has passed."""
         self.job.keep(self.name, state)
         if write and self.job.due():
-            self.job.write()
+            self.job.write(f"{self.name}: after epoch {state['epoch']} of {state['epochs']}")
 
     def due(self) -> bool:
         return self.job.due()
@@ -316,9 +316,10 @@ class JobCheckpoint:
         """Hold ``state`` (a CPU snapshot) as ``phase``'s latest; written with the next :meth:`write`."""
         self.phases[phase] = state
 
-    def write(self) -> None:
+    def write(self, what: str = "") -> None:
         """Write every phase's latest state, atomically (a state that cannot be pickled, e.g. a
-        plugin's attribute, switches checkpoints off for the job instead)."""
+        plugin's attribute, switches checkpoints off for the job instead); ``what``: the log's
+        words for the state written."""
         try:
             with atomic_path(self.path) as tmp:
                 torch.save({"format": FORMAT, "identity": self.identity, "resumed": self.resumed,
@@ -327,4 +328,4 @@ class JobCheckpoint:
             self.off(f"its state cannot be written: {err}")
             return
         self.last_write = time.monotonic()
-        log.info("checkpoint written: %s", self.path)
+        log.info("checkpoint written: %s%s", self.path, f" ({what})" if what else "")
