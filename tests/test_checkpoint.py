@@ -3,6 +3,7 @@ from its checkpoint and gives, bit for bit, the records of the job that never st
 checkpoint of another job or code, or a damaged one, is set aside; a finished job leaves none."""
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -305,6 +306,32 @@ def test_a_finished_job_removes_its_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("SLABBENCH_CHECKPOINT_MINUTES", "often")
     with pytest.raises(ValueError, match=r"SLABBENCH_CHECKPOINT_MINUTES='often': it must be a number of minutes >= 0"):
         train_stack_job(specs, str(stack))
+
+
+def test_a_job_flushes_its_outputs_to_the_disk_before_it_removes_its_checkpoint(tmp_path, monkeypatch):
+    """After a power loss, a finished job has its files, or its checkpoint to go on from."""
+    import slabbench.io as io
+    from slabbench.cli import checkpoint_file, train_stack_job
+    specs = [tiny_spec("dense", seed=s, **SPEC) for s in (0, 1)]
+    stack = tmp_path / "results" / "runs" / "tiny" / "dense" / "stack-0.json"
+    path, seen, real = checkpoint_file(stack), [], io._fsync
+
+    def fsync(p):
+        p = Path(p)  # (a file is flushed under its temporary name, ".NAME.XXXX.tmp")
+        seen.append(("folder" if p.is_dir() else p.name[1:].rsplit(".", 2)[0], path.exists()))
+        real(p)
+
+    monkeypatch.setattr(io, "_fsync", fsync)
+    monkeypatch.setenv("SLABBENCH_CHECKPOINT_MINUTES", "0")
+    train_stack_job(specs, str(stack))
+    writes = 2 * SPEC["epochs"]  # one checkpoint per epoch (dense: no fine-tuning), then the outputs
+    assert [f for f, _ in seen[:writes]] == ["stack-0.pt", "folder"] * SPEC["epochs"]
+    outputs = seen[writes:]
+    written = sorted(p.name for p in stack.parent.rglob("*") if p.is_file())  # records, artefacts, physical nets
+    assert sorted(f for f, _ in outputs[0::2]) == written and len(written) > 5
+    assert [f for f, _ in outputs[1::2]] == ["folder"] * len(written) and outputs[-2][0] == "stack-0.json"
+    assert all(kept for _, kept in outputs), "the checkpoint is removed only after every output is on the disk"
+    assert not path.exists()
 
 
 def test_a_negative_interval_is_refused(tmp_path):

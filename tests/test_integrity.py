@@ -4,6 +4,8 @@ command that retrains its stack (the workflow-level checks are in test_workflow.
 
 import json
 import logging
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +114,37 @@ def test_aggregate_names_a_damaged_record_of_an_unverified_stack_with_the_retrai
     open(path, "w").write(data[: len(data) - 10])
     with pytest.raises(DamagedRunError, match=rf"{path}, line 2: not a valid JSON record .*--forcerun {STACK}$"):
         aggregate_job([STACK], str(tmp_path / "runs.csv"), str(tmp_path / "summary.csv"))
+
+
+def flushes(monkeypatch) -> list[tuple[str, str | None]]:
+    """Records each fsync of slabbench.io (path, and a file's content at that moment) and does it."""
+    import slabbench.io as io
+    seen, real = [], io._fsync
+
+    def fsync(path):
+        p = Path(path)
+        seen.append((str(p), p.read_text() if p.is_file() else None))
+        real(path)
+
+    monkeypatch.setattr(io, "_fsync", fsync)
+    return seen
+
+
+def test_a_durable_write_flushes_the_new_file_before_it_replaces_the_old_and_then_its_folder(tmp_path, monkeypatch):
+    from slabbench.io import write_text
+    target = tmp_path / "out.json"
+    write_text(target, "old")
+    seen = flushes(monkeypatch)
+    write_text(target, "plain")
+    assert seen == [] and target.read_text() == "plain"
+
+    def replace_checked(src, dst, real=os.replace):
+        assert seen and seen[-1][0] == str(src), "the new file is flushed before it replaces the old"
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_checked)
+    write_text(target, "new", durable=True)
+    (tmp, content), (folder, none) = seen
+    assert Path(tmp).parent == tmp_path and Path(tmp).name.startswith(".out.json.") and content == "new"
+    assert folder == str(tmp_path) and none is None and target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]

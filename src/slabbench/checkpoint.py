@@ -13,13 +13,13 @@ when it starts).  A finished phase keeps its final state, so a resumed job skips
 job computes between phases (measuring, pruning) is recomputed from those states,
 deterministically.
 
-The file is written atomically (never half-written) and only at the end of an epoch once
-``every`` seconds have passed since the last write (or the start): a short job writes none.  It
-is used only by a process whose job is the same: the same run specs, the same source code
-(slabbench and the plugin folders, by content), the same torch, Python and numpy, the same
-device; otherwise it is set aside with a warning that says what differs and the job starts
-afresh.  It is a pickle: load only your own.  The caller removes it once the job's outputs are
-written."""
+The file is written atomically (never half-written) and flushed to the disk, and only at the
+end of an epoch once ``every`` seconds have passed since the last write (or the start): a short
+job writes none.  It is used only by a process whose job is the same: the same run specs, the
+same source code (slabbench and the plugin folders, by content), the same torch, Python and
+numpy, the same device; otherwise it is set aside with a warning that says what differs and the
+job starts afresh.  It is a pickle: load only your own.  The caller removes it once the job's
+outputs are written (and flushed to the disk as well)."""
 
 from __future__ import annotations
 
@@ -321,7 +321,7 @@ class JobCheckpoint:
         plugin's attribute, switches checkpoints off for the job instead); ``what``: the log's
         words for the state written."""
         try:
-            with atomic_path(self.path) as tmp:
+            with atomic_path(self.path, durable=True) as tmp:
                 torch.save({"format": FORMAT, "identity": self.identity, "resumed": self.resumed,
                             "plans": self.plans, "phases": self.phases}, tmp)
         except (pickle.PicklingError, TypeError, AttributeError) as err:

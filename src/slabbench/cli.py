@@ -55,21 +55,21 @@ def _write_run(records: list[dict], artefacts: dict, metrics_path: str | Path, a
     """Write one run's files: ``artefacts.pt``, each record's physical network and its sparse
     form (``artefacts["physical"]``, see :func:`slabbench.physical.attach`) as
     ``physical-{selection}.pt`` and ``physical-{selection}.sparse.pt`` beside it, and last
-    ``metrics.jsonl``; each atomically."""
+    ``metrics.jsonl``; each atomically and flushed to the disk (``durable``: they cost a training)."""
     import torch
 
     from slabbench.io import atomic_path, write_records
 
     artefacts = dict(artefacts)
     nets = artefacts.pop("physical", {})
-    with atomic_path(artefacts_path) as tmp:
+    with atomic_path(artefacts_path, durable=True) as tmp:
         torch.save(artefacts, tmp)
     folder = Path(artefacts_path).parent
     for stem, (payload, sparse) in nets.items():
         for path, obj in ((folder / f"{stem}.pt", payload), (folder / f"{stem}.sparse.pt", sparse)):
-            with atomic_path(path) as tmp:
+            with atomic_path(path, durable=True) as tmp:
                 torch.save(obj, tmp)
-    write_records(metrics_path, records)
+    write_records(metrics_path, records, durable=True)
 
 
 def checkpoint_file(stack_path: str | os.PathLike) -> Path:

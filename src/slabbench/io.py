@@ -14,8 +14,11 @@ from typing import Any, Iterable, Iterator
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically."""
+def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
+    ``durable``: also flush the file and then its folder to the disk (fsync), so that after a
+    power loss ``path`` holds the new content or the old, never an empty file (a few ms a file:
+    for what costs hours to redo, such as a training job's outputs and its checkpoint)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -25,10 +28,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
     try:
         yield Path(tmp)
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, path)
+        if durable:
+            try:
+                _fsync(path.parent)
+            except OSError:  # a file system (or OS) that cannot open or flush a folder: the file is
+                pass  # flushed, and its name follows with the file system's next commit
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    """Flush a file's or a folder's content to the disk (a folder: the names it holds)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def json_safe(value: Any) -> Any:
@@ -42,8 +61,8 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
-    with atomic_path(path) as tmp:
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict], durable: bool = False) -> None:
+    with atomic_path(path, durable) as tmp:
         with open(tmp, "w") as fh:
             for rec in records:
                 fh.write(json.dumps(json_safe(rec), sort_keys=True, allow_nan=False) + "\n")
@@ -97,17 +116,17 @@ def validate_record(rec: dict, schema: dict | None = None) -> None:
                           "(a metric is a number, or NaN / inf marked as such)")
 
 
-def write_records(path: str | os.PathLike, records: Iterable[dict]) -> None:
-    """Write run records to ``path`` (JSON lines, atomically) after marking their non-finite
-    metrics in ``nonfinite`` and checking every one against the metrics schema; nothing is
-    written if one fails."""
+def write_records(path: str | os.PathLike, records: Iterable[dict], durable: bool = False) -> None:
+    """Write run records to ``path`` (JSON lines, atomically; ``durable``: see
+    :func:`atomic_path`) after marking their non-finite metrics in ``nonfinite`` and checking
+    every one against the metrics schema; nothing is written if one fails."""
     out = []
     for rec in records:
         rec = dict(rec, nonfinite=nonfinite_fields(rec))
         safe = json_safe(rec)
         validate_record(safe)
         out.append(safe)
-    write_jsonl(path, out)
+    write_jsonl(path, out, durable)
 
 
 class RecordFileError(ValueError):
@@ -134,6 +153,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return out
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
+def write_text(path: str | os.PathLike, text: str, durable: bool = False) -> None:
+    with atomic_path(path, durable) as tmp:
         Path(tmp).write_text(text)

@@ -71,7 +71,7 @@ def write_stack_file(stack_path: str | os.PathLike, experiment: str, method: str
         entry["checksums"] = {k: file_digest(run[k]) for k in KINDS}
         listed.append(entry)
     doc = {"format": FORMAT, "experiment": experiment, "method": method, "runs": listed}
-    write_text(stack_path, json.dumps(doc, indent=1) + "\n")
+    write_text(stack_path, json.dumps(doc, indent=1) + "\n", durable=True)
 
 
 def read_stack_file(stack_path: str | os.PathLike) -> dict:
