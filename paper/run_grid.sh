@@ -22,7 +22,9 @@
 # (where results/ and paper/{data,figures,tables} are written; default the repository root),
 # CORES (default nproc), CARRIED (1: keep the finished runs of a carried results/), ARCHIVE (the
 # archive to continue from and write; "none": neither), CHECKPOINT_MINUTES (with a budget, how
-# often a training job saves its state; default 1).
+# often a training job saves its state; default 1), SNAKEMAKE_ARGS (more options for the training
+# Snakemake, split at spaces, e.g. "--prioritize results/runs/mnist-lenet300/spike_slab_k5/stack-0.json"
+# to start that job first when a budget cannot fit every job).
 # GPU slots: each training job on a GPU asks for gpu=1; N slots let N small jobs share one GPU.
 # With a budget, Snakemake is interrupted when it is spent (SIGINT: it stops its jobs and
 # removes their incomplete outputs), and each training job saves its state every
@@ -74,6 +76,8 @@ args=(-m snakemake stacks "${smk[@]}" --cores "$cores" --resources "gpu=$slots" 
 if [ "$budget" -gt 0 ]; then  # (how often jobs save their state: never a rerun trigger)
     args+=(--config "checkpoint_minutes=${CHECKPOINT_MINUTES:-1}")
 fi
+read -ra extra <<< "${SNAKEMAKE_ARGS:-}"
+args+=("${extra[@]}")
 start=$(date +%s)
 if [ "$budget" -gt 0 ]; then
     timeout -s INT "$budget" "$python" "${args[@]}"

@@ -431,6 +431,14 @@ def test_run_grid_continues_an_unfinished_grid(grid):
     assert job_counts(proc.stdout + proc.stderr).get("train") == 6, proc.stderr[-3000:]
 
 
+def test_run_grid_passes_snakemake_args_to_the_training_snakemake(tmp_path):
+    """SNAKEMAKE_ARGS reaches the training Snakemake word by word (here an option it refuses)."""
+    proc = run_grid(tmp_path, ARCHIVE="none", SNAKEMAKE_ARGS="--no-such-option 7")
+    out = proc.stdout + proc.stderr
+    assert "unrecognized arguments: --no-such-option 7" in out and "snakemake exit status 2" in out
+    assert proc.returncode != 0  # nothing trained: nothing to freeze
+
+
 def test_freeze_facts_never_download(tmp_path, monkeypatch):
     """Data-set facts at freeze time come from the files at hand: MNIST without its files is
     said to be missing, and no download is tried (the config's download: true is overridden)."""
