@@ -3,6 +3,7 @@ from its checkpoint and gives, bit for bit, the records of the job that never st
 checkpoint of another job or code, or a damaged one, is set aside; a finished job leaves none."""
 
 import logging
+from collections import OrderedDict, defaultdict, namedtuple
 from pathlib import Path
 
 import pytest
@@ -265,6 +266,35 @@ def test_method_state_keeps_references_to_the_model(tmp_path):
     h.part = h.own[0][:1]
     with pytest.raises(C.NotResumable, match=r"Holder.part shares memory with another tensor the method holds"):
         C.method_states([h], model)
+
+
+Pair = namedtuple("Pair", "low high")
+
+
+def test_method_state_containers_come_back_as_their_own_types(tmp_path):
+    """A plugin's defaultdict keeps its default, a namedtuple its fields, an OrderedDict its
+    type, through the file (pickled) and back; the tensors inside are copies on the CPU."""
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+
+    class Holder:
+        pass
+
+    h = Holder()
+    h.params, h.ctx = "options", "context"
+    h.history = defaultdict(list, {"loss": [torch.tensor(1.5)]})
+    h.bounds = Pair(torch.zeros(2), model[0].weight)
+    h.ordered = OrderedDict([("b", 2), ("a", (1, [3]))])
+    [state] = C.method_states([h], model)
+    assert state["history"]["loss"][0] is not h.history["loss"][0]
+    torch.save(state, tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=False)
+    fresh, h2 = torch.nn.Sequential(torch.nn.Linear(2, 2)), Holder()
+    C.restore_method_states([h2], [state], fresh, torch.device("cpu"))
+    assert type(h2.history) is defaultdict and h2.history["new"] == [] and h2.history["loss"][0].item() == 1.5
+    assert type(h2.bounds) is Pair and h2.bounds.high is fresh[0].weight and torch.equal(h2.bounds.low, torch.zeros(2))
+    assert type(h2.ordered) is OrderedDict and list(h2.ordered.items()) == [("b", 2), ("a", (1, [3]))]
+    snap = C.cpu_copy({"pair": Pair(1, torch.ones(1))})
+    assert type(snap["pair"]) is Pair and snap["pair"].low == 1
 
 
 def test_a_state_that_cannot_be_written_switches_checkpoints_off(tmp_path, monkeypatch, caplog):

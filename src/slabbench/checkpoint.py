@@ -23,6 +23,7 @@ outputs are written (and flushed to the disk as well)."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import logging
@@ -30,7 +31,7 @@ import os
 import pickle
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -75,6 +76,25 @@ def code_digest(*classes: type) -> str:
     return h.hexdigest()
 
 
+def walk(value: Any, leaf: Callable[[Any, str], Any], where: str = "") -> Any:
+    """``value`` with ``leaf(item, where)`` in place of every item that is not a list, tuple or
+    dict, containers walked and rebuilt as their own type (a namedtuple stays one, a
+    defaultdict keeps its default); ``where``: the item's path, for messages."""
+    if isinstance(value, dict):
+        out = copy.copy(value)  # (its type, and a defaultdict's default_factory)
+        out.clear()
+        out.update((k, walk(v, leaf, f"{where}[{k!r}]")) for k, v in value.items())
+        return out
+    if isinstance(value, (list, tuple)):
+        items = [walk(v, leaf, f"{where}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, list):
+            out = copy.copy(value)
+            out[:] = items
+            return out
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    return leaf(value, where)
+
+
 class NotResumable(RuntimeError):
     """A phase's state cannot be saved so that it is restored as it was (the message says why)."""
 
@@ -105,6 +125,9 @@ class _Saving:
     def value(self, value: Any, where: str) -> Any:
         """``value`` with the model's own objects as :class:`_Ref` and other tensors copied to
         the CPU (containers walked)."""
+        return walk(value, self._item, where)
+
+    def _item(self, value: Any, where: str) -> Any:
         if id(value) in self.refs:
             return self.refs[id(value)]
         if isinstance(value, torch.Tensor):
@@ -119,25 +142,18 @@ class _Saving:
             return self.copies[id(value)]
         if isinstance(value, nn.Module):
             raise NotResumable(f"{where} is a module that is not part of the model")
-        if isinstance(value, (list, tuple)):
-            out = [self.value(v, f"{where}[{i}]") for i, v in enumerate(value)]
-            return out if isinstance(value, list) else tuple(out)
-        if isinstance(value, dict):
-            return {k: self.value(v, f"{where}[{k!r}]") for k, v in value.items()}
         return value
 
 
 def _load_value(value: Any, model: nn.Module, device: torch.device, loaded: dict[int, torch.Tensor]) -> Any:
-    if isinstance(value, _Ref):
-        return model.get_submodule(value.name) if value.kind == "module" else _named_tensor(model, value.name)
-    if isinstance(value, torch.Tensor):  # (one tensor where one was saved)
-        return loaded.setdefault(id(value), value.to(device, copy=True))
-    if isinstance(value, (list, tuple)):
-        out = [_load_value(v, model, device, loaded) for v in value]
-        return out if isinstance(value, list) else tuple(out)
-    if isinstance(value, dict):
-        return {k: _load_value(v, model, device, loaded) for k, v in value.items()}
-    return value
+    def item(v: Any, _where: str) -> Any:
+        if isinstance(v, _Ref):
+            return model.get_submodule(v.name) if v.kind == "module" else _named_tensor(model, v.name)
+        if isinstance(v, torch.Tensor):  # (one tensor where one was saved)
+            return loaded.setdefault(id(v), v.to(device, copy=True))
+        return v
+
+    return walk(value, item)
 
 
 def _named_tensor(model: nn.Module, name: str) -> torch.Tensor:
@@ -205,15 +221,7 @@ def restore_model_tensors(model: nn.Module, saved: dict[str, tuple[str, torch.Te
 def cpu_copy(value: Any) -> Any:
     """``value`` with every tensor copied to the CPU (containers walked): a snapshot that later
     training does not change."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, list):
-        return [cpu_copy(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(cpu_copy(v) for v in value)
-    if isinstance(value, dict):
-        return {k: cpu_copy(v) for k, v in value.items()}
-    return value
+    return walk(value, lambda v, _: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v)
 
 
 class Phase:
