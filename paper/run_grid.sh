@@ -24,7 +24,8 @@
 # archive to continue from and write; "none": neither), CHECKPOINT_MINUTES (with a budget, how
 # often a training job saves its state; default 1), SNAKEMAKE_ARGS (more options for the training
 # Snakemake, split at spaces, e.g. "--prioritize results/runs/mnist-lenet300/spike_slab_k5/stack-0.json"
-# to start that job first when a budget cannot fit every job).
+# to start that job first when a budget cannot fit every job; a --config there replaces this
+# script's own, so under a budget add checkpoint_minutes=N to it).
 # GPU slots: each training job on a GPU asks for gpu=1; N slots let N small jobs share one GPU.
 # With a budget, Snakemake is interrupted when it is spent (SIGINT: it stops its jobs and
 # removes their incomplete outputs), and each training job saves its state every
@@ -77,7 +78,7 @@ if [ "$budget" -gt 0 ]; then  # (how often jobs save their state: never a rerun 
     args+=(--config "checkpoint_minutes=${CHECKPOINT_MINUTES:-1}")
 fi
 read -ra extra <<< "${SNAKEMAKE_ARGS:-}"
-args+=("${extra[@]}")
+args+=(${extra[@]+"${extra[@]}"})  # (an empty array is "unbound" to bash < 4.4 under set -u)
 start=$(date +%s)
 if [ "$budget" -gt 0 ]; then
     timeout -s INT "$budget" "$python" "${args[@]}"

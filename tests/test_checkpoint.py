@@ -3,7 +3,7 @@ from its checkpoint and gives, bit for bit, the records of the job that never st
 checkpoint of another job or code, or a damaged one, is set aside; a finished job leaves none."""
 
 import logging
-from collections import OrderedDict, defaultdict, namedtuple
+from collections import Counter, OrderedDict, defaultdict, namedtuple
 from pathlib import Path
 
 import pytest
@@ -272,8 +272,9 @@ Pair = namedtuple("Pair", "low high")
 
 
 def test_method_state_containers_come_back_as_their_own_types(tmp_path):
-    """A plugin's defaultdict keeps its default, a namedtuple its fields, an OrderedDict its
-    type, through the file (pickled) and back; the tensors inside are copies on the CPU."""
+    """A plugin's defaultdict keeps its default, a namedtuple its fields, an OrderedDict and a
+    Counter their types and values, through the file (pickled) and back; the tensors inside are
+    copies on the CPU."""
     model = torch.nn.Sequential(torch.nn.Linear(2, 2))
 
     class Holder:
@@ -284,6 +285,7 @@ def test_method_state_containers_come_back_as_their_own_types(tmp_path):
     h.history = defaultdict(list, {"loss": [torch.tensor(1.5)]})
     h.bounds = Pair(torch.zeros(2), model[0].weight)
     h.ordered = OrderedDict([("b", 2), ("a", (1, [3]))])
+    h.counts = Counter(a=3, b=1)
     [state] = C.method_states([h], model)
     assert state["history"]["loss"][0] is not h.history["loss"][0]
     torch.save(state, tmp_path / "state.pt")
@@ -293,8 +295,49 @@ def test_method_state_containers_come_back_as_their_own_types(tmp_path):
     assert type(h2.history) is defaultdict and h2.history["new"] == [] and h2.history["loss"][0].item() == 1.5
     assert type(h2.bounds) is Pair and h2.bounds.high is fresh[0].weight and torch.equal(h2.bounds.low, torch.zeros(2))
     assert type(h2.ordered) is OrderedDict and list(h2.ordered.items()) == [("b", 2), ("a", (1, [3]))]
-    snap = C.cpu_copy({"pair": Pair(1, torch.ones(1))})
-    assert type(snap["pair"]) is Pair and snap["pair"].low == 1
+    assert type(h2.counts) is Counter and h2.counts == {"a": 3, "b": 1}
+    live = torch.ones(1)
+    snap = C.cpu_copy({"pair": Pair(1, live), "counts": Counter(a=3)})
+    live.add_(1)  # training goes on: the snapshot does not change
+    assert type(snap["pair"]) is Pair and snap["pair"].low == 1 and snap["pair"].high.item() == 1.0
+    assert type(snap["counts"]) is Counter and snap["counts"] == {"a": 3}
+
+
+class Span(tuple):
+    """A tuple subclass whose constructor does not take one iterable."""
+
+    def __new__(cls, low, high):
+        return super().__new__(cls, (low, high))
+
+
+def test_method_state_that_cannot_be_rebuilt_or_saved_is_named():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+
+    class Holder:
+        pass
+
+    for attr, value in (("span", Span(1, 2)), ("seen", defaultdict(lambda: 0))):
+        h = Holder()
+        setattr(h, attr, value)
+        with pytest.raises(C.NotResumable, match=rf"Holder.{attr} is a {type(value).__name__} that cannot be rebuilt"):
+            C.method_states([h], model)
+
+
+def test_a_checkpoint_that_cannot_be_written_to_the_disk_switches_checkpoints_off(tmp_path, monkeypatch, caplog):
+    import slabbench.io as io
+
+    def failing(path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io, "_fsync", failing)
+    specs = [tiny_spec("dense", seed=0, **SPEC)]
+    path = tmp_path / "job.pt"
+    with caplog.at_level(logging.WARNING, logger="slabbench.checkpoint"):
+        got = T.run_stack(specs, checkpoint=path, checkpoint_seconds=0)
+    assert "checkpoints off for this job (the file cannot be written: [Errno 28] No space left" in caplog.text
+    assert caplog.text.count("checkpoints off") == 1 and not path.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert_same_records(got, T.run_stack(specs))
 
 
 def test_a_state_that_cannot_be_written_switches_checkpoints_off(tmp_path, monkeypatch, caplog):

@@ -2,6 +2,7 @@
 of every file it lists, and a damaged, missing or unparsable file is named together with the
 command that retrains its stack (the workflow-level checks are in test_workflow.py)."""
 
+import errno
 import json
 import logging
 import os
@@ -148,3 +149,24 @@ def test_a_durable_write_flushes_the_new_file_before_it_replaces_the_old_and_the
     assert Path(tmp).parent == tmp_path and Path(tmp).name.startswith(".out.json.") and content == "new"
     assert folder == str(tmp_path) and none is None and target.read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+@pytest.mark.parametrize("code,raised", [(errno.EINVAL, False), (errno.EIO, True)])
+def test_a_folder_that_cannot_be_flushed_is_passed_over_but_an_io_error_is_not(tmp_path, monkeypatch, code, raised):
+    import slabbench.io as io
+    from slabbench.io import write_text
+    real = io._fsync
+
+    def fsync(path):
+        if Path(path).is_dir():
+            raise OSError(code, os.strerror(code))
+        real(path)
+
+    monkeypatch.setattr(io, "_fsync", fsync)
+    target = tmp_path / "out.json"
+    if raised:
+        with pytest.raises(OSError, match=os.strerror(code)):
+            write_text(target, "new", durable=True)
+    else:
+        write_text(target, "new", durable=True)
+    assert target.read_text() == "new"  # (the file itself was flushed and renamed before)

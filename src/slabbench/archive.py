@@ -151,7 +151,7 @@ def pack(config_path: str | Path, archive: str | Path, root: str | Path = ".", m
         raise ArchiveError(f"the archive of {len(stacks)} stacks would be {len(data) / 1e6:.1f} MB, over the limit of "
                            f"{max_mb:g} MB (--max-mb); nothing written")
     archive = Path(archive)
-    with atomic_path(archive) as tmp:
+    with atomic_path(archive, durable=True) as tmp:  # (it holds what took hours of training)
         tmp.write_bytes(data)
     log.info("archived %d stacks (%d runs) of %s in %s: %.2f MB", len(stacks), manifest["runs"], config_path, archive,
              len(data) / 1e6)

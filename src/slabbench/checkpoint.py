@@ -76,27 +76,51 @@ def code_digest(*classes: type) -> str:
     return h.hexdigest()
 
 
+class NotResumable(RuntimeError):
+    """A phase's state cannot be saved so that it is restored as it was (the message says why)."""
+
+
 def walk(value: Any, leaf: Callable[[Any, str], Any], where: str = "") -> Any:
     """``value`` with ``leaf(item, where)`` in place of every item that is not a list, tuple or
     dict, containers walked and rebuilt as their own type (a namedtuple stays one, a
-    defaultdict keeps its default); ``where``: the item's path, for messages."""
+    defaultdict keeps its default, a Counter its counts); ``where``: the item's path, for
+    messages.  A container that cannot be rebuilt so, or whose default cannot be saved (a
+    lambda), raises :class:`NotResumable` naming it."""
+    if not isinstance(value, (dict, list, tuple)):
+        return leaf(value, where)
     if isinstance(value, dict):
-        out = copy.copy(value)  # (its type, and a defaultdict's default_factory)
-        out.clear()
-        out.update((k, walk(v, leaf, f"{where}[{k!r}]")) for k, v in value.items())
-        return out
-    if isinstance(value, (list, tuple)):
+        items = [(k, walk(v, leaf, f"{where}[{k!r}]")) for k, v in value.items()]
+    else:
         items = [walk(v, leaf, f"{where}[{i}]") for i, v in enumerate(value)]
-        if isinstance(value, list):
-            out = copy.copy(value)
-            out[:] = items
-            return out
+    try:
+        return _rebuild(value, items)
+    except Exception as err:  # noqa: BLE001 (whatever a subclass's constructor raises)
+        raise NotResumable(f"{where or 'a value'} is a {type(value).__name__} that cannot be rebuilt or saved "
+                           f"({type(err).__name__}: {err})") from err
+
+
+def _rebuild(value: dict | list | tuple, items: list) -> Any:
+    """A container of ``value``'s type holding ``items`` (key-value pairs for a dict)."""
+    if type(value) in (dict, list, tuple):
+        return type(value)(items)
+    if isinstance(value, tuple):
         return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
-    return leaf(value, where)
+    out = copy.copy(value)  # its type and attributes (a defaultdict's default_factory), then the
+    if isinstance(value, dict):  # items set as they were: the plain methods, not the subclass's
+        dict.clear(out)  # (Counter.update adds counts)
+        dict.update(out, items)
+    else:
+        list.clear(out)
+        list.extend(out, items)
+    factory = getattr(value, "default_factory", None)
+    if factory is not None:
+        pickle.dumps(factory)  # it is written with the state: fail here, naming the attribute
+    return out
 
 
-class NotResumable(RuntimeError):
-    """A phase's state cannot be saved so that it is restored as it was (the message says why)."""
+def _cpu(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` on the CPU that later training does not change."""
+    return t.detach().to("cpu", copy=True)
 
 
 class _Ref:
@@ -138,7 +162,7 @@ class _Saving:
                 raise NotResumable(f"{where} is a view of the model's tensors that is not one of its parameters or buffers")
             if memory is not None and self.memory.setdefault(memory, id(value)) != id(value):
                 raise NotResumable(f"{where} shares memory with another tensor the method holds (a view)")
-            self.copies[id(value)] = value.detach().to("cpu", copy=True)
+            self.copies[id(value)] = _cpu(value)
             return self.copies[id(value)]
         if isinstance(value, nn.Module):
             raise NotResumable(f"{where} is a module that is not part of the model")
@@ -189,7 +213,7 @@ def _tables(model: nn.Module):
 
 def model_tensors(model: nn.Module) -> dict[str, tuple[str, torch.Tensor | None]]:
     """CPU copies of every parameter and buffer of ``model`` by name, with their kind."""
-    return {name: (kind, None if table[key] is None else table[key].detach().to("cpu", copy=True))
+    return {name: (kind, None if table[key] is None else _cpu(table[key]))
             for name, kind, table, key in _tables(model)}
 
 
@@ -221,7 +245,7 @@ def restore_model_tensors(model: nn.Module, saved: dict[str, tuple[str, torch.Te
 def cpu_copy(value: Any) -> Any:
     """``value`` with every tensor copied to the CPU (containers walked): a snapshot that later
     training does not change."""
-    return walk(value, lambda v, _: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v)
+    return walk(value, lambda v, _: _cpu(v) if isinstance(v, torch.Tensor) else v)
 
 
 class Phase:
@@ -334,6 +358,9 @@ class JobCheckpoint:
                             "plans": self.plans, "phases": self.phases}, tmp)
         except (pickle.PicklingError, TypeError, AttributeError) as err:
             self.off(f"its state cannot be written: {err}")
+            return
+        except OSError as err:  # (a full disk, a file system that cannot flush): the job trains on
+            self.off(f"the file cannot be written: {err}")
             return
         self.last_write = time.monotonic()
         log.info("checkpoint written: %s%s", self.path, f" ({what})" if what else "")

@@ -4,6 +4,7 @@ so a crash never leaves a half-written result behind.  Run records are checked a
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -11,6 +12,11 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # (Windows)
+    fcntl = None
 
 
 @contextmanager
@@ -34,18 +40,28 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
         if durable:
             try:
                 _fsync(path.parent)
-            except OSError:  # a file system (or OS) that cannot open or flush a folder: the file is
-                pass  # flushed, and its name follows with the file system's next commit
+            except OSError as err:  # a file system (or OS) that cannot open or flush a folder: the
+                if err.errno not in _NO_FOLDER_FSYNC:  # file is flushed, and its name follows
+                    raise  # with the file system's next commit
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+#: errors of opening or flushing a folder where the file system or OS does not support it
+_NO_FOLDER_FSYNC = {errno.EINVAL, errno.EACCES, errno.EPERM, errno.EBADF, errno.EISDIR, errno.ENOTSUP,
+                    errno.EOPNOTSUPP}
+
+
 def _fsync(path: str | os.PathLike) -> None:
-    """Flush a file's or a folder's content to the disk (a folder: the names it holds)."""
+    """Flush a file's or a folder's content to the disk (a folder: the names it holds); on
+    macOS with F_FULLFSYNC, whose fsync leaves the data in the drive's cache."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        try:
+            fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
+        except (AttributeError, OSError):  # not macOS, or a file system without it
+            os.fsync(fd)
     finally:
         os.close(fd)
 
