@@ -21,7 +21,10 @@ where the tensor is our own temporary, and the backward pass uses the closed-for
       ∂E/∂μ = φ, ∂E/∂φ = μ, ∂V/∂μ = 2φ(1 − φ)μ, ∂V/∂σ = 2φσ, ∂V/∂φ = σ² + (1 − 2φ)μ².
 
 Only torch ops, no host synchronisation, no Python branching on tensor values: the functions
-run unchanged on CUDA (where they save kernel launches rather than page faults).  Gate-shaped
+run unchanged on CUDA (where they save kernel launches rather than page faults).  An output
+that carries a gradient is finished in place in eager mode (no new tensor) and out of place
+when traced by torch.compile (the same operation, so the same values): torch 2.11 traced an
+in-place operation on such an output to wrong gradients (``tests/test_step.py``; 2.14.1 did not).  Gate-shaped
 tensors enter as views that broadcast against the weight (``gate_view``); their gradients are
 summed back over each gate's group with ``sum_to_size``.
 """
@@ -64,7 +67,7 @@ class SampledWeight(Function):
     @staticmethod
     def forward(mu, rho, zm, eps):
         w = torch.addcmul(mu, softplus(rho), eps)  # μ + σ ε, one pass
-        return w.mul_(zm)
+        return w * zm if torch.compiler.is_compiling() else w.mul_(zm)  # (module docstring)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -101,7 +104,7 @@ class LRTWeights(Function):
         e = torch.mul(mu, p)
         v = torch.sub(mu, e).mul_(e)  # E(μ − E) = p(1 − p)μ²
         s2 = torch.mul(sigma, sigma)
-        v.addcmul_(p, s2)  # + pσ²
+        v = torch.addcmul(v, p, s2) if torch.compiler.is_compiling() else v.addcmul_(p, s2)  # + pσ² (docstring)
         return e, v, p, sigma, s2
 
     @staticmethod
