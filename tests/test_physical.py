@@ -224,6 +224,28 @@ def test_time_pair_returns_milliseconds_per_call_and_their_ratio():
         P.time_pair(small, big, torch.randn(2, 8), repeats=0)
 
 
+def test_time_pair_is_not_fooled_by_a_load_that_slows_the_first_block_of_each_round(monkeypatch):
+    """A fake clock: each call of either module takes 1 ms, 3 ms inside every other timed region
+    (the first block of each round when one module always went first: it read 3x slower than
+    an identical module).  With the order alternated and each module's fastest block: 1 ms
+    each, ratio 1."""
+    clock = {"t": 0.0, "reads": 0}
+
+    def perf_counter():
+        clock["reads"] += 1
+        return clock["t"]
+
+    class Costly(nn.Module):
+        def forward(self, x):
+            region = (clock["reads"] - 1) // 2  # timed regions, each opened and closed by one read
+            clock["t"] += 3e-3 if region % 2 == 0 else 1e-3
+            return x
+
+    monkeypatch.setattr(P.time, "perf_counter", perf_counter)
+    a, b, ratio = P.time_pair(Costly(), Costly(), torch.zeros(1), warmup=1, repeats=4, min_block_s=0.0)
+    assert (a, b, ratio) == (pytest.approx(1.0), pytest.approx(1.0), pytest.approx(1.0))
+
+
 def test_latency_marks_an_empty_network_untimed():
     net = hand_mlp()
     with torch.no_grad():

@@ -54,7 +54,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import statistics
 import time
 from typing import Any, Sequence
 
@@ -483,38 +482,41 @@ def time_pair(first: nn.Module, second: nn.Module, x: torch.Tensor, *, warmup: i
               min_block_s: float = 2e-3) -> tuple[float, float, float]:
     """Latencies of two modules on the batch ``x`` timed in alternation, so that a change of
     the machine's load hits both alike: after ``warmup`` untimed calls of each, ``repeats``
-    rounds each time a block of ``first`` then a block of ``second`` (each block long enough to
-    last ``min_block_s``).  Returns (ms of ``first``, ms of ``second``, ratio first / second),
-    each the median over the rounds (the ratio the median of the rounds' ratios)."""
+    rounds each time a block of each module (each block long enough to last ``min_block_s``),
+    ``first`` first in even rounds and ``second`` first in odd ones (a load that slows the first
+    block of a round slows each module as often).  Returns (ms of ``first``, ms of ``second``,
+    ratio first / second), each module's time per call that of its fastest block: other work
+    on the machine only ever adds time.  One network against itself (LeNet-300-100, one thread,
+    a 2-core machine busy with two other processes, 21 tries per batch size): the median of 9
+    rounds' ratios, ``first`` always first, read 0.27-0.43 or 2.1-3.6 in 7 of 21 tries at
+    batch 1 and at batch 256; the fastest blocks with the order alternated, 0.97-1.04 and
+    0.98-1.18."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"time_pair: repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    modules = (first, second)
     with torch.inference_mode():
         calls = []
-        for module in (first, second):
+        for module in modules:
             for _ in range(warmup):
                 module(x)
             t0 = time.perf_counter()
             module(x)
             calls.append(max(1, math.ceil(min_block_s / max(time.perf_counter() - t0, 1e-7))))
-        rounds = []
-        for _ in range(repeats):
-            pair = []
-            for module, n in zip((first, second), calls):
+        best = [math.inf, math.inf]
+        for r in range(repeats):
+            for i in ((0, 1) if r % 2 == 0 else (1, 0)):
                 t0 = time.perf_counter()
-                for _ in range(n):
-                    module(x)
-                pair.append((time.perf_counter() - t0) / n)
-            rounds.append(pair)
-    a = statistics.median(r[0] for r in rounds)
-    b = statistics.median(r[1] for r in rounds)
-    return 1e3 * a, 1e3 * b, statistics.median(r[0] / r[1] for r in rounds)
+                for _ in range(calls[i]):
+                    modules[i](x)
+                best[i] = min(best[i], (time.perf_counter() - t0) / calls[i])
+    return 1e3 * best[0], 1e3 * best[1], best[0] / best[1]
 
 
 def latency(payload: dict, batches: Sequence[int] = (1, 256), seed: int = 0, **timing) -> dict[str, float]:
     """Latency of the physical network ``payload`` and of the dense network of its
     architecture (:func:`dense_layers`), timed in alternation by :func:`time_pair` on random
     inputs (B, *input_shape) for each batch size B: ``latency_ms_b{B}``, ``latency_ms_b{B}_dense``
-    and ``speedup_b{B}`` = dense / physical (the median of the rounds' ratios).  An empty network
+    and ``speedup_b{B}`` = dense / physical (of their fastest blocks).  An empty network
     (no path from input to output) is not timed: its latencies are NaN."""
     out: dict[str, float] = {}
     phys = Physical(payload["layers"]).eval()
