@@ -74,6 +74,19 @@ def test_physical_weights_count_only_the_weights_on_a_path_from_input_to_output(
     assert fields["physical_empty"] is True and fields["physical_weights"] == 0
 
 
+def test_an_empty_conv_net_keeps_no_weight_on_a_path():
+    """LeNet-5 with fc1 cut: its convolutions keep unit 0 each (torch's conv2d cannot take zero
+    channels), silenced; their incoming weights lead nowhere and are not counted."""
+    from slabbench.api import DatasetSpec
+    net = build_model("lenet5", DatasetSpec("x", "classification", (1, 28, 28), 10, {"train": 10}), {})
+    with torch.no_grad():
+        net.fc1.weight_mask.zero_()
+        net.fc1.weight.zero_()
+    fields, payload, _ = P.physical_record(net, (1, 28, 28))
+    assert fields["physical_empty"] is True and fields["physical_weights"] == 0
+    assert P.widths(payload)[:2] == [1, 1]  # the silenced unit 0 of each convolution
+
+
 def test_the_hand_built_check_fails_when_the_fold_is_broken(monkeypatch):
     """The equality check can fail: without the dead unit's constant (folded as 0), the
     outputs differ."""

@@ -451,8 +451,10 @@ def physical_record(net: nn.Module, input_shape: Sequence[int]) -> tuple[dict, d
         "model_bytes_sparse_fp16": serialized_bytes(half),
         "physical_empty": bool(payload["empty"]),
         "physical_widths": widths(payload),
-        "physical_weights": sum(int(torch.count_nonzero(o["weight"])) for o in payload["layers"]
-                                if o["op"] in ("linear", "conv2d")),
+        # (0 for an empty network: a convolution that would keep no unit keeps unit 0, silenced,
+        # whose incoming weights are on no path to the outputs)
+        "physical_weights": 0 if payload["empty"] else sum(int(torch.count_nonzero(o["weight"]))
+                                                           for o in payload["layers"] if o["op"] in ("linear", "conv2d")),
     }
     return fields, payload, sparse
 
