@@ -274,6 +274,12 @@ def test_unknown_layers_and_files_are_named():
         P.physical_network(nn.Sequential(nn.Dropout(), MaskedLinear(2, 2)), (2,))
     with pytest.raises(P.PhysicalError, match="not a slabbench.physical file"):
         P.check_payload({"format": "other"})
+    stacked_conv = MaskedConv2d(1, 2, 3)
+    stacked_conv.stack = 3
+    with pytest.raises(P.PhysicalError, match="a stacked MaskedConv2d \\(stack > 0\\) cannot be exported"):
+        P.physical_network(nn.Sequential(stacked_conv, nn.Flatten(), MaskedLinear(72, 2)), (1, 8, 8))
+    with pytest.raises(P.PhysicalError, match="with a batch norm before the first one"):
+        P.physical_network(nn.Sequential(BatchNorm1d(4), MaskedLinear(4, 2)), (4,))
 
 
 def _readme_loader() -> str:

@@ -87,9 +87,9 @@ def _describe(net: nn.Module) -> list[dict]:
     modules = [m for m in net.children()] if isinstance(net, nn.Sequential) else [net]
     ops: list[dict] = []
     for m in modules:
+        if getattr(m, "stack", 0):
+            raise PhysicalError(f"a stacked {type(m).__name__} (stack > 0) cannot be exported; unstack it first")
         if isinstance(m, MaskedLinear):
-            if m.stack:
-                raise PhysicalError("a stacked MaskedLinear (stack > 0) cannot be exported; unstack it first")
             ops.append({"op": "linear", "weight": (m.weight * m.weight_mask).detach().float().cpu().clone(),
                         "bias": None if m.bias is None else m.bias.detach().float().cpu().clone()})
         elif isinstance(m, MaskedConv2d):
@@ -179,6 +179,9 @@ def physical_network(net: nn.Module, input_shape: Sequence[int], remove: bool = 
     copies on the CPU; ``net`` is not changed."""
     ops = _describe(net)
     prunable = [i for i, o in enumerate(ops) if o["op"] in ("linear", "conv2d")]
+    if not prunable or any(o["op"] == "batch_norm" for o in ops[:prunable[0]]):
+        raise PhysicalError("cannot export a network without a MaskedLinear / MaskedConv2d layer, or with a batch norm "
+                            "before the first one (its units would be the inputs')")
     for i in prunable:
         ops[i]["dense_shape"] = list(ops[i]["weight"].shape)
     for o in ops:
