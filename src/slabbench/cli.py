@@ -55,7 +55,7 @@ def _write_run(records: list[dict], artefacts: dict, metrics_path: str | Path, a
     """Write one run's files: ``artefacts.pt``, each record's physical network and its sparse
     form (``artefacts["physical"]``, see :func:`slabbench.physical.attach`) as
     ``physical-{selection}.pt`` and ``physical-{selection}.sparse.pt`` beside it, and last
-    ``metrics.jsonl``; each atomically and flushed to the disk (``durable``: they cost a training)."""
+    ``metrics.jsonl``; each atomically and flushed to the disk (they cost a training)."""
     import torch
 
     from slabbench.io import atomic_path, write_records

@@ -24,8 +24,8 @@ Only torch ops, no host synchronisation, no Python branching on tensor values: t
 run unchanged on CUDA (where they save kernel launches rather than page faults).  An output
 that carries a gradient is finished in place in eager mode (no new tensor) and out of place
 when traced by torch.compile (the same operation, so the same values): torch 2.11 traced an
-in-place operation on such an output to wrong gradients (``tests/test_step.py``; 2.14.1 did not).  Gate-shaped
-tensors enter as views that broadcast against the weight (``gate_view``); their gradients are
+in-place operation on such an output to wrong gradients (``tests/test_step.py``; 2.14.1 did
+not).  Gate-shaped tensors enter as views that broadcast against the weight (``gate_view``); their gradients are
 summed back over each gate's group with ``sum_to_size``.
 """
 
