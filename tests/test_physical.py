@@ -97,6 +97,41 @@ def test_the_hand_built_check_fails_when_the_fold_is_broken(monkeypatch):
     assert not torch.allclose(P.forward(phys["layers"], x), net(x), atol=1e-5)
 
 
+def test_every_exported_record_is_checked_against_the_masked_network(monkeypatch):
+    """physical_record refuses a physical network that does not compute what the masked one
+    does (the broken fold above: the folded constant 0.5 lost changes fc2's bias by 1.0 and 2.0),
+    naming the record, and one whose sparse form loses a weight."""
+    fields, _, _ = P.physical_record(hand_mlp(), (4,))  # the correct export passes
+    assert fields["physical_weights"] == 8
+    with monkeypatch.context() as m:
+        m.setattr(P, "_channel_value", lambda ops, v: torch.zeros_like(v))
+        with pytest.raises(P.PhysicalError, match=r"physical-natural: the physical network's outputs differ .* by \d"):
+            P.attach({"selection": "natural"}, {}, hand_mlp(), (4,))
+    real = P.sparse_weight
+
+    def lossy(w, dtype=torch.float32):
+        entry = real(w, dtype)
+        return dict(entry, values=entry["values"] * 0.5)
+
+    monkeypatch.setattr(P, "sparse_weight", lossy)
+    with pytest.raises(P.PhysicalError, match=r"layer 2 \(linear\): its sparse form does not restore its weights"):
+        P.physical_record(hand_mlp(), (4,))
+
+
+def test_the_export_check_passes_over_a_diverged_network_and_leaves_the_global_rng_alone():
+    """NaN weights (a diverged run, recorded as such) make every output NaN: nothing to compare,
+    the export goes on; the check draws its inputs from its own generator."""
+    net = hand_mlp()
+    with torch.no_grad():
+        net.fc1.weight[0, 0] = float("nan")
+    torch.manual_seed(5)
+    want = torch.rand(3)
+    torch.manual_seed(5)
+    fields, payload, _ = P.physical_record(net, (4,))
+    assert torch.equal(torch.rand(3), want)
+    assert torch.isnan(P.forward(payload["layers"], torch.ones(1, 4))).all()
+
+
 def test_a_negative_constant_folds_to_nothing_and_an_unread_net_is_empty():
     net = hand_mlp()
     with torch.no_grad():

@@ -430,7 +430,40 @@ def serialized_bytes(obj: Any) -> int:
     return buf.tell()
 
 
-def physical_record(net: nn.Module, input_shape: Sequence[int]) -> tuple[dict, dict, dict]:
+#: random inputs :func:`check_export` runs through the physical and the unpruned network
+CHECK_BATCH = 4
+#: :func:`check_export`'s tolerance on the outputs, relative to 1 + their largest magnitude
+#: (removing units and folding constants only reorders float32 sums: ~1e-7 relative)
+CHECK_RTOL = 1e-4
+
+
+def check_export(payload: dict, dense: dict, sparse: dict, where: str = "physical network") -> None:
+    """:class:`PhysicalError` unless the physical network ``payload`` computes what the
+    unpruned network ``dense`` (:func:`physical_network` with ``remove=False``: the masked
+    network's own function) does, and its sparse form ``sparse`` restores its weights exactly.
+
+    Both run on :data:`CHECK_BATCH` standard-normal inputs from a private generator (the global
+    random streams are not touched); outputs must agree within ``CHECK_RTOL * (1 + max |output|)``.
+    A network whose outputs are not finite (a diverged run) is checked for its sparse form only."""
+    x = torch.randn((CHECK_BATCH, *payload["input_shape"]), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = forward(dense["layers"], x)
+        if bool(torch.isfinite(want).all()):
+            got = forward(payload["layers"], x)
+            err, tol = float((got - want).abs().max()), CHECK_RTOL * (1.0 + float(want.abs().max()))
+            if not err <= tol:
+                raise PhysicalError(f"{where}: the physical network's outputs differ from the masked network's by {err:.3g} "
+                                    f"(tolerance {tol:.3g}) on random inputs: a bug in slabbench.physical's unit removal")
+    restored = from_sparse(sparse)["layers"]
+    for k, (a, b) in enumerate(zip(restored, payload["layers"])):
+        if a["op"] in ("linear", "conv2d"):
+            same = a["weight"].shape == b["weight"].shape and bool(
+                ((a["weight"] == b["weight"]) | (a["weight"].isnan() & b["weight"].isnan())).all())
+            if not same:
+                raise PhysicalError(f"{where}: layer {k} ({a['op']}): its sparse form does not restore its weights")
+
+
+def physical_record(net: nn.Module, input_shape: Sequence[int], where: str = "physical network") -> tuple[dict, dict, dict]:
     """Export ``net`` (see :func:`physical_network`) and measure its stored sizes.
 
     Returns ``(fields, payload, sparse)``: the record fields ``model_bytes_dense`` (the
@@ -442,13 +475,16 @@ def physical_record(net: nn.Module, input_shape: Sequence[int]) -> tuple[dict, d
     weights that still lie on a path from an input to an output, biases apart; beside the
     record's ``n_weights`` it gives the effective fraction of weights kept, which ``sparsity``
     overstates by counting weights into units that no longer reach the outputs); the physical
-    network and its sparse form (float32) to save."""
+    network and its sparse form (float32) to save.  Both are checked against the masked network
+    first (:func:`check_export`; ``where`` names the network in its error)."""
     payload = physical_network(net, input_shape)
     sparse = sparse_network(payload)
+    dense = physical_network(net, input_shape, remove=False)
+    check_export(payload, dense, sparse, where)
     half = dict(sparse, layers=[dict(o, weight=dict(o["weight"], values=o["weight"]["values"].half()))
                                 if o["op"] in ("linear", "conv2d") else o for o in sparse["layers"]])
     fields = {
-        "model_bytes_dense": serialized_bytes(physical_network(net, input_shape, remove=False)),
+        "model_bytes_dense": serialized_bytes(dense),
         "model_bytes_pruned": serialized_bytes(payload),
         "model_bytes_sparse": serialized_bytes(sparse),
         "model_bytes_sparse_fp16": serialized_bytes(half),
@@ -475,7 +511,7 @@ def attach(record: dict, artefacts: dict, net: nn.Module, input_shape: Sequence[
     physical network and its sparse form go to ``artefacts["physical"][file_stem(record)]``
     (written by the job beside the run's metrics, not into ``artefacts.pt``)."""
     t0 = time.perf_counter()
-    fields, payload, sparse = physical_record(net, input_shape)
+    fields, payload, sparse = physical_record(net, input_shape, file_stem(record))
     artefacts.setdefault("physical", {})[file_stem(record)] = (payload, sparse)
     log.debug("%s: physical export in %.1f ms", file_stem(record), 1e3 * (time.perf_counter() - t0))
     return dict(record, **fields)
