@@ -81,3 +81,17 @@ def paper_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def record_fsyncs(monkeypatch, note) -> list:
+    """Make slabbench.io's fsync append ``note(path)`` (path a Path) to the returned list, then
+    flush as before."""
+    import slabbench.io as io
+    seen, real = [], io._fsync
+
+    def fsync(path):
+        seen.append(note(Path(path)))
+        real(path)
+
+    monkeypatch.setattr(io, "_fsync", fsync)
+    return seen

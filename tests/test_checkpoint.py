@@ -4,12 +4,11 @@ checkpoint of another job or code, or a damaged one, is set aside; a finished jo
 
 import logging
 from collections import Counter, OrderedDict, defaultdict, namedtuple
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import tiny_spec
+from conftest import record_fsyncs, tiny_spec
 from slabbench import checkpoint as C
 from slabbench import train as T
 from test_stacking import SKIP, _ForeignConv, blobs  # noqa: F401 (a fixture)
@@ -383,18 +382,12 @@ def test_a_finished_job_removes_its_checkpoint(tmp_path, monkeypatch):
 
 def test_a_job_flushes_its_outputs_to_the_disk_before_it_removes_its_checkpoint(tmp_path, monkeypatch):
     """After a power loss, a finished job has its files, or its checkpoint to go on from."""
-    import slabbench.io as io
     from slabbench.cli import checkpoint_file, train_stack_job
     specs = [tiny_spec("dense", seed=s, **SPEC) for s in (0, 1)]
     stack = tmp_path / "results" / "runs" / "tiny" / "dense" / "stack-0.json"
-    path, seen, real = checkpoint_file(stack), [], io._fsync
-
-    def fsync(p):
-        p = Path(p)  # (a file is flushed under its temporary name, ".NAME.XXXX.tmp")
-        seen.append(("folder" if p.is_dir() else p.name[1:].rsplit(".", 2)[0], path.exists()))
-        real(p)
-
-    monkeypatch.setattr(io, "_fsync", fsync)
+    path = checkpoint_file(stack)
+    # (a file is flushed under its temporary name, ".NAME.XXXX.tmp")
+    seen = record_fsyncs(monkeypatch, lambda p: ("folder" if p.is_dir() else p.name[1:].rsplit(".", 2)[0], path.exists()))
     monkeypatch.setenv("SLABBENCH_CHECKPOINT_MINUTES", "0")
     train_stack_job(specs, str(stack))
     writes = 2 * SPEC["epochs"]  # one checkpoint per epoch (dense: no fine-tuning), then the outputs

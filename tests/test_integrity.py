@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import record_fsyncs
 from slabbench.cli import pips_job, stack_outputs
 from slabbench.io import RecordFileError, read_jsonl, write_jsonl
 from slabbench.stackfile import DamagedRunError, file_digest, retrain_command, write_stack_file
@@ -119,16 +120,7 @@ def test_aggregate_names_a_damaged_record_of_an_unverified_stack_with_the_retrai
 
 def flushes(monkeypatch) -> list[tuple[str, str | None]]:
     """Records each fsync of slabbench.io (path, and a file's content at that moment) and does it."""
-    import slabbench.io as io
-    seen, real = [], io._fsync
-
-    def fsync(path):
-        p = Path(path)
-        seen.append((str(p), p.read_text() if p.is_file() else None))
-        real(path)
-
-    monkeypatch.setattr(io, "_fsync", fsync)
-    return seen
+    return record_fsyncs(monkeypatch, lambda p: (str(p), p.read_text() if p.is_file() else None))
 
 
 def test_a_durable_write_flushes_the_new_file_before_it_replaces_the_old_and_then_its_folder(tmp_path, monkeypatch):
