@@ -36,8 +36,13 @@ pyver=${PYTHON_VERSION:-3.12}
 platforms=${PLATFORMS:-manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux_2_12_x86_64 manylinux2010_x86_64 manylinux_2_5_x86_64 manylinux1_x86_64}
 
 # pyproject's dependencies without torch and torchvision (the target's own CUDA builds serve)
-mapfile -t reqs < <("$py" - "$root/pyproject.toml" <<'EOF'
-import re, sys, tomllib
+reqs=()  # (no mapfile: bash 3 has none)
+while IFS= read -r line; do reqs+=("$line"); done < <("$py" - "$root/pyproject.toml" <<'EOF'
+import re, sys
+try:
+    import tomllib
+except ImportError:
+    sys.exit(f"offline_wheels.sh: PYTHON must be Python >= 3.11 (tomllib), not {sys.version.split()[0]}")
 with open(sys.argv[1], "rb") as f:
     deps = tomllib.load(f)["project"]["dependencies"]
 for d in deps:
@@ -45,6 +50,7 @@ for d in deps:
         print(d)
 EOF
 )
+[ ${#reqs[@]} -gt 0 ] || exit 1
 plat=()
 for p in $platforms; do plat+=(--platform "$p"); done
 target=(download --only-binary=:all: --python-version "$pyver" --implementation cp "${plat[@]}")

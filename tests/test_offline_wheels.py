@@ -87,3 +87,13 @@ def test_it_refuses_a_compiled_source_only_package_and_bad_arguments(tmp_path):
 def test_usage(tmp_path, args):
     proc = _run(tmp_path, *args)
     assert proc.returncode == 2 and "usage:" in proc.stderr
+
+
+def test_an_interpreter_without_tomllib_is_named(tmp_path):
+    """Python 3.10 has no tomllib (stood in for by a module that fails to import)."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "tomllib.py").write_text("raise ImportError('no tomllib')\n")
+    proc = _run(tmp_path, "--dry-run", tmp_path / "wheels", PYTHONPATH=str(shadow))
+    assert proc.returncode == 1 and "PYTHON must be Python >= 3.11 (tomllib)" in proc.stderr
+    assert "requirements:" not in proc.stdout
