@@ -118,6 +118,53 @@ def test_every_exported_record_is_checked_against_the_masked_network(monkeypatch
         P.physical_record(hand_mlp(), (4,))
 
 
+def test_the_export_check_allows_the_rounding_a_constant_batch_norm_channel_magnifies():
+    """fc2's units 0-3 read only fc1's constant units (folded away in the physical network), and
+    their batch norm channels saw that constant in training: variance 0, so batch norm scales
+    the folded sums' last-bit differences by 1 / sqrt(eps) ≈ 316.  A tolerance relative to the
+    outputs alone failed 7 of these 50 legitimate networks; the magnitude bound passes them all,
+    and still catches a folded constant lost on such a net."""
+    def net_for(seed):
+        g = torch.Generator().manual_seed(seed)
+        net = nn.Sequential(OrderedDict([("flatten", nn.Flatten()), ("fc1", MaskedLinear(10, 32)), ("act1", nn.ReLU()),
+                                         ("fc2", MaskedLinear(32, 16)), ("bn2", BatchNorm1d(16)), ("act2", nn.ReLU()),
+                                         ("fc3", MaskedLinear(16, 5))])).eval()
+        with torch.no_grad():
+            for m in (net.fc1, net.fc2, net.fc3):
+                m.weight.normal_(0, 1, generator=g)
+                m.bias.uniform_(0, 5, generator=g)
+            net.fc1.weight_mask[16:] = 0  # units 16.. : constants relu(bias)
+            net.fc2.weight_mask[:4, :16] = 0  # units 0..3 read only those
+            pre = net.fc2(net.act1(net.fc1(torch.randn(4, 10, generator=g))))
+            net.bn2.running_var[:4], net.bn2.running_mean[:4] = 0.0, pre[0, :4]
+            net.bn2.running_mean[4:], net.bn2.running_var[4:] = pre[:, 4:].mean(0), pre[:, 4:].var(0)
+        return net
+
+    for seed in range(50):
+        P.physical_record(net_for(seed), (10,))
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(P, "_channel_value", lambda ops, v: torch.zeros_like(v))
+        with pytest.raises(P.PhysicalError, match="outputs differ"):
+            P.physical_record(net_for(0), (10,))
+
+
+def test_a_physical_network_of_the_wrong_shape_is_named(monkeypatch):
+    """A slicing bug that leaves a layer too wide for the next: a PhysicalError naming the
+    network, not a bare matmul error."""
+    real = P.physical_network
+
+    def widened(net, input_shape, remove=True):
+        payload = real(net, input_shape, remove)
+        if remove:
+            layer = payload["layers"][2]  # fc1: one more unit than fc2 reads
+            layer["weight"], layer["bias"] = torch.cat([layer["weight"], layer["weight"][:1]]), torch.cat([layer["bias"], layer["bias"][:1]])
+        return payload
+
+    monkeypatch.setattr(P, "physical_network", widened)
+    with pytest.raises(P.PhysicalError, match=r"^n: the physical network does not run \(.*mat1 and mat2"):
+        P.physical_record(hand_mlp(), (4,), "n")
+
+
 def test_the_export_check_passes_over_a_diverged_network_and_leaves_the_global_rng_alone():
     """NaN weights (a diverged run, recorded as such) make every output NaN: nothing to compare,
     the export goes on; the check draws its inputs from its own generator."""
