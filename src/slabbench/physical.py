@@ -545,7 +545,8 @@ def attach(record: dict, artefacts: dict, net: nn.Module, input_shape: Sequence[
     physical network and its sparse form go to ``artefacts["physical"][file_stem(record)]``
     (written by the job beside the run's metrics, not into ``artefacts.pt``)."""
     t0 = time.perf_counter()
-    fields, payload, sparse = physical_record(net, input_shape, file_stem(record))
+    where = file_stem(record) + (f" of seed {record['seed']}" if "seed" in record else "")
+    fields, payload, sparse = physical_record(net, input_shape, where)
     artefacts.setdefault("physical", {})[file_stem(record)] = (payload, sparse)
     log.debug("%s: physical export in %.1f ms", file_stem(record), 1e3 * (time.perf_counter() - t0))
     return dict(record, **fields)
