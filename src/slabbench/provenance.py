@@ -16,10 +16,15 @@ from slabbench._plugins import repo_root
 
 log = logging.getLogger(__name__)
 
+#: folders whose untracked files make a checkout dirty (tracked files count anywhere)
+CODE_FOLDERS = ("src", "methods", "datasets", "workflow", "Snakefile")
+
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> tuple[str, bool]:
-    """(commit, dirty) of the repository, or ("unknown", False) outside a git checkout.
+    """(commit, dirty) of the repository, or ("unknown", False) outside a git checkout.  Dirty:
+    a tracked file differs from the commit, or a file under :data:`CODE_FOLDERS` is untracked
+    (ignored files, such as ``__pycache__``, are not).
 
     ``$SLABBENCH_GIT_COMMIT``, when set, names the commit instead (dirty False): for a copy of a
     clean tree sent to another machine, whose ``.git`` may be missing or stale."""
@@ -27,9 +32,13 @@ def git_commit() -> tuple[str, bool]:
     root = repo_root()
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                capture_output=True, text=True, check=True).stdout
-        found = (commit, bool(status.strip()))
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                 capture_output=True, text=True, check=True).stdout
+        # a new, uncommitted plugin or module (docs/extending.md's first step) is code the commit
+        # lacks; an untracked config or notes file elsewhere is not
+        new = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *CODE_FOLDERS], cwd=root,
+                             capture_output=True, text=True, check=True).stdout
+        found = (commit, bool(changed.strip() or new.strip()))
     except (OSError, subprocess.CalledProcessError, TypeError):
         found = ("unknown", False)
     if env:
