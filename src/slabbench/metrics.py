@@ -97,8 +97,9 @@ def structure(net: nn.Module, input_shape: Sequence[int]) -> dict:
         outgoing = (w_next.reshape(w_next.shape[0], units, -1) != 0).any(dim=2).any(dim=0)
         nodes.append(int((incoming & outgoing).sum()))
     # an input is selected iff a nonzero weight leads from it to a unit with a path of nonzero
-    # weights to the outputs (Bai's rule, restricted to inputs that can still act: in a net
-    # whose hidden units are all cut off, no input is selected)
+    # weights to the outputs: Bai's rule restricted to inputs that can still act (in a net whose
+    # hidden units are all cut off, no input is selected), a deviation that docs/science.md
+    # "Selection and pruning" gives with what it changed
     useful = torch.ones(layers[-1][2].shape[0], dtype=torch.bool, device=layers[-1][2].device)
     for i in range(len(layers) - 1, -1, -1):
         w = layers[i][2]
