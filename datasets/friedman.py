@@ -46,19 +46,21 @@ class Params:
     noise_sd: float = 1.0  #: sd of eps, in y's units; the test-RMSE noise floor
     center: bool = True  #: subtract SIGNAL_MEAN (a constant) from y; false keeps make_friedman1's y
 
+    def __post_init__(self) -> None:  # checked when the configuration is validated, before any job
+        if self.p < 5:
+            raise PluginError(f"friedman needs p >= 5 (5 true features), got p={self.p}")
+        for key in ("n_train", "n_val", "n_test"):
+            if getattr(self, key) < 1:
+                raise PluginError(f"friedman option {key} must be >= 1, got {getattr(self, key)}")
+        if not self.noise_sd >= 0:
+            raise PluginError(f"friedman option noise_sd must be >= 0, got {self.noise_sd}")
+
 
 class Dataset(_Base):
     Params = Params
 
     def __init__(self, params: Params, seed: int = 0):
         super().__init__(params, seed)
-        if params.p < 5:
-            raise PluginError(f"friedman needs p >= 5 (5 true features), got p={params.p}")
-        for key in ("n_train", "n_val", "n_test"):
-            if getattr(params, key) < 1:
-                raise PluginError(f"friedman option {key} must be >= 1, got {getattr(params, key)}")
-        if not params.noise_sd >= 0:
-            raise PluginError(f"friedman option noise_sd must be >= 0, got {params.noise_sd}")
         rng = np.random.RandomState([int(seed) % 2 ** 32, _SEED_TAG])
         shift = SIGNAL_MEAN if params.center else 0.0
         self._splits = {}

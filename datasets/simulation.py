@@ -26,6 +26,15 @@ class Params:
     n_test: int = 10000
     noise_sd: float = 1.0  #: sd of eps; the test-RMSE noise floor
 
+    def __post_init__(self) -> None:  # checked when the configuration is validated, before any job
+        if self.p < 5:
+            raise PluginError(f"simulation needs p >= 5 (5 true features), got p={self.p}")
+        for key in ("n_train", "n_val", "n_test"):
+            if getattr(self, key) < 1:
+                raise PluginError(f"simulation option {key} must be >= 1, got {getattr(self, key)}")
+        if not self.noise_sd >= 0:
+            raise PluginError(f"simulation option noise_sd must be >= 0, got {self.noise_sd}")
+
 
 def response(x: torch.Tensor) -> torch.Tensor:
     """Noise-free regression function of Bai et al. (x: (n, p), p >= 5) -> (n,)."""
@@ -38,11 +47,6 @@ class Dataset(_Base):
 
     def __init__(self, params: Params, seed: int = 0):
         super().__init__(params, seed)
-        if params.p < 5:
-            raise PluginError(f"simulation needs p >= 5 (5 true features), got p={params.p}")
-        for key in ("n_train", "n_val", "n_test"):
-            if getattr(params, key) < 1:
-                raise PluginError(f"simulation option {key} must be >= 1, got {getattr(params, key)}")
         gen = torch.Generator().manual_seed(1_000_003 * int(seed) + 17)
         self._splits = {}
         for split, n in (("train", params.n_train), ("val", params.n_val), ("test", params.n_test)):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from slabbench.api import Method as _Base
-from slabbench.api import adam
+from slabbench.api import PluginError, adam
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,11 @@ class Params:
 class Method(_Base):
     Params = Params
     hooks_per_stack = True  # hooks handle stacked layers: penalties sum over runs, updates are elementwise
+
+    def __init__(self, params: Params, ctx):
+        super().__init__(params, ctx)
+        if params.weight_decay < 0:
+            raise PluginError(f"option 'weight_decay' of method 'dense' must be >= 0, got {params.weight_decay!r}")
 
     def optimizer(self, model, lr):
         return adam(model.parameters(), lr, self.params.weight_decay)

@@ -138,6 +138,10 @@ class Method(_Base):
             raise PluginError(f"{owner}: initial_sparsity must be in [0, 1), got {params.initial_sparsity}")
         if params.rounds < 1:
             raise PluginError(f"option 'rounds' of {owner} must be an integer >= 1, got {params.rounds!r}")
+        if params.prune_every < 0:
+            raise PluginError(f"option 'prune_every' of {owner} must be >= 0 (0 = once per epoch), got {params.prune_every!r}")
+        if params.weight_decay < 0:
+            raise PluginError(f"option 'weight_decay' of {owner} must be >= 0, got {params.weight_decay!r}")
         if not params.retrain_lr_factor > 0:
             raise PluginError(f"option 'retrain_lr_factor' of {owner} must be > 0, got {params.retrain_lr_factor!r}")
         self._profile = self._check_profile(owner, params)

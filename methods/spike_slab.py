@@ -138,10 +138,13 @@ class Method(_Base):
             raise PluginError(f"option 'lrt_forward' of {owner} needs phi_update closed_form or lrt, got gumbel")
         if not 0 < params.phi_step <= 1:
             raise PluginError(f"option 'phi_step' of {owner} must be in (0, 1], got {params.phi_step}")
-        for key in ("phi_every", "phi_warmup_epochs"):  # (a negative count would never update φ)
+        for key in ("phi_every", "phi_warmup_epochs", "kl_warmup_epochs"):  # counts of steps or epochs
             v = getattr(params, key)
             if v is not None and v < 0:
                 raise PluginError(f"option {key!r} of {owner} must be >= 0, got {v}")
+        if params.bma_samples is not None and params.bma_samples < 1:
+            raise PluginError(f"option 'bma_samples' of {owner} must be an integer >= 1 or null (30 for regression, "
+                              f"10 for images), got {params.bma_samples}")
         for key in ("sigma0", "tau", "rho_lr_factor"):
             if getattr(params, key) <= 0:
                 raise PluginError(f"option {key!r} of {owner} must be > 0, got {getattr(params, key)}")
@@ -240,7 +243,7 @@ class Method(_Base):
 
     @torch.no_grad()
     def bma_predict(self, model, masks, x):
-        n = self.params.bma_samples or (30 if self.ctx.task == "regression" else 10)
+        n = self.params.bma_samples if self.params.bma_samples is not None else (30 if self.ctx.task == "regression" else 10)
         layers = self._layers(model)
         saved = [layer.weight_mask.clone() for _, layer in layers]
         model.eval()

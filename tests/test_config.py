@@ -55,10 +55,31 @@ CASES = [
     (("experiments", "digits", "methods"), ["dense", "l1"], ["config.experiments.digits.methods: unknown method 'l1'"]),
     (("experiments", "digits", "seeds"), [], ["config.experiments.digits.seeds is []", "non-empty list"]),
     (("experiments", "digits", "sparsities"), [0.5, 1.0], ["config.experiments.digits.sparsities[1] is 1.0", "strictly between 0 and 1"]),
+    # values that only the training job used to reject (the schema and the option keys were fine)
+    (("experiments", "digits", "model_params"), {"activation": "sigmoid"}, ["model_params: model option activation is 'sigmoid'", "valid: relu, tanh"]),
+    (("experiments", "digits", "model_params"), {"hidden": 7}, ["model option hidden is 7", "a list of hidden-layer widths"]),
+    (("experiments", "digits", "model_params"), {"hidden": [0]}, ["model option hidden is [0]", "integers >= 1"]),
+    (("experiments", "digits", "model_params"), {"init": 0.6}, ["model option init is 0.6", "'uniform:A'"]),
+    (("experiments", "digits", "model_params"), {"init": "uniform:inf"}, ["model option init is 'uniform:inf'", "finite number > 0"]),
+    (("experiments", "simulation", "dataset_params", "p"), 3, ["simulation.dataset_params: simulation needs p >= 5", "got p=3"]),
+    (("experiments", "simulation", "dataset_params", "n_test"), 0, ["simulation option n_test must be >= 1, got 0"]),
+    (("method_params", "dense"), {"weight_decay": -1.0}, ["option 'weight_decay' of method 'dense' must be >= 0, got -1.0"]),
+    (("method_params", "spike_slab", "bma_samples"), -3, ["option 'bma_samples' of method 'spike_slab' must be an integer >= 1 or null"]),
+    (("method_params", "magnitude", "prune_every"), -5, ["option 'prune_every' of method 'magnitude' must be >= 0", "got -5"]),
+    # NaN and infinity pass every bound of a schema; a number key names nothing
+    (("experiments", "digits", "lr"), float("nan"), ["config.experiments.digits.lr is nan", "must be finite"]),
+    (("sparsities",), [0.5, float("nan")], ["config.sparsities[1] is nan", "must be finite"]),
+    (("method_params", "spike_slab", "sigma0"), float("inf"), ["config.method_params.spike_slab.sigma0 is inf", "must be finite"]),
+    (("checkpoint_minutes",), float("nan"), ["config.checkpoint_minutes is nan"]),
+    (("experiments", 5), {"dataset": "digits", "model": "mlp", "epochs": 1, "batch_size": 1, "lr": 0.1},
+     ["config.experiments: the key 5 is a int", "quote it: '5'"]),
+    (("seeds",), [0, 20_000_000_000_000], ["config.seeds[1] is 20000000000000", "from 0 to 2147483647"]),
+    (("experiments", "deploy"), {"dataset": "digits", "model": "mlp", "epochs": 1, "batch_size": 1, "lr": 0.1},
+     ["config.experiments.deploy: the name 'deploy' is taken by results/figures/deploy.png"]),
 ]
 
 
-@pytest.mark.parametrize("path,value,fragments", CASES, ids=[".".join(c[0]) + "=" + repr(c[1])[:20] for c in CASES])
+@pytest.mark.parametrize("path,value,fragments", CASES, ids=[".".join(map(str, c[0])) + "=" + repr(c[1])[:20] for c in CASES])
 def test_malformed_config_fails_with_clear_message(default_config, path, value, fragments):
     _set(default_config, path, value)
     with pytest.raises(ConfigError) as info:
@@ -158,3 +179,18 @@ def test_checkpoint_minutes_is_a_number_of_minutes_kept_out_of_the_specs(default
     for bad in (-1, "often"):
         with pytest.raises(ConfigError, match=r"config.checkpoint_minutes"):
             validate(dict(default_config, checkpoint_minutes=bad))
+
+
+def test_a_key_repeated_in_one_mapping_of_a_config_file_is_refused(tmp_path):
+    """A copied experiment block left under its old name would replace the first one silently."""
+    from slabbench.config import load_yaml
+
+    path = tmp_path / "grid.yaml"
+    path.write_text("seeds: [0]\nexperiments:\n  sim:\n    dataset: simulation\n  sim:\n    dataset: friedman\n")
+    with pytest.raises(ConfigError, match=r"grid.yaml, line 5: the key 'sim' appears twice in one mapping \(first at line 3\)"):
+        load_yaml(path)
+    path.write_text("a: {x: 1, x: 2}\n")
+    with pytest.raises(ConfigError, match="the key 'x' appears twice"):
+        load_yaml(path)
+    path.write_text("a: {x: 1, y: 2}\nb: {x: 1}\n")  # the same key in two mappings is fine
+    assert load_yaml(path) == {"a": {"x": 1, "y": 2}, "b": {"x": 1}}

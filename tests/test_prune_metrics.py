@@ -213,9 +213,9 @@ def test_vgg_rejects_bad_options():
     spec = DatasetSpec(name="x", task="classification", input_shape=(3, 8, 8), outputs=10, sizes={})
     with pytest.raises(ValueError, match="too many pools"):
         build_model("vgg", spec, {"channels": [4, "M", "M", "M", "M"]})
-    with pytest.raises(ValueError, match="positive integers and 'M'"):
+    with pytest.raises(ValueError, match=r"channels is \[4, 'P'\]; expected a list of convolution widths"):
         build_model("vgg", spec, {"channels": [4, "P"]})
-    with pytest.raises(ValueError, match="width must be > 0"):
+    with pytest.raises(ValueError, match="width is 0; expected a finite number > 0"):
         build_model("vgg", spec, {"width": 0})
 
 

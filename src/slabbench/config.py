@@ -20,7 +20,7 @@ import yaml
 
 from slabbench._plugins import repo_root
 from slabbench.api import PluginError, TrainContext, make_params
-from slabbench.models import MODEL_OPTIONS, MODELS
+from slabbench.models import MODEL_OPTIONS, MODELS, model_option_error
 from slabbench.registry import available, dataset_class, method_class
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,52 @@ def schema_path() -> Path:
     return (repo_root() or Path.cwd()) / "workflow" / "schemas" / "config.schema.yaml"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key repeated in one mapping (the safe loader keeps the
+    last: a copied experiment block left under its old name would replace the first silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+                seen.setdefault(key, line)
+            except TypeError:  # an unhashable key: the safe loader's own error names it
+                break
+            if first is not None:
+                raise ConfigError(f"{key_node.start_mark.name}, line {line}: the key {key!r} appears twice in one "
+                                  f"mapping (first at line {first}); YAML would keep the last one")
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> Any:
+    """The YAML file ``path`` (safe loader; a key repeated in one mapping is a :class:`ConfigError`)."""
     with open(path) as fh:
-        return yaml.safe_load(fh)
+        return yaml.load(fh, Loader=_UniqueKeyLoader)
+
+
+#: experiment names that would write over another rule's output (results/figures/{experiment}.png)
+RESERVED_EXPERIMENTS = {"deploy": "results/figures/deploy.png, the figure of rule deploy"}
+
+
+def _value_problems(value: Any, path: tuple = ()) -> list[str]:
+    """Numbers that are not finite (YAML's .nan / .inf pass every schema bound) and mapping
+    keys that are not strings (an unquoted `5:` names no experiment or option) in ``value``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{_where(path)} is {value!r}; numbers in a configuration must be finite"]
+    if isinstance(value, dict):
+        out = []
+        for k, v in value.items():
+            if not isinstance(k, str):
+                out.append(f"{_where(path)}: the key {k!r} is a {type(k).__name__}; names and options are strings "
+                           f"(quote it: '{k}')")
+            out += _value_problems(v, (*path, str(k)))
+        return out
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in _value_problems(v, (*path, i))]
+    return []
 
 
 def _where(path) -> str:
@@ -225,6 +268,9 @@ def validate(config: Any) -> dict:
     """
     schema = load_yaml(schema_path())
     config = _command_line_booleans(config, schema)
+    bad_values = _value_problems(config)
+    if bad_values:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(bad_values))
     _validate_schema(config, schema)
     config = _apply_defaults(config, schema)
     problems: list[str] = []
@@ -285,6 +331,9 @@ def validate(config: Any) -> dict:
             bad_globals.add(m)
     for name, exp in config["experiments"].items():
         where = f"config.experiments.{name}"
+        if name in RESERVED_EXPERIMENTS:
+            problems.append(f"{where}: the name {name!r} is taken by {RESERVED_EXPERIMENTS[name]}; give the experiment "
+                            f"another name")
         if exp["dataset"] not in datasets:
             problems.append(f"{where}.dataset: unknown data set {exp['dataset']!r}{_hint(exp['dataset'], datasets)}; have {', '.join(datasets)}")
         else:
@@ -301,6 +350,8 @@ def validate(config: Any) -> dict:
             bad = sorted(set(exp["model_params"]) - set(MODEL_OPTIONS[exp["model"]]))
             if bad:
                 problems.append(f"{where}.model_params: unknown option(s) {', '.join(map(repr, bad))} for model {exp['model']!r}; valid: {', '.join(MODEL_OPTIONS[exp['model']])}")
+            elif err := model_option_error(exp["model"], exp["model_params"]):
+                problems.append(f"{where}.model_params: {err}")
         for m, options in exp["method_params"].items():
             if m not in names:
                 problems.append(f"{where}.method_params: unknown method {m!r}{_hint(m, names)}; {have}")

@@ -5,6 +5,7 @@ stackable subclasses of torch's layers in :mod:`slabbench.layers.basic`."""
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Any
 
@@ -25,6 +26,54 @@ class ModelError(ValueError):
     pass
 
 
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _init_scale(init: Any) -> float | None:
+    """A of ``uniform:A`` (finite, > 0), 0.0 for ``default``, None for anything else."""
+    if init == "default":
+        return 0.0
+    if isinstance(init, str) and init.startswith("uniform:"):
+        try:
+            a = float(init.split(":", 1)[1])
+        except ValueError:
+            return None
+        return a if math.isfinite(a) and a > 0 else None
+    return None
+
+
+def model_option_error(name: str, options: dict[str, Any] | None) -> str | None:
+    """Why ``options`` are not valid for model ``name`` (their keys and values; what depends on
+    the data, such as an input too small for lenet5's pools, is checked when the model is
+    built), or None.  The configuration's validation calls it, so that a bad value fails before
+    any job starts."""
+    options = dict(options or {})
+    if name not in MODELS:
+        return f"unknown model {name!r}; have {', '.join(MODELS)}"
+    unknown = sorted(set(options) - set(MODEL_OPTIONS[name]))
+    if unknown:
+        return f"unknown option(s) {unknown} for model {name!r}; valid: {', '.join(MODEL_OPTIONS[name])}"
+    if "hidden" in options:
+        h = options["hidden"]
+        if not isinstance(h, (list, tuple)) or not all(_positive_int(v) for v in h):
+            return f"model option hidden is {h!r}; expected a list of hidden-layer widths, integers >= 1 (e.g. [300, 100])"
+    if "activation" in options and options["activation"] not in ACTIVATIONS:
+        return f"model option activation is {options['activation']!r}; valid: {', '.join(ACTIVATIONS)}"
+    if "init" in options and _init_scale(options["init"]) is None:
+        return (f"model option init is {options['init']!r}; valid: 'default' or 'uniform:A' with A a finite number > 0 "
+                f"(e.g. 'uniform:0.6')")
+    if "channels" in options:
+        c = options["channels"]
+        if not isinstance(c, (list, tuple)) or not all(v == "M" or _positive_int(v) for v in c):
+            return f"model option channels is {c!r}; expected a list of convolution widths (integers >= 1) and 'M' (a max-pool)"
+    if "width" in options:
+        w = options["width"]
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w > 0):
+            return f"model option width is {w!r}; expected a finite number > 0 (it scales every convolution's width)"
+    return None
+
+
 def build_model(name: str, spec: DatasetSpec, options: dict[str, Any] | None = None) -> nn.Sequential:
     """Build the plain architecture ``name`` for data described by ``spec``.
 
@@ -33,11 +82,9 @@ def build_model(name: str, spec: DatasetSpec, options: dict[str, Any] | None = N
     weight and bias, the predecessors' choice for small regression nets).
     """
     options = dict(options or {})
-    if name not in MODELS:
-        raise ModelError(f"unknown model {name!r}; have {', '.join(MODELS)}")
-    unknown = set(options) - set(MODEL_OPTIONS[name])
-    if unknown:
-        raise ModelError(f"unknown option(s) {sorted(unknown)} for model {name!r}; valid: {', '.join(MODEL_OPTIONS[name])}")
+    err = model_option_error(name, options)
+    if err:
+        raise ModelError(err)
     if name == "mlp":
         model = mlp(spec.n_features, list(options.get("hidden", [300, 100])), spec.outputs, options.get("activation", "relu"))
     elif name == "lenet5":
@@ -107,15 +154,9 @@ def vgg_like(input_shape: tuple[int, ...], outputs: int, channels: list, width: 
 
 
 def _init(model: nn.Module, init: str) -> None:
-    if init == "default":
-        return
-    if init.startswith("uniform:"):
-        try:
-            a = float(init.split(":", 1)[1])
-        except ValueError:
-            a = -1.0
-        if a > 0:
-            for p in model.parameters():
-                nn.init.uniform_(p, -a, a)
-            return
-    raise ModelError(f"unknown init {init!r}; valid: 'default' or 'uniform:A' with A > 0 (e.g. 'uniform:0.6')")
+    a = _init_scale(init)
+    if a is None:
+        raise ModelError(f"unknown init {init!r}; valid: 'default' or 'uniform:A' with A a finite number > 0 (e.g. 'uniform:0.6')")
+    if a > 0:
+        for p in model.parameters():
+            nn.init.uniform_(p, -a, a)

@@ -5,9 +5,11 @@ import os
 
 os.environ.setdefault("SLABBENCH_ROOT", workflow.basedir)
 
-from slabbench.config import STACK_FILE, ConfigError, experiment_methods, experiment_seeds, method_plugin, run_dir, stack_jobs, validate
+from slabbench.config import STACK_FILE, ConfigError, experiment_methods, experiment_seeds, load_yaml, method_plugin, run_dir, stack_jobs, validate
 
 try:
+    for path in workflow.overwrite_configfiles or ():  # Snakemake's own loader keeps a repeated key's last value
+        load_yaml(path)  # ConfigError naming the line where a key repeats in one mapping
     CONFIG = validate(config)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
