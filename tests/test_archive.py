@@ -168,3 +168,16 @@ def test_unpack_refuses_paths_outside_results(tmp_path):
     with pytest.raises(ArchiveError, match="holds '../evil.txt', outside results/runs/"):
         unpack(bad, tmp_path)
     assert main(["archive", "unpack", str(tmp_path / "missing.tar.gz")]) == 2
+
+
+@pytest.mark.parametrize("limit", ["0", "-5", "nan", "inf", "big"])
+def test_pack_refuses_a_size_limit_that_is_not_a_positive_number(limit, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["archive", "pack", "config/config.yaml", str(tmp_path / "a.tar.gz"), "--max-mb", limit])
+    assert info.value.code == 2
+    assert f"argument --max-mb: '{limit}' is not a size in MB (a finite number > 0)" in capsys.readouterr().err
+
+
+def test_pack_names_a_config_it_cannot_read(tmp_path, capsys):
+    assert main(["archive", "pack", str(tmp_path / "missing.yaml"), str(tmp_path / "a.tar.gz")]) == 2
+    assert "No such file" in capsys.readouterr().err

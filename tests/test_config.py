@@ -194,3 +194,22 @@ def test_a_key_repeated_in_one_mapping_of_a_config_file_is_refused(tmp_path):
         load_yaml(path)
     path.write_text("a: {x: 1, y: 2}\nb: {x: 1}\n")  # the same key in two mappings is fine
     assert load_yaml(path) == {"a": {"x": 1, "y": 2}, "b": {"x": 1}}
+
+
+def test_the_cli_names_a_config_file_it_cannot_read_without_a_traceback(tmp_path, capsys):
+    from slabbench.cli import main
+
+    (tmp_path / "broken.yaml").write_text("seeds: [0\n")
+    for path, fragment in ((tmp_path / "missing.yaml", "No such file"), (tmp_path, "Is a directory"),
+                           (tmp_path / "broken.yaml", "expected ',' or ']'")):
+        assert main(["validate", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"{path}: ") and fragment in err and "Traceback" not in err
+
+
+def test_a_slabbench_root_that_is_no_checkout_is_named(tmp_path, monkeypatch):
+    from slabbench._plugins import repo_root
+
+    monkeypatch.setenv("SLABBENCH_ROOT", str(tmp_path))
+    with pytest.raises(RuntimeError, match=f"SLABBENCH_ROOT='{tmp_path}' is not a slabbench checkout"):
+        repo_root()

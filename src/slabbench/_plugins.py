@@ -12,12 +12,23 @@ import os
 from pathlib import Path
 
 
+def _is_checkout(folder: Path) -> bool:
+    return (folder / "methods").is_dir() and (folder / "datasets").is_dir() and (folder / "Snakefile").is_file()
+
+
 def repo_root() -> Path | None:
+    """The checkout (``$SLABBENCH_ROOT``, else the folder above this file that holds ``methods/``,
+    ``datasets/`` and ``Snakefile``), or None outside one.  A ``$SLABBENCH_ROOT`` that is not a
+    checkout is an error naming it."""
     env = os.environ.get("SLABBENCH_ROOT")
     if env:
-        return Path(env).resolve()
+        root = Path(env).resolve()
+        if not _is_checkout(root):
+            raise RuntimeError(f"SLABBENCH_ROOT={env!r} is not a slabbench checkout (a folder with methods/, datasets/ "
+                               f"and Snakefile); point it at the checkout or unset it")
+        return root
     for parent in Path(__file__).resolve().parents:
-        if (parent / "methods").is_dir() and (parent / "datasets").is_dir() and (parent / "Snakefile").is_file():
+        if _is_checkout(parent):
             return parent
     return None
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
+
+import yaml
 
 log = logging.getLogger("slabbench")
 
@@ -294,6 +297,17 @@ def feature_table_job(runs_csv: str, md_path: str, tex_path: str) -> None:
     write_text(tex_path, render_feature_selection(runs, "latex"))
 
 
+def _megabytes(text: str) -> float:
+    """An archive size limit in MB: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in MB (a finite number > 0)")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     from slabbench.archive import DEFAULT_MAX_MB, ArchiveError, pack, unpack
     from slabbench.config import ConfigError, load_yaml, run_dir, run_specs, validate
@@ -309,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config", type=Path)
     p.add_argument("archive", type=Path)
     p.add_argument("--directory", type=Path, default=Path("."), help="Snakemake's working directory (holds results/)")
-    p.add_argument("--max-mb", type=float, default=DEFAULT_MAX_MB, help="refuse to write a larger archive")
+    p.add_argument("--max-mb", type=_megabytes, default=DEFAULT_MAX_MB, help="refuse to write a larger archive")
     p = arch_sub.add_parser("unpack", help="restore the stacks of ARCHIVE that are not already present")
     p.add_argument("archive", type=Path)
     p.add_argument("--directory", type=Path, default=Path("."), help="Snakemake's working directory (holds results/)")
@@ -323,13 +337,13 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 done = unpack(args.archive, args.directory)
                 print(f"{args.archive}: restored {len(done['restored'])} stacks, {len(done['kept'])} already present")
-        except (ArchiveError, ConfigError) as err:
+        except (ArchiveError, ConfigError, OSError, yaml.YAMLError) as err:
             print(f"slabbench archive: {err}", file=sys.stderr)
             return 2
         return 0
     try:
         config = validate(load_yaml(args.config))
-    except ConfigError as err:
+    except (ConfigError, OSError, yaml.YAMLError) as err:  # OSError: a missing file or a folder
         print(f"{args.config}: {err}", file=sys.stderr)
         return 2
     if args.command == "validate":
