@@ -162,3 +162,20 @@ def test_a_folder_that_cannot_be_flushed_is_passed_over_but_an_io_error_is_not(t
     else:
         write_text(target, "new", durable=True)
     assert target.read_text() == "new"  # (the file itself was flushed and renamed before)
+
+
+def test_a_run_written_twice_gives_the_same_bytes(tmp_path):
+    """Its files are saved through an open file: torch would otherwise name the zip's inner folder
+    after the random temporary file, and identical runs would differ in every .pt file."""
+    from slabbench.cli import _write_run
+    from test_honest_numbers import record
+
+    digests = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        artefacts = {"pip_input": torch.linspace(0, 1, 5), "physical": {"physical-natural": ({"w": torch.ones(2)}, {"v": torch.zeros(3)})}}
+        _write_run([record()], artefacts, folder / "metrics.jsonl", folder / "artefacts.pt")
+        digests.append({p.name: file_digest(p) for p in sorted(folder.iterdir())})
+    assert sorted(digests[0]) == ["artefacts.pt", "metrics.jsonl", "physical-natural.pt", "physical-natural.sparse.pt"]
+    assert digests[0] == digests[1]
+    assert torch.equal(torch.load(tmp_path / "a" / "physical-natural.sparse.pt", weights_only=True)["v"], torch.zeros(3))

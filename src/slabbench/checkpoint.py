@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from slabbench._plugins import plugin_dir
-from slabbench.io import atomic_path
+from slabbench.io import save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -353,9 +353,8 @@ class JobCheckpoint:
         plugin's attribute, switches checkpoints off for the job instead); ``what``: the log's
         words for the state written."""
         try:
-            with atomic_path(self.path, durable=True) as tmp:
-                torch.save({"format": FORMAT, "identity": self.identity, "resumed": self.resumed,
-                            "plans": self.plans, "phases": self.phases}, tmp)
+            save_tensors({"format": FORMAT, "identity": self.identity, "resumed": self.resumed,
+                          "plans": self.plans, "phases": self.phases}, self.path, durable=True)
         except (pickle.PicklingError, TypeError, AttributeError) as err:
             self.off(f"its state cannot be written: {err}")
             return

@@ -59,19 +59,15 @@ def _write_run(records: list[dict], artefacts: dict, metrics_path: str | Path, a
     form (``artefacts["physical"]``, see :func:`slabbench.physical.attach`) as
     ``physical-{selection}.pt`` and ``physical-{selection}.sparse.pt`` beside it, and last
     ``metrics.jsonl``; each atomically and flushed to the disk (they cost a training)."""
-    import torch
-
-    from slabbench.io import atomic_path, write_records
+    from slabbench.io import save_tensors, write_records
 
     artefacts = dict(artefacts)
     nets = artefacts.pop("physical", {})
-    with atomic_path(artefacts_path, durable=True) as tmp:
-        torch.save(artefacts, tmp)
+    save_tensors(artefacts, artefacts_path, durable=True)
     folder = Path(artefacts_path).parent
     for stem, (payload, sparse) in nets.items():
         for path, obj in ((folder / f"{stem}.pt", payload), (folder / f"{stem}.sparse.pt", sparse)):
-            with atomic_path(path, durable=True) as tmp:
-                torch.save(obj, tmp)
+            save_tensors(obj, path, durable=True)
     write_records(metrics_path, records, durable=True)
 
 

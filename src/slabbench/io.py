@@ -48,6 +48,16 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
             os.unlink(tmp)
 
 
+def save_tensors(obj: Any, path: str | os.PathLike, durable: bool = False) -> None:
+    """``torch.save(obj)`` to ``path`` atomically (:func:`atomic_path`).  Saved through an open
+    file, so the zip's inner folder is torch's fixed "archive" instead of the temporary file's
+    random name: the same objects give the same bytes (and the same checksums in a stack file)."""
+    import torch
+
+    with atomic_path(path, durable=durable) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+
+
 #: errors of opening or flushing a folder where the file system or OS does not support it
 _NO_FOLDER_FSYNC = {errno.EINVAL, errno.EACCES, errno.EPERM, errno.EBADF, errno.EISDIR, errno.ENOTSUP,
                     errno.EOPNOTSUPP}
