@@ -171,6 +171,15 @@ def test_a_command_line_boolean_is_read_as_one(default_config):
         validate(dict(default_config, graphs="no"))
 
 
+def test_command_line_lists_of_numbers_are_read_as_numbers(default_config):
+    """``snakemake --config seeds=[0,1]`` hands the items over as the strings '0' and '1'."""
+    cfg = validate(dict(default_config, seeds=["0", " 1"], sparsities=["0.5", "0.8"]))
+    assert cfg["seeds"] == [0, 1] and cfg["sparsities"] == [0.5, 0.8]
+    assert {s["seed"] for s in run_specs(cfg)} == {0, 1}
+    with pytest.raises(ConfigError, match=r"config.seeds\[1\] is 'one'"):
+        validate(dict(default_config, seeds=["0", "one"]))
+
+
 def test_checkpoint_minutes_is_a_number_of_minutes_kept_out_of_the_specs(default_config):
     """How often a training job saves its state is no part of a run's spec (changing it retrains
     nothing); a negative or non-numeric value is refused with the key named."""

@@ -248,9 +248,18 @@ def _check_noise_sd(where: str, exp: dict, dparams: Any) -> None:
                     where, data_sd, lik_sd)
 
 
+def _number(text: str, kind: str) -> Any:
+    """``text`` as an int (``kind`` "integer") or a float ("number"), or ``text`` itself."""
+    try:
+        return int(text) if kind == "integer" else float(text)
+    except ValueError:
+        return text
+
+
 def _command_line_booleans(config: Any, schema: dict) -> Any:
-    """``config`` with the strings true / false (any case) of a top-level boolean option read as
-    booleans: ``snakemake --config graphs=false`` hands the option over as the string 'false'."""
+    """``config`` with what ``snakemake --config`` hands over as strings read as the schema's
+    types, for top-level options: true / false (any case) of a boolean (``graphs=false``), and
+    the items of a list of numbers (``seeds=[0,1]`` arrives as ['0', '1'])."""
     if not isinstance(config, dict):
         return config
     out = dict(config)
@@ -258,6 +267,9 @@ def _command_line_booleans(config: Any, schema: dict) -> Any:
         value = out.get(key)
         if prop.get("type") == "boolean" and isinstance(value, str) and value.strip().lower() in ("true", "false"):
             out[key] = value.strip().lower() == "true"
+        kind = prop.get("items", {}).get("type") if prop.get("type") == "array" else None
+        if kind in ("integer", "number") and isinstance(value, list):
+            out[key] = [_number(v.strip(), kind) if isinstance(v, str) else v for v in value]
     return out
 
 
