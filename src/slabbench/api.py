@@ -81,7 +81,14 @@ def _check_type(owner: str, key: str, value: Any, annotation: Any) -> None:
             continue
         if isinstance(value, expected):
             return
-    raise PluginError(f"option {key!r} of {owner} must be {ann}, got {value!r} ({type(value).__name__})")
+    hint = ""
+    if isinstance(value, str) and "float" in allowed:
+        try:
+            float(value)
+            hint = f" (YAML reads numbers like 1e-3 as strings; write {float(value):.1e})"
+        except ValueError:
+            pass
+    raise PluginError(f"option {key!r} of {owner} must be {ann}, got {value!r} ({type(value).__name__}){hint}")
 
 
 def check_choice(owner: str, key: str, value: Any, valid: tuple) -> None:
