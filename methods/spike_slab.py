@@ -47,7 +47,9 @@ Options (``Params``):
   ``input`` granularity, the unit's γ (its weights' and bias's group) under ``node``.
   Selection still acts on weights only: top-k targets never prune a bias and the natural
   selection masks weights only (a bias with PIP < 0.5 is left at its posterior mean φ_b μ_b:
-  shrunk by its PIP, not zeroed).
+  shrunk by its PIP, not zeroed), except that under ``node`` gates the natural selection
+  drops a unit together with its bias (one γ covers both), in the masked network and in the
+  masked model average.
   Bai et al. count biases with φ > 0.5 in their fraction kept; our ``sparsity`` counts weights
   only, and the bias PIPs are saved as the ``pip_bias`` artefact.
 * ``phi_step`` (ours; closed_form): θ ← θ + phi_step (θ* − θ) at each update, θ* the
@@ -239,7 +241,15 @@ class Method(_Base):
 
     @torch.no_grad()
     def natural_mask(self, model):
-        return {f"{name}.weight": (layer.expand(layer.theta) > 0).float() for name, layer in self._layers(model)}
+        """Keep a weight iff its PIP > 0.5 (θ > 0), and a gated bias likewise: under node gates a
+        unit's bias shares its γ (docs/science.md §1), so a dropped unit outputs f(0), not f(φb)."""
+        mask = {}
+        for name, layer in self._layers(model):
+            mask[f"{name}.weight"] = (layer.expand(layer.theta) > 0).float()
+            bias = layer.natural_bias_mask()
+            if bias is not None:
+                mask[f"{name}.bias"] = bias
+        return mask
 
     @torch.no_grad()
     def bma_predict(self, model, masks, x):
@@ -252,6 +262,7 @@ class Method(_Base):
                 layer.bma = True
                 if masks is not None:
                     layer.weight_mask.copy_(masks[f"{name}.weight"])
+                    layer.bias_keep = masks.get(f"{name}.bias")
             outs = []
             for _ in range(n):
                 out = torch.cat([model(x[i:i + 4096]) for i in range(0, len(x), 4096)])
@@ -262,6 +273,7 @@ class Method(_Base):
         finally:
             for (_, layer), m in zip(layers, saved):
                 layer.bma = False
+                layer.bias_keep = None
                 layer.weight_mask.copy_(m)
 
     @torch.no_grad()

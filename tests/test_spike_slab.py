@@ -592,3 +592,53 @@ def test_load_state_dict_refreshes_the_closed_form_gate_cache_in_place():
     layer.load_state_dict(state)
     assert layer._gate_cache[2] is phi  # the same tensor, new values
     torch.testing.assert_close(phi, torch.full_like(phi, 1 / (1 + math.exp(-2.0))))
+
+
+def test_node_gates_drop_a_unit_with_its_bias_in_the_natural_selection():
+    """Under node gates one γ covers a unit's incoming weights and its bias: the median
+    probability model's dropped unit outputs relu(0), not relu(φb), and is not counted as kept
+    (units 1 and 3 of fc1 have θ = −0.01, PIP 0.4975 < 0.5: a sampled gate is open half the time)."""
+    from slabbench import metrics as M
+    from slabbench.prune import apply_masks
+
+    cls = method_class("spike_slab")
+    ctx = TrainContext("regression", 10, 1, 1, 0.1, torch.device("cpu"), None)
+    method = cls(make_params(cls.Params, {"granularity": "node", "prior_inclusion": 0.5}, "spike_slab"), ctx)
+    torch.manual_seed(0)
+    model = method.build(nn.Sequential(MaskedLinear(3, 4), nn.ReLU(), MaskedLinear(4, 1)))
+    with torch.no_grad():
+        model[0].theta.copy_(torch.tensor([5.0, -0.01, 5.0, -0.01]))
+        model[0].bias.fill_(1.0)
+        model[2].theta.fill_(5.0)
+    mask = method.natural_mask(model)
+    assert set(mask) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert mask["0.bias"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    net = apply_masks(method.export(model).eval(), mask)
+    assert net[0].bias.tolist() == pytest.approx([torch.sigmoid(torch.tensor(5.0)).item(), 0.0] * 2)
+    assert M.structure(net, (3,))["nodes_kept"] == [2]
+    # the masked model average: the dropped units' sampled biases are masked too
+    hidden = []
+    model[0].register_forward_hook(lambda mod, inp, out: hidden.append(out))
+    method.bma_predict(model, mask, torch.randn(5, 3))
+    assert all(bool((h[:, [1, 3]] == 0).all()) and bool((h[:, [0, 2]] != 0).any()) for h in hidden)
+    assert model[0].bias_keep is None  # restored after the average
+
+
+def test_a_natural_mask_may_zero_biases_and_the_core_checks_their_keys():
+    from slabbench.api import MethodOutputError
+    from slabbench.outputs import check_mask
+    from slabbench.prune import apply_masks
+
+    net = nn.Sequential(MaskedLinear(2, 2), nn.ReLU(), MaskedLinear(2, 1, bias=False))
+    ones = {"0.weight": torch.ones(2, 2), "2.weight": torch.ones(1, 2)}
+    check_mask(dict(ones, **{"0.bias": torch.tensor([1.0, 0.0])}), net, "m")
+    with pytest.raises(MethodOutputError, match=r"\['0.bias'\] has shape \(3,\); the bias has \(2,\)"):
+        check_mask(dict(ones, **{"0.bias": torch.ones(3)}), net, "m")
+    with pytest.raises(MethodOutputError, match="2.bias, which are not prunable weights"):
+        check_mask(dict(ones, **{"2.bias": torch.ones(1)}), net, "m")  # fc2 has no bias
+    with torch.no_grad():
+        net[0].bias.fill_(2.0)
+    apply_masks(net, dict(ones, **{"0.bias": torch.tensor([1.0, 0.0])}))
+    assert net[0].bias.tolist() == [2.0, 0.0]
+    with pytest.raises(KeyError, match="optionally, their biases"):
+        apply_masks(net, dict(ones, **{"1.bias": torch.ones(2)}))

@@ -34,6 +34,7 @@ KEYS = ["experiment", "dataset", "model", "method", "seed", "task", "selection",
 COLUMNS = KEYS + [
     "sparsity", "sparsity_all", "compression", "n_weights", "nonzero_weights", "n_biases", "nonzero_biases",
     "test_accuracy", "test_rmse", "test_nll", "ece", "val_accuracy", "val_rmse", "val_nll", "val_ece",
+    "train_accuracy", "train_rmse", "train_nll", "train_ece",
     "test_accuracy_bma", "test_rmse_bma", "test_nll_bma", "ece_bma", "test_rmse_constant",
     "test_accuracy_sampled", "val_accuracy_sampled", "test_rmse_sampled", "val_rmse_sampled",
     "flops_kept", "nodes_kept", "features_kept", "fnr", "fpr", "train_seconds", "finetune_seconds", "epochs", "finetune_epochs",
@@ -44,6 +45,7 @@ COLUMNS = KEYS + [
     "method_params",
 ]
 METRICS = ["sparsity", "sparsity_all", "compression", "test_accuracy", "test_rmse", "test_nll", "ece", "val_ece",
+           "train_accuracy", "train_rmse",
            "test_accuracy_bma", "test_rmse_bma", "test_nll_bma", "ece_bma", "test_rmse_constant",
            "test_accuracy_sampled", "test_rmse_sampled", "flops_kept", "features_kept", "fnr", "fpr", "train_seconds",
            "model_bytes_dense", "model_bytes_pruned", "model_bytes_sparse", "model_bytes_sparse_fp16"] + LATENCY

@@ -309,7 +309,9 @@ class Method:
         return None
 
     def natural_mask(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
-        """The method's own keep-mask per prunable weight (``None`` if it has no natural rule)."""
+        """The method's own keep-mask per prunable weight (``None`` if it has no natural rule),
+        keyed ``"<layer>.weight"``; optionally also ``"<layer>.bias"`` (0/1 of the bias's shape)
+        for biases that go with what the rule drops (a unit under a shared gate)."""
         return None
 
     def bma_predict(self, model: nn.Module, masks: dict[str, torch.Tensor] | None, x: torch.Tensor) -> torch.Tensor | None:

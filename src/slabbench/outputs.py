@@ -72,14 +72,19 @@ def check_scores(scores: Any, net: nn.Module, method: str, diverged: bool = Fals
 
 def check_mask(mask: Any, net: nn.Module, method: str) -> None:
     """``mask`` (a :meth:`Method.natural_mask` result, not ``None``) has one 0/1 tensor of each
-    prunable weight's shape of the exported ``net``, keyed ``"<layer>.weight"``."""
+    prunable weight's shape of the exported ``net``, keyed ``"<layer>.weight"``, and optionally
+    one of a layer's bias shape, keyed ``"<layer>.bias"`` (biases gated with dropped units)."""
     where = f"method {method!r}: natural_mask()"
-    expected = _keyed_by_weight(mask, net, where, "0/1 tensors", "None for a method without a natural selection")
+    biases = {f"{name}.bias": layer.bias.shape for name, layer in prunable_layers(net) if layer.bias is not None}
+    weights = {k: v for k, v in mask.items() if k not in biases} if isinstance(mask, dict) else mask
+    expected = _keyed_by_weight(weights, net, where, "0/1 tensors", "None for a method without a natural selection")
+    expected.update({k: biases[k] for k in mask if k in biases})
     for key, shape in expected.items():
         m = mask[key]
         if not torch.is_tensor(m):
             raise MethodOutputError(f"{where}[{key!r}] is {type(m).__name__}; expected a tensor")
         if m.shape != shape:
-            raise MethodOutputError(f"{where}[{key!r}] has shape {tuple(m.shape)}; the weight has {tuple(shape)}")
+            raise MethodOutputError(f"{where}[{key!r}] has shape {tuple(m.shape)}; the {key.rsplit('.', 1)[1]} has "
+                                    f"{tuple(shape)}")
         if not bool(((m == 0) | (m == 1)).all()):
             raise MethodOutputError(f"{where}[{key!r}] holds values other than 0 and 1")

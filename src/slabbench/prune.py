@@ -87,11 +87,18 @@ def keep_top(score: Score, k: int) -> torch.Tensor:
 
 def apply_masks(net: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     """Set each masked layer's ``weight_mask`` from ``masks`` (keys ``"<layer>.weight"``)
-    and zero the pruned weights.  Keys must match the prunable layers exactly."""
+    and zero the pruned weights.  The weight keys must match the prunable layers exactly.
+
+    A natural mask may also hold ``"<layer>.bias"`` keys (0/1 of the bias's shape): biases that
+    share a gate with what the method's own rule dropped (a spike-and-slab unit under node
+    gates); those biases are zeroed.  Only natural selections carry them, and those are never
+    fine-tuned: a bias is otherwise never pruned."""
     layers = dict(prunable_layers(net))
     expected = {f"{name}.weight" for name in layers}
-    if set(masks) != expected:
-        raise KeyError(f"mask keys {sorted(masks)} do not match prunable weights {sorted(expected)}")
+    biases = {f"{name}.bias" for name, layer in layers.items() if layer.bias is not None}
+    if not expected <= set(masks) or not set(masks) <= expected | biases:
+        raise KeyError(f"mask keys {sorted(masks)} do not match prunable weights {sorted(expected)} (and, optionally, "
+                       f"their biases {sorted(biases)})")
     with torch.no_grad():
         for name, layer in layers.items():
             m = masks[f"{name}.weight"].to(layer.weight.device, layer.weight.dtype)
@@ -99,6 +106,11 @@ def apply_masks(net: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
                 raise ValueError(f"mask for {name}.weight has shape {tuple(m.shape)}, weight {tuple(layer.weight.shape)}")
             layer.weight_mask.copy_(m)
             layer.weight.mul_(m)
+            if f"{name}.bias" in masks:
+                mb = masks[f"{name}.bias"].to(layer.bias.device, layer.bias.dtype)
+                if mb.shape != layer.bias.shape:
+                    raise ValueError(f"mask for {name}.bias has shape {tuple(mb.shape)}, bias {tuple(layer.bias.shape)}")
+                layer.bias.mul_(mb)
     return net
 
 

@@ -39,13 +39,17 @@ class Measure:
 
 
 def evaluate(net: nn.Module, data: dict, spec, task: str, noise_sd: float) -> dict[str, Any]:
-    """Structure and predictive metrics of a plain masked network."""
+    """Structure and predictive metrics of a plain masked network: ``val_*``, the test split's
+    (``test_*``, ``ece``) and, after them, the training split's ``train_*`` (Bai et al. report
+    train and test RMSE; the gap shows what pruning and fine-tuning do to the fit)."""
     out: dict[str, Any] = M.structure(net, spec.input_shape)
     for split in ("val", "test"):
         x, y = data[split]
         out.update(M.predictive_metrics(M.predict(net, x), y, task, noise_sd, prefix=split))
     if spec.true_support is not None:
         out.update(M.selection_errors(out["selected_features"], spec.true_support, spec.n_features))
+    x, y = data["train"]
+    out.update(M.predictive_metrics(M.predict(net, x), y, task, noise_sd, prefix="train"))
     return out
 
 

@@ -91,6 +91,9 @@ class _SpikeSlab(nn.Module):
         self.granularity, self.mode, self.tau = granularity, mode, tau
         self.lrt_forward = lrt_forward or mode == "lrt"
         self.bma = False
+        #: during a masked model average only: 0/1 per bias, the biases of units the mask dropped
+        #: (:meth:`natural_bias_mask`); a sampled bias is multiplied by it
+        self.bias_keep: torch.Tensor | None = None
         self.mu = nn.Parameter(w.clone())
         self.rho = nn.Parameter(torch.full_like(w, rho_init))
         self.bias = nn.Parameter(plain.bias.detach().clone()) if plain.bias is not None else None
@@ -189,6 +192,15 @@ class _SpikeSlab(nn.Module):
         if self.bias_prior == "none":
             return None
         return torch.sigmoid(self._bias_gate)
+
+    def natural_bias_mask(self) -> torch.Tensor | None:
+        """Under node gates, 0/1 per bias (out,): kept iff its unit's θ > 0 (PIP > 0.5), since the
+        unit's γ covers its incoming weights and its bias, so a dropped unit goes with its bias;
+        else None (a bias with a γ of its own, ``bias_prior: spike_slab``, is never masked: the
+        suite prunes weights, and units through their weights)."""
+        if self.bias is None or self.granularity != "node":
+            return None
+        return (self.theta > 0).float()
 
     @property
     def _bias_gate(self) -> torch.Tensor:
@@ -382,6 +394,8 @@ class _SpikeSlab(nn.Module):
             b = self._sampled_bias(z if self.granularity == "node" else None)
         elif b is not None and self.granularity == "node":
             b = b * z
+        if self.bias_keep is not None:
+            b = b * self.bias_keep
         return self._op(x, w, b)
 
     def lrt_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
