@@ -179,3 +179,11 @@ def test_a_run_written_twice_gives_the_same_bytes(tmp_path):
     assert sorted(digests[0]) == ["artefacts.pt", "metrics.jsonl", "physical-natural.pt", "physical-natural.sparse.pt"]
     assert digests[0] == digests[1]
     assert torch.equal(torch.load(tmp_path / "a" / "physical-natural.sparse.pt", weights_only=True)["v"], torch.zeros(3))
+
+
+def test_a_missing_physical_network_is_named_with_the_retrain_command(stack):
+    from slabbench.cli import latency_job
+
+    with pytest.raises(FileNotFoundError, match=r"physical-natural.pt is missing .*snakemake --cores 8 --forcerun "
+                                                 r"results/runs/exp/dense/stack-0.json"):
+        latency_job([STACK], "latency.csv")

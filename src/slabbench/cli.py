@@ -163,7 +163,7 @@ def latency_job(stack_paths: list[str], latency_csv: str, batches: tuple[int, ..
     from slabbench import physical as P
     from slabbench.aggregate import RUN_KEY, write_csv
     from slabbench.io import read_jsonl
-    from slabbench.stackfile import DamagedRunError, archived_message
+    from slabbench.stackfile import DamagedRunError, archived_message, retrain_advice
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -176,8 +176,8 @@ def latency_job(stack_paths: list[str], latency_csv: str, batches: tuple[int, ..
             if not path.is_file() and restored is not None:
                 raise DamagedRunError(archived_message(stack, restored))
             if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing (its run {metrics} predates physical networks?); "
-                                        f"delete the run's stack file and rerun to retrain it")
+                how = retrain_advice(stack) if stack is not None else "retrain its run"
+                raise FileNotFoundError(f"{path} is missing (its run {metrics} predates physical networks?); {how}")
             payload = P.check_payload(torch.load(path, weights_only=True), str(path))
             arch = repr([payload["input_shape"]] + [o.get("dense_shape") for o in payload["layers"]])
             timed = P.latency(payload, batches)  # the dense network timed beside it, in alternation
