@@ -13,6 +13,7 @@ from slabbench.api import Method, PluginError, TrainContext, make_params
 from slabbench.config import load_yaml
 from slabbench.layers import MaskedConv2d, MaskedLinear, prunable_layers
 from slabbench.models import build_model
+from slabbench.outputs import check_mask
 from slabbench.registry import available, dataset_class, method_class
 from slabbench.train import run
 
@@ -72,9 +73,9 @@ def test_hooks_and_export(name, options):
             for part in (v if isinstance(v, tuple) else (v,)):
                 assert part.shape == layers[k.rsplit(".", 1)[0]].weight.shape
     natural = method.natural_mask(model)
-    if natural is not None:
-        assert set(natural) == {f"{n}.weight" for n in layers}
-        assert all(((m == 0) | (m == 1)).all() for m in natural.values())
+    if natural is not None:  # one 0/1 mask per weight, optionally per bias (the core's own check)
+        check_mask(natural, exported, name)
+        assert {k for k in natural if k.endswith(".weight")} == {f"{n}.weight" for n in layers}
 
 
 @pytest.mark.parametrize("name,options", CASES, ids=[f"{m}-{v}" for m, v in CASES])

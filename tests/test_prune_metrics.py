@@ -234,3 +234,17 @@ def test_features_need_a_path_to_the_output():
         net.fc2.weight.zero_()
     s = M.structure(net, spec.input_shape)
     assert s["selected_features"] == [] and s["features_kept"] == 0
+
+
+def test_bai_rule_as_written_counts_inputs_into_units_cut_off_from_the_outputs():
+    """fc1 reads inputs 0 and 1 into unit 0 and input 2 into unit 1; fc2 reads only unit 1:
+    input 2 reaches the outputs, inputs 0 and 1 do not.  Bai et al.'s rule as written selects
+    all three; ours selects input 2 only (true support {0, 2} of 4 inputs)."""
+    net = nn.Sequential(MaskedLinear(4, 2), nn.ReLU(), MaskedLinear(2, 1))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]))
+        net[2].weight.copy_(torch.tensor([[0.0, 1.0]]))
+    s = M.structure(net, (4,))
+    assert (s["selected_features"], s["features_kept"]) == ([2], 1)
+    assert (s["selected_features_bai"], s["features_kept_bai"]) == ([0, 1, 2], 3)
+    assert M.selection_errors(s["selected_features_bai"], (0, 2), 4, suffix="_bai") == {"fnr_bai": 0.0, "fpr_bai": 0.5}

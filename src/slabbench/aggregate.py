@@ -37,7 +37,7 @@ COLUMNS = KEYS + [
     "train_accuracy", "train_rmse", "train_nll", "train_ece",
     "test_accuracy_bma", "test_rmse_bma", "test_nll_bma", "ece_bma", "test_rmse_constant",
     "test_accuracy_sampled", "val_accuracy_sampled", "test_rmse_sampled", "val_rmse_sampled",
-    "flops_kept", "nodes_kept", "features_kept", "fnr", "fpr", "train_seconds", "finetune_seconds", "epochs", "finetune_epochs",
+    "flops_kept", "nodes_kept", "features_kept", "fnr", "fpr", "features_kept_bai", "fnr_bai", "fpr_bai", "train_seconds", "finetune_seconds", "epochs", "finetune_epochs",
     "model_bytes_dense", "model_bytes_pruned", "model_bytes_sparse", "model_bytes_sparse_fp16", "physical_widths",
     "physical_empty", "physical_weights",
     "nan_metrics", "setting", "variant_of", "restarts", "restart_chosen", "stack_runs",
@@ -47,7 +47,8 @@ COLUMNS = KEYS + [
 METRICS = ["sparsity", "sparsity_all", "compression", "test_accuracy", "test_rmse", "test_nll", "ece", "val_ece",
            "train_accuracy", "train_rmse",
            "test_accuracy_bma", "test_rmse_bma", "test_nll_bma", "ece_bma", "test_rmse_constant",
-           "test_accuracy_sampled", "test_rmse_sampled", "flops_kept", "features_kept", "fnr", "fpr", "train_seconds",
+           "test_accuracy_sampled", "test_rmse_sampled", "flops_kept", "features_kept", "fnr", "fpr",
+           "features_kept_bai", "fnr_bai", "fpr_bai", "train_seconds",
            "model_bytes_dense", "model_bytes_pruned", "model_bytes_sparse", "model_bytes_sparse_fp16"] + LATENCY
 #: one run's row is identified by these; a second row with the same values is refused
 RUN_KEY = ["experiment", "method", "seed", "selection", "target_sparsity"]

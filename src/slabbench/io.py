@@ -136,7 +136,7 @@ def validate_record(rec: dict, schema: dict | None = None) -> None:
         raise RecordError(f"record {run} does not match {metrics_schema_path().name}: {shown}")
     nonfinite = rec.get("nonfinite", {})
     unexplained = sorted(k for k, v in rec.items() if v is None and k in schema["properties"] and k not in nonfinite
-                         and k not in ("target_sparsity", "fnr", "fpr"))
+                         and k not in ("target_sparsity", "fnr", "fpr", "fnr_bai", "fpr_bai"))
     if unexplained:
         raise RecordError(f"record {run}: {', '.join(unexplained)} null without being named in 'nonfinite' "
                           "(a metric is a number, or NaN / inf marked as such)")

@@ -109,8 +109,10 @@ def structure(net: nn.Module, input_shape: Sequence[int]) -> dict:
     name0, layer0, w0 = layers[0]
     if w0.dim() == 4:  # a convolution reads pixels, not channels: count the pixels (c, h, w)
         selected = _pixels_read(layer0, (w0[useful] != 0).any(dim=0), shapes[name0][1:], input_shape)
+        read = _pixels_read(layer0, (w0 != 0).any(dim=0), shapes[name0][1:], input_shape)
     else:
         selected = reach
+        read = (w0 != 0).any(dim=0)  # Bai et al.'s rule as written: any kept first-layer weight
     return {
         "n_weights": w_total,
         "nonzero_weights": w_nnz,
@@ -123,16 +125,20 @@ def structure(net: nn.Module, input_shape: Sequence[int]) -> dict:
         "nodes_kept": nodes,
         "features_kept": int(selected.sum()),
         "selected_features": selected.nonzero().flatten().tolist(),
+        "features_kept_bai": int(read.sum()),
+        "selected_features_bai": read.nonzero().flatten().tolist(),
     }
 
 
-def selection_errors(selected: Sequence[int], true_support: Sequence[int], n_features: int) -> dict[str, float]:
-    """False-negative rate over the true features, false-positive rate over the others."""
+def selection_errors(selected: Sequence[int], true_support: Sequence[int], n_features: int,
+                     suffix: str = "") -> dict[str, float]:
+    """False-negative rate over the true features, false-positive rate over the others, as
+    ``fnr{suffix}`` and ``fpr{suffix}``."""
     sel, true = set(selected), set(true_support)
     n_noise = n_features - len(true)
     return {
-        "fnr": len(true - sel) / len(true) if true else math.nan,
-        "fpr": len(sel - true) / n_noise if n_noise else math.nan,
+        f"fnr{suffix}": len(true - sel) / len(true) if true else math.nan,
+        f"fpr{suffix}": len(sel - true) / n_noise if n_noise else math.nan,
     }
 
 

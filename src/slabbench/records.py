@@ -48,6 +48,7 @@ def evaluate(net: nn.Module, data: dict, spec, task: str, noise_sd: float) -> di
         out.update(M.predictive_metrics(M.predict(net, x), y, task, noise_sd, prefix=split))
     if spec.true_support is not None:
         out.update(M.selection_errors(out["selected_features"], spec.true_support, spec.n_features))
+        out.update(M.selection_errors(out["selected_features_bai"], spec.true_support, spec.n_features, suffix="_bai"))
     x, y = data["train"]
     out.update(M.predictive_metrics(M.predict(net, x), y, task, noise_sd, prefix="train"))
     return out
