@@ -190,6 +190,7 @@ def test_both_simulations_reach_the_feature_selection_table_and_pip_figure():
     for fmt in ("markdown", "latex"):
         table = render_feature_selection(runs, fmt)
         assert "friedman-tiny: feature selection" in table and "simulation-tiny: feature selection" in table
+        assert "FPR, Bai's rule" in table and "train RMSE" in table
     fig = plot_pips(artefacts, None, make("friedman", **small).spec().true_support, "friedman-tiny")
     assert len(fig.axes[0].patches) == 8  # one bar per input
     assert fig.axes[0].get_legend_handles_labels()[1] == ["noise features", "true features"]

@@ -32,7 +32,8 @@ COLUMNS = {
                    ("compression", "compression × (of means)", 1, 1), ("features_kept", "features", 1, 1),
                    ("fnr", "FNR", 1, 3), ("fpr", "FPR", 1, 3)],
 }
-FEATURE_COLUMNS = [("fnr", "FNR", 1, 3), ("fpr", "FPR", 1, 3), ("train_rmse", "train RMSE", 1, 3), ("test_rmse", "test RMSE", 1, 3),
+FEATURE_COLUMNS = [("fnr", "FNR", 1, 3), ("fpr", "FPR", 1, 3), ("fnr_bai", "FNR, Bai's rule", 1, 3), ("fpr_bai", "FPR, Bai's rule", 1, 3),
+                   ("train_rmse", "train RMSE", 1, 3), ("test_rmse", "test RMSE", 1, 3),
                    ("test_rmse_sampled", "test RMSE, sampled nets unmasked", 1, 3),
                    ("sparsity", "sparsity %", 100, 2), ("features_kept", "features kept", 1, 1)]
 PM = {"markdown": " ± ", "latex": r" $\pm$ "}
