@@ -223,3 +223,27 @@ def test_a_slabbench_root_that_is_no_checkout_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("SLABBENCH_ROOT", str(tmp_path))
     with pytest.raises(RuntimeError, match=f"SLABBENCH_ROOT='{tmp_path}' is not a slabbench checkout"):
         repo_root()
+
+
+def test_yaml_merge_keys_still_load_and_option_values_may_be_keyed_freely(tmp_path):
+    from slabbench.config import _value_problems, load_yaml
+    from slabbench.models import model_option_error
+
+    path = tmp_path / "grid.yaml"
+    path.write_text("a: &base {lr: 0.1, epochs: 2}\nb:\n  <<: *base\n  lr: 0.01\nc: {<<: [*base], epochs: 3}\n")
+    assert load_yaml(path) == {"a": {"lr": 0.1, "epochs": 2}, "b": {"lr": 0.01, "epochs": 2}, "c": {"lr": 0.1, "epochs": 3}}
+    # a plugin option's value (e.g. per-class weights) may use number keys; names may not
+    assert _value_problems({"experiments": {"x": {"dataset_params": {"class_weights": {0: 1.0, 1: 2.0}}}}}) == []
+    assert _value_problems({"experiments": {"x": {"method_params": {"m": {"w": {0: 1.0}}}}}}) == []
+    assert len(_value_problems({"experiments": {"x": {"dataset_params": {3: 1}}}})) == 1
+    assert len(_value_problems({"method_params": {1: {}}})) == 1
+    assert "write 5.0e-01" in model_option_error("vgg", {"width": "5e-1"})
+
+
+def test_the_cli_names_a_bad_slabbench_root_in_one_line(tmp_path, monkeypatch, capsys):
+    from slabbench.cli import main
+
+    monkeypatch.setenv("SLABBENCH_ROOT", str(tmp_path))
+    assert main(["validate", "config/config.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"slabbench: SLABBENCH_ROOT='{tmp_path}' is not a slabbench checkout") and "Traceback" not in err

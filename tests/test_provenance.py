@@ -50,3 +50,10 @@ def test_a_new_uncommitted_method_file_makes_the_checkout_dirty(checkout):
 def test_a_changed_tracked_file_makes_the_checkout_dirty(checkout):
     (checkout / "methods" / "dense.py").write_text("x = 2\n")
     assert _dirty()
+
+
+def test_outside_a_checkout_the_commit_is_unknown_even_inside_another_repository(checkout, monkeypatch):
+    monkeypatch.setattr(provenance, "repo_root", lambda: None)
+    monkeypatch.chdir(checkout)  # a git repository, but not a slabbench checkout
+    provenance.git_commit.cache_clear()
+    assert provenance.git_commit() == ("unknown", False)

@@ -12,6 +12,10 @@ import os
 from pathlib import Path
 
 
+class RootError(RuntimeError):
+    """``$SLABBENCH_ROOT`` names a folder that is not a slabbench checkout."""
+
+
 def _is_checkout(folder: Path) -> bool:
     return (folder / "methods").is_dir() and (folder / "datasets").is_dir() and (folder / "Snakefile").is_file()
 
@@ -24,7 +28,7 @@ def repo_root() -> Path | None:
     if env:
         root = Path(env).resolve()
         if not _is_checkout(root):
-            raise RuntimeError(f"SLABBENCH_ROOT={env!r} is not a slabbench checkout (a folder with methods/, datasets/ "
+            raise RootError(f"SLABBENCH_ROOT={env!r} is not a slabbench checkout (a folder with methods/, datasets/ "
                                f"and Snakefile); point it at the checkout or unset it")
         return root
     for parent in Path(__file__).resolve().parents:

@@ -305,6 +305,16 @@ def _megabytes(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from slabbench._plugins import RootError
+
+    try:
+        return _main(argv)
+    except RootError as err:  # (raised where the checkout is first looked up)
+        print(f"slabbench: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     from slabbench.archive import DEFAULT_MAX_MB, ArchiveError, pack, unpack
     from slabbench.config import ConfigError, load_yaml, run_dir, run_specs, validate
 

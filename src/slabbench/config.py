@@ -45,6 +45,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: the safe loader merges it
+                continue
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             try:
@@ -68,15 +70,25 @@ def load_yaml(path: str | Path) -> Any:
 RESERVED_EXPERIMENTS = {"deploy": "results/figures/deploy.png, the figure of rule deploy"}
 
 
+def _names_keys(path: tuple) -> bool:
+    """Whether the mapping at ``path`` is keyed by names or options of the configuration itself
+    (experiments, methods, options), not a value of a plugin's option, which may be keyed freely."""
+    n = len(path)
+    return (n == 0 or path in (("experiments",), ("method_params",))
+            or (n == 2 and path[0] in ("experiments", "method_params"))
+            or (n in (3, 4) and path[0] == "experiments" and path[2] == "method_params")
+            or (n == 3 and path[0] == "experiments" and path[2] in ("dataset_params", "model_params")))
+
+
 def _value_problems(value: Any, path: tuple = ()) -> list[str]:
-    """Numbers that are not finite (YAML's .nan / .inf pass every schema bound) and mapping
-    keys that are not strings (an unquoted `5:` names no experiment or option) in ``value``."""
+    """Numbers that are not finite (YAML's .nan / .inf pass every schema bound) anywhere, and
+    names or option names that are not strings (an unquoted `5:` names no experiment) in ``value``."""
     if isinstance(value, float) and not math.isfinite(value):
         return [f"{_where(path)} is {value!r}; numbers in a configuration must be finite"]
     if isinstance(value, dict):
         out = []
         for k, v in value.items():
-            if not isinstance(k, str):
+            if not isinstance(k, str) and _names_keys(path):
                 out.append(f"{_where(path)}: the key {k!r} is a {type(k).__name__}; names and options are strings "
                            f"(quote it: '{k}')")
             out += _value_problems(v, (*path, str(k)))

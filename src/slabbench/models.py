@@ -70,7 +70,13 @@ def model_option_error(name: str, options: dict[str, Any] | None) -> str | None:
     if "width" in options:
         w = options["width"]
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w > 0):
-            return f"model option width is {w!r}; expected a finite number > 0 (it scales every convolution's width)"
+            hint = ""
+            if isinstance(w, str):
+                try:
+                    hint = f" (YAML reads numbers like 5e-1 as strings; write {float(w):.1e})"
+                except ValueError:
+                    pass
+            return f"model option width is {w!r}; expected a finite number > 0 (it scales every convolution's width){hint}"
     return None
 
 

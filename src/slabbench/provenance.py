@@ -30,17 +30,20 @@ def git_commit() -> tuple[str, bool]:
     clean tree sent to another machine, whose ``.git`` may be missing or stale."""
     env = os.environ.get("SLABBENCH_GIT_COMMIT")
     root = repo_root()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                 capture_output=True, text=True, check=True).stdout
-        # a new, uncommitted plugin or module (docs/extending.md's first step) is code the commit
-        # lacks; an untracked config or notes file elsewhere is not
-        new = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *CODE_FOLDERS], cwd=root,
-                             capture_output=True, text=True, check=True).stdout
-        found = (commit, bool(changed.strip() or new.strip()))
-    except (OSError, subprocess.CalledProcessError, TypeError):
-        found = ("unknown", False)
+    found = ("unknown", False)  # outside a checkout (git would answer for whatever holds the cwd)
+    if root is not None:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                    check=True).stdout.strip()
+            changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                     capture_output=True, text=True, check=True).stdout
+            # a new, uncommitted plugin or module (docs/extending.md's first step) is code the
+            # commit lacks; an untracked config or notes file elsewhere is not
+            new = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *CODE_FOLDERS],
+                                 cwd=root, capture_output=True, text=True, check=True).stdout
+            found = (commit, bool(changed.strip() or new.strip()))
+        except (OSError, subprocess.CalledProcessError):
+            pass
     if env:
         if found[0] not in ("unknown", env):
             log.warning("SLABBENCH_GIT_COMMIT=%s overrides the checkout's HEAD %s (dirty: %s) in the provenance",

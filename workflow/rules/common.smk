@@ -3,15 +3,17 @@
 import functools
 import os
 
+import yaml
+
 os.environ.setdefault("SLABBENCH_ROOT", workflow.basedir)
 
 from slabbench.config import STACK_FILE, ConfigError, experiment_methods, experiment_seeds, load_yaml, method_plugin, run_dir, stack_jobs, validate
 
 try:
-    for path in workflow.overwrite_configfiles or ():  # Snakemake's own loader keeps a repeated key's last value
+    for path in workflow.configfiles:  # Snakemake's own loader keeps a repeated key's last value
         load_yaml(path)  # ConfigError naming the line where a key repeats in one mapping
     CONFIG = validate(config)
-except ConfigError as err:
+except (ConfigError, yaml.YAMLError) as err:
     raise WorkflowError(str(err)) from None
 # how often a training job saves its state (slabbench.checkpoint), read by the job from its
 # environment: neither a param nor the script's code, both rerun triggers (changing it retrains nothing)
