@@ -154,14 +154,14 @@ def features(runs: pd.DataFrame, prov: dict, data_dir: Path) -> str:
             found_all = int((fnr == 0).sum())
             line = (f"`{method}`: FNR {mean_sd(fnr, digits=3)}, FPR {mean_sd(metric(m, 'fpr'), digits=3)}, every true "
                     f"feature found in {found_all} of {len(fnr)} replicates")
-            if "fpr_bai" in m and m["fpr_bai"].notna().any():  # runs made since the records carry it
-                line += (f"; by Bai et al.'s rule as written FNR {mean_sd(metric(m, 'fnr_bai'), digits=3)}, "
-                         f"FPR {mean_sd(metric(m, 'fpr_bai'), digits=3)}")
             support = (meta.get(exp) or {}).get("true_support")
             if feats is not None and support is not None:
                 sel = feats[(feats["experiment"] == exp) & (feats["method"] == method)]["selected"].tolist()
                 if sel:
                     line += " (" + ", ".join(f"x{j + 1} in {sum(j in s for s in sel)}" for j in support) + f" of {len(sel)})"
+            if "fpr_bai" in m and m["fpr_bai"].notna().any():  # runs made since the records carry it
+                line += (f"; by Bai et al.'s rule as written FNR {mean_sd(metric(m, 'fnr_bai'), digits=3)}, "
+                         f"FPR {mean_sd(metric(m, 'fpr_bai'), digits=3)}")
             lines.append(line)
         out.append(f"- `{exp}` [{tag(prov, exp)}]: " + "; ".join(lines) + ".")
     return "\n".join(out) or "- no experiment with known true features in the frozen data."
