@@ -268,7 +268,7 @@ def _number(text: str, kind: str) -> Any:
         return text
 
 
-def _command_line_booleans(config: Any, schema: dict) -> Any:
+def _command_line_types(config: Any, schema: dict) -> Any:
     """``config`` with what ``snakemake --config`` hands over as strings read as the schema's
     types, for top-level options: true / false (any case) of a boolean (``graphs=false``), and
     the items of a list of numbers (``seeds=[0,1]`` arrives as ['0', '1'])."""
@@ -291,7 +291,7 @@ def validate(config: Any) -> dict:
     Raises :class:`ConfigError` naming every bad value and the valid ones.
     """
     schema = load_yaml(schema_path())
-    config = _command_line_booleans(config, schema)
+    config = _command_line_types(config, schema)
     bad_values = _value_problems(config)
     if bad_values:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(bad_values))
