@@ -241,8 +241,8 @@ class Method(_Base):
 
     @torch.no_grad()
     def natural_mask(self, model):
-        """Keep a weight iff its PIP > 0.5 (θ > 0), and a gated bias likewise: under node gates a
-        unit's bias shares its γ (docs/science.md §1), so a dropped unit outputs f(0), not f(φb)."""
+        """Keep a weight iff its PIP > 0.5 (θ > 0); under node gates also a unit's bias with its
+        unit (one γ covers both, docs/science.md §1): a dropped unit outputs f(0), not f(φb)."""
         mask = {}
         for name, layer in self._layers(model):
             mask[f"{name}.weight"] = (layer.expand(layer.theta) > 0).float()
