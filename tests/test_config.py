@@ -50,7 +50,7 @@ CASES = [
     (("method_params", "magnitude", "wd"), 0.1, ["unknown option 'wd' for method 'magnitude'", "valid options:", "weight_decay"]),
     (("method_params", "magnitude", "scope"), "per-layer", ["option 'scope' of method 'magnitude' is 'per-layer'", "global, layerwise"]),
     (("method_params", "magnitude", "weight_decay"), "lots", ["option 'weight_decay' of method 'magnitude' must be float", "'lots'"]),
-    (("method_params", "magnitude", "weight_decay"), "1e-4", ["must be float, got '1e-4' (str)", "as strings; write 1.0e-04"]),
+    (("method_params", "magnitude", "weight_decay"), "1e-4", ["must be float, got '1e-4' (str)", "as strings; write 1.0e-4"]),
     (("method_params", "spike_slab", "phi_every"), -1, ["option 'phi_every' of method 'spike_slab' must be >= 0, got -1"]),
     (("method_params", "l1"), {}, ["config.method_params: unknown method 'l1'"]),
     (("experiments", "digits", "methods"), ["dense", "l1"], ["config.experiments.digits.methods: unknown method 'l1'"]),
@@ -237,7 +237,7 @@ def test_yaml_merge_keys_still_load_and_option_values_may_be_keyed_freely(tmp_pa
     assert _value_problems({"experiments": {"x": {"method_params": {"m": {"w": {0: 1.0}}}}}}) == []
     assert len(_value_problems({"experiments": {"x": {"dataset_params": {3: 1}}}})) == 1
     assert len(_value_problems({"method_params": {1: {}}})) == 1
-    assert "write 5.0e-01" in model_option_error("vgg", {"width": "5e-1"})
+    assert "write 5.0e-1" in model_option_error("vgg", {"width": "5e-1"})
 
 
 def test_the_cli_names_a_bad_slabbench_root_in_one_line(tmp_path, monkeypatch, capsys):

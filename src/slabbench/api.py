@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -67,6 +68,16 @@ def make_params(cls: type, options: Mapping[str, Any] | None, owner: str) -> Any
 _TYPE_NAMES = {"int": int, "float": (int, float), "bool": bool, "str": str}
 
 
+def yaml_number_hint(value: Any) -> str:
+    """For a string such as ``"1e-3"``, which YAML 1.1 reads as a string (its floats need a dot
+    and a signed exponent), the hint " (YAML reads numbers like 1e-3 as strings; write 1.0e-3)"
+    with ``value`` written as YAML's float; else ""."""
+    if not (isinstance(value, str) and re.fullmatch(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+", value)):
+        return ""
+    mantissa, exponent = f"{float(value):.1e}".split("e")
+    return f" (YAML reads numbers like 1e-3 as strings; write {mantissa}e{int(exponent):+d})"
+
+
 def _check_type(owner: str, key: str, value: Any, annotation: Any) -> None:
     ann = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
     ann = ann.replace(" ", "")
@@ -81,13 +92,7 @@ def _check_type(owner: str, key: str, value: Any, annotation: Any) -> None:
             continue
         if isinstance(value, expected):
             return
-    hint = ""
-    if isinstance(value, str) and "float" in allowed:
-        try:
-            float(value)
-            hint = f" (YAML reads numbers like 1e-3 as strings; write {float(value):.1e})"
-        except ValueError:
-            pass
+    hint = yaml_number_hint(value) if "float" in allowed else ""
     raise PluginError(f"option {key!r} of {owner} must be {ann}, got {value!r} ({type(value).__name__}){hint}")
 
 

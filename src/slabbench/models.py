@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from slabbench.api import DatasetSpec
+from slabbench.api import DatasetSpec, yaml_number_hint
 from slabbench.layers import BatchNorm1d, BatchNorm2d, MaskedConv2d, MaskedLinear, MaxPool2d
 
 MODELS = ("mlp", "lenet5", "vgg")
@@ -53,7 +53,7 @@ def model_option_error(name: str, options: dict[str, Any] | None) -> str | None:
         return f"unknown model {name!r}; have {', '.join(MODELS)}"
     unknown = sorted(set(options) - set(MODEL_OPTIONS[name]))
     if unknown:
-        return f"unknown option(s) {unknown} for model {name!r}; valid: {', '.join(MODEL_OPTIONS[name])}"
+        return f"unknown option(s) {', '.join(map(repr, unknown))} for model {name!r}; valid: {', '.join(MODEL_OPTIONS[name])}"
     if "hidden" in options:
         h = options["hidden"]
         if not isinstance(h, (list, tuple)) or not all(_positive_int(v) for v in h):
@@ -70,13 +70,8 @@ def model_option_error(name: str, options: dict[str, Any] | None) -> str | None:
     if "width" in options:
         w = options["width"]
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w > 0):
-            hint = ""
-            if isinstance(w, str):
-                try:
-                    hint = f" (YAML reads numbers like 5e-1 as strings; write {float(w):.1e})"
-                except ValueError:
-                    pass
-            return f"model option width is {w!r}; expected a finite number > 0 (it scales every convolution's width){hint}"
+            return (f"model option width is {w!r}; expected a finite number > 0 (it scales every convolution's "
+                    f"width){yaml_number_hint(w)}")
     return None
 
 
