@@ -143,3 +143,34 @@ def test_bad_iterative_options_are_rejected():
     net.add_module("fc2", MaskedLinear(2, 1))
     with pytest.raises(PluginError, match="unknown \\['conv9'\\], missing \\['fc2'\\]; the layers are fc1, fc2"):
         m.build(net)
+
+
+def test_gradual_masks_follow_the_cubic_schedule_step_by_step(monkeypatch):
+    """The mask density after every training step of a real run, against Zhu & Gupta's schedule by
+    hand: 64 points at batch 32 = 2 steps per epoch, 4 epochs = 8 steps; begin 0, end 0.5 = steps
+    0..4, pruning every step: s_t = s_f (1 - (1 - t/4)^3) = 0, 0.578125, 0.875, 0.984375, 1 x s_f,
+    held from step 4 on.  A run that never pruned on the way (only the core's top-k at the end)
+    keeps density 1 until then."""
+    from slabbench.layers import prunable_layers
+    from slabbench.prune import n_keep
+
+    cls = method_class("magnitude")
+    seen: dict[float, list[tuple[int, float]]] = {}
+    original = cls.after_step
+
+    def spy(self, model, step, epoch):
+        original(self, model, step, epoch)
+        kept = sum(int(layer.weight_mask.sum()) for _, layer in prunable_layers(model))
+        seen.setdefault(self.ctx.target, []).append((step, kept))
+
+    monkeypatch.setattr(cls, "after_step", spy)
+    spec = tiny_spec(method="magnitude", method_params={"schedule": "gradual", "begin_frac": 0.0, "end_frac": 0.5,
+                                                        "prune_every": 1}, epochs=4, finetune_epochs=0)
+    records, _ = run(spec)
+    n = records[0]["n_weights"]  # 8*6 + 6*4 + 4*1 = 76
+    assert n == 76
+    assert sorted(seen) == [0.5, 0.9]
+    for s_f, trace in seen.items():
+        fraction = {0: 0.0, 1: 0.578125, 2: 0.875, 3: 0.984375}
+        expected = [(t, n if fraction.get(t, 1.0) == 0.0 else n_keep(n, s_f * fraction.get(t, 1.0))) for t in range(8)]
+        assert trace == expected, s_f
