@@ -106,4 +106,5 @@ def test_same_seed_same_numbers(name):
     strip = lambda recs: [{k: v for k, v in r.items() if k not in ("train_seconds", "finetune_seconds")} for r in recs]  # noqa: E731
     assert strip(a) == strip(b)
     c, _ = run(tiny_spec(method=name, seed=1))
-    assert strip(a) != strip(c)
+    # another seed trains another network: the test error differs (not only the seed's label)
+    assert [r["test_rmse"] for r in a] != [r["test_rmse"] for r in c]

@@ -195,7 +195,14 @@ def test_vgg_counts_padding_and_method_layers():
     s = M.structure(net, spec.input_shape)
     assert s["n_weights"] == 3 * 4 * 9 + 4 * 8 * 9 + 8 * 2 * 2 * 512 + 512 * 10
     dense_flops = 108 * 8 * 8 + 288 * 4 * 4 + 32 * 512 + 5120
-    assert s["flops_kept"] == 1.0 and dense_flops > 0
+    assert s["flops_kept"] == 1.0
+    # one conv1 output channel (27 weights at 8x8 positions) and one conv2 weight (4x4 positions)
+    # masked: the literal FLOPs they cost leave the count
+    with torch.no_grad():
+        net.conv1.weight_mask[0] = 0
+        net.conv2.weight_mask[0, 0, 0, 0] = 0
+    assert M.structure(net, spec.input_shape)["flops_kept"] == pytest.approx(
+        (dense_flops - 27 * 8 * 8 - 1 * 4 * 4) / dense_flops, rel=1e-12)
     x = torch.randn(5, 3, 8, 8)
     net.eval()
     assert net(x).shape == (5, 10)
