@@ -32,18 +32,33 @@ class Dataset(_Base):
     Params = Params
 
     def prepare(self) -> None:
+        import tarfile
+        from pathlib import Path
+
         from torchvision.datasets import CIFAR10
 
         root = self.params.root or str(resources_dir())
+        folder = Path(root) / "cifar-10-batches-py"
+        missing = [name for name in FILES if not (folder / name).is_file()]
+
+        def unavailable(what: str, exc: BaseException | None) -> DatasetFilesMissing:
+            why = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+            return DatasetFilesMissing(
+                f"data set 'cifar10': {what} in {folder}{why}. Get cifar-10-python.tar.gz from the CIFAR-10 home "
+                f"page and unpack it in {root}, or set dataset_params.root.")
+
+        if missing:
+            if not self.params.download:
+                raise unavailable(f"files {', '.join(missing)} not found (download: false)", None)
+            try:  # only a failed download is "files missing"; any other error is a bug and propagates
+                CIFAR10(root, train=True, download=True)
+            except (OSError, RuntimeError, tarfile.TarError) as exc:  # URLError is an OSError
+                raise unavailable(f"files {', '.join(missing)} not found and could not be downloaded", exc) from exc
         try:
-            train = CIFAR10(root, train=True, download=self.params.download)
+            train = CIFAR10(root, train=True, download=False)
             test = CIFAR10(root, train=False, download=False)
-        except Exception as exc:  # torchvision raises RuntimeError or network errors
-            raise DatasetFilesMissing(
-                f"data set 'cifar10': files {', '.join(FILES)} not found (or corrupt) in {root}/cifar-10-batches-py "
-                f"and could not be downloaded ({type(exc).__name__}: {exc}). Get cifar-10-python.tar.gz from the "
-                f"CIFAR-10 home page and unpack it in {root}, or set dataset_params.root."
-            ) from exc
+        except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted": an MD5 sum differs
+            raise unavailable(f"files {', '.join(FILES)} present but corrupt (torchvision's MD5 check)", exc) from exc
         x = np.asarray(train.data, dtype=np.float32).transpose(0, 3, 1, 2) / 255.0
         y = np.asarray(train.targets)
         xt = np.asarray(test.data, dtype=np.float32).transpose(0, 3, 1, 2) / 255.0

@@ -126,6 +126,39 @@ def test_missing_cifar_files_say_which_where_and_how(tmp_path):
     assert "data_batch_1" in str(info.value) and str(tmp_path) in str(info.value)
 
 
+def test_only_a_failed_download_or_corrupt_cifar_files_count_as_missing(tmp_path, monkeypatch):
+    """Missing files and a failed download, or files that fail torchvision's MD5 check, are
+    DatasetFilesMissing (the contract test skips on it); any other error, here a wrong keyword,
+    is a bug and propagates."""
+    import urllib.error
+
+    import torchvision.datasets
+
+    def raising(exc):
+        def fake(root, train, download):
+            raise exc
+        return fake
+
+    ds = make("cifar10", root=str(tmp_path))
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", raising(urllib.error.URLError("no network")))
+    with pytest.raises(DatasetFilesMissing, match="data_batch_1.*could not be downloaded in .*cifar-10-batches-py \\(URLError"):
+        ds.prepare()
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", raising(TypeError("unexpected keyword argument 'train'")))
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        ds.prepare()
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+                 "batches.meta"):
+        (folder / name).write_bytes(b"not a pickle")
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", raising(RuntimeError("Dataset not found or corrupted.")))
+    with pytest.raises(DatasetFilesMissing, match="present but corrupt"):
+        ds.prepare()
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", raising(TypeError("unexpected keyword argument 'train'")))
+    with pytest.raises(TypeError):
+        ds.prepare()
+
+
 def _write_idx(path, array):
     header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     raw = header + array.astype(np.uint8).tobytes()
