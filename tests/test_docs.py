@@ -251,7 +251,7 @@ def test_a_cited_document_or_section_that_is_missing_is_reported(tmp_path):
     ]
 
 
-def test_the_config_check_sees_a_missing_and_an_extra_key(tmp_path):
+def test_table_keys_reads_the_first_column_under_its_heading_only(tmp_path):
     page = tmp_path / "config.md"
     page.write_text("# C\n\n## Top-level keys\n\n| key | meaning |\n|---|---|\n| `device` | where |\n| `colour` | none |\n\n"
                     "## Experiment keys\n\n| `lr` | rate |\n")

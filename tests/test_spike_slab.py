@@ -384,6 +384,23 @@ def test_sampled_forward_with_bias_prior_draws_biases_from_q(granularity, mode):
     assert torch.allclose(plain.bias, layer.bias_pip() * layer.bias)
 
 
+@pytest.mark.parametrize("granularity,mode", [("edge", "gumbel"), ("node", "gumbel"), ("input", "gumbel"),
+                                              ("edge", "closed_form")])
+def test_sampled_forward_matches_the_moments_of_q(granularity, mode):
+    """Without a bias prior (the default): the training forward's sampled outputs have the mean
+    and variance of the pre-activations under q (Monte Carlo, 4000 draws), an independent check
+    of gumbel's relaxed-gate forward, which the fast-path test compares only with itself."""
+    layer = random_layer(granularity, mode=mode)
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        mean, var = layer.lrt_moments(x)
+        torch.manual_seed(0)
+        layer.train()
+        draws = torch.stack([layer(x) for _ in range(4000)])
+    assert torch.allclose(draws.mean(0), mean, atol=0.1)
+    assert torch.allclose(draws.var(0), var, rtol=0.15, atol=0.02)
+
+
 def test_gumbel_and_lrt_train_bias_gates_by_gradient():
     for mode in ("gumbel", "lrt"):
         layer = random_layer_with_bias_prior("edge", mode)
