@@ -72,23 +72,33 @@ def n_stacks() -> int:
 
 
 def test_jobs_declare_cluster_resources(tmp_path):
-    """What every job asks of a cluster; a GPU device makes training jobs ask for one GPU."""
+    """What every job asks of a cluster; a train job asks for one GPU when its experiment trains on
+    CUDA (the experiment's own `device`, else the global one), and none on the CPU."""
     cfg = yaml.safe_load(TEST_CONFIG.read_text())
     cfg["device"] = "cuda"
-    gpu_config = tmp_path / "gpu.yaml"
-    gpu_config.write_text(yaml.safe_dump(cfg))
-    for config, gpu, mem in ((TEST_CONFIG, 0, 2000), (gpu_config, 1, 6000)):
+    cfg["experiments"]["sim-tiny"]["device"] = "cpu"
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text(yaml.safe_dump(cfg))
+    cpu_train = {"gpu": "0", "mem_mb": "2000", "runtime": "120"}
+    gpu_train = {"gpu": "1", "mem_mb": "6000", "runtime": "120"}
+    for config, expected_train in ((TEST_CONFIG, {"sim-tiny": cpu_train, "digits-tiny": cpu_train}),
+                                   (mixed, {"sim-tiny": cpu_train, "digits-tiny": gpu_train})):
         proc = snakemake(tmp_path, "-n", "--cores", "1", config=config)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        resources = {}  # rule -> its "resources:" line
+        resources, train = {}, {}  # rule -> its "resources:" line; experiment -> its train jobs' lines
         for block in re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout):
             rule = re.match(r"(?:local)?rule (\w+):", block)
             line = re.search(r"^\s+resources: (.*)$", block, re.M)
             if rule and line:
-                resources[rule.group(1)] = dict(kv.split("=", 1) for kv in line.group(1).split(", "))
+                res = dict(kv.split("=", 1) for kv in line.group(1).split(", "))
+                resources[rule.group(1)] = res
+                if rule.group(1) == "train":
+                    exp = re.search(r"wildcards: experiment=([\w-]+)", block).group(1)
+                    train.setdefault(exp, []).append({k: res[k] for k in ("gpu", "mem_mb", "runtime")})
         assert set(resources) >= {"train", "aggregate", "tables", "figure", "feature_table", "pips"}, resources
-        train = resources.pop("train")
-        assert (train["gpu"], train["mem_mb"], train["runtime"]) == (str(gpu), str(mem), "120"), train
+        assert {exp: jobs[0] for exp, jobs in train.items()} == expected_train, train
+        assert all(job == jobs[0] for jobs in train.values() for job in jobs), train
+        resources.pop("train")
         resources.pop("all", None)
         for rule, res in resources.items():
             assert (res["mem_mb"], res["runtime"]) == ("2000", "15"), (rule, res)

@@ -276,26 +276,6 @@ def test_sigkilled_run_resumes_after_unlock_with_only_the_interrupted_stacks(tmp
     assert len(list(runs.rglob("metrics.jsonl"))) == 2 * len(methods)
 
 
-def test_train_jobs_ask_for_a_gpu_per_experiment_device(tmp_path):
-    """A train job asks for gpu=1 when its experiment trains on CUDA (the experiment's own
-    `device`, else the global one), and gpu=0 on the CPU."""
-    import re
-
-    cfg = yaml.safe_load(TEST_CONFIG.read_text())
-    cfg["device"] = "cuda"
-    cfg["experiments"]["sim-tiny"]["device"] = "cpu"
-    mixed = tmp_path / "mixed.yaml"
-    mixed.write_text(yaml.safe_dump(cfg))
-    out = snakemake(tmp_path, "-n", "--cores", "1", config=mixed).stdout
-    gpus = {}
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
-        exp = re.search(r"wildcards: experiment=([\w-]+)", block)
-        res = re.search(r"^\s+resources: .*\bgpu=(\d+)", block, re.M)
-        if block.lstrip().startswith("rule train:") and exp and res:
-            gpus.setdefault(exp.group(1), set()).add(int(res.group(1)))
-    assert gpus == {"sim-tiny": {0}, "digits-tiny": {1}}
-
-
 def test_train_jobs_save_their_state_as_often_as_the_config_says(tmp_path):
     """``checkpoint_minutes`` reaches the train jobs (0: a save every epoch, slabbench.checkpoint),
     a finished job leaves no checkpoint, and changing the interval retrains nothing."""
