@@ -1,8 +1,12 @@
 import copy
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from slabbench.config import load_yaml
 
@@ -95,3 +99,60 @@ def record_fsyncs(monkeypatch, note) -> list:
 
     monkeypatch.setattr(io, "_fsync", fsync)
     return seen
+
+
+# --- the workflow on the tiny grid of .test/config.yaml (test_workflow.py, test_interruptions.py) ----
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+TEST_CONFIG = ROOT / ".test" / "config.yaml"
+
+
+def snakemake(workdir: Path, *args: str, config: Path = TEST_CONFIG, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*SNAKEMAKE, "--configfile", str(config), "--directory", str(workdir), *args],
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def planned_jobs(workdir: Path, config: Path = TEST_CONFIG) -> dict[str, int]:
+    """Job counts of a dry run ({} when nothing is to be done)."""
+    return job_counts(snakemake(workdir, "-n", "--cores", "1", config=config).stdout)
+
+
+def cfg_runs():
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    return [(e, m, s) for e in cfg["experiments"] for m in cfg["methods"] for s in cfg["seeds"]]
+
+
+def cfg_stacks():
+    """One training job per experiment x method: every seed of the tiny grid fits one stack."""
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    return [(e, m) for e in cfg["experiments"] for m in cfg["methods"]]
+
+
+def verify_stacks(workdir: Path) -> list[Path]:
+    """Check every stack file under workdir against the checksums it records (the aggregate's
+    check); the stack files, sorted."""
+    from slabbench.stackfile import verified_files
+
+    stacks = sorted((workdir / "results" / "runs").rglob("stack-*.json"))
+    cwd = os.getcwd()
+    os.chdir(workdir)  # the paths in a stack file are relative to Snakemake's working directory
+    try:
+        for stack in stacks:
+            assert json.loads(stack.read_text())["format"] == 2, stack
+            verified_files(stack.relative_to(workdir), "metrics")
+    finally:
+        os.chdir(cwd)
+    return stacks
+
+
+def one_experiment_config(tmp_path: Path, methods: tuple[str, ...] = ("dense", "magnitude")) -> Path:
+    """The .test grid with its simulation experiment and ``methods`` only (one train job each)."""
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["experiments"] = {"sim-tiny": cfg["experiments"]["sim-tiny"]}
+    cfg["methods"] = list(methods)
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,10 +23,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, job_counts
+from conftest import ROOT, SNAKEMAKE, TEST_CONFIG, job_counts
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
-TEST_CONFIG = ROOT / ".test" / "config.yaml"
 CLUSTER = ROOT / "tests" / "slurm"
 # settings for the single-node test cluster, not for a real one: it has no accounting daemon
 # (so status by squeue, not sacct), no accounts, and jobs of seconds (so the first status check
