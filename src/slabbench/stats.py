@@ -4,7 +4,8 @@ The interval is Student's t: mean ± t_{n-1, 0.975} · sd / √n.  Its coverage 
 normally distributed values at every n ≥ 2 and close to nominal for the mildly skewed metrics of
 this suite at the seed counts it runs (3, 5, 30; ``tests/test_stats.py`` checks it by
 simulation).  The percentile bootstrap used before is about [min, max] of the values at n = 3,
-which covers the mean of a symmetric distribution with probability 1 - 2 · 0.5³ = 75%.  One value gives no interval (NaN, NaN).
+which covers the mean of a symmetric distribution with probability 1 - 2 · 0.5³ = 75%.  One
+value gives no interval (NaN, NaN).
 
 Non-finite values (NaN: a diverged run; ±inf, e.g. the compression of a fully pruned net) are
 never averaged in and never dropped in silence: :func:`describe` reports how many there were
