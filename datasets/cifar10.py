@@ -17,9 +17,6 @@ from slabbench.api import Dataset as _Base
 from slabbench.api import DatasetSpec
 from slabbench.data import DatasetFilesMissing, as_tensors, resources_dir, stratified_split
 
-FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta")
-
-
 @dataclass(frozen=True)
 class Params:
     root: str | None = None  #: folder that holds cifar-10-batches-py/; default resources/
@@ -32,14 +29,19 @@ class Dataset(_Base):
     Params = Params
 
     def prepare(self) -> None:
+        import http.client
         import tarfile
         from pathlib import Path
 
         from torchvision.datasets import CIFAR10
+        from torchvision.datasets.utils import check_integrity
 
         root = self.params.root or str(resources_dir())
         folder = Path(root) / "cifar-10-batches-py"
-        missing = [name for name in FILES if not (folder / name).is_file()]
+        checksums = [*CIFAR10.train_list, *CIFAR10.test_list, [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]
+
+        def damaged() -> list[str]:  # missing, or not the MD5 sum torchvision expects
+            return [name for name, md5 in checksums if not check_integrity(str(folder / name), md5)]
 
         def unavailable(what: str, exc: BaseException | None) -> DatasetFilesMissing:
             why = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
@@ -47,18 +49,21 @@ class Dataset(_Base):
                 f"data set 'cifar10': {what} in {folder}{why}. Get cifar-10-python.tar.gz from the CIFAR-10 home "
                 f"page and unpack it in {root}, or set dataset_params.root.")
 
-        if missing:
-            if not self.params.download:
-                raise unavailable(f"files {', '.join(missing)} not found (download: false)", None)
-            try:  # only a failed download is "files missing"; any other error is a bug and propagates
+        bad = damaged()
+        if bad and not self.params.download:
+            raise unavailable(f"files {', '.join(bad)} missing or corrupt (download: false)", None)
+        if bad:
+            # torchvision re-extracts a good cifar-10-python.tar.gz in root, else downloads it; only a
+            # failed download counts as files missing: any other error is a bug and propagates
+            try:
                 CIFAR10(root, train=True, download=True)
-            except (OSError, RuntimeError, tarfile.TarError) as exc:  # URLError is an OSError
-                raise unavailable(f"files {', '.join(missing)} not found and could not be downloaded", exc) from exc
-        try:
-            train = CIFAR10(root, train=True, download=False)
-            test = CIFAR10(root, train=False, download=False)
-        except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted": an MD5 sum differs
-            raise unavailable(f"files {', '.join(FILES)} present but corrupt (torchvision's MD5 check)", exc) from exc
+            except (OSError, RuntimeError, tarfile.TarError, http.client.HTTPException) as exc:  # URLError: an OSError
+                raise unavailable(f"files {', '.join(bad)} missing or corrupt and could not be downloaded", exc) from exc
+            bad = damaged()
+            if bad:
+                raise unavailable(f"files {', '.join(bad)} still missing or corrupt after the download", None)
+        train = CIFAR10(root, train=True, download=False)
+        test = CIFAR10(root, train=False, download=False)
         x = np.asarray(train.data, dtype=np.float32).transpose(0, 3, 1, 2) / 255.0
         y = np.asarray(train.targets)
         xt = np.asarray(test.data, dtype=np.float32).transpose(0, 3, 1, 2) / 255.0

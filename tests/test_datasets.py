@@ -127,22 +127,31 @@ def test_missing_cifar_files_say_which_where_and_how(tmp_path):
 
 
 def test_only_a_failed_download_or_corrupt_cifar_files_count_as_missing(tmp_path, monkeypatch):
-    """Missing files and a failed download, or files that fail torchvision's MD5 check, are
-    DatasetFilesMissing (the contract test skips on it); any other error, here a wrong keyword,
-    is a bug and propagates."""
+    """Files missing or failing torchvision's MD5 sums, which a download (torchvision re-extracts a
+    good tarball or fetches it) could not repair, are DatasetFilesMissing naming those files (the
+    contract test skips on it); any other error, here a wrong keyword, is a bug and propagates."""
     import urllib.error
 
     import torchvision.datasets
+    from torchvision.datasets import CIFAR10
+
+    calls = []
 
     def raising(exc):
-        def fake(root, train, download):
-            raise exc
-        return fake
+        class Stand:  # torchvision's class with its checksums, whose constructor fails
+            train_list, test_list, meta = CIFAR10.train_list, CIFAR10.test_list, CIFAR10.meta
+
+            def __init__(self, root, train, download):
+                calls.append(download)
+                raise exc
+        return Stand
 
     ds = make("cifar10", root=str(tmp_path))
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", raising(urllib.error.URLError("no network")))
-    with pytest.raises(DatasetFilesMissing, match="data_batch_1.*could not be downloaded in .*cifar-10-batches-py \\(URLError"):
+    with pytest.raises(DatasetFilesMissing, match="data_batch_1.*batches.meta missing or corrupt and could not be "
+                                                  "downloaded in .*cifar-10-batches-py \\(URLError"):
         ds.prepare()
+    assert calls == [True]
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", raising(TypeError("unexpected keyword argument 'train'")))
     with pytest.raises(TypeError, match="unexpected keyword"):
         ds.prepare()
@@ -151,12 +160,17 @@ def test_only_a_failed_download_or_corrupt_cifar_files_count_as_missing(tmp_path
     for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
                  "batches.meta"):
         (folder / name).write_bytes(b"not a pickle")
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", raising(RuntimeError("Dataset not found or corrupted.")))
-    with pytest.raises(DatasetFilesMissing, match="present but corrupt"):
+    calls.clear()  # present but corrupt: a repair is tried (download: true), then the files are named
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", raising(urllib.error.URLError("no network")))
+    with pytest.raises(DatasetFilesMissing, match="files data_batch_1, .*test_batch, batches.meta missing or corrupt "
+                                                  "and could not be downloaded"):
         ds.prepare()
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", raising(TypeError("unexpected keyword argument 'train'")))
-    with pytest.raises(TypeError):
-        ds.prepare()
+    assert calls == [True]
+    calls.clear()
+    with pytest.raises(DatasetFilesMissing, match="files data_batch_1, .*batches.meta missing or corrupt "
+                                                  "\\(download: false\\)"):
+        make("cifar10", root=str(tmp_path), download=False).prepare()
+    assert calls == []
 
 
 def _write_idx(path, array):
