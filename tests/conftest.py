@@ -107,9 +107,10 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snake
 TEST_CONFIG = ROOT / ".test" / "config.yaml"
 
 
-def snakemake(workdir: Path, *args: str, config: Path = TEST_CONFIG, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, config: Path = TEST_CONFIG, check: bool = True,
+              timeout: int = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run([*SNAKEMAKE, "--configfile", str(config), "--directory", str(workdir), *args],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, SNAKEMAKE, TEST_CONFIG, job_counts
+from conftest import ROOT, SNAKEMAKE, TEST_CONFIG, planned_jobs, snakemake
 
 CLUSTER = ROOT / "tests" / "slurm"
 # settings for the single-node test cluster, not for a real one: it has no accounting daemon
@@ -40,21 +40,9 @@ needs_cluster = pytest.mark.skipif(
     not OPT_IN, reason="end-to-end SLURM test: opt in with SLABBENCH_SLURM_TEST=1 (needs root and apt-get; 7-15 min on 2 cores)")
 
 
-def snakemake(workdir: Path, *args: str, config: Path = TEST_CONFIG, timeout: int = 1200) -> subprocess.CompletedProcess:
-    return subprocess.run([*SNAKEMAKE, "--configfile", str(config), "--directory", str(workdir), *args],
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def on_slurm(workdir: Path) -> list[str]:
     return [*SNAKEMAKE, "--configfile", str(TEST_CONFIG), "--directory", str(workdir),
             "--workflow-profile", str(ROOT / "profiles" / "slurm"), *TEST_CLUSTER_ARGS]
-
-
-def planned_jobs(workdir: Path) -> dict[str, int]:
-    """Job counts of a dry run ({} when nothing is to be done)."""
-    proc = snakemake(workdir, "-n", "--cores", "1")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return job_counts(proc.stdout)
 
 
 def n_runs() -> int:
@@ -80,8 +68,7 @@ def test_jobs_declare_cluster_resources(tmp_path):
     gpu_train = {"gpu": "1", "mem_mb": "6000", "runtime": "120"}
     for config, expected_train in ((TEST_CONFIG, {"sim-tiny": cpu_train, "digits-tiny": cpu_train}),
                                    (mixed, {"sim-tiny": cpu_train, "digits-tiny": gpu_train})):
-        proc = snakemake(tmp_path, "-n", "--cores", "1", config=config)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        proc = snakemake(tmp_path, "-n", "--cores", "1", config=config)  # raises, with the output, on a failure
         resources, train = {}, {}  # rule -> its "resources:" line; experiment -> its train jobs' lines
         for block in re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout):
             rule = re.match(r"(?:local)?rule (\w+):", block)
@@ -118,8 +105,7 @@ def cluster():
 def local_runs(tmp_path_factory) -> pd.DataFrame:
     """The reference: the same grid run locally."""
     workdir = tmp_path_factory.mktemp("local")
-    proc = snakemake(workdir, "--cores", "2")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    snakemake(workdir, "--cores", "2", timeout=1200)  # raises, with the output, on a failure
     return pd.read_csv(workdir / "results" / "summary" / "runs.csv")
 
 
