@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, SNAKEMAKE, TEST_CONFIG, planned_jobs, snakemake
+from conftest import ROOT, SNAKEMAKE, TEST_CONFIG, cfg_runs, cfg_stacks, planned_jobs, snakemake
 
 CLUSTER = ROOT / "tests" / "slurm"
 # settings for the single-node test cluster, not for a real one: it has no accounting daemon
@@ -43,17 +43,6 @@ needs_cluster = pytest.mark.skipif(
 def on_slurm(workdir: Path) -> list[str]:
     return [*SNAKEMAKE, "--configfile", str(TEST_CONFIG), "--directory", str(workdir),
             "--workflow-profile", str(ROOT / "profiles" / "slurm"), *TEST_CLUSTER_ARGS]
-
-
-def n_runs() -> int:
-    cfg = yaml.safe_load(TEST_CONFIG.read_text())
-    return len(cfg["experiments"]) * len(cfg["methods"]) * len(cfg["seeds"])
-
-
-def n_stacks() -> int:
-    """Training jobs of the tiny grid: one per experiment x method (every seed fits one stack)."""
-    cfg = yaml.safe_load(TEST_CONFIG.read_text())
-    return len(cfg["experiments"]) * len(cfg["methods"])
 
 
 def test_jobs_declare_cluster_resources(tmp_path):
@@ -178,13 +167,13 @@ def test_rerun_on_slurm_redoes_only_what_is_missing_and_matches_a_local_run(canc
     workdir = cancelled[0]
     runs = workdir / "results" / "runs"
     done = {p: p.stat().st_mtime_ns for p in runs.rglob("stack-*.json")}
-    assert 1 <= len(done) < n_stacks()
-    assert planned_jobs(workdir)["train"] == n_stacks() - len(done)
+    assert 1 <= len(done) < len(cfg_stacks())
+    assert planned_jobs(workdir)["train"] == len(cfg_stacks()) - len(done)
     proc = subprocess.run(on_slurm(workdir), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in done} == done  # finished stacks were not redone
-    assert len(list(runs.rglob("stack-*.json"))) == n_stacks()
-    assert len(list(runs.rglob("metrics.jsonl"))) == n_runs()
+    assert len(list(runs.rglob("stack-*.json"))) == len(cfg_stacks())
+    assert len(list(runs.rglob("metrics.jsonl"))) == len(cfg_runs())
     assert planned_jobs(workdir) == {}
 
     on_cluster = pd.read_csv(workdir / "results" / "summary" / "runs.csv")
