@@ -109,6 +109,29 @@ def test_bad_global_method_option_is_reported_once_where_it_is_written(default_c
     assert len(lines) == 1 and lines[0].strip().startswith("config.experiments.digits.method_params.magnitude: option 'scope'"), lines
 
 
+
+def test_a_method_whose_constructor_reads_the_data_is_named_not_a_traceback(default_config, monkeypatch):
+    """Validation builds each method with a placeholder context (no data set): a plugin whose
+    ``__init__`` reads ``ctx.spec`` used to crash ``slabbench validate`` with a bare traceback."""
+    import slabbench.config as C
+    from slabbench.api import Method
+
+    class NeedsData(Method):
+        def __init__(self, params, ctx):
+            super().__init__(params, ctx)
+            self.width = ctx.spec.n_features
+
+    real = C.method_class
+    monkeypatch.setattr(C, "method_class", lambda name: NeedsData if name == "magnitude" else real(name))
+    default_config["method_params"].pop("magnitude", None)
+    for exp in default_config["experiments"].values():
+        exp.get("method_params", {}).pop("magnitude", None)
+    with pytest.raises(ConfigError) as info:
+        validate(default_config)
+    msg = str(info.value)
+    assert "method 'magnitude': its constructor raised AttributeError" in msg and "n_features" in msg, msg
+    assert "placeholder context (ctx.spec None" in msg and "test_config.py" in msg, msg
+
 def test_config_must_be_a_mapping():
     with pytest.raises(ConfigError, match="must be a mapping"):
         validate([1, 2])

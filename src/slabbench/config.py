@@ -10,6 +10,7 @@ import difflib
 import logging
 import math
 import re
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -235,7 +236,16 @@ def _method_error(method: str, options: dict, epochs: int, lr: float, name: str 
         params = make_params(cls.Params, options, owner)
         ctx = TrainContext(task="classification", n_train=1, epochs=epochs, steps_per_epoch=1,
                            lr=lr, device=torch.device("cpu"), spec=None)
-        cls(params, ctx)  # constructors check choices (scope, schedule, ...)
+        try:
+            cls(params, ctx)  # constructors check choices (scope, schedule, ...)
+        except PluginError:
+            raise
+        except Exception as e:  # a constructor that needs more than its options: say so, not a traceback
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            return (f"{owner}: its constructor raised {type(e).__name__}: {e} ({where.filename}:{where.lineno}) when "
+                    "the configuration's validation built it with a placeholder context (ctx.spec None, ctx.n_train 1, "
+                    "ctx.steps_per_epoch 1): a method's __init__ should check its options only and read the data's "
+                    "facts from ctx in build() or the training hooks (docs/extending.md)")
     except PluginError as e:
         msg = str(e)
         if msg.startswith("unknown option"):  # the method's own options; the core's apply to every method
