@@ -359,6 +359,9 @@ class _SpikeSlab(nn.Module):
         sample at temperature τ (carries a gradient to θ), else z ~ Bernoulli(sigmoid(θ)) (none)."""
         u = stacked.rand_like(theta, self.stack)
         if self.training and self.mode == "gumbel":
+            # (u kept off 0 and 1 so that the logs stay finite; Bai et al. add 1e-20 inside the logs
+            # instead.  It matters only where |θ| > 13.8: such a gate is then always on (off)
+            # instead of flipping with probability below 1e-6.)
             u = u.clamp(1e-6, 1 - 1e-6)
             soft = torch.sigmoid((theta + torch.log(u) - torch.log1p(-u)) / self.tau)
             hard = (soft > 0.5).to(soft.dtype)
