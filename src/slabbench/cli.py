@@ -312,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     except RootError as err:  # (raised where the checkout is first looked up)
         print(f"slabbench: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `slabbench runs CONFIG | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (so that the exit's flush cannot fail again)
+        return 1
 
 
 def _main(argv: list[str] | None) -> int:
