@@ -243,7 +243,6 @@ def test_the_cli_names_a_config_file_it_cannot_read_without_a_traceback(tmp_path
         assert err.startswith(f"{path}: ") and fragment in err and "Traceback" not in err
 
 
-
 def test_the_cli_stops_quietly_when_its_reader_leaves():
     """``slabbench runs config/paper.yaml | head -1``: a closed pipe ends the listing with status
     1 and without a traceback (it printed BrokenPipeError's)."""
@@ -258,6 +257,7 @@ def test_the_cli_stops_quietly_when_its_reader_leaves():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 1, err
     assert "Traceback" not in err and err == "", err
+
 
 def test_a_slabbench_root_that_is_no_checkout_is_named(tmp_path, monkeypatch):
     from slabbench._plugins import repo_root
