@@ -87,6 +87,7 @@ def test_run_records_follow_the_schema(name, options, dataset):
     for rec in records:
         jsonschema.validate(rec, METRICS_SCHEMA)
         assert rec["method"] == name and rec["spec"]["method_params"] == options
+        assert ("test_accuracy_fp16" if rec["task"] == "classification" else "test_rmse_fp16") in rec
     targets = sorted(r["target_sparsity"] for r in records if r["selection"] == "target")
     if targets:
         assert targets == sorted(spec["sparsities"])

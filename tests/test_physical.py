@@ -279,16 +279,21 @@ def test_physical_outputs_equal_the_masked_network(images, method, options, mode
         assert removed > 0  # the check saw units removed
 
 
-def test_sparse_storage_round_trips_in_both_formats():
+def test_sparse_storage_round_trips_in_every_format():
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(20, 300, generator=gen)
     very = w * (torch.rand(w.shape, generator=gen) < 0.02)  # 2% kept: CSR is smaller
     half = w * (torch.rand(w.shape, generator=gen) < 0.5)  # 50% kept: the bitmask is smaller
     conv = torch.randn(4, 3, 5, 5, generator=gen) * (torch.rand(4, 3, 5, 5, generator=gen) < 0.3)
-    for weight, fmt in ((very, "csr"), (half, "bitmask"), (conv, "bitmask"), (torch.zeros(3, 0), "bitmask")):
-        entry = P.sparse_weight(weight)
-        assert entry["format"] == fmt
-        assert torch.equal(P.dense_weight(entry), weight)
+    # 5,760 of 6,000 nonzero (96%): a bitmask (750 bytes) + 5,760 values beats 6,000 values in
+    # float32 (23,790 against 24,000 bytes) but not in float16 (12,270 against 12,000)
+    most = w * (torch.arange(w.numel()).view(w.shape) % 25 != 0)
+    for weight, fmt, dtype in ((very, "csr", torch.float32), (half, "bitmask", torch.float32), (conv, "bitmask", torch.float32),
+                               (torch.zeros(3, 0), "bitmask", torch.float32), (w, "dense", torch.float32),
+                               (most, "bitmask", torch.float32), (most, "dense", torch.float16)):
+        entry = P.sparse_weight(weight, dtype)
+        assert entry["format"] == fmt, (fmt, dtype)
+        assert torch.equal(P.dense_weight(entry), weight.to(dtype).float())
     assert P.sparse_weight(very)["col"].dtype == torch.int16  # 300 columns do not fit a byte
     half16 = P.dense_weight(P.sparse_weight(half, torch.float16))
     torch.testing.assert_close(half16, half, rtol=1e-3, atol=1e-3)
@@ -310,6 +315,29 @@ def test_sparse_network_restores_the_physical_one_and_is_smaller_when_sparse():
     # 100*200 + 200*10 float32 weights and their biases, plus the container's own bytes
     assert 4 * (100 * 200 + 200 + 200 * 10 + 10) < fields["model_bytes_dense"] < 4 * (100 * 200 + 200 + 200 * 10 + 10) + 4000
 
+
+
+def test_the_fp16_metric_rounds_the_weights_the_fp16_size_stores_and_nothing_else():
+    """``test_rmse_fp16`` is measured with the weights rounded to float16 as the sparse form's
+    fp16 values store them, biases float32: y = w x + b with w = b = 1 + 2^-12 (float16 holds
+    1, float32 both) on x = 1, y = 2 + 2^-11 is exact in float32 (RMSE 0), 2^-12 off with w
+    rounded (2^-11 had the bias been rounded too); a masked weight stays out, the net is untouched."""
+    from slabbench.records import fp16_metrics
+
+    net = nn.Sequential(MaskedLinear(2, 1))
+    eps = 2.0 ** -12
+    _set(net[0], [[1 + eps, 5.0]], [1 + eps])
+    net[0].weight_mask[0, 1] = 0.0  # the second input's weight is pruned
+    data = {"test": (torch.tensor([[1.0, 3.0]]), torch.tensor([2 + 2 * eps]))}
+    assert float(net(data["test"][0]).detach()) == 2 + 2 * eps  # (the pruned weight's 5 x 3 would add 15)
+    assert fp16_metrics(net, data, "regression", 1.0) == {"test_rmse_fp16": eps}
+    assert float(net[0].weight[0, 0].detach()) == 1 + eps  # rounded in a copy
+    # classification: the two logits differ by the weight's last float32 bits only
+    net = nn.Sequential(MaskedLinear(1, 2))
+    _set(net[0], [[1.0], [1 + eps]], [eps / 2, 0.0])  # logits 1 + 2^-13 and 1 + 2^-12: class 1; rounded: class 0
+    data = {"test": (torch.tensor([[1.0]]), torch.tensor([1]))}
+    assert fp16_metrics(net, data, "classification", 1.0) == {"test_accuracy_fp16": 0.0}
+    assert int(net(data["test"][0]).detach().argmax()) == 1
 
 def test_time_pair_returns_milliseconds_per_call_and_their_ratio():
     small, big = nn.Linear(8, 4), nn.Sequential(*[nn.Linear(8, 8) for _ in range(6)])

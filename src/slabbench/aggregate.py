@@ -38,7 +38,8 @@ COLUMNS = KEYS + [
     "test_accuracy_bma", "test_rmse_bma", "test_nll_bma", "ece_bma", "test_rmse_constant",
     "test_accuracy_sampled", "val_accuracy_sampled", "test_rmse_sampled", "val_rmse_sampled",
     "flops_kept", "nodes_kept", "features_kept", "fnr", "fpr", "features_kept_bai", "fnr_bai", "fpr_bai", "train_seconds", "finetune_seconds", "epochs", "finetune_epochs",
-    "model_bytes_dense", "model_bytes_pruned", "model_bytes_sparse", "model_bytes_sparse_fp16", "physical_widths",
+    "model_bytes_dense", "model_bytes_pruned", "model_bytes_sparse", "model_bytes_sparse_fp16",
+    "test_accuracy_fp16", "test_rmse_fp16", "physical_widths",
     "physical_empty", "physical_weights",
     "nan_metrics", "setting", "variant_of", "restarts", "restart_chosen", "stack_runs",
     "device", "device_name", "git_commit", "git_dirty", "slabbench_version", "torch_version", "python_version",
@@ -49,7 +50,8 @@ METRICS = ["sparsity", "sparsity_all", "compression", "test_accuracy", "test_rms
            "test_accuracy_bma", "test_rmse_bma", "test_nll_bma", "ece_bma", "test_rmse_constant",
            "test_accuracy_sampled", "test_rmse_sampled", "flops_kept", "features_kept", "fnr", "fpr",
            "features_kept_bai", "fnr_bai", "fpr_bai", "train_seconds",
-           "model_bytes_dense", "model_bytes_pruned", "model_bytes_sparse", "model_bytes_sparse_fp16"] + LATENCY
+           "model_bytes_dense", "model_bytes_pruned", "model_bytes_sparse", "model_bytes_sparse_fp16",
+           "test_accuracy_fp16", "test_rmse_fp16"] + LATENCY
 #: one run's row is identified by these; a second row with the same values is refused
 RUN_KEY = ["experiment", "method", "seed", "selection", "target_sparsity"]
 #: what distinguishes settings of one method in one experiment (summary keys; tables refuse mixing)

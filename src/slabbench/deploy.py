@@ -16,8 +16,11 @@ PANELS = [("latency_ms_b1", "latency, batch 1 (ms, 1 thread)"), ("latency_ms_b25
           ("model_bytes_sparse", "physical network (bytes, sparse form)")]
 #: (column, header, decimals) of the table besides the metric
 TABLE = [("sparsity", "sparsity", 3), ("model_bytes_dense", "bytes dense", 0), ("model_bytes_pruned", "bytes pruned", 0),
-         ("model_bytes_sparse", "bytes sparse", 0), ("latency_ms_b1", "ms b1", 4), ("latency_ms_b256", "ms b256", 3),
+         ("model_bytes_sparse", "bytes sparse", 0), ("model_bytes_sparse_fp16", "bytes fp16", 0),
+         ("latency_ms_b1", "ms b1", 4), ("latency_ms_b256", "ms b256", 3),
          ("speedup_b1", "× b1", 2), ("speedup_b256", "× b256", 2)]
+#: the test metric of the float16-rounded weights, per task (runs made before it have none: "–")
+FP16 = {"classification": "test_accuracy_fp16", "regression": "test_rmse_fp16"}
 
 
 def points(runs: pd.DataFrame) -> pd.DataFrame:
@@ -33,13 +36,22 @@ def points(runs: pd.DataFrame) -> pd.DataFrame:
         for (method, sel, target), h in g.groupby(["method", "selection", "target_sparsity"], dropna=False, sort=False):
             row = dict(experiment=exp, task=task, method=method, selection=sel,
                        target_sparsity=None if pd.isna(target) else float(target), seeds=int(h["seed"].nunique()),
-                       metric=float(h[metric].astype(float).mean()),
+                       metric=float(h[metric].astype(float).mean()), metric_fp16=_fp16_metric(h, task),
                        empty=int(h["physical_empty"].astype(bool).sum()) if "physical_empty" in h else 0,
                        physical_widths=str(h["physical_widths"].mode().iloc[0]) if "physical_widths" in h and h["physical_widths"].notna().any() else "")
             for col, _, _ in TABLE:
                 row[col] = float(h[col].astype(float).mean()) if col in h else math.nan
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _fp16_metric(h: pd.DataFrame, task: str) -> float:
+    """Mean over seeds of the metric with float16 weights (test error % or RMSE); NaN without the column."""
+    col = FP16[task]
+    if col not in h or not h[col].notna().any():
+        return math.nan
+    v = h[col].astype(float)
+    return float((100 * (1 - v) if task == "classification" else v).mean())
 
 
 def render(runs: pd.DataFrame) -> str:
@@ -49,8 +61,9 @@ def render(runs: pd.DataFrame) -> str:
     pts = points(runs)
     out = ["# Deployable compression: physical networks, their bytes and measured latency\n",
            "Means over seeds. bytes: serialized sizes (torch.save). ms: CPU latency of the physical network, one "
-           "thread, median of timed blocks; ×: dense network of the same architecture / physical, timed in the same "
-           "process. widths: output units per layer of the physical network (most common over seeds).\n"]
+           "thread, fastest of its timed blocks; ×: dense network of the same architecture / physical, timed in the same "
+           "process. fp16: the sparse form with float16 values, and the test metric with the weights so rounded. "
+           "widths: output units per layer of the physical network (most common over seeds).\n"]
     for exp, g in pts.groupby("experiment", sort=True):
         task = g["task"].iloc[0]
         _, label = metric_for(task)
@@ -59,13 +72,14 @@ def render(runs: pd.DataFrame) -> str:
         rows = []
         for _, r in g.iterrows():
             sel = "natural" if r["selection"] == "natural" else f"{r['target_sparsity']:g}"
-            cells = [r["method"], sel, f"{r['metric']:.3f}" if task == "regression" else f"{r['metric']:.2f}"]
+            fmt = "{:.3f}" if task == "regression" else "{:.2f}"
+            cells = [r["method"], sel, fmt.format(r["metric"]), "–" if pd.isna(r["metric_fp16"]) else fmt.format(r["metric_fp16"])]
             for col, _, d in TABLE:
                 v = r[col]
                 cells.append("–" if pd.isna(v) else (f"{v:,.0f}" if d == 0 else f"{v:.{d}f}"))
             cells += [r["physical_widths"], f"{r['empty']}/{r['seeds']}" if r["empty"] else ""]
             rows.append(cells)
-        headers = ["method", "target", label] + [h for _, h, _ in TABLE] + ["widths", "empty"]
+        headers = ["method", "target", label, f"{label}, fp16 weights"] + [h for _, h, _ in TABLE] + ["widths", "empty"]
         out.append(f"## {exp}\n\n" + tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) + "\n")
     return "\n".join(out)
 

@@ -45,7 +45,8 @@ same architecture can be rebuilt for timing (:func:`dense_layers`).
 input to an output): the network is then a constant and is not timed.
 
 :func:`sparse_network` stores the same layers with each weight in a sparse form (CSR or a
-bitmask plus values, whichever is smaller, values float32 or float16); :func:`from_sparse`
+bitmask plus values, or plain dense values where nearly every weight is nonzero, whichever is
+smallest, values float32 or float16); :func:`from_sparse`
 restores the physical network.  :func:`time_pair` measures CPU inference latency (two networks in alternation).
 """
 
@@ -362,37 +363,45 @@ def unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
 
 
 def sparse_weight(w: torch.Tensor, dtype: torch.dtype = torch.float32) -> dict:
-    """One weight (out, ...) in a sparse form, whichever of two is smaller in raw bytes:
+    """One weight (out, ...) in the smallest in raw bytes of three forms (ties: the first):
 
     - ``csr``: the weight as (out, rest): ``crow`` (out + 1,) int32 row starts, ``col`` (nnz,)
       column indices in the smallest integer type that fits, ``values`` (nnz,) ``dtype``;
-    - ``bitmask``: ``bits`` (ceil(numel / 8),) uint8 (:func:`pack_bits`), ``values`` (nnz,).
+    - ``bitmask``: ``bits`` (ceil(numel / 8),) uint8 (:func:`pack_bits`), ``values`` (nnz,);
+    - ``dense``: ``values`` (numel,), every entry, zeros included: smaller than a bitmask plus
+      values once more than 1 - 1/(8 b) of the weights are nonzero (b bytes per value; 97% in
+      float32), e.g. an unpruned layer.
 
-    ``shape`` is the weight's shape; :func:`dense_weight` inverts both."""
+    ``shape`` is the weight's shape; :func:`dense_weight` inverts all three."""
     w2 = w.reshape(w.shape[0], math.prod(w.shape[1:]))
     keep = w2 != 0
-    values = w2[keep].to(dtype)
     nnz, rows, cols = int(keep.sum()), w2.shape[0], w2.shape[1]
     idx = _index_dtype(cols)
-    csr_bytes = (rows + 1) * 4 + nnz * torch.empty(0, dtype=idx).element_size()
-    if csr_bytes <= math.ceil(w2.numel() / 8):
+    size = torch.empty(0, dtype=dtype).element_size()
+    csr_bytes = (rows + 1) * 4 + nnz * (torch.empty(0, dtype=idx).element_size() + size)
+    bitmask_bytes = math.ceil(w2.numel() / 8) + nnz * size
+    if csr_bytes <= min(bitmask_bytes, w2.numel() * size):
         crow = torch.zeros(rows + 1, dtype=torch.int32)
         crow[1:] = keep.sum(dim=1).cumsum(0)
         col = keep.nonzero()[:, 1].to(idx)
-        return {"format": "csr", "shape": list(w.shape), "crow": crow, "col": col, "values": values}
-    return {"format": "bitmask", "shape": list(w.shape), "bits": pack_bits(keep), "values": values}
+        return {"format": "csr", "shape": list(w.shape), "crow": crow, "col": col, "values": w2[keep].to(dtype)}
+    if bitmask_bytes <= w2.numel() * size:
+        return {"format": "bitmask", "shape": list(w.shape), "bits": pack_bits(keep), "values": w2[keep].to(dtype)}
+    return {"format": "dense", "shape": list(w.shape), "values": w2.flatten().to(dtype)}
 
 
 def dense_weight(entry: dict) -> torch.Tensor:
     """The float32 dense weight of a :func:`sparse_weight` entry."""
     shape = entry["shape"]
     rows, numel = shape[0], math.prod(shape)
+    if entry["format"] == "dense":
+        return entry["values"].float().reshape(shape)
     out = torch.zeros(numel)
     if entry["format"] == "bitmask":
         out[unpack_bits(entry["bits"], numel)] = entry["values"].float()
         return out.view(shape)
     if entry["format"] != "csr":
-        raise PhysicalError(f"unknown sparse format {entry['format']!r}; valid: csr, bitmask")
+        raise PhysicalError(f"unknown sparse format {entry['format']!r}; valid: csr, bitmask, dense")
     cols = math.prod(shape[1:])
     crow = entry["crow"].long()
     row = torch.repeat_interleave(torch.arange(rows), crow[1:] - crow[:-1])

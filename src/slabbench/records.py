@@ -23,6 +23,7 @@ from slabbench import physical
 from slabbench.api import DatasetSpec, Method
 from slabbench.config import RunSpec
 from slabbench.engine import Member, noise_seed
+from slabbench.layers import prunable_layers
 from slabbench.outputs import check_mask, check_scores
 from slabbench.prune import apply_masks, topk_masks
 
@@ -52,6 +53,20 @@ def evaluate(net: nn.Module, data: dict, spec, task: str, noise_sd: float) -> di
     x, y = data["train"]
     out.update(M.predictive_metrics(M.predict(net, x), y, task, noise_sd, prefix="train"))
     return out
+
+
+def fp16_metrics(net: nn.Module, data: dict, task: str, noise_sd: float) -> dict[str, Any]:
+    """The test accuracy (``test_accuracy_fp16``) or RMSE (``test_rmse_fp16``) of ``net`` with
+    its Linear / Conv2d weights rounded to float16, the values ``model_bytes_sparse_fp16``
+    stores (:func:`slabbench.physical.sparse_network`; biases and batch norm stay float32, the
+    arithmetic float32): what halving the stored values costs in accuracy."""
+    half = copy.deepcopy(net)
+    with torch.no_grad():
+        for _, layer in prunable_layers(half):
+            layer.weight.copy_(layer.weight.half().float())
+    x, y = data["test"]
+    key = "test_accuracy" if task == "classification" else "test_rmse"
+    return {f"{key}_fp16": M.predictive_metrics(M.predict(half, x), y, task, noise_sd)[key]}
 
 
 def bma_metrics(method: Method, model: nn.Module, masks, data, task: str, noise_sd: float) -> dict[str, Any]:
@@ -125,7 +140,8 @@ class TargetSelection:
         which took ``seconds``); its physical network goes to ``artefacts``."""
         return physical.attach(dict(self.common, selection="target", target_sparsity=self.target,
                                     finetune_epochs=finetune_epochs, finetune_seconds=seconds,
-                                    **evaluate(net, self.data, measure.data_spec, measure.task, measure.noise_sd), **self.bma),
+                                    **evaluate(net, self.data, measure.data_spec, measure.task, measure.noise_sd),
+                                    **fp16_metrics(net, self.data, measure.task, measure.noise_sd), **self.bma),
                                artefacts, net, measure.data_spec.input_shape)
 
 
@@ -153,7 +169,8 @@ def measure_run(member: Member, run: int, method_name: str, data: dict, common: 
             net = apply_masks(copy.deepcopy(exported), natural) if natural is not None else exported
             records.append(physical.attach(dict(
                 common, selection="natural", target_sparsity=None, finetune_epochs=0,
-                **evaluate(net, data, data_spec, task, noise_sd), **bma_metrics(method, model, natural, data, task, noise_sd),
+                **evaluate(net, data, data_spec, task, noise_sd), **fp16_metrics(net, data, task, noise_sd),
+                **bma_metrics(method, model, natural, data, task, noise_sd),
                 **sampled_metrics(method, model, data, task, noise_sd, member.seed, device)), artefacts, net,
                 data_spec.input_shape))
         artefacts.update(method.extra_artifacts(model))
