@@ -48,7 +48,7 @@ def test_hand_built_mlp_shapes_and_folded_bias():
     ops = [o["op"] for o in phys["layers"]]
     assert ops == ["flatten", "select", "linear", "relu", "linear", "relu", "linear"]
     layers = phys["layers"]
-    assert layers[1]["index"].tolist() == [0, 1]
+    assert layers[1]["index"].tolist() == [0, 1] and layers[1]["index"].dtype == torch.int32  # (index_select takes int32)
     assert layers[2]["weight"].tolist() == [[1.0, -2.0]] and layers[2]["bias"].tolist() == pytest.approx([0.1])
     assert layers[4]["weight"].tolist() == [[1.5], [-1.0]]
     # fc2 bias + 0.5 (the dead unit's relu(0.5)) x fc2[:, 2] = [0.1 + 1.0, -0.2 + 2.0]

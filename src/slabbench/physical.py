@@ -28,7 +28,7 @@ package: ``{"format": "slabbench.physical", "version": 1, "input_shape": [C, H, 
 ====================  ======================================================================
 op                    fields
 ====================  ======================================================================
-``select``            ``index`` (K,) int64: ``x = x.index_select(1, index)``
+``select``            ``index`` (K,) int32: ``x = x.index_select(1, index)``
 ``flatten``           ``x = x.flatten(1)``
 ``linear``            ``weight`` (out, in), ``bias`` (out,) or None
 ``conv2d``            ``weight`` (out, in, kh, kw), ``bias``, ``stride``, ``padding``, ``dilation`` (pairs)
@@ -255,7 +255,7 @@ def physical_network(net: nn.Module, input_shape: Sequence[int], remove: bool = 
     out: list[dict] = []
     for j, o in enumerate(ops):
         if j == first and select is not None:
-            out.append({"op": "select", "index": select.nonzero().flatten().to(torch.int64)})
+            out.append({"op": "select", "index": select.nonzero().flatten().to(torch.int32)})
         if o["op"] not in ("linear", "conv2d", "batch_norm"):
             out.append(o)
             continue
