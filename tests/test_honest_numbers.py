@@ -60,6 +60,33 @@ def test_a_diverged_run_is_counted_and_shown_not_averaged_away(tmp_path):
     assert "| diverged (3 of 3) " in render(all_bad, "markdown")
 
 
+def test_a_float16_overflow_is_counted_for_its_metric_not_as_a_diverged_run(tmp_path):
+    """Seed 1's float16 form overflowed (NaN test_rmse_fp16) in a net that trained well; seed 2
+    diverged: one diverged run, and the fp16 metric's mean is over seed 0 alone (n = 1, 2 NaN)."""
+    recs = written(tmp_path, [record(0, test_rmse_fp16=1.25), record(1, rmse=1.2, test_rmse_fp16=math.nan),
+                              record(2, rmse=math.nan, test_nll=math.nan, test_rmse_fp16=math.nan)])
+    runs = records_table(recs)
+    assert runs["nan_metrics"].tolist() == ["", "test_rmse_fp16", "test_nll;test_rmse;test_rmse_fp16"]
+    row = summary_table(runs).iloc[0]
+    assert row["diverged"] == 1 and row["test_rmse_n"] == 2
+    assert row["test_rmse_fp16_n"] == 1 and row["test_rmse_fp16_n_nan"] == 2 and row["test_rmse_fp16_mean"] == 1.25
+
+
+def test_the_deploy_table_shows_the_fp16_metric_only_over_every_seed(tmp_path):
+    """Seeds 0 and 1 with RMSE 1.0 and 1.2: their fp16 RMSEs 1.1 and 1.3 give 1.200 beside 1.100;
+    with seed 1's missing (a run recorded before the field) the cell is "–", not seed 0's 1.100."""
+    from slabbench.deploy import render
+
+    phys = dict(model_bytes_dense=900, model_bytes_pruned=800, model_bytes_sparse=700, model_bytes_sparse_fp16=600,
+                physical_empty=False, physical_widths=[7, 1])
+    both = records_table(written(tmp_path, [record(0, rmse=1.0, test_rmse_fp16=1.1, **phys),
+                                            record(1, rmse=1.2, test_rmse_fp16=1.3, **phys)]))
+    row = next(l for l in render(both).splitlines() if l.startswith("| dense"))
+    assert [c.strip() for c in row.split("|")[3:5]] == ["1.100", "1.200"], row
+    one = records_table(written(tmp_path, [record(0, rmse=1.0, test_rmse_fp16=1.1, **phys), record(1, rmse=1.2, **phys)]))
+    row = next(l for l in render(one).splitlines() if l.startswith("| dense"))
+    assert [c.strip() for c in row.split("|")[3:5]] == ["1.100", "–"], row
+
 def test_records_are_checked_against_the_schema_when_written(tmp_path):
     with pytest.raises(RecordError, match="sim/dense/seed=0.*test_rmse.*-1"):
         write_records(tmp_path / "a.jsonl", [record(rmse=-1.0)])

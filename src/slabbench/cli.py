@@ -308,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     from slabbench._plugins import RootError
 
     try:
-        return _main(argv)
+        status = _main(argv)
+        sys.stdout.flush()  # (inside the try: a reader gone by the exit's own flush is a BrokenPipeError too)
+        return status
     except RootError as err:  # (raised where the checkout is first looked up)
         print(f"slabbench: {err}", file=sys.stderr)
         return 2

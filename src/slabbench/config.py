@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import inspect
 import logging
 import math
 import re
@@ -241,11 +242,14 @@ def _method_error(method: str, options: dict, epochs: int, lr: float, name: str 
         except PluginError:
             raise
         except Exception as e:  # a constructor that needs more than its options: say so, not a traceback
-            where = traceback.extract_tb(e.__traceback__)[-1]
+            frames = traceback.extract_tb(e.__traceback__)
+            own = [f for f in frames if f.filename == inspect.getsourcefile(cls)]  # (the plugin's line, not torch's)
+            where = (own or frames)[-1]
             return (f"{owner}: its constructor raised {type(e).__name__}: {e} ({where.filename}:{where.lineno}) when "
-                    "the configuration's validation built it with a placeholder context (ctx.spec None, ctx.n_train 1, "
-                    "ctx.steps_per_epoch 1): a method's __init__ should check its options only and read the data's "
-                    "facts from ctx in build() or the training hooks (docs/extending.md)")
+                    "the configuration's validation built it with a placeholder context (ctx.spec None, ctx.task "
+                    "'classification', ctx.n_train 1, ctx.steps_per_epoch 1). A bad option should raise "
+                    "slabbench.api.PluginError naming it; anything that depends on the data belongs in build() or the "
+                    "training hooks, where ctx is the run's own (docs/extending.md)")
     except PluginError as e:
         msg = str(e)
         if msg.startswith("unknown option"):  # the method's own options; the core's apply to every method

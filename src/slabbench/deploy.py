@@ -46,9 +46,11 @@ def points(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _fp16_metric(h: pd.DataFrame, task: str) -> float:
-    """Mean over seeds of the metric with float16 weights (test error % or RMSE); NaN without the column."""
+    """Mean over seeds of the metric with float16 weights (test error % or RMSE), shown only
+    where every seed has it (NaN otherwise: runs recorded before it, or a float16 overflow),
+    so that it is over the same seeds as the metric beside it."""
     col = FP16[task]
-    if col not in h or not h[col].notna().any():
+    if col not in h or not h[col].notna().all():
         return math.nan
     v = h[col].astype(float)
     return float((100 * (1 - v) if task == "classification" else v).mean())

@@ -395,7 +395,7 @@ def dense_weight(entry: dict) -> torch.Tensor:
     shape = entry["shape"]
     rows, numel = shape[0], math.prod(shape)
     if entry["format"] == "dense":
-        return entry["values"].float().reshape(shape)
+        return entry["values"].float().reshape(shape).clone()  # (a tensor of its own, as the other forms give)
     out = torch.zeros(numel)
     if entry["format"] == "bitmask":
         out[unpack_bits(entry["bits"], numel)] = entry["values"].float()
@@ -524,8 +524,7 @@ def physical_record(net: nn.Module, input_shape: Sequence[int], where: str = "ph
     sparse = sparse_network(payload)
     dense = physical_network(net, input_shape, remove=False)
     check_export(payload, dense, sparse, where)
-    half = dict(sparse, layers=[dict(o, weight=dict(o["weight"], values=o["weight"]["values"].half()))
-                                if o["op"] in ("linear", "conv2d") else o for o in sparse["layers"]])
+    half = sparse_network(payload, torch.float16)  # (each layer's form chosen for float16 values)
     fields = {
         "model_bytes_dense": serialized_bytes(dense),
         "model_bytes_pruned": serialized_bytes(payload),

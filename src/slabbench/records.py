@@ -23,7 +23,6 @@ from slabbench import physical
 from slabbench.api import DatasetSpec, Method
 from slabbench.config import RunSpec
 from slabbench.engine import Member, noise_seed
-from slabbench.layers import prunable_layers
 from slabbench.outputs import check_mask, check_scores
 from slabbench.prune import apply_masks, topk_masks
 
@@ -55,18 +54,26 @@ def evaluate(net: nn.Module, data: dict, spec, task: str, noise_sd: float) -> di
     return out
 
 
-def fp16_metrics(net: nn.Module, data: dict, task: str, noise_sd: float) -> dict[str, Any]:
-    """The test accuracy (``test_accuracy_fp16``) or RMSE (``test_rmse_fp16``) of ``net`` with
-    its Linear / Conv2d weights rounded to float16, the values ``model_bytes_sparse_fp16``
-    stores (:func:`slabbench.physical.sparse_network`; biases and batch norm stay float32, the
-    arithmetic float32): what halving the stored values costs in accuracy."""
-    half = copy.deepcopy(net)
-    with torch.no_grad():
-        for _, layer in prunable_layers(half):
-            layer.weight.copy_(layer.weight.half().float())
+def fp16_metrics(payload: dict, data: dict, task: str, noise_sd: float) -> dict[str, Any]:
+    """The test accuracy (``test_accuracy_fp16``) or RMSE (``test_rmse_fp16``) of the physical
+    network ``payload`` stored as ``model_bytes_sparse_fp16`` counts it: its sparse form with
+    float16 weights (:func:`slabbench.physical.sparse_network`; biases, folded constants and batch
+    norm stay float32), restored and run in float32.  What halving the stored values costs."""
+    half = physical.from_sparse(physical.sparse_network(payload, torch.float16))
     x, y = data["test"]
+    layers = [{k: (v.to(x.device) if torch.is_tensor(v) else v) for k, v in o.items()} for o in half["layers"]]
+    with torch.no_grad():
+        out = torch.cat([physical.forward(layers, x[i:i + 4096]) for i in range(0, len(x), 4096)])
     key = "test_accuracy" if task == "classification" else "test_rmse"
-    return {f"{key}_fp16": M.predictive_metrics(M.predict(half, x), y, task, noise_sd)[key]}
+    return {f"{key}_fp16": M.predictive_metrics(out, y, task, noise_sd)[key]}
+
+
+def with_physical(record: dict, artefacts: dict, net: nn.Module, measure: Measure, data: dict) -> dict[str, Any]:
+    """``record`` with the physical network's fields (:func:`slabbench.physical.attach`, which
+    puts the network into ``artefacts``) and the test metric of its float16 form (:func:`fp16_metrics`)."""
+    record = physical.attach(record, artefacts, net, measure.data_spec.input_shape)
+    payload, _ = artefacts["physical"][physical.file_stem(record)]
+    return dict(record, **fp16_metrics(payload, data, measure.task, measure.noise_sd))
 
 
 def bma_metrics(method: Method, model: nn.Module, masks, data, task: str, noise_sd: float) -> dict[str, Any]:
@@ -138,11 +145,10 @@ class TargetSelection:
                artefacts: dict) -> dict[str, Any]:
         """The selection's record, measured on ``net`` (its masked network after fine-tuning,
         which took ``seconds``); its physical network goes to ``artefacts``."""
-        return physical.attach(dict(self.common, selection="target", target_sparsity=self.target,
-                                    finetune_epochs=finetune_epochs, finetune_seconds=seconds,
-                                    **evaluate(net, self.data, measure.data_spec, measure.task, measure.noise_sd),
-                                    **fp16_metrics(net, self.data, measure.task, measure.noise_sd), **self.bma),
-                               artefacts, net, measure.data_spec.input_shape)
+        return with_physical(dict(self.common, selection="target", target_sparsity=self.target,
+                                  finetune_epochs=finetune_epochs, finetune_seconds=seconds,
+                                  **evaluate(net, self.data, measure.data_spec, measure.task, measure.noise_sd), **self.bma),
+                             artefacts, net, measure, self.data)
 
 
 def measure_run(member: Member, run: int, method_name: str, data: dict, common: dict, measure: Measure,
@@ -167,12 +173,10 @@ def measure_run(member: Member, run: int, method_name: str, data: dict, common: 
             check_mask(natural, exported, method_name)
         if natural is not None or scores is None:
             net = apply_masks(copy.deepcopy(exported), natural) if natural is not None else exported
-            records.append(physical.attach(dict(
+            records.append(with_physical(dict(
                 common, selection="natural", target_sparsity=None, finetune_epochs=0,
-                **evaluate(net, data, data_spec, task, noise_sd), **fp16_metrics(net, data, task, noise_sd),
-                **bma_metrics(method, model, natural, data, task, noise_sd),
-                **sampled_metrics(method, model, data, task, noise_sd, member.seed, device)), artefacts, net,
-                data_spec.input_shape))
+                **evaluate(net, data, data_spec, task, noise_sd), **bma_metrics(method, model, natural, data, task, noise_sd),
+                **sampled_metrics(method, model, data, task, noise_sd, member.seed, device)), artefacts, net, measure, data))
         artefacts.update(method.extra_artifacts(model))
         if scores is not None:
             artefacts["scores"] = {k: (v[0] if isinstance(v, tuple) else v).detach().cpu() for k, v in scores.items()}
