@@ -34,6 +34,9 @@ def test_outputs(finished):
     cfg = yaml.safe_load(TEST_CONFIG.read_text())
     runs = pd.read_csv(finished / "results" / "summary" / "runs.csv")
     assert [c for c in REQUIRED_COLUMNS if c not in runs.columns] == []
+    # every record measured its float16 network (classification: accuracy, regression: RMSE)
+    fp16 = runs["test_accuracy_fp16"].where(runs["task"] == "classification", runs["test_rmse_fp16"])
+    assert fp16.notna().all(), runs.loc[fp16.isna(), ["experiment", "method", "seed", "selection"]]
     # every (experiment, method, seed) ran; each pruning method has one record per target,
     # dense only its unpruned (natural) record, Bayesian methods a natural record too
     groups = runs.groupby(["experiment", "method", "seed"])
