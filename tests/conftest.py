@@ -107,10 +107,14 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snake
 TEST_CONFIG = ROOT / ".test" / "config.yaml"
 
 
+def snakemake_command(workdir: Path, *args: str, config: Path = TEST_CONFIG) -> list[str]:
+    """The command line of Snakemake on ``config`` in ``workdir`` (for a run started in the background)."""
+    return [*SNAKEMAKE, "--configfile", str(config), "--directory", str(workdir), *args]
+
+
 def snakemake(workdir: Path, *args: str, config: Path = TEST_CONFIG, check: bool = True,
               timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*SNAKEMAKE, "--configfile", str(config), "--directory", str(workdir), *args],
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(snakemake_command(workdir, *args, config=config), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

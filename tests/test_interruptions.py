@@ -7,12 +7,11 @@ import signal
 import subprocess
 import time
 
-from conftest import SNAKEMAKE, TEST_CONFIG, cfg_runs, cfg_stacks, one_experiment_config, planned_jobs, snakemake, verify_stacks
+from conftest import cfg_runs, cfg_stacks, one_experiment_config, planned_jobs, snakemake, snakemake_command, verify_stacks
 
 
 def test_killed_run_resumes_with_only_the_missing_jobs(tmp_path):
-    proc = subprocess.Popen([*SNAKEMAKE, "--configfile", str(TEST_CONFIG), "--directory", str(tmp_path), "--cores", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(snakemake_command(tmp_path, "--cores", "1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs = tmp_path / "results" / "runs"
     deadline = time.time() + 300
     while time.time() < deadline and len(list(runs.rglob("stack-*.json"))) < 2:
@@ -34,7 +33,7 @@ def test_second_invocation_in_the_same_folder_is_refused(tmp_path):
     """Two `snakemake` runs in one folder: the second refuses (Snakemake's directory lock), the
     first finishes every run intact."""
     config = one_experiment_config(tmp_path)
-    first = subprocess.Popen([*SNAKEMAKE, "--configfile", str(config), "--directory", str(tmp_path), "--cores", "1"],
+    first = subprocess.Popen(snakemake_command(tmp_path, "--cores", "1", config=config),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     locks = tmp_path / ".snakemake" / "locks"
     deadline = time.time() + 120
@@ -55,7 +54,7 @@ def test_sigkilled_run_resumes_after_unlock_with_only_the_interrupted_stacks(tmp
     stacks that had not finished (finished stack files keep their mtime)."""
     methods = ("dense", "magnitude", "spike_slab")
     config = one_experiment_config(tmp_path, methods)
-    proc = subprocess.Popen([*SNAKEMAKE, "--configfile", str(config), "--directory", str(tmp_path), "--cores", "1"],
+    proc = subprocess.Popen(snakemake_command(tmp_path, "--cores", "1", config=config),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     runs, logs = tmp_path / "results" / "runs", tmp_path / "results" / "logs" / "train"
     deadline = time.time() + 300

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, SNAKEMAKE, TEST_CONFIG, cfg_runs, cfg_stacks, planned_jobs, snakemake
+from conftest import ROOT, TEST_CONFIG, cfg_runs, cfg_stacks, planned_jobs, snakemake, snakemake_command
 
 CLUSTER = ROOT / "tests" / "slurm"
 # settings for the single-node test cluster, not for a real one: it has no accounting daemon
@@ -41,8 +41,7 @@ needs_cluster = pytest.mark.skipif(
 
 
 def on_slurm(workdir: Path) -> list[str]:
-    return [*SNAKEMAKE, "--configfile", str(TEST_CONFIG), "--directory", str(workdir),
-            "--workflow-profile", str(ROOT / "profiles" / "slurm"), *TEST_CLUSTER_ARGS]
+    return snakemake_command(workdir, "--workflow-profile", str(ROOT / "profiles" / "slurm"), *TEST_CLUSTER_ARGS)
 
 
 def test_jobs_declare_cluster_resources(tmp_path):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import (ROOT, SNAKEMAKE, TEST_CONFIG, cfg_stacks, copy_checkout, job_counts, planned_jobs, snakemake,
+from conftest import (ROOT, TEST_CONFIG, cfg_stacks, copy_checkout, job_counts, planned_jobs, snakemake, snakemake_command,
                       verify_stacks)
 
 REQUIRED_COLUMNS = [
@@ -141,8 +141,8 @@ def test_report(finished):
 
 def test_lint_is_clean(tmp_path):
     # the default config, linted in a folder of its own (Snakemake's log stays out of the checkout)
-    proc = subprocess.run([*SNAKEMAKE, "--lint", "--configfile", str(ROOT / "config" / "config.yaml"), "--directory",
-                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(snakemake_command(tmp_path, "--lint", config=ROOT / "config" / "config.yaml"),
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "good condition" in proc.stdout + proc.stderr
 
