@@ -56,12 +56,16 @@ def evaluate(net: nn.Module, data: dict, spec, task: str, noise_sd: float) -> di
 
 def fp16_metrics(payload: dict, data: dict, task: str, noise_sd: float) -> dict[str, Any]:
     """The test accuracy (``test_accuracy_fp16``) or RMSE (``test_rmse_fp16``) of the physical
-    network ``payload`` stored as ``model_bytes_sparse_fp16`` counts it: its sparse form with
-    float16 weights (:func:`slabbench.physical.sparse_network`; biases, folded constants and batch
-    norm stay float32), restored and run in float32.  What halving the stored values costs."""
-    half = physical.from_sparse(physical.sparse_network(payload, torch.float16))
+    network ``payload`` stored as ``model_bytes_sparse_fp16`` counts it: its Linear / Conv2d
+    weights rounded to float16, as that sparse form stores them (:func:`slabbench.physical.
+    sparse_network`, which :func:`slabbench.physical.from_sparse` restores to exactly these
+    values; biases, folded constants and batch norm stay float32), run in float32.  What halving
+    the stored values costs."""
     x, y = data["test"]
-    layers = [{k: (v.to(x.device) if torch.is_tensor(v) else v) for k, v in o.items()} for o in half["layers"]]
+    layers = [{k: (v.to(x.device) if torch.is_tensor(v) else v) for k, v in o.items()} for o in payload["layers"]]
+    for o in layers:
+        if o["op"] in ("linear", "conv2d"):
+            o["weight"] = o["weight"].half().float()
     with torch.no_grad():
         out = torch.cat([physical.forward(layers, x[i:i + 4096]) for i in range(0, len(x), 4096)])
     key = "test_accuracy" if task == "classification" else "test_rmse"
