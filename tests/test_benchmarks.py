@@ -146,3 +146,30 @@ def test_graph_guard_times_the_check_per_method_and_against_another_version(caps
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "method" not in line]
     assert [r.split("|")[1].strip() for r in rows] == ["dense", "l0"]
     assert all(r.rstrip().endswith("x |") and int(r.split("|")[2]) > 10 for r in rows)  # entries, and a ratio
+
+
+def test_graph_replay_compiled_twins_on_the_cpu_stand_in():
+    """graph_replay.py's plumbing on the CPU (its capture stands in by calling the step): the
+    replayed stack equals the eager one after the same steps, the compiled twins ran through the
+    backend (Dynamo's eager backend here: the same operators, so compiled equals as written), and
+    a step that does not compile is reported in its row, the uncompiled columns still measured."""
+    import torch
+
+    graph_replay = load("graph_replay")
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    row = graph_replay.probe("l0", {}, 1, 2, torch.device("cpu"), backend=counting)
+    assert len(graphs) >= 2  # one graph per compiled twin
+    assert row["max_abs_diff"] == 0 and row["compiled_max_abs_diff"] == 0 and row["compiled_vs_written"] == 0
+    assert row["compile_s"] > 0 and row["compiled_graph_ms"] > 0 and "compile_error" not in row
+
+    def failing(gm, example_inputs):
+        raise RuntimeError("no kernels today")
+
+    row = graph_replay.probe("dense", {}, 1, 2, torch.device("cpu"), backend=failing)
+    assert "no kernels today" in row["compile_error"] and row["graph_ms"] > 0 and row["max_abs_diff"] == 0
+    assert "compiled_graph_ms" not in row
