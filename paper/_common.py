@@ -203,6 +203,26 @@ def no_path_summary(runs: pd.DataFrame) -> list[str]:
     return out
 
 
+def off_path_summary(runs: pd.DataFrame, share: float, up_to: float) -> list[str]:
+    """"diabetes: spike_slab_target at 0.5 (2% on a path), ..." per experiment: the targets up to
+    ``up_to`` whose nets keep fewer than ``share`` of their nonzero weights on a path from an
+    input to the output (``physical_weights / nonzero_weights``, mean over seeds; nets with no
+    path at all are the crosses, named by :func:`no_path_summary`)."""
+    if "physical_weights" not in runs:
+        return []
+    t = runs[(runs["selection"] == "target") & (runs["target_sparsity"] <= up_to + 1e-9) & (runs["nonzero_weights"] > 0)]
+    t = t.assign(on=t["physical_weights"] / t["nonzero_weights"]).dropna(subset=["on"])
+    on = t.groupby(["experiment", "method", "target_sparsity"])["on"].mean()
+    out = []
+    for exp, g in on[on < share].groupby(level="experiment", sort=True):
+        parts = []
+        for method in method_order(g.index.get_level_values("method").unique()):
+            cells = [f"{target:g} ({100 * v:.0f}% on a path)" for (_, _, target), v in g.xs(method, level="method", drop_level=False).items()]
+            parts.append(f"{method} at {', '.join(cells)}")
+        out.append(f"{exp}: {'; '.join(parts)}")
+    return out
+
+
 def trains_per_target(g: pd.DataFrame) -> bool | None:
     """Whether the records ``g`` of one run come from one training per sparsity target (the
     method's ``trains_per_target`` on the run's own options: ``spike_slab`` with

@@ -93,7 +93,8 @@ def draw(runs: pd.DataFrame, prov: dict):
             logit_x(ax, xs + [X_FLOOR], ticks)
             ax.set_ylim(-0.03, 1.05)
             ax.set_ylabel("fraction of units kept")
-            ax.set_title(f"{exp}: hidden layer {k + 1} ({int(widths[k])} units {whose})\n{fill(panel_tag(prov, exp), 60)}", fontsize=7.5)
+            ax.set_title(fill(f"{exp}: hidden layer {k + 1} ({int(widths[k])} units {whose})", 60)
+                         + f"\n{fill(panel_tag(prov, exp), 60)}", fontsize=7.5)
             ax.grid(alpha=0.3)
     if not exps:
         say(axes[0, 0], "no runs in the frozen table")

@@ -71,7 +71,8 @@ def draw(runs: pd.DataFrame, prov: dict, arts: dict):
     finish(fig, prov, TITLE,
            ["Input PIP: the probability that a feature feeds at least one included first-layer weight (natural fit); "
             "every replicate is a dot, jittered sideways. Found: the feature is in the method's natural selection (an input "
-            "with a kept first-layer weight into a unit connected to the outputs, Bai et al.'s rule). FNR: the share of "
+            "with a kept first-layer weight into a unit connected to the outputs; Bai et al.'s rule as written, which also "
+            "counts a weight whose unit no longer reaches the outputs, is the table's `_bai` columns). FNR: the share of "
             "true features missed; FPR: the share of noise features kept; a method that keeps every input has FNR 0 and "
             "FPR 1."], experiments=exps)
     return fig

@@ -1,5 +1,5 @@
-"""paper/figures/train_time.{png,pdf}: the price of each method: training time per run, every method
-and experiment; from paper/data/ only."""
+"""paper/figures/train_time.{png,pdf}: training wall time per run as the jobs ran (not a method's cost
+alone: jobs shared the machine), every method and experiment; from paper/data/ only."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from slabbench.plotting import method_colour, method_order
 
 
 def draw(runs: pd.DataFrame, prov: dict, columns: int = 3):
-    """The price of each method: training wall time per run (log scale), one panel per
+    """Training wall time per run as the jobs ran (log scale), one panel per
     experiment, a bar per method at the mean over seeds with every seed as a dot, labelled
     with the mean and its ratio to dense."""
     if "train_seconds" not in runs:
@@ -51,11 +51,13 @@ def draw(runs: pd.DataFrame, prov: dict, columns: int = 3):
         ax.set_visible(False)
     if not exps:
         say(axes[0, 0], "no runs in the frozen table")
-    finish(fig, prov, "the price of each method: training time per run",
+    finish(fig, prov, "training wall time per run, as the jobs ran (not each method's cost alone)",
             ["Wall time of training only (no evaluation, no fine-tuning); runs trained stacked in one job share its "
              "wall time equally; a run of a method that trains once per target (spike_slab_target; magnitude with a gradual "
              "schedule) sums its targets' trainings. "
-             "Bars: mean over seeds; dots: seeds. Jobs that shared a device run slower than alone: see the provenance note."],
+             "Bars: mean over seeds; dots: each seed's share (equal within one stack: not separate measurements). Jobs that "
+             "shared a device ran slower than alone (see the provenance note), so a bar is not the method's cost: "
+             "benchmarks/grid_time.py times each job alone."],
             experiments=exps)
     return fig
 

@@ -511,3 +511,22 @@ def test_a_log_error_axis_under_a_decade_labels_values_inside_it():
     assert log_ticks(1.2, 112) == [2, 5, 10, 20, 50, 100]
     assert log_ticks(0.51, 0.55) == []
     assert log_ticks(0, 1) == []
+
+
+def test_off_path_summary_names_targets_whose_weights_mostly_lie_on_no_path():
+    """error_vs_sparsity's caption: a target up to 0.9 whose nets keep fewer than the share of their
+    nonzero weights on an input-output path (mean over seeds) is named with that share; above 0.9,
+    at the share or above, natural selections and tables without physical_weights are not."""
+    if str(ROOT / "paper") not in sys.path:
+        sys.path.insert(0, str(ROOT / "paper"))
+    from _common import off_path_summary
+
+    rows = [("d", "spike_slab_target", "target", 0.5, 275, 5), ("d", "spike_slab_target", "target", 0.5, 275, 6),
+            ("d", "l0", "target", 0.8, 110, 22), ("d", "l0", "target", 0.95, 28, 1),
+            ("d", "sparse_vd", "natural", None, 100, 1), ("e", "magnitude", "target", 0.9, 55, 10)]
+    runs = pd.DataFrame(rows, columns=["experiment", "method", "selection", "target_sparsity", "nonzero_weights",
+                                       "physical_weights"])
+    # d/spike_slab_target at 0.5: (5 + 6) / 2 / 275 = 2%; l0 at 0.8: 20% is not below 20%; e at 0.9: 18%
+    assert off_path_summary(runs, 0.2, 0.9) == ["d: spike_slab_target at 0.5 (2% on a path)",
+                                                "e: magnitude at 0.9 (18% on a path)"]
+    assert off_path_summary(runs.drop(columns="physical_weights"), 0.2, 0.9) == []
