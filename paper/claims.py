@@ -94,7 +94,7 @@ def generalisation(runs: pd.DataFrame, prov: dict) -> str:
                  _targets_clause(g, [t for t in targets if t > MODERATE], f"At targets above {MODERATE:g}")]
         if not dense.empty:
             train = ""
-            if what.startswith("RMSE") and "train_rmse" in dense and dense["train_rmse"].notna().any():
+            if "RMSE" in what and "train_rmse" in dense and dense["train_rmse"].notna().any():
                 train = f" (its training RMSE {mean_sd(dense['train_rmse'].dropna(), digits=digits)})"
             parts.append(f"Dense: {mean_sd(y[dense.index], digits=digits)}{train}.")
         if "test_rmse_constant" in g and g["test_rmse_constant"].notna().any():
