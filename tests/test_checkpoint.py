@@ -339,7 +339,9 @@ def test_a_checkpoint_that_cannot_be_written_to_the_disk_switches_checkpoints_of
     assert_same_records(got, T.run_stack(specs))
 
 
-def test_a_state_that_cannot_be_written_switches_checkpoints_off(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("every", [0, 3600])
+def test_a_state_that_cannot_be_written_switches_checkpoints_off(tmp_path, monkeypatch, caplog, every):
+    """Named at the first epoch's state, also when no checkpoint would be written for an hour."""
     from slabbench.registry import method_class
 
     class Lambda(method_class("dense")):
@@ -351,8 +353,8 @@ def test_a_state_that_cannot_be_written_switches_checkpoints_off(tmp_path, monke
     specs = [tiny_spec("dense", seed=0, **SPEC)]
     path = tmp_path / "job.pt"
     with caplog.at_level(logging.WARNING, logger="slabbench.checkpoint"):
-        got = T.run_stack(specs, checkpoint=path, checkpoint_seconds=0)
-    assert "checkpoints off for this job (its state cannot be written:" in caplog.text
+        got = T.run_stack(specs, checkpoint=path, checkpoint_seconds=every)
+    assert "checkpoints off for this job (attribute 'handle' of the method of run 0 is a function that cannot be saved" in caplog.text
     assert caplog.text.count("checkpoints off") == 1 and not path.exists()
     monkeypatch.undo()
     assert_same_records(got, T.run_stack(specs))

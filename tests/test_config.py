@@ -54,6 +54,9 @@ CASES = [
     (("method_params", "magnitude", "scope"), "per-layer", ["option 'scope' of method 'magnitude' is 'per-layer'", "global, layerwise"]),
     (("method_params", "magnitude", "weight_decay"), "lots", ["option 'weight_decay' of method 'magnitude' must be float", "'lots'"]),
     (("method_params", "magnitude", "weight_decay"), "1e-4", ["must be float, got '1e-4' (str)", "as strings; write 1.0e-4"]),
+    # what Snakemake's --config 'method_params={magnitude: {weight_decay: 0.5}}' hands the config
+    (("method_params", "magnitude", "weight_decay"), "0.5", ["must be float, got '0.5' (str)", "Snakemake's --config",
+                                                             "--configfile"]),
     (("method_params", "spike_slab", "phi_every"), -1, ["option 'phi_every' of method 'spike_slab' must be >= 0, got -1"]),
     (("method_params", "l1"), {}, ["config.method_params: unknown method 'l1'"]),
     (("experiments", "digits", "methods"), ["dense", "l1"], ["config.experiments.digits.methods: unknown method 'l1'"]),

@@ -12,10 +12,12 @@ from conftest import ROOT, tiny_spec
 from slabbench.api import Method, PluginError, TrainContext, make_params
 from slabbench.config import load_yaml
 from slabbench.layers import MaskedConv2d, MaskedLinear, prunable_layers
+from slabbench.metrics import nll_loss
 from slabbench.models import build_model
 from slabbench.outputs import check_mask
 from slabbench.registry import available, dataset_class, method_class
-from slabbench.train import run
+from slabbench.train import run, run_stack
+from test_stacking import assert_records_close
 
 #: extra option sets per method (each granularity / schedule / scope); {} = defaults
 VARIANTS = {
@@ -45,7 +47,14 @@ def test_params_are_a_frozen_dataclass_with_defaults(name):
 
 @pytest.mark.parametrize("name,options", CASES, ids=[f"{m}-{v}" for m, v in CASES])
 def test_hooks_and_export(name, options):
-    cls = method_class(name)
+    check_hooks_and_export(method_class(name), options, name)
+
+
+def check_hooks_and_export(cls, options: dict, name: str) -> None:
+    """A method's hooks on a small mlp over the digits, used as the core uses them: build, the
+    forward pass, the penalty, two training steps with the method's optimiser and its
+    ``after_step`` / ``after_epoch`` hooks, then export, scores and the natural mask (what
+    they return is checked as every training job checks it)."""
     params = make_params(cls.Params, options, name)
     ds_cls = dataset_class("digits")
     ds = ds_cls(ds_cls.Params())
@@ -62,6 +71,17 @@ def test_hooks_and_export(name, options):
     pen = method.penalty(model)
     assert pen is None or (pen.ndim == 0 and torch.isfinite(pen) and pen.requires_grad)
     assert method.beta(0) >= 0
+    opt = method.optimizer(model, 1e-3)
+    for step in range(2):  # one epoch of two steps (ctx), as the core trains it
+        loss = nll_loss(model(x[:16]), y[:16], spec.task)
+        pen = method.penalty(model)
+        if pen is not None:
+            loss = loss + method.beta(0) * pen / ctx.n_train
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        method.after_step(model, step, 0)
+    method.after_epoch(model, 0)
     exported = method.export(model)
     layers = dict(prunable_layers(exported))
     assert list(layers) == ["fc1", "fc2"]
@@ -98,6 +118,29 @@ def test_run_records_follow_the_schema(name, options, dataset):
                 assert rec["sparsity"] >= rec["target_sparsity"] - 1 / rec["n_weights"] - 1e-9
     else:
         assert [r["selection"] for r in records] == ["natural"]
+
+
+@pytest.mark.parametrize("name", available("method"))
+def test_a_seed_in_a_stack_equals_it_alone(name):
+    """The core trains a job's seeds as one stacked model: seed 1 beside seed 0 must give the
+    records it gives alone (to float rounding), else a hook, penalty or optimiser mixes the runs'
+    slices (docs/extending.md, "What a method must avoid to stack").  A method that trains once per
+    target stacks its targets too: each target of seed 1 is then compared with that target alone."""
+    specs = [tiny_spec(name, dataset="digits", seed=s) for s in (0, 1)]
+    cls = method_class(name)
+    stacked = run_stack(specs)
+    if cls.trains_per_target(make_params(cls.Params, {}, name)):
+        alone = [r for t in specs[1]["sparsities"] for r in run(dict(specs[1], sparsities=[t]))[0]]
+        for r in alone:
+            r["spec"] = specs[1]
+    else:
+        alone = run(specs[1])[0]
+    try:
+        assert_records_close(stacked[1][0], alone)
+    except AssertionError as err:
+        raise AssertionError(f"method {name!r}: seed 1 trained in a stack of 2 gives other records than alone "
+                             f"({err}); its hooks, penalty or optimiser mix the runs' slices of the stacked "
+                             "tensors: see docs/extending.md, 'What a method must avoid to stack'") from None
 
 
 @pytest.mark.parametrize("name", available("method"))

@@ -16,6 +16,7 @@ from slabbench.models import build_model
 from slabbench.outputs import check_mask, check_scores
 from slabbench.stack import run_views, stack_modules
 from slabbench.train import run, run_stack
+from test_contract import check_hooks_and_export
 from test_stacking import assert_records_close
 
 
@@ -55,6 +56,13 @@ def test_a_gradient_reading_method_stacked_equals_alone(taylor, dataset, caplog)
         assert (a_scores[key] > 0).any()  # gradients were read: the sums are not all zero
         torch.testing.assert_close(s_scores[key], a_scores[key], rtol=1e-4, atol=1e-7)
     assert not torch.equal(stacked[0][1]["scores"]["fc1.weight"], s_scores["fc1.weight"])  # runs differ
+
+
+def test_the_gradient_reading_method_of_the_docs_passes_the_contract_checks(taylor):
+    """The recipe of docs/extending.md runs tests/test_contract.py on a new method: the Taylor
+    example, saved as a file, passes its hooks-and-export check (its scores exist once it has
+    trained: the check trains it first, as the core does)."""
+    check_hooks_and_export(taylor, {}, "taylor")
 
 
 def test_views_carry_each_runs_slice_of_the_stacked_gradient():

@@ -71,11 +71,20 @@ _TYPE_NAMES = {"int": int, "float": (int, float), "bool": bool, "str": str}
 def yaml_number_hint(value: Any) -> str:
     """For a string such as ``"1e-3"``, which YAML 1.1 reads as a string (its floats need a dot
     and a signed exponent), the hint " (YAML reads numbers like 1e-3 as strings; write 1.0e-3)"
-    with ``value`` written as YAML's float; else ""."""
-    if not (isinstance(value, str) and re.fullmatch(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+", value)):
+    with ``value`` written as YAML's float; for another string that reads as a number, such as
+    ``"300.0"``, a hint that Snakemake's ``--config`` passes values nested in a mapping as
+    strings; else ""."""
+    if not isinstance(value, str):
         return ""
-    mantissa, exponent = f"{float(value):.1e}".split("e")
-    return f" (YAML reads numbers like 1e-3 as strings; write {mantissa}e{int(exponent):+d})"
+    if re.fullmatch(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+", value):
+        mantissa, exponent = f"{float(value):.1e}".split("e")
+        return f" (YAML reads numbers like 1e-3 as strings; write {mantissa}e{int(exponent):+d})"
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return (" (a number in quotes: Snakemake's --config passes a value nested in a mapping, such as "
+            "method_params={m: {x: 1.5}}, as a string; set it in a --configfile instead)")
 
 
 def _check_type(owner: str, key: str, value: Any, annotation: Any) -> None:
@@ -197,7 +206,7 @@ class TrainContext:
 
     ``n_train``: number of training points N (the penalty is divided by it).
     ``steps_per_epoch``: optimiser steps per epoch.  ``target``: the sparsity target the
-    current training run aims at, for methods with ``needs_target = True``, else ``None``.
+    current training run aims at, for methods whose ``trains_per_target`` is true, else ``None``.
     """
 
     task: str

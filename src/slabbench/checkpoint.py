@@ -195,6 +195,19 @@ def method_states(methods: list[Any], model: nn.Module) -> list[dict[str, Any]]:
             for m in methods]
 
 
+def unpicklable_attribute(states: list[dict[str, Any]]) -> str | None:
+    """The first method attribute of ``states`` (:func:`method_states`) that pickle cannot
+    write, named with its run and the error; None when every one can."""
+    for run, state in enumerate(states):
+        for key, value in state.items():
+            try:
+                pickle.dumps(value)
+            except Exception as err:  # noqa: BLE001 (pickle raises many kinds)
+                return (f"attribute {key!r} of the method of run {run} is a {type(value).__name__} that cannot be "
+                        f"saved ({type(err).__name__}: {err}); keep plain values, tensors and containers of them")
+    return None
+
+
 def restore_method_states(methods: list[Any], states: list[dict[str, Any]], model: nn.Module,
                           device: torch.device) -> None:
     loaded: dict[int, torch.Tensor] = {}
@@ -255,12 +268,21 @@ class Phase:
     def __init__(self, job: "JobCheckpoint", name: str):
         self.job, self.name = job, name
         self.saved = job.state(name)
+        self.checked = False  # whether the methods' attributes were tried with pickle (first keep)
         #: wall time the phase trained before this process (in earlier processes)
         self.prior_seconds = float(self.saved["seconds"]) if self.saved else 0.0
 
     def keep(self, state: dict[str, Any], write: bool) -> None:
         """Hold ``state`` as the phase's latest; write the file when ``write`` and the interval
-        has passed."""
+        has passed.  The first state held is tried at once for method attributes that cannot be
+        saved (a lambda, an open file): checkpoints go off then, naming the attribute, not at the
+        first write, which a short job never reaches."""
+        if not self.checked:
+            self.checked = True
+            bad = unpicklable_attribute(state.get("methods") or [])
+            if bad:
+                self.off(bad)
+                return
         self.job.keep(self.name, state)
         if write and self.job.due():
             self.job.write(f"{self.name}: after epoch {state['epoch']} of {state['epochs']}")
