@@ -133,7 +133,17 @@ def _floats(v) -> list[float] | None:
     return v if isinstance(v, list) and v and all(isinstance(x, float) for x in v) else None
 
 
-def assert_records_close(a: list[dict], b: list[dict], rel: float = 1e-4) -> None:
+#: absolute tolerance of the calibration errors: ECE sums, per confidence bin, the gap between
+#: accuracy and mean confidence, a small difference of two numbers, so the confidences' last-digit
+#: differences between a stacked and a lone run move it relatively far more than anything else
+#: (measured on an AMD EPYC with AVX2 kernels: l0 on the VGG-like net, ECE 0.010897 stacked against
+#: 0.010880 alone, 1.6e-3 relative, every other metric within 1e-4)
+ECE_ABS = 1e-4
+
+
+def assert_records_close(a: list[dict], b: list[dict], rel: float = 1e-4, abs_tol: dict | None = None) -> None:
+    """Records equal to float rounding: floats within ``rel`` (ECE within :data:`ECE_ABS`, a key
+    of ``abs_tol`` within its absolute tolerance), everything else equal."""
     assert len(a) == len(b)
     for ra, rb in zip(a, b):
         assert set(ra) == set(rb)
@@ -141,8 +151,9 @@ def assert_records_close(a: list[dict], b: list[dict], rel: float = 1e-4) -> Non
             va, vb = ra[key], rb[key]
             fa, fb = _floats(va), _floats(vb)  # a float, or a list of them (restart_screen_objectives)
             if fa is not None and fb is not None and len(fa) == len(fb):
+                tol = (abs_tol or {}).get(key, ECE_ABS if key.endswith("ece") or "_ece_" in key else 1e-7)
                 for xa, xb in zip(fa, fb):
-                    assert (math.isnan(xa) and math.isnan(xb)) or xa == pytest.approx(xb, rel=rel, abs=1e-7), key
+                    assert (math.isnan(xa) and math.isnan(xb)) or xa == pytest.approx(xb, rel=rel, abs=tol), key
             else:
                 assert va == vb, key
 
@@ -166,9 +177,13 @@ def test_seed_in_a_stack_equals_seed_alone(name, options, dataset):
     assert {r["stack_runs"] for recs, _ in stacked for r in recs} == {3 * len(targets) if per_target else 3}
     assert {r["stack_runs"] for r in alone[0]} == {1}
     # sparse VD at lr 1e-2 without clipping amplifies the last-digit rounding of batched matmuls
-    # most: on one Xeon, digits' natural test NLL 6.6e-5 and ECE 1.3e-4 apart (relative)
-    rel = 5e-4 if name == "sparse_vd" and "lr_schedule" in options else 1e-4
-    assert_records_close(stacked[1][0], alone[0], rel=rel)
+    # most: on one Xeon, digits' natural test NLL 6.6e-5 and ECE 1.3e-4 apart (relative); on an
+    # AMD EPYC with AVX2 kernels (train_clip false) one of digits' 1,078 training images changed
+    # class at target 0.9 (train accuracy 0.33581 stacked, 0.33488 alone; train ECE 1.1e-3
+    # apart): one image is allowed there, in the training metrics only
+    amplifies = name == "sparse_vd" and "lr_schedule" in options
+    one_image = {"train_accuracy": 1.01 / 1078, "train_ece": 2.02 / 1078} if amplifies and dataset == "digits" else None
+    assert_records_close(stacked[1][0], alone[0], rel=5e-4 if amplifies else 1e-4, abs_tol=one_image)
     # the three runs really differ (no run copied another's numbers)
     rmse = "test_rmse" if dataset == "simulation" else "test_nll"
     assert len({round(r[0][-1][rmse], 9) for r in stacked}) == 3
