@@ -17,7 +17,7 @@ from slabbench.models import build_model
 from slabbench.outputs import check_mask
 from slabbench.registry import available, dataset_class, method_class
 from slabbench.train import run, run_stack
-from test_stacking import assert_records_close
+from test_stacking import assert_records_close, records_alone
 
 #: extra option sets per method (each granularity / schedule / scope); {} = defaults
 VARIANTS = {
@@ -129,12 +129,7 @@ def test_a_seed_in_a_stack_equals_it_alone(name):
     specs = [tiny_spec(name, dataset="digits", seed=s) for s in (0, 1)]
     cls = method_class(name)
     stacked = run_stack(specs)
-    if cls.trains_per_target(make_params(cls.Params, {}, name)):
-        alone = [r for t in specs[1]["sparsities"] for r in run(dict(specs[1], sparsities=[t]))[0]]
-        for r in alone:
-            r["spec"] = specs[1]
-    else:
-        alone = run(specs[1])[0]
+    alone = records_alone(specs[1], cls.trains_per_target(make_params(cls.Params, {}, name)))
     try:
         assert_records_close(stacked[1][0], alone)
     except AssertionError as err:
