@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sklearn.datasets import load_diabetes
-
 from slabbench.api import Dataset as _Base
 from slabbench.api import DatasetSpec
 from slabbench.data import as_tensors, random_split
@@ -30,6 +28,9 @@ class Dataset(_Base):
 
     def __init__(self, params: Params, seed: int = 0):
         super().__init__(params, seed)
+        # imported here, not at the top: see datasets/digits.py
+        from sklearn.datasets import load_diabetes
+
         x, y = load_diabetes(return_X_y=True, scaled=False)
         parts = random_split(len(y), FRACTIONS, params.split_seed)
         train = parts[0]

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sklearn.datasets import load_digits
-
 from slabbench.api import Dataset as _Base
 from slabbench.api import DatasetSpec
 from slabbench.data import as_tensors, stratified_split
@@ -27,6 +25,10 @@ class Dataset(_Base):
 
     def __init__(self, params: Params, seed: int = 0):
         super().__init__(params, seed)
+        # scikit-learn is imported when the data are loaded, not when the config is validated: importing it
+        # costs about a second, which every parse of the Snakefile (every `snakemake` call) would pay
+        from sklearn.datasets import load_digits
+
         bunch = load_digits()
         x = bunch.images.reshape(-1, 1, 8, 8) / 16.0
         parts = stratified_split(bunch.target, FRACTIONS, params.split_seed)

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.special import sici
-from sklearn.datasets import make_friedman1
 
 from slabbench.api import Dataset as _Base
 from slabbench.api import DatasetSpec, PluginError
@@ -62,6 +61,9 @@ class Dataset(_Base):
     def __init__(self, params: Params, seed: int = 0):
         super().__init__(params, seed)
         rng = np.random.RandomState([int(seed) % 2 ** 32, _SEED_TAG])
+        # imported here, not at the top: see datasets/digits.py
+        from sklearn.datasets import make_friedman1
+
         shift = SIGNAL_MEAN if params.center else 0.0
         self._splits = {}
         for split, n in (("train", params.n_train), ("val", params.n_val), ("test", params.n_test)):

@@ -1,4 +1,4 @@
-"""The real workflow on the tiny grid of .test/config.yaml, interrupted: a run stopped by SIGTERM
+"""The real workflow on one experiment of the tiny grid of .test/config.yaml, interrupted: a run stopped by SIGTERM
 or SIGKILL resumes with only the missing jobs, a second run in the same folder is refused, and
 train jobs save their state as often as the config says."""
 
@@ -7,26 +7,34 @@ import signal
 import subprocess
 import time
 
-from conftest import cfg_runs, cfg_stacks, one_experiment_config, planned_jobs, snakemake, snakemake_command, verify_stacks
+from conftest import one_experiment_config, planned_jobs, snakemake, snakemake_command, verify_stacks
 
 
 def test_killed_run_resumes_with_only_the_missing_jobs(tmp_path):
-    proc = subprocess.Popen(snakemake_command(tmp_path, "--cores", "1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    runs = tmp_path / "results" / "runs"
+    """SIGTERM to Snakemake once the second of three train jobs runs: Snakemake lets that job
+    finish and starts no other, nothing half-written is left, and the rerun trains only the
+    stack that is missing, then builds everything downstream."""
+    methods = ("dense", "magnitude", "spike_slab")
+    config = one_experiment_config(tmp_path, methods)
+    proc = subprocess.Popen(snakemake_command(tmp_path, "--cores", "1", config=config),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs, logs = tmp_path / "results" / "runs", tmp_path / "results" / "logs" / "train"
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(runs.rglob("stack-*.json"))) < 2:
-        time.sleep(0.2)
+    # one stack finished and the second job started (its log exists; as in the SIGKILL test below)
+    while time.time() < deadline and not (len(list(runs.rglob("stack-*.json"))) >= 1
+                                          and len(list(logs.rglob("*.log"))) > len(list(runs.rglob("stack-*.json")))):
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
     done = {p: p.stat().st_mtime_ns for p in runs.rglob("stack-*.json")}
-    assert 2 <= len(done) < len(cfg_stacks()), "the kill should land mid-run"
+    assert 1 <= len(done) < len(methods), "the kill should land mid-run"
     # nothing half-written is left behind: every record file parses
     for p in runs.rglob("metrics.jsonl"):
         assert all(line.startswith("{") for line in p.read_text().splitlines())
-    assert planned_jobs(tmp_path)["train"] == len(cfg_stacks()) - len(done)
-    snakemake(tmp_path, "--cores", "2")
+    assert planned_jobs(tmp_path, config)["train"] == len(methods) - len(done)
+    snakemake(tmp_path, "--cores", "2", config=config)
     assert {p: p.stat().st_mtime_ns for p in done} == done  # finished stacks were not redone
-    assert len(list(runs.rglob("metrics.jsonl"))) == len(list(cfg_runs()))
+    assert len(list(runs.rglob("metrics.jsonl"))) == 2 * len(methods) and planned_jobs(tmp_path, config) == {}
 
 
 def test_second_invocation_in_the_same_folder_is_refused(tmp_path):
@@ -71,9 +79,11 @@ def test_sigkilled_run_resumes_after_unlock_with_only_the_interrupted_stacks(tmp
     assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
     snakemake(tmp_path, "--unlock", config=config)
     assert planned_jobs(tmp_path, config)["train"] == 1
-    snakemake(tmp_path, "--cores", "2", config=config)
+    # the rerun of the train jobs alone (what follows them is the SIGTERM test's)
+    stacks = [f"results/runs/sim-tiny/{m}/stack-0.json" for m in methods]
+    snakemake(tmp_path, "--cores", "2", *stacks, config=config)
     assert {p: p.stat().st_mtime_ns for p in done} == done  # finished stacks were not redone
-    assert len(verify_stacks(tmp_path)) == len(methods) and planned_jobs(tmp_path, config) == {}
+    assert len(verify_stacks(tmp_path)) == len(methods) and "train" not in planned_jobs(tmp_path, config)
     assert len(list(runs.rglob("metrics.jsonl"))) == 2 * len(methods)
 
 
@@ -81,11 +91,13 @@ def test_train_jobs_save_their_state_as_often_as_the_config_says(tmp_path):
     """``checkpoint_minutes`` reaches the train jobs (0: a save every epoch, slabbench.checkpoint),
     a finished job leaves no checkpoint, and changing the interval retrains nothing."""
     config = one_experiment_config(tmp_path, ("spike_slab",))
-    snakemake(tmp_path, "--cores", "1", "--config", "checkpoint_minutes=0", config=config)
+    # the train job alone: what follows it does not read checkpoints
+    snakemake(tmp_path, "results/runs/sim-tiny/spike_slab/stack-0.json", "--cores", "1", "--config", "checkpoint_minutes=0",
+              config=config)
     log = (tmp_path / "results" / "logs" / "train" / "sim-tiny" / "spike_slab" / "stack-0.log").read_text()
     # 5 training epochs, 1 fine-tuning epoch
     assert log.count("checkpoint written: results/checkpoints/sim-tiny/spike_slab/stack-0.pt (") == 6, log[-2000:]
     assert "(sim-tiny/spike_slab: stack 0: after epoch 5 of 5)" in log
     assert "(sim-tiny/spike_slab fine-tuning: stack 0: after epoch 1 of 1)" in log
     assert not list((tmp_path / "results" / "checkpoints").rglob("*.pt"))
-    assert planned_jobs(tmp_path, config) == {}
+    assert "train" not in planned_jobs(tmp_path, config)
