@@ -57,6 +57,10 @@ CASES = [
     # what Snakemake's --config 'method_params={magnitude: {weight_decay: 0.5}}' hands the config
     (("method_params", "magnitude", "weight_decay"), "0.5", ["must be float, got '0.5' (str)", "Snakemake's --config",
                                                              "--configfile"]),
+    # an option that may be null is still type-checked when it is not
+    (("method_params", "spike_slab", "prior_inclusion"), "half", ["option 'prior_inclusion' of method 'spike_slab' must be "
+                                                                  "float or null, got 'half' (str)"]),
+    (("method_params", "spike_slab", "bma_samples"), 2.5, ["option 'bma_samples' of method 'spike_slab' must be int or null"]),
     (("method_params", "spike_slab", "phi_every"), -1, ["option 'phi_every' of method 'spike_slab' must be >= 0, got -1"]),
     (("method_params", "l1"), {}, ["config.method_params: unknown method 'l1'"]),
     (("experiments", "digits", "methods"), ["dense", "l1"], ["config.experiments.digits.methods: unknown method 'l1'"]),

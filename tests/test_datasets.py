@@ -257,3 +257,16 @@ def test_diabetes_is_standardised_with_training_rows_only():
     assert abs(float(y.double().mean())) < 1e-6 and abs(float(y.double().std(unbiased=False)) - 1) < 1e-5
     xt, _ = ds.load("test")
     assert xt.double().mean(0).abs().max() > 1e-3  # test rows did not set the centring
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10"])
+def test_a_root_that_is_not_a_path_is_refused_when_the_options_are_read(name):
+    """``root: str | None``: null and a string pass, a number is refused by the option check
+    (it used to pass and crash the training job)."""
+    from slabbench.api import PluginError
+
+    cls = dataset_class(name)
+    assert make_params(cls.Params, {"root": None}, name).root is None
+    assert make_params(cls.Params, {"root": "data"}, name).root == "data"
+    with pytest.raises(PluginError, match=f"option 'root' of {name} must be str or null, got 5 \\(int\\)"):
+        make_params(cls.Params, {"root": 5}, name)

@@ -94,6 +94,8 @@ def _check_type(owner: str, key: str, value: Any, annotation: Any) -> None:
     if value is None and "None" in allowed:
         return
     for name in allowed:
+        if name == "None":
+            continue  # None itself passed above
         expected = _TYPE_NAMES.get(name)
         if expected is None:
             return  # complex annotation: leave the check to the plugin
@@ -102,7 +104,8 @@ def _check_type(owner: str, key: str, value: Any, annotation: Any) -> None:
         if isinstance(value, expected):
             return
     hint = yaml_number_hint(value) if "float" in allowed else ""
-    raise PluginError(f"option {key!r} of {owner} must be {ann}, got {value!r} ({type(value).__name__}){hint}")
+    valid = " or ".join("null" if name == "None" else name for name in allowed)  # YAML writes None as null
+    raise PluginError(f"option {key!r} of {owner} must be {valid}, got {value!r} ({type(value).__name__}){hint}")
 
 
 def check_choice(owner: str, key: str, value: Any, valid: tuple) -> None:
