@@ -15,6 +15,7 @@ checks that the contract check fails on each, naming the broken promise.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import sys
@@ -27,7 +28,7 @@ import yaml
 import slabbench.datasets as datasets_pkg
 from conftest import ROOT
 from slabbench.api import SPLITS, TASKS, Dataset, DatasetSpec, PluginError, make_params
-from slabbench.config import run_specs, validate
+from slabbench.config import ConfigError, run_specs, validate
 from slabbench.data import DatasetFilesMissing
 from slabbench.registry import available, dataset_class
 
@@ -54,7 +55,7 @@ def check_params(cls: type, name: str) -> None:
     assert cls.Params.__dataclass_params__.frozen, f"{name}: Params must be frozen (@dataclass(frozen=True))"
     try:
         make_params(cls.Params, {}, name)
-    except TypeError as exc:  # a field without a default
+    except PluginError as exc:  # a field without a default
         raise AssertionError(f"{name}: every field of Params needs a default ({exc})") from exc
     try:
         make_params(cls.Params, {"no_such_option": 1}, name)
@@ -123,7 +124,10 @@ def check_dataset(cls: type, name: str) -> None:
     """
     check_params(cls, name)
     first = _build(cls, name, SEEDS[0])
-    spec = first.spec()
+    try:
+        spec = first.spec()
+    except PluginError as exc:  # DatasetSpec's own checks
+        raise AssertionError(f"{name}: {exc}") from exc
     check_spec(spec, name)
     data = _data(first)
     check_splits(data, spec, name)
@@ -206,6 +210,7 @@ BROKEN = {
                        "class labels must be int64"),
     "val_overlaps_train": ('"val": (x[n:2 * n], y[n:2 * n])', '"val": (x[:n], y[:n])', "splits train and val share 40"),
     "support_outside_inputs": ("true_support=(0, 1)", "true_support=(0, p)", "must index the inputs 0..5"),
+    "option_without_default": ("    p: int = 6", "    p: int", "every field of Params needs a default"),
     "not_reproducible": ("gen = torch.Generator().manual_seed(1000 + seed)", "gen = None", "the same seed must give the same data"),
     "replicate_ignores_seed": ("manual_seed(1000 + seed)", "manual_seed(1000)", "give the same inputs"),
     "fixed_split_varies_with_seed": ("replicate_per_seed=True", "replicate_per_seed=False", "must be the same for every seed"),
@@ -289,3 +294,20 @@ def test_the_readme_recipe_keeps_the_contract_and_joins_a_grid(plugin_folder, tm
     default_config["experiments"].update(yaml.safe_load(yaml_block)["experiments"])
     specs = [s for s in run_specs(validate(default_config)) if s["experiment"] == "my_data"]
     assert {s["dataset"] for s in specs} == {"my_data"} and len(specs) == len(default_config["methods"]) * len(default_config["seeds"])
+
+
+def test_the_config_check_names_an_option_without_default_and_a_support_outside_the_inputs(plugin_folder, default_config):
+    """Two slips of a data-set file found before any training, each named: an option whose Params
+    field has no default and the config does not set (was a bare TypeError from the dataclass), and
+    a true_support outside the inputs (was an FPR above 1 refused when the records were written)."""
+    plugin_folder("toy_nodefault", VALID.replace("    p: int = 6", "    p: int").replace("NAME", "toy_nodefault"))
+    entry = {"dataset": "toy_nodefault", "model": "mlp", "model_params": {"hidden": [3]}, "epochs": 1, "batch_size": 8,
+             "lr": 0.01}
+    default_config["experiments"] = {"toy": dict(entry)}
+    with pytest.raises(ConfigError, match=r"toy.*data set 'toy_nodefault' needs option\(s\) 'p': its Params gives no default"):
+        validate(copy.deepcopy(default_config))
+    default_config["experiments"]["toy"]["dataset_params"] = {"p": 6}
+    assert {s["dataset"] for s in run_specs(validate(copy.deepcopy(default_config)))} == {"toy_nodefault"}
+    cls = plugin_folder("toy_support", VALID.replace("true_support=(0, 1)", "true_support=(0, p)").replace("NAME", "toy_support"))
+    with pytest.raises(PluginError, match=r"data set 'toy_support': true_support \(0, 6\) must index the inputs 0..5 .*not inputs: \[6\]"):
+        _build(cls, "toy_support", 0).spec()

@@ -62,6 +62,11 @@ def make_params(cls: type, options: Mapping[str, Any] | None, owner: str) -> Any
             )
     for key, value in options.items():
         _check_type(owner, key, value, fields[key].type)
+    unset = [f.name for f in fields.values() if f.init and f.name not in options
+             and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if unset:
+        raise PluginError(f"{owner} needs option(s) {', '.join(map(repr, unset))}: its Params gives no default and the "
+                          f"config sets none (a plugin gives every field of its Params a default)")
     return cls(**options)
 
 
@@ -161,6 +166,16 @@ class DatasetSpec:
     true_support: tuple[int, ...] | None = None
     feature_shape: tuple[int, ...] | None = None
     replicate_per_seed: bool = False
+
+    def __post_init__(self):
+        # a support outside the inputs would only show at the end of training, as an FPR above 1
+        if self.true_support is not None:
+            n = self.n_features
+            bad = [i for i in self.true_support if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n]
+            if bad:
+                raise PluginError(f"data set {self.name!r}: true_support {tuple(self.true_support)} must index the inputs "
+                                  f"0..{n - 1} (0-based, into the flattened input of shape {tuple(self.input_shape)}); "
+                                  f"not inputs: {bad}")
 
     @property
     def n_features(self) -> int:
