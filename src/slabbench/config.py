@@ -23,7 +23,7 @@ import yaml
 from slabbench._plugins import repo_root
 from slabbench.api import PluginError, TrainContext, make_params, yaml_number_hint
 from slabbench.models import MODELS, model_option_error
-from slabbench.registry import available, dataset_class, method_class
+from slabbench.registry import available, dataset_class, method_class, misnamed
 
 log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -225,7 +225,10 @@ def run_option_error(options: dict, epochs: int) -> str | None:
 def _method_error(method: str, options: dict, epochs: int, lr: float, name: str | None = None) -> str | None:
     """Why ``options`` are not valid for ``method`` (unknown key, bad type or choice), or None;
     ``name``: the variant of ``method`` they belong to, if any."""
-    cls = method_class(method)
+    try:
+        cls = method_class(method)
+    except PluginError as e:  # a file without its Method class
+        return str(e)
     owner = f"method {name!r} (a variant of {method!r})" if name and name != method else f"method {method!r}"
     fields = sorted(f.name for f in dataclasses.fields(cls.Params))
     for key in options:
@@ -337,7 +340,7 @@ def validate(config: Any) -> dict:
     have = f"have {', '.join(methods)}" + (f" and the variants {', '.join(sorted(variants))}" if variants else "")
     for m in config["methods"]:
         if m not in names and m not in rejected:
-            problems.append(f"config.methods: unknown method {m!r}{_hint(m, names)}; {have}")
+            problems.append(f"config.methods: unknown method {m!r}{_hint(m, names)}; {have}{misnamed('method')}")
     # The global options of each method are checked once, where they are written (with the
     # epochs / lr of the first experiment that runs the method unchanged, else of the first
     # experiment); an experiment then only adds errors of its own overrides or of its epochs /
@@ -370,15 +373,20 @@ def validate(config: Any) -> dict:
             problems.append(f"{where}: the name {name!r} is taken by {RESERVED_EXPERIMENTS[name]}; give the experiment "
                             f"another name")
         if exp["dataset"] not in datasets:
-            problems.append(f"{where}.dataset: unknown data set {exp['dataset']!r}{_hint(exp['dataset'], datasets)}; have {', '.join(datasets)}")
+            problems.append(f"{where}.dataset: unknown data set {exp['dataset']!r}{_hint(exp['dataset'], datasets)}; have "
+                            f"{', '.join(datasets)}{misnamed('dataset')}")
         else:
-            cls = dataset_class(exp["dataset"])
             try:
-                dparams = make_params(cls.Params, exp["dataset_params"], f"data set {exp['dataset']!r}")
-            except PluginError as e:
-                problems.append(f"{where}.dataset_params: {e}")
+                cls = dataset_class(exp["dataset"])
+            except PluginError as e:  # a file without its Dataset class
+                problems.append(f"{where}.dataset: {e}")
             else:
-                _check_noise_sd(where, exp, dparams)
+                try:
+                    dparams = make_params(cls.Params, exp["dataset_params"], f"data set {exp['dataset']!r}")
+                except PluginError as e:
+                    problems.append(f"{where}.dataset_params: {e}")
+                else:
+                    _check_noise_sd(where, exp, dparams)
         if exp["model"] not in MODELS:
             problems.append(f"{where}.model: unknown model {exp['model']!r}{_hint(exp['model'], MODELS)}; have {', '.join(MODELS)}")
         elif err := model_option_error(exp["model"], exp["model_params"]):  # option names and values

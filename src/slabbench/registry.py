@@ -11,7 +11,7 @@ import re
 
 from slabbench import datasets as _datasets_pkg
 from slabbench import methods as _methods_pkg
-from slabbench.api import Dataset, Method
+from slabbench.api import Dataset, Method, PluginError
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _KINDS = {"method": (_methods_pkg, Method), "dataset": (_datasets_pkg, Dataset)}
@@ -28,18 +28,31 @@ def available(kind: str) -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if NAME_RE.match(m.name))
 
 
+def misnamed(kind: str) -> str:
+    """For an unknown-plugin message: "" or a sentence naming the files of ``kind`` that are not
+    read because their names break the rule (a file whose name starts with ``_`` is a helper and
+    is not named)."""
+    pkg, _ = _KINDS[kind]
+    bad = sorted(f"{m.name}.py" for m in pkgutil.iter_modules(pkg.__path__)
+                 if not NAME_RE.match(m.name) and not m.name.startswith("_"))
+    if not bad:
+        return ""
+    return (f" (not read: {', '.join(bad)}: a {kind} file's name is lowercase letters, digits and _, starting with a "
+            f"letter)")
+
+
 def _load(kind: str, name: str):
     pkg, base = _KINDS[kind]
     names = available(kind)
     if not isinstance(name, str) or name not in names:
         close = difflib.get_close_matches(str(name), names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UnknownPlugin(f"unknown {kind} {name!r}{hint}; have {', '.join(names)}")
+        raise UnknownPlugin(f"unknown {kind} {name!r}{hint}; have {', '.join(names)}{misnamed(kind)}")
     module = importlib.import_module(f"{pkg.__name__}.{name}")
     attr = "Method" if kind == "method" else "Dataset"
     cls = getattr(module, attr, None)
     if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise TypeError(f"{kind} file {module.__file__} must define `{attr}`, a subclass of slabbench.api.{base.__name__}")
+        raise PluginError(f"{kind} file {module.__file__} must define `{attr}`, a subclass of slabbench.api.{base.__name__}")
     cls.name = name
     return cls
 
