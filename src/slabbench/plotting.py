@@ -332,9 +332,10 @@ def plot_pips(artefacts: list[dict], feature_shape=None, true_support=None, titl
         width = 0.8 if mean.size <= 50 else 1.0  # many features: touching bars stay visible
         if true_support is None:  # real data: which features matter is not known, none is called noise
             ax1.bar(idx, mean, color="0.6", width=width)
-        for group, colour, label in ((~true, "0.6", "noise features"), (true, method_colour("spike_slab"), "true features")):
-            if true_support is not None and group.any():  # an empty group would still get a (wrong) legend entry
-                ax1.bar(idx[group], mean[group], color=colour, width=width, label=label)
+        else:
+            for group, colour, label in ((~true, "0.6", "noise features"), (true, method_colour("spike_slab"), "true features")):
+                if group.any():  # an empty group would still get a (wrong) legend entry
+                    ax1.bar(idx[group], mean[group], color=colour, width=width, label=label)
         for s in range(inputs.shape[0]):
             ax1.scatter(idx, inputs[s], s=4, color="k", alpha=0.3, lw=0)
         ax1.axhline(0.5, color="k", ls=":", lw=1)
