@@ -52,6 +52,10 @@ def test_jobs_declare_cluster_resources(tmp_path):
     cfg["experiments"]["sim-tiny"]["device"] = "cpu"
     mixed = tmp_path / "mixed.yaml"
     mixed.write_text(yaml.safe_dump(cfg))
+    # every rule's threads resolve without --cores, as on a cluster (a dry run sets cores; --dag
+    # builds the jobs as a real run does): `threads: workflow.cores` failed here before any submission
+    dag = snakemake(tmp_path, "--workflow-profile", str(ROOT / "profiles" / "slurm"), "--dag", check=False)
+    assert dag.returncode == 0 and "digraph" in dag.stdout, dag.stdout[-2000:] + dag.stderr[-2000:]
     cpu_train = {"gpu": "0", "mem_mb": "2000", "runtime": "120"}
     gpu_train = {"gpu": "1", "mem_mb": "6000", "runtime": "120"}
     for config, expected_train in ((TEST_CONFIG, {"sim-tiny": cpu_train, "digits-tiny": cpu_train}),
