@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, TEST_CONFIG, cfg_runs, cfg_stacks, planned_jobs, snakemake, snakemake_command
+from slabbench.aggregate import LATENCY
 
 CLUSTER = ROOT / "tests" / "slurm"
 # settings for the single-node test cluster, not for a real one: it has no accounting daemon
@@ -32,8 +33,10 @@ CLUSTER = ROOT / "tests" / "slurm"
 TEST_CLUSTER_ARGS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
                      "--slurm-no-account"]
 # columns that legitimately differ between two runs of the same grid: wall time and provenance
+#: what differs between two runs of the same grid: wall times (training and the latency rule's
+#: timings, checked for presence below) and provenance
 NOT_COMPARED = {"train_seconds", "finetune_seconds", "device_name", "git_commit", "git_dirty", "slabbench_version", "torch_version",
-                "python_version"}
+                "python_version", *LATENCY}
 RUN_KEY = ["experiment", "method", "seed", "selection", "target_sparsity"]
 OPT_IN = os.environ.get("SLABBENCH_SLURM_TEST") == "1"
 needs_cluster = pytest.mark.skipif(
@@ -52,10 +55,18 @@ def test_jobs_declare_cluster_resources(tmp_path):
     cfg["experiments"]["sim-tiny"]["device"] = "cpu"
     mixed = tmp_path / "mixed.yaml"
     mixed.write_text(yaml.safe_dump(cfg))
-    # every rule's threads resolve without --cores, as on a cluster (a dry run sets cores; --dag
-    # builds the jobs as a real run does): `threads: workflow.cores` failed here before any submission
-    dag = snakemake(tmp_path, "--workflow-profile", str(ROOT / "profiles" / "slurm"), "--dag", check=False)
+    # every rule's threads resolve without --cores, as under profiles/slurm (a dry run sets cores;
+    # --dag builds the jobs as a real run does; no profile: the default one sets cores; the SLURM
+    # plugin need not be installed): `threads: workflow.cores` stopped every SLURM run here
+    dag = snakemake(tmp_path, "--workflow-profile", "none", "--dag", check=False)
     assert dag.returncode == 0 and "digraph" in dag.stdout, dag.stdout[-2000:] + dag.stderr[-2000:]
+    # latency holds every core of a local run; inside a cluster allocation (Snakemake's remote mode,
+    # which sees the node's cores) it asks for the one CPU it was submitted with, else srun refuses
+    for mode, threads in (("default", "2"), ("remote", "1")):
+        plan = snakemake(tmp_path, "-n", "--cores", "2", "--mode", mode).stdout
+        block = re.split(r"\n(?=\[|(?:local)?rule )", plan[plan.index("rule latency:"):])[0]
+        found = re.search(r"^\s+threads: (\d+)$", block, re.M)  # (a dry run leaves out 'threads: 1')
+        assert (found.group(1) if found else "1") == threads, (mode, block)
     cpu_train = {"gpu": "0", "mem_mb": "2000", "runtime": "120"}
     gpu_train = {"gpu": "1", "mem_mb": "6000", "runtime": "120"}
     for config, expected_train in ((TEST_CONFIG, {"sim-tiny": cpu_train, "digits-tiny": cpu_train}),
@@ -182,7 +193,10 @@ def test_rerun_on_slurm_redoes_only_what_is_missing_and_matches_a_local_run(canc
     on_cluster = pd.read_csv(workdir / "results" / "summary" / "runs.csv")
     assert sorted(on_cluster.columns) == sorted(local_runs.columns)
     assert NOT_COMPARED & set(local_runs.columns) == {"train_seconds", "finetune_seconds", "device_name", "git_commit", "git_dirty",
-                                                       "slabbench_version", "torch_version", "python_version"}
+                                                       "slabbench_version", "torch_version", "python_version", *LATENCY}
+    # the latency rule timed every network with a path from input to output there too
+    timed = ~on_cluster["physical_empty"].astype(bool)
+    assert timed.any() and (on_cluster.loc[timed, LATENCY] > 0).all().all()
     compared = [c for c in local_runs.columns if c not in NOT_COMPARED]
     a = local_runs[compared].sort_values(RUN_KEY).reset_index(drop=True)
     b = on_cluster[compared].sort_values(RUN_KEY).reset_index(drop=True)

@@ -3,14 +3,15 @@
 
 # CPU inference latency of every saved physical network, after all training: it asks for every
 # core of a local run so no other job shares the machine while it times (one thread). On a cluster
-# (no --cores: every job has an allocation of its own) it asks for one CPU; docs/cluster.md says
-# how to give it a node of its own.
+# (no --cores: every job has an allocation of its own) it asks for one CPU, and so does the
+# Snakemake that runs it inside that allocation, which sees the node's cores (it would ask for
+# more CPUs than the allocation holds); docs/cluster.md says how to give it a node of its own.
 rule latency:
     input:
         stacks=STACK_FILES,
     output:
         "results/summary/latency.csv",
-    threads: workflow.resource_settings.cores or 1
+    threads: (workflow.resource_settings.cores or 1) if workflow.is_main_process else 1
     resources:
         mem_mb=2000,
         runtime=15,
