@@ -153,3 +153,25 @@ def test_same_seed_same_numbers(name):
     c, _ = run(tiny_spec(method=name, seed=1))
     # another seed trains another network: the test error differs (not only the seed's label)
     assert [r["test_rmse"] for r in a] != [r["test_rmse"] for r in c]
+
+
+def test_a_misnamed_method_file_is_named_wherever_its_method_is_asked_for(tmp_path, monkeypatch, default_config):
+    """Every message about an unknown method says which method files are not read for their names."""
+    import slabbench.methods as methods_pkg
+    from slabbench.config import ConfigError, validate
+
+    monkeypatch.setattr(methods_pkg, "__path__", [*methods_pkg.__path__, str(tmp_path)])
+    (tmp_path / "My-Method.py").write_text("")
+    (tmp_path / "Pkg-Dir").mkdir()
+    (tmp_path / "Pkg-Dir" / "__init__.py").write_text("")
+    default_config["methods"] = ["dense", "My-Method"]
+    default_config["method_params"] = {"my_variant": {"method": "My-Method"}}
+    exp = next(iter(default_config["experiments"]))
+    default_config["experiments"][exp]["methods"] = ["My-Method"]
+    with pytest.raises(ConfigError) as info:
+        validate(default_config)
+    msg = str(info.value)
+    note = "(not read: My-Method.py, Pkg-Dir/: a method file's name is lowercase letters, digits and _, starting with a letter)"
+    for where in ("config.methods:", "config.method_params.my_variant.method:", f"config.experiments.{exp}.methods:"):
+        line = next(m for m in msg.splitlines() if where in m)
+        assert note in line, line

@@ -32,7 +32,6 @@ CLUSTER = ROOT / "tests" / "slurm"
 # after 1 s instead of 40 s)
 TEST_CLUSTER_ARGS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
                      "--slurm-no-account"]
-# columns that legitimately differ between two runs of the same grid: wall time and provenance
 #: what differs between two runs of the same grid: wall times (training and the latency rule's
 #: timings, checked for presence below) and provenance
 NOT_COMPARED = {"train_seconds", "finetune_seconds", "device_name", "git_commit", "git_dirty", "slabbench_version", "torch_version",
@@ -192,8 +191,7 @@ def test_rerun_on_slurm_redoes_only_what_is_missing_and_matches_a_local_run(canc
 
     on_cluster = pd.read_csv(workdir / "results" / "summary" / "runs.csv")
     assert sorted(on_cluster.columns) == sorted(local_runs.columns)
-    assert NOT_COMPARED & set(local_runs.columns) == {"train_seconds", "finetune_seconds", "device_name", "git_commit", "git_dirty",
-                                                       "slabbench_version", "torch_version", "python_version", *LATENCY}
+    assert NOT_COMPARED <= set(local_runs.columns)  # (a renamed column would otherwise be compared)
     # the latency rule timed every network with a path from input to output there too
     timed = ~on_cluster["physical_empty"].astype(bool)
     assert timed.any() and (on_cluster.loc[timed, LATENCY] > 0).all().all()

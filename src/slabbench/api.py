@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import operator
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
@@ -142,6 +143,15 @@ def adam_scaled(model, lr: float, names: tuple[str, ...], factor: float) -> torc
 # --------------------------------------------------------------------------- datasets
 
 
+def _is_index(value: Any) -> bool:
+    """An integer of Python or numpy (``operator.index`` takes it), not a bool."""
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """What a model needs to know about a data set.
@@ -171,11 +181,11 @@ class DatasetSpec:
         # a support outside the inputs would only show at the end of training, as an FPR above 1
         if self.true_support is not None:
             n = self.n_features
-            bad = [i for i in self.true_support if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n]
+            bad = [i for i in self.true_support if not _is_index(i) or not 0 <= operator.index(i) < n]
             if bad:
-                raise PluginError(f"data set {self.name!r}: true_support {tuple(self.true_support)} must index the inputs "
-                                  f"0..{n - 1} (0-based, into the flattened input of shape {tuple(self.input_shape)}); "
-                                  f"not inputs: {bad}")
+                raise PluginError(f"data set {self.name!r}: true_support must hold integers that index the inputs 0..{n - 1} "
+                                  f"(0-based, into the flattened input of shape {tuple(self.input_shape)}); these do not: "
+                                  f"{', '.join(map(repr, bad))}")
 
     @property
     def n_features(self) -> int:

@@ -332,15 +332,16 @@ def validate(config: Any) -> dict:
                             f"{', '.join(methods)}")
         elif base not in methods:
             problems.append(f"{where}: unknown base method {base!r}{_hint(base, methods)}; a variant's base is one "
-                            f"of the method files: {', '.join(methods)}")
+                            f"of the method files: {', '.join(methods)}{misnamed('method')}")
         else:
             variants[m] = base
             rejected.discard(m)
     names = methods + sorted(variants)
-    have = f"have {', '.join(methods)}" + (f" and the variants {', '.join(sorted(variants))}" if variants else "")
+    have = (f"have {', '.join(methods)}" + (f" and the variants {', '.join(sorted(variants))}" if variants else "")
+            + misnamed("method"))
     for m in config["methods"]:
         if m not in names and m not in rejected:
-            problems.append(f"config.methods: unknown method {m!r}{_hint(m, names)}; {have}{misnamed('method')}")
+            problems.append(f"config.methods: unknown method {m!r}{_hint(m, names)}; {have}")
     # The global options of each method are checked once, where they are written (with the
     # epochs / lr of the first experiment that runs the method unchanged, else of the first
     # experiment); an experiment then only adds errors of its own overrides or of its epochs /

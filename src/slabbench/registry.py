@@ -33,7 +33,7 @@ def misnamed(kind: str) -> str:
     read because their names break the rule (a file whose name starts with ``_`` is a helper and
     is not named)."""
     pkg, _ = _KINDS[kind]
-    bad = sorted(f"{m.name}.py" for m in pkgutil.iter_modules(pkg.__path__)
+    bad = sorted(m.name + ("/" if m.ispkg else ".py") for m in pkgutil.iter_modules(pkg.__path__)
                  if not NAME_RE.match(m.name) and not m.name.startswith("_"))
     if not bad:
         return ""

@@ -1,11 +1,11 @@
 # All run records -> tidy table -> summary, tables and figures.
 
 
-# CPU inference latency of every saved physical network, after all training: it asks for every
-# core of a local run so no other job shares the machine while it times (one thread). On a cluster
-# (no --cores: every job has an allocation of its own) it asks for one CPU, and so does the
-# Snakemake that runs it inside that allocation, which sees the node's cores (it would ask for
-# more CPUs than the allocation holds); docs/cluster.md says how to give it a node of its own.
+# CPU inference latency of every saved physical network, after all training: it asks for the
+# run's --cores, every core of a local run, so no other job shares the machine while it times
+# (one thread). Without --cores (profiles/slurm) it asks for one CPU, and so does the Snakemake
+# that runs it inside a cluster allocation, which sees the node's cores and would ask srun for more
+# CPUs than the allocation holds; docs/cluster.md says how to give it a node of its own.
 rule latency:
     input:
         stacks=STACK_FILES,
