@@ -301,3 +301,27 @@ def test_the_cli_names_a_bad_slabbench_root_in_one_line(tmp_path, monkeypatch, c
     assert main(["validate", "config/config.yaml"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"slabbench: SLABBENCH_ROOT='{tmp_path}' is not a slabbench checkout") and "Traceback" not in err
+
+
+def test_option_types_are_checked_in_every_annotation_form():
+    """A plugin's Params may annotate with strings (`from __future__ import annotations`), classes,
+    `X | None` or `typing.Optional[X]`: each is checked, null passes where None is allowed, and a
+    form too complex to check (a tuple) is left to the plugin."""
+    import dataclasses
+    from typing import Optional
+
+    from slabbench.api import PluginError, make_params
+
+    @dataclasses.dataclass(frozen=True)
+    class Params:
+        a: Optional[int] = None
+        b: "Optional[str]" = None
+        c: "tuple[int, ...] | None" = None
+        d: float | None = None
+        e: int = 1
+
+    assert make_params(Params, {"a": 3, "b": "x", "c": (1,), "d": 2, "e": 3}, "t") == Params(3, "x", (1,), 2, 3)
+    assert make_params(Params, {"a": None, "b": None, "c": None, "d": None}, "t") == Params()
+    for key, value, valid in (("a", "x", "int or null"), ("b", 3, "str or null"), ("d", "y", "float or null"), ("e", 1.5, "int")):
+        with pytest.raises(PluginError, match=f"option '{key}' of t must be {valid}, got {value!r}"):
+            make_params(Params, {key: value}, "t")

@@ -94,8 +94,10 @@ def yaml_number_hint(value: Any) -> str:
 
 
 def _check_type(owner: str, key: str, value: Any, annotation: Any) -> None:
-    ann = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    ann = ann.replace(" ", "")
+    # a string (annotations of a module with `from __future__ import annotations`), a class, or a
+    # typing form (str() of Optional[int] is 'typing.Optional[int]', of int | None 'int | None')
+    ann = annotation if isinstance(annotation, str) else annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    ann = re.sub(r"^(typing\.)?Optional\[(\w+)\]$", r"\2|None", ann.replace(" ", ""))  # Optional[int]: int | None
     allowed = ann.split("|")
     if value is None and "None" in allowed:
         return
