@@ -153,11 +153,12 @@ def verify_stacks(workdir: Path) -> list[Path]:
     return stacks
 
 
-def one_experiment_config(tmp_path: Path, methods: tuple[str, ...] = ("dense", "magnitude")) -> Path:
-    """The .test grid with its simulation experiment and ``methods`` only (one train job each)."""
+def one_experiment_config(folder: Path, methods: tuple[str, ...] = ("dense", "magnitude"), name: str = "one.yaml") -> Path:
+    """The .test grid with its simulation experiment and ``methods`` only (one train job each),
+    written to ``folder / name``."""
     cfg = yaml.safe_load(TEST_CONFIG.read_text())
     cfg["experiments"] = {"sim-tiny": cfg["experiments"]["sim-tiny"]}
     cfg["methods"] = list(methods)
-    path = tmp_path / "one.yaml"
+    path = folder / name
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -10,6 +10,16 @@ import time
 from conftest import one_experiment_config, planned_jobs, snakemake, snakemake_command, verify_stacks
 
 
+def wait_for_job_after(workdir, finished: int) -> None:
+    """Until ``finished`` stacks are written and the next train job has started (its log exists):
+    with one core Snakemake starts a job only after recording the previous one as finished."""
+    runs, logs = workdir / "results" / "runs", workdir / "results" / "logs" / "train"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (len(list(runs.rglob("stack-*.json"))) >= finished
+                                          and len(list(logs.rglob("*.log"))) > len(list(runs.rglob("stack-*.json")))):
+        time.sleep(0.05)
+
+
 def test_killed_run_resumes_with_only_the_missing_jobs(tmp_path):
     """SIGTERM to Snakemake once the second of three train jobs runs: Snakemake lets that job
     finish and starts no other, nothing half-written is left, and the rerun trains only the
@@ -18,12 +28,8 @@ def test_killed_run_resumes_with_only_the_missing_jobs(tmp_path):
     config = one_experiment_config(tmp_path, methods)
     proc = subprocess.Popen(snakemake_command(tmp_path, "--cores", "1", config=config),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    runs, logs = tmp_path / "results" / "runs", tmp_path / "results" / "logs" / "train"
-    deadline = time.time() + 300
-    # one stack finished and the second job started (its log exists; as in the SIGKILL test below)
-    while time.time() < deadline and not (len(list(runs.rglob("stack-*.json"))) >= 1
-                                          and len(list(logs.rglob("*.log"))) > len(list(runs.rglob("stack-*.json")))):
-        time.sleep(0.05)
+    runs = tmp_path / "results" / "runs"
+    wait_for_job_after(tmp_path, finished=1)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
     done = {p: p.stat().st_mtime_ns for p in runs.rglob("stack-*.json")}
@@ -65,13 +71,8 @@ def test_sigkilled_run_resumes_after_unlock_with_only_the_interrupted_stacks(tmp
     config = one_experiment_config(tmp_path, methods)
     proc = subprocess.Popen(snakemake_command(tmp_path, "--cores", "1", config=config),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    runs, logs = tmp_path / "results" / "runs", tmp_path / "results" / "logs" / "train"
-    deadline = time.time() + 300
-    # two stacks finished and the third job started (its log exists): with one core Snakemake
-    # starts a job only after recording the previous one as finished
-    while time.time() < deadline and not (len(list(runs.rglob("stack-*.json"))) >= 2
-                                          and len(list(logs.rglob("*.log"))) > len(list(runs.rglob("stack-*.json")))):
-        time.sleep(0.05)
+    runs = tmp_path / "results" / "runs"
+    wait_for_job_after(tmp_path, finished=2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     done = {p: p.stat().st_mtime_ns for p in verify_stacks(tmp_path)}

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import (ROOT, TEST_CONFIG, cfg_stacks, copy_checkout, job_counts, planned_jobs, snakemake, snakemake_command,
-                      verify_stacks)
+from conftest import (ROOT, TEST_CONFIG, cfg_stacks, copy_checkout, job_counts, one_experiment_config, planned_jobs, snakemake,
+                      snakemake_command, verify_stacks)
 
 REQUIRED_COLUMNS = [
     "experiment", "dataset", "model", "method", "seed", "selection", "target_sparsity", "sparsity", "sparsity_all",
@@ -114,9 +114,7 @@ def test_a_moved_or_copied_checkout_retrains_nothing(tmp_path):
     nothing there (inputs are recorded relative to the working directory, not as absolute paths)."""
     first = copy_checkout(tmp_path / "first", keep_dates=True)
     # the simulation experiment with spike_slab: every rule but the second figure runs once
-    cfg = yaml.safe_load(TEST_CONFIG.read_text())
-    cfg["experiments"], cfg["methods"] = {"sim-tiny": cfg["experiments"]["sim-tiny"]}, ["spike_slab"]
-    (first / ".test" / "moved.yaml").write_text(yaml.safe_dump(cfg))
+    one_experiment_config(first / ".test", ("spike_slab",), name="moved.yaml")
     cmd = [sys.executable, "-m", "snakemake", "--configfile", ".test/moved.yaml"]
     done = subprocess.run([*cmd, "--cores", "2"], cwd=first, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -145,13 +145,15 @@ def adam_scaled(model, lr: float, names: tuple[str, ...], factor: float) -> torc
 # --------------------------------------------------------------------------- datasets
 
 
-def _is_index(value: Any) -> bool:
-    """An integer of Python or numpy (``operator.index`` takes it), not a bool."""
+def _as_index(value: Any) -> int | None:
+    """``value`` as an int when it is an integer of Python or numpy (``operator.index`` takes it)
+    and not a bool, else None."""
+    if isinstance(value, bool):
+        return None
     try:
-        operator.index(value)
+        return operator.index(value)
     except TypeError:
-        return False
-    return not isinstance(value, bool)
+        return None
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ class DatasetSpec:
         # a support outside the inputs would only show at the end of training, as an FPR above 1
         if self.true_support is not None:
             n = self.n_features
-            bad = [i for i in self.true_support if not _is_index(i) or not 0 <= operator.index(i) < n]
+            bad = [i for i in self.true_support if (j := _as_index(i)) is None or not 0 <= j < n]
             if bad:
                 raise PluginError(f"data set {self.name!r}: true_support must hold integers that index the inputs 0..{n - 1} "
                                   f"(0-based, into the flattened input of shape {tuple(self.input_shape)}); these do not: "

@@ -326,26 +326,26 @@ def plot_pips(artefacts: list[dict], feature_shape=None, true_support=None, titl
         ax1.set_title("input-pixel PIPs")
     else:
         idx = np.arange(mean.size)
-        true = np.zeros(mean.size, dtype=bool)
-        if true_support is not None:
-            true[list(true_support)] = True
         width = 0.8 if mean.size <= 50 else 1.0  # many features: touching bars stay visible
+        title = "input-feature PIPs (bars: mean, dots: seeds)"
         if true_support is None:  # real data: which features matter is not known, none is called noise
             ax1.bar(idx, mean, color="0.6", width=width)
+            title = "input-feature PIPs (bars: mean, dots: seeds; true features unknown)"
         else:
+            true = np.zeros(mean.size, dtype=bool)
+            true[list(true_support)] = True
             for group, colour, label in ((~true, "0.6", "noise features"), (true, method_colour("spike_slab"), "true features")):
                 if group.any():  # an empty group would still get a (wrong) legend entry
                     ax1.bar(idx[group], mean[group], color=colour, width=width, label=label)
+            # below the axes: bars reach PIP 1 anywhere along them
+            ax1.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
         for s in range(inputs.shape[0]):
             ax1.scatter(idx, inputs[s], s=4, color="k", alpha=0.3, lw=0)
         ax1.axhline(0.5, color="k", ls=":", lw=1)
         ax1.set_xlabel("input feature")
         ax1.set_ylabel("input PIP")
         ax1.set_ylim(-0.02, 1.02)
-        if true_support is not None:  # below the axes: bars reach PIP 1 anywhere along them
-            ax1.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
-        ax1.set_title("input-feature PIPs (bars: mean, dots: seeds)" if true_support is not None else
-                      "input-feature PIPs (bars: mean, dots: seeds; true features unknown)")
+        ax1.set_title(title)
     ax2.hist(weights, bins=np.linspace(0, 1, 41), color=method_colour("spike_slab"), log=True)
     ax2.set_xlabel("weight PIP")
     ax2.set_ylabel("weights (log scale)")
