@@ -435,7 +435,8 @@ def test_pip_figure_legend_names_only_the_groups_drawn(support, labels):
     title says the true features are unknown."""
     from slabbench.plotting import plot_pips
 
-    fig = plot_pips(_pip_artefacts(5), true_support=support)
+    fig = plot_pips(_pip_artefacts(5), true_support=support, title="sim-5")
+    assert fig.get_suptitle() == "sim-5"  # the experiment's title, not the bar panel's
     ax = fig.axes[0]
     if labels:
         assert [t.get_text() for t in ax.get_legend().get_texts()] == labels

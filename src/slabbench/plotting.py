@@ -327,10 +327,10 @@ def plot_pips(artefacts: list[dict], feature_shape=None, true_support=None, titl
     else:
         idx = np.arange(mean.size)
         width = 0.8 if mean.size <= 50 else 1.0  # many features: touching bars stay visible
-        title = "input-feature PIPs (bars: mean, dots: seeds)"
+        bars_title = "input-feature PIPs (bars: mean, dots: seeds)"
         if true_support is None:  # real data: which features matter is not known, none is called noise
             ax1.bar(idx, mean, color="0.6", width=width)
-            title = "input-feature PIPs (bars: mean, dots: seeds; true features unknown)"
+            bars_title = "input-feature PIPs (bars: mean, dots: seeds; true features unknown)"
         else:
             true = np.zeros(mean.size, dtype=bool)
             true[list(true_support)] = True
@@ -345,7 +345,7 @@ def plot_pips(artefacts: list[dict], feature_shape=None, true_support=None, titl
         ax1.set_xlabel("input feature")
         ax1.set_ylabel("input PIP")
         ax1.set_ylim(-0.02, 1.02)
-        ax1.set_title(title)
+        ax1.set_title(bars_title)
     ax2.hist(weights, bins=np.linspace(0, 1, 41), color=method_colour("spike_slab"), log=True)
     ax2.set_xlabel("weight PIP")
     ax2.set_ylabel("weights (log scale)")
