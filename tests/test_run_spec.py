@@ -22,7 +22,7 @@ def dict_run_specs(config: dict) -> list[dict]:
             for seed in experiment_seeds(config, name):
                 spec = {k: copy.deepcopy(v) for k, v in exp.items()
                         if k not in ("method_params", "methods", "seeds", "sparsities", "device", "stack_size", "graphs",
-                                     "flush_denormal", *RUN_OPTIONS)}
+                                     "compile", "flush_denormal", *RUN_OPTIONS)}
                 spec.update(experiment=name, method=method, seed=int(seed), device=exp.get("device") or config["device"],
                             sparsities=experiment_sparsities(config, name),
                             method_params=method_options(config, name, method))
@@ -39,6 +39,8 @@ def dict_run_specs(config: dict) -> list[dict]:
                     spec["on_divergence"] = config["on_divergence"]
                 if not exp.get("graphs", config.get("graphs", True)):
                     spec["graphs"] = False
+                if exp.get("compile", config.get("compile", False)):
+                    spec["compile"] = True
                 if not exp.get("flush_denormal", config.get("flush_denormal", True)):
                     spec["flush_denormal"] = False
                 specs.append(spec)

@@ -471,6 +471,7 @@ class RunSpec(dict):
     restarts_screen_epochs: int | None = RUN_DEFAULTS["restarts_screen_epochs"]
     on_divergence: str = "stop"  #: stop (the job fails) or record (the run is recorded as diverged)
     graphs: bool = True  #: CUDA graphs: each kind of step captured once and replayed (CUDA only)
+    compile: bool = False  #: the training step's loss and backward compiled by torch.compile (Inductor)
     flush_denormal: bool = True  #: subnormal floats flushed to zero on the CPU while training
     order: tuple = field(default=(), compare=False)
 
@@ -541,7 +542,7 @@ def run_specs(config: dict) -> list[RunSpec]:
             for seed in experiment_seeds(config, name):
                 spec = {k: copy.deepcopy(v) for k, v in exp.items()
                         if k not in ("method_params", "methods", "seeds", "sparsities", "device", "stack_size", "graphs",
-                                     "flush_denormal", *RUN_OPTIONS)}
+                                     "compile", "flush_denormal", *RUN_OPTIONS)}
                 spec.update(experiment=name, method=method, seed=int(seed), device=exp.get("device") or config["device"],
                             sparsities=experiment_sparsities(config, name),
                             method_params=method_options(config, name, method))
@@ -559,6 +560,8 @@ def run_specs(config: dict) -> list[RunSpec]:
                     spec["on_divergence"] = config["on_divergence"]
                 if not exp.get("graphs", config.get("graphs", True)):  # CUDA graphs: on by default
                     spec["graphs"] = False
+                if exp.get("compile", config.get("compile", False)):  # off by default
+                    spec["compile"] = True
                 if not exp.get("flush_denormal", config.get("flush_denormal", True)):  # on by default
                     spec["flush_denormal"] = False
                 specs.append(RunSpec.of(spec))

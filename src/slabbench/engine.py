@@ -25,6 +25,10 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+import torch._dynamo.exc
+import torch._functorch.config
+import torch._inductor.config
+import torch._inductor.exc
 from torch import nn
 
 from slabbench import metrics as M
@@ -63,6 +67,9 @@ class Member:
     #: how its training steps ran where CUDA graphs were asked for and possible on its device:
     #: "N graph capture(s), M invalidation(s)", or "eager (why)"; None elsewhere (the CPU)
     step_graphs: str | None = None
+    #: how its training steps ran where ``compile: true`` asked for a compiled step: "compiled
+    #: (backend)", or "eager (why)" where compiling failed; None when not asked for
+    step_compile: str | None = None
     screen_objective: float | None = None  #: restarts' screening: its training objective then (None: diverged)
     screened_out: bool = False  #: restarts' screening: it stopped there (its model is its state then)
 
@@ -202,7 +209,7 @@ def _undeclared_run_state(method: Method, runs: int) -> list[str]:
 
 
 #: what a checkpoint saves of each run (:class:`Member`): what its training found out about it
-_MEMBER_STATE = ("diverged", "screen_objective", "screened_out", "step_graphs")
+_MEMBER_STATE = ("diverged", "screen_objective", "screened_out", "step_graphs", "step_compile")
 
 #: screen(model, members) -> positions of the runs that train on, called once after the
 #: screening epoch (restarts' successive halving, see :func:`fit_stacked`)
@@ -224,7 +231,7 @@ class StackedStep:
 
     def __init__(self, model: nn.Module, method: Method, opt: torch.optim.Optimizer, x_all: torch.Tensor,
                  y_all: torch.Tensor, n: int, *, batch_size: int, task: str, noise_sd: float,
-                 noise_gens: Sequence[torch.Generator], group_of: Sequence[int]):
+                 noise_gens: Sequence[torch.Generator], group_of: Sequence[int], compile: str | None = None):
         self.model, self.method, self.opt = model, method, opt
         self.x_all, self.y_all, self.n = x_all, y_all, n
         self.task, self.noise_sd = task, noise_sd
@@ -237,6 +244,9 @@ class StackedStep:
         self.x_buf = x_all.new_empty((len(group_of) * self.rows, *x_all.shape[1:]))
         self.xu_buf: torch.Tensor | None = None
         self.set_runs(noise_gens, group_of)
+        #: ``compile``: the step's loss (gather, forward, NLL, penalty) and its backward compiled
+        #: by that torch.compile backend (:class:`CompiledLoss`); None: as written
+        self.compiled = None if compile is None else CompiledLoss(self._loss, compile)
 
     def set_runs(self, noise_gens: Sequence[torch.Generator], group_of: Sequence[int]) -> None:
         """The runs the step trains: their noise generators and data groups (at the start, and
@@ -252,7 +262,14 @@ class StackedStep:
     def loss(self, idx: torch.Tensor, beta, with_penalty: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, each run's mean NLL (S,)) on the minibatch rows ``idx`` (groups x B): gather,
         forward, the NLLs and, ``with_penalty`` (not while beta = 0, a KL warm-up's first
-        epochs), beta * penalty / N."""
+        epochs), beta * penalty / N.  Compiled where asked for and possible."""
+        if self.compiled is not None and self.compiled.fn is not None:
+            out = self.compiled(idx, beta, with_penalty)
+            if out is not None:
+                return out
+        return self._loss(idx, beta, with_penalty)
+
+    def _loss(self, idx: torch.Tensor, beta, with_penalty: bool) -> tuple[torch.Tensor, torch.Tensor]:
         x_all, y_all, s_runs, per_group = self.x_all, self.y_all, self.runs, self.per_group
         flat, b = idx.reshape(-1), idx.shape[1]
         # index_select, not x[idx]: the same rows, but advanced indexing's general kernel
@@ -287,11 +304,61 @@ class StackedStep:
         self.nll_sums.add_(nll.detach())
 
 
+#: torch.compile's failures before a compiled step runs (tracing, a graph break, the backend's
+#: code generation, a recompile past the limit): the step then runs as written
+_COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit,
+                   torch._inductor.exc.CppCompileError, torch._inductor.exc.InvalidCxxCompiler,
+                   torch._inductor.exc.OperatorIssue)
+
+
+class CompiledLoss:
+    """A step's loss function compiled by ``torch.compile(fullgraph=True, dynamic=False)``
+    (``compile: true``): Inductor, the default backend, fuses each layer's elementwise work into
+    a few kernels (C++ on the CPU, Triton on CUDA) and compiles the backward with it.  Each
+    kind of step (a minibatch size, penalty on or off, a stack cut to fewer runs) compiles once.
+
+    It compiles so that every failure surfaces before anything of the step has run: the
+    backward is lowered together with the forward (not at the first backward), and a recompile
+    past torch's limit is an error instead of a silent eager frame.  A call that fails returns
+    None and switches compiling off (:attr:`fn` None, :attr:`why` says why): the caller runs the
+    step as written on the same inputs, which no draw or buffer update has touched.  Random
+    operators of an unstacked model draw from torch's generator as in eager steps (Inductor's
+    own random numbers would be other streams); stacked runs draw through
+    ``slabbench::per_run_noise``, an opaque operator either way.  One compile thread: a job
+    has one CPU.  Compiled code lives in torch's per-function cache, so a new compiled loss
+    clears it (``torch._dynamo.reset()``): one training compiles at a time, and its kinds of
+    step stay well under the recompile limit."""
+
+    def __init__(self, fn: Callable, backend: str):
+        torch._dynamo.reset()
+        self.backend = backend
+        self.fn: Callable | None = torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
+        self.why: str | None = None
+        self.settings = (torch._dynamo.config.patch(fail_on_recompile_limit_hit=True),
+                         torch._functorch.config.patch(force_non_lazy_backward_lowering=True),
+                         torch._inductor.config.patch(fallback_random=True, compile_threads=1))
+
+    def __call__(self, *args):
+        try:
+            with self.settings[0], self.settings[1], self.settings[2]:
+                return self.fn(*args)
+        except _COMPILE_ERRORS as err:
+            self.fn = None
+            self.why = " ".join(str(err).split())[:300] or type(err).__name__
+            log.warning("compiling the training step failed, its steps run as written: %s", self.why)
+            return None
+
+    @property
+    def summary(self) -> str:
+        """How the steps ran: "compiled (backend)" or "eager (why compiling failed)"."""
+        return f"compiled ({self.backend})" if self.fn is not None else f"eager (compiling failed: {self.why})"
+
+
 def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], *,
                 epochs: int, batch_size: int, lr: float, task: str, noise_sd: float,
                 data_gens: Sequence[torch.Generator], noise_gens: Sequence[torch.Generator],
                 stop_on_divergence: bool = True, screen: Screen | None = None, graphs: bool = False,
-                checkpoint: Phase | None = None) -> list[int]:
+                compile_step: bool = False, checkpoint: Phase | None = None) -> list[int]:
     """Train ``model`` with the core's loss convention: the sum over its runs of
     [mean NLL_s + beta * penalty_s / N].  ``model`` is stacked (S runs, see
     :mod:`slabbench.stack`) or an ordinary model (one run, S = 1, noise from torch's global
@@ -312,6 +379,10 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     ``graphs`` (CUDA): each kind of step is captured once as a CUDA graph and replayed
     (:mod:`slabbench.graphs`); β and the learning rates then live in device tensors and Adam is
     made capturable.  Eager otherwise, and wherever capture is not possible (the log says why).
+
+    ``compile_step``: the step's loss and backward compiled (:class:`CompiledLoss`, backend
+    :data:`COMPILE_BACKEND`; β then a device tensor, as under graphs); where compiling fails the
+    steps run as written and the log says why.  Each member's ``step_compile`` says which.
 
     ``checkpoint`` (:mod:`slabbench.checkpoint`): the phase of a job's checkpoint this training
     is.  Training starts from its saved state if it has one (a finished phase: no epoch is
@@ -368,8 +439,10 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
             for m in started_with:
                 m.step_graphs = m.step_graphs or f"eager ({why})"
     train_step = StackedStep(model, lead, opt, x_all, y_all, n, batch_size=batch_size, task=task, noise_sd=noise_sd,
-                             noise_gens=noise_gens, group_of=group_of)
-    beta_t = torch.zeros((), device=device) if step_graphs is not None else None
+                             noise_gens=noise_gens, group_of=group_of, compile=COMPILE_BACKEND if compile_step else None)
+    # β as a device tensor written in place: what a captured graph reads, and a compiled step's
+    # input (a number would be a constant of the compiled code: a recompile per value)
+    beta_t = torch.zeros((), device=device) if step_graphs is not None or compile_step else None
     idx_bufs: dict[int, torch.Tensor] = {}  # minibatch size -> the index buffer a graph reads
     grads_of: dict = {}  # step kind -> (parameter, the gradient its graph writes)
     views = run_views(model) if per_run_hooks else None
@@ -498,7 +571,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
             if step_graphs is None:
                 # per-run hooks read their run's slice of the gradients (views.share_grads): zeroed
                 # in place, the gradient tensors stay the same and the slices are taken once
-                train_step(idx, beta, beta != 0.0, not per_run_hooks)
+                train_step(idx, beta if beta_t is None else beta_t, beta != 0.0, not per_run_hooks)
             else:
                 b = idx.shape[1]
                 if b not in idx_bufs or idx_bufs[b].shape != idx.shape:
@@ -530,6 +603,12 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
                 cut(keep)
         if checkpoint is not None and (epoch + 1 == epochs or checkpoint.due()):
             save(epoch + 1)
+    if train_step.compiled is not None:
+        summary = train_step.compiled.summary
+        (log.info if train_step.compiled.fn is not None else log.warning)("%s: steps %s",
+                                                                          members[0].label.split(" seed=")[0], summary)
+        for m in started_with:
+            m.step_compile = m.step_compile or summary
     if step_graphs is not None:
         log.info("%s: %s", members[0].label.split(" seed=")[0], step_graphs.summary())
         for m in started_with:  # (the training's; a later fine-tuning's members are others)
@@ -544,6 +623,9 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
 #: LeNet-5's test NLL by 0.8% within 12 steps (measured on the CPU, docs/performance.md "CUDA
 #: graphs").  Not the CPU, whose records predate graphs and stay as they were.
 CAPTURABLE_ADAM = ("cuda",)
+
+#: the torch.compile backend of ``compile: true`` (:class:`CompiledLoss`; tests set a cheaper one)
+COMPILE_BACKEND = "inductor"
 
 #: captures and replays the steps of ``graphs: true`` (None: :class:`slabbench.graphs.CudaGraphs`,
 #: CUDA only; tests set a stand-in that runs the captured function, to run the same code on a CPU)
@@ -587,11 +669,12 @@ def _point_grads(pairs) -> None:
 
 def fit(model: nn.Module, method: Method, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int,
         lr: float, task: str, noise_sd: float, generator: torch.Generator, member: Member | None = None,
-        stop_on_divergence: bool = True, graphs: bool = False, checkpoint: Phase | None = None) -> None:
+        stop_on_divergence: bool = True, graphs: bool = False, compile_step: bool = False,
+        checkpoint: Phase | None = None) -> None:
     """Minibatch training of one ordinary (unstacked) model, see :func:`fit_stacked`; ``x``,
     ``y`` live on the model's device; shuffling draws from ``generator`` (CPU), noise from
     torch's global generator."""
     member = member or Member(label="run", seed=0, target=None, method=method)
     fit_stacked(model, [member], [x], [y], epochs=epochs, batch_size=batch_size, lr=lr, task=task, noise_sd=noise_sd,
                 data_gens=[generator], noise_gens=[], stop_on_divergence=stop_on_divergence, graphs=graphs,
-                checkpoint=checkpoint)
+                compile_step=compile_step, checkpoint=checkpoint)

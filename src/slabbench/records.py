@@ -123,6 +123,8 @@ def common_fields(spec: RunSpec, member: Member, measure: Measure, data: dict, p
     common = {k: spec[k] for k in ("experiment", "dataset", "model", "method", "seed")}
     if member.step_graphs is not None:  # how its steps ran on a GPU (CUDA graphs, or eager and why)
         provenance = dict(provenance, step_graphs=member.step_graphs)
+    if member.step_compile is not None:  # compile: true: "compiled (backend)", or "eager (why)"
+        provenance = dict(provenance, step_compile=member.step_compile)
     common.update(task=measure.task, device=str(measure.device), spec=spec.to_dict(), provenance=provenance,
                   train_seconds=seconds, stack_runs=member.stack_runs, **restart_fields)
     if measure.task == "regression":  # the reference a collapsed net is read against

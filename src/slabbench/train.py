@@ -162,7 +162,7 @@ def _target_splits_stacks(cls: type) -> bool:
 
 def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: float, task: str, noise_sd: float,
            device: torch.device, data_seeds: Sequence[int], stop: bool, what: str,
-           screen: tuple[int, int] | None = None, graphs: bool = False,
+           screen: tuple[int, int] | None = None, graphs: bool = False, compile_step: bool = False,
            checkpoint: JobCheckpoint | None = None) -> list[float]:
     """Train every member's model (stacked where possible, else one after another); returns
     each member's share of the wall time in seconds.  ``screen = (epoch, keep)``: restarts'
@@ -173,7 +173,7 @@ def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: f
     refusal = stack_refusal(members[0].method, members[0].model)
     seconds = [0.0] * len(members)
     kw = dict(epochs=epochs, batch_size=batch_size, lr=lr, task=task, noise_sd=noise_sd, stop_on_divergence=stop,
-              graphs=graphs)
+              graphs=graphs, compile_step=compile_step)
     if refusal is not None:
         if screen is not None:
             raise ValueError(f"{what}: screening restarts (restarts_keep) needs runs that train stacked; these do not "
@@ -256,7 +256,8 @@ def _finetune_all(jobs: list[TargetSelection], spec: RunSpec, task: str, device,
     seconds = _train(members, [j.data["train"][0] for j in jobs], [j.data["train"][1] for j in jobs], epochs=epochs,
                      batch_size=spec.batch_size, lr=lr, task=task, noise_sd=spec.noise_sd, device=device,
                      data_seeds=[j.seed + 7919 for j in jobs], stop=spec.stops_on_divergence,
-                     what=f"{label} fine-tuning", graphs=bool(spec.graphs), checkpoint=checkpoint)
+                     what=f"{label} fine-tuning", graphs=bool(spec.graphs), compile_step=bool(spec.compile),
+                     checkpoint=checkpoint)
     out = []
     for m, job in zip(members, jobs):
         with torch.no_grad():  # Adam moments may move masked weights; they never act, zero them
@@ -359,7 +360,7 @@ def _run_stack(specs: list[RunSpec], threads: int, flushed: bool, checkpoint_pat
                      epochs=int(spec.epochs), batch_size=int(spec.batch_size), lr=float(spec.lr), task=task,
                      noise_sd=noise_sd, device=device, data_seeds=[m.seed for m in members],
                      stop=stop and restarts == 1, what=label, screen=screen,  # with restarts, a diverged start just loses
-                     graphs=bool(spec.graphs), checkpoint=checkpoint)
+                     graphs=bool(spec.graphs), compile_step=bool(spec.compile), checkpoint=checkpoint)
     restart_info = [{"restarts": restarts}] * len(members)
     if restarts > 1:
         members, member_run, seconds, restart_info = choose_starts(

@@ -189,8 +189,10 @@ def shared_input(full: torch.Tensor, unique: torch.Tensor) -> Iterator[None]:
 
 def _shared_rows(x: torch.Tensor) -> torch.Tensor | None:
     """The groups' rows (G, B, in) of a stacked layer input ``x`` (S, B, in) when ``x`` is the
-    active :func:`shared_input` (or a flattened view of it, not modified since), else None."""
-    if _SHARED is None or x.requires_grad:
+    active :func:`shared_input` (or a flattened view of it, not modified since), else None.
+    Never in a compiled step: whether ``x`` is that input is a comparison of data pointers,
+    which torch.compile cannot trace (compiled, each run's rows are multiplied on their own)."""
+    if _SHARED is None or x.requires_grad or torch.compiler.is_compiling():
         return None
     full, unique, version = _SHARED
     if (x.data_ptr() != full.data_ptr() or x._version != version or x.shape[:2] != full.shape[:2]

@@ -1,0 +1,119 @@
+"""What ``compile: true`` buys each train job of a config on the device at hand, measured in one run.
+
+    .venv/bin/python benchmarks/compile_gain.py config/paper.yaml --experiments mnist-lenet300 [--methods ...]
+        [--epochs 1 3] [--repeat 2] [--device cpu|cuda|auto] [--backend inductor] [--out rows.csv]
+
+Each train job (one experiment x method x stack of seeds, as Snakemake runs it) is run through
+the core (``slabbench.train.run_stack``) shortened, without fine-tuning, at ``E1`` and ``E2``
+training epochs, once as written and once with its training step compiled
+(``slabbench.engine.CompiledLoss``), alternating, each length ``--repeat`` times and the fastest
+kept.  The table gives, per job, the seconds per training epoch both ways and their ratio, what
+compiling costs once per training (the first compiled run's time over the fastest one at the
+same length: the first compiles every kind of step from scratch, later ones find Inductor's
+kernels in its on-disk cache, as a job after the first on a machine does), and how far the
+compiled run's records are from those as written after ``E2`` epochs (test NLL, relative:
+fused kernels round differently, so a compiled run is another run; ``step`` says where compiling
+failed and the steps ran as written).  The totals extrapolate the jobs' training epochs to the
+config's own.  Records are not written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import grid_time as G  # noqa: E402
+import torch  # noqa: E402
+
+from slabbench import engine as E  # noqa: E402
+from slabbench.config import load_yaml, stack_jobs, validate  # noqa: E402
+from slabbench.train import resolve_device, run_stack  # noqa: E402
+
+
+def run(specs: list[dict], epochs: int, device: str, compiled: bool, threads: int) -> tuple[float, list]:
+    """(wall seconds, records) of the job shortened to ``epochs`` epochs, no fine-tuning."""
+    short = [dict(s, compile=compiled) for s in G.shortened(specs, epochs, 0, device)]
+    sync = torch.cuda.synchronize if resolve_device(device).type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    results = run_stack(short, threads=threads)
+    sync()
+    return time.perf_counter() - t0, [rec for records, _ in results for rec in records]
+
+
+def nll_gap(got: list[dict], want: list[dict]) -> float:
+    """The largest relative difference in test NLL between two runs' records."""
+    gaps = [abs(g["test_nll"] - w["test_nll"]) / max(abs(w["test_nll"]), 1e-12)
+            for g, w in zip(got, want) if "test_nll" in g and "test_nll" in w]
+    return max(gaps, default=float("nan"))
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", type=Path)
+    ap.add_argument("--experiments", nargs="+", help="only these experiments (default: all)")
+    ap.add_argument("--methods", nargs="+", help="only these methods (default: all)")
+    ap.add_argument("--epochs", type=int, nargs=2, default=[1, 3], metavar=("E1", "E2"))
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=2, help="time each length this many times, keep the fastest")
+    ap.add_argument("--backend", default=E.COMPILE_BACKEND, help="torch.compile backend (default: %(default)s)")
+    ap.add_argument("--out", type=Path, help="also write the rows as CSV")
+    args = ap.parse_args(argv)
+    e1, e2 = args.epochs
+    if not 1 <= e1 < e2:
+        ap.error(f"--epochs E1 E2 needs 1 <= E1 < E2, got {e1} {e2}")
+    if args.repeat < 1:
+        ap.error(f"--repeat needs at least 1, got {args.repeat}")
+    logging.basicConfig(level=logging.WARNING)
+    E.COMPILE_BACKEND = args.backend
+    config = validate(load_yaml(args.config))
+    jobs = {k: v for k, v in stack_jobs(config).items()
+            if (not args.experiments or k[0] in args.experiments) and (not args.methods or k[1] in args.methods)}
+    if not jobs:
+        ap.error("no train job matches --experiments / --methods")
+    device = str(resolve_device(args.device))
+    print(f"{args.config}: {len(jobs)} train jobs on {device}, as written and compiled ({args.backend}) alternately, "
+          f"{e1} and {e2} epochs without fine-tuning, the fastest of {args.repeat}")
+    print("| experiment | method | runs | s / epoch as written | compiled | ratio | compile s | test NLL rel. diff | step |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for (experiment, method, stack), specs in jobs.items():
+        times: dict = {}
+        records: dict = {}
+        first_compiled = None
+        for _ in range(args.repeat):
+            for epochs in (e1, e2):
+                for compiled in (False, True):
+                    t, recs = run(specs, epochs, device, compiled, args.threads)
+                    if compiled and first_compiled is None:
+                        first_compiled = t
+                    times[epochs, compiled] = min(t, times.get((epochs, compiled), float("inf")))
+                    records[epochs, compiled] = recs
+        per = {c: max(0.0, (times[e2, c] - times[e1, c]) / (e2 - e1)) for c in (False, True)}
+        how = records[e2, True][0]["provenance"].get("step_compile", "?")
+        row = dict(experiment=experiment, method=method, stack=stack, runs=len(specs), epochs=int(specs[0]["epochs"]),
+                   s_per_epoch=per[False], s_per_epoch_compiled=per[True],
+                   ratio=per[True] / per[False] if per[False] > 0 else float("nan"),
+                   compile_s=max(0.0, first_compiled - times[e1, True]),
+                   test_nll_rel_diff=nll_gap(records[e2, True], records[e2, False]), step=how)
+        rows.append(row)
+        print(f"| {experiment} | {method} | {row['runs']} | {per[False]:.3f} | {per[True]:.3f} | {row['ratio']:.2f}x | "
+              f"{row['compile_s']:.0f} | {row['test_nll_rel_diff']:.1e} | {how} |", flush=True)
+    written = sum(r["epochs"] * r["s_per_epoch"] for r in rows)
+    compiled = sum(r["epochs"] * r["s_per_epoch_compiled"] + r["compile_s"] for r in rows)
+    print(f"\ntraining epochs at the config's length, one job after another: as written {written / 60:.1f} min, "
+          f"compiled {compiled / 60:.1f} min with one compile per job ({compiled / written if written else float('nan'):.2f}x)")
+    if args.out:
+        import pandas as pd
+
+        pd.DataFrame(rows).to_csv(args.out, index=False)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
