@@ -28,6 +28,7 @@ import torch
 import torch._dynamo.exc
 import torch._functorch.config
 import torch._inductor.config
+import torch._inductor.cpu_vec_isa
 import torch._inductor.exc
 from torch import nn
 
@@ -334,9 +335,15 @@ class CompiledLoss:
         self.backend = backend
         self.fn: Callable | None = torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
         self.why: str | None = None
+        # the CPU's vector width named in Inductor's settings, which its cache of compiled graphs
+        # keys on: without it, a graph compiled with AVX-512 kernels was found again under
+        # ATEN_CPU_CAPABILITY=avx2 (or on another CPU sharing the cache folder) and trained to
+        # NaN within two steps (spike_slab lrt, torch 2.14.1)
+        isa = torch._inductor.cpu_vec_isa.pick_vec_isa()
         self.settings = (torch._dynamo.config.patch(fail_on_recompile_limit_hit=True),
                          torch._functorch.config.patch(force_non_lazy_backward_lowering=True),
-                         torch._inductor.config.patch(fallback_random=True, compile_threads=1))
+                         torch._inductor.config.patch({"fallback_random": True, "compile_threads": 1,
+                                                       "cpp.simdlen": isa.bit_width() if isa else None}))
 
     def __call__(self, *args):
         try:
