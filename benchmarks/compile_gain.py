@@ -7,14 +7,17 @@ Each train job (one experiment x method x stack of seeds, as Snakemake runs it) 
 the core (``slabbench.train.run_stack``) shortened, without fine-tuning, at ``E1`` and ``E2``
 training epochs, once as written and once with its training step compiled
 (``slabbench.engine.CompiledLoss``), alternating, each length ``--repeat`` times and the fastest
-kept.  The table gives, per job, the seconds per training epoch both ways and their ratio, what
-compiling costs once per training (the first compiled run's time over the fastest one at the
-same length: the first compiles every kind of step from scratch, later ones find Inductor's
-kernels in its on-disk cache, as a job after the first on a machine does), and how far the
-compiled run's records are from those as written after ``E2`` epochs (test NLL, relative:
-fused kernels round differently, so a compiled run is another run; ``step`` says where compiling
-failed and the steps ran as written).  The totals extrapolate the jobs' training epochs to the
-config's own.  Records are not written.
+kept.  Times are the training's own (the records' ``train_seconds``, summed over the stack's
+runs), not the job's: a job's evaluation after training (every target pruned, measured, its
+physical network timed) depends on what training left, so a difference of whole-job times
+between two lengths is not a cost per epoch.  The table gives, per job, the seconds per training
+epoch both ways and their ratio; what compiling costs once per training (the first compiled
+training's time less its epochs at the compiled rate: compiling every kind of step and the
+first steps, with Inductor's on-disk cache as the machine had it; later jobs find most kernels
+there); and how far the compiled run's records are from those as written after ``E2`` epochs
+(test NLL, relative: fused kernels round differently, so a compiled run is another run).
+``step`` says how the steps ran ("eager (...)" where compiling failed).  The totals
+extrapolate each job's training to the config's epochs.  Records are not written.
 """
 
 from __future__ import annotations
@@ -22,12 +25,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grid_time as G  # noqa: E402
-import torch  # noqa: E402
 
 from slabbench import engine as E  # noqa: E402
 from slabbench.config import load_yaml, stack_jobs, validate  # noqa: E402
@@ -35,14 +36,11 @@ from slabbench.train import resolve_device, run_stack  # noqa: E402
 
 
 def run(specs: list[dict], epochs: int, device: str, compiled: bool, threads: int) -> tuple[float, list]:
-    """(wall seconds, records) of the job shortened to ``epochs`` epochs, no fine-tuning."""
+    """(training seconds of the stack, its records) of the job shortened to ``epochs`` epochs,
+    no fine-tuning."""
     short = [dict(s, compile=compiled) for s in G.shortened(specs, epochs, 0, device)]
-    sync = torch.cuda.synchronize if resolve_device(device).type == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
     results = run_stack(short, threads=threads)
-    sync()
-    return time.perf_counter() - t0, [rec for records, _ in results for rec in records]
+    return sum(records[0]["train_seconds"] for records, _ in results), [rec for records, _ in results for rec in records]
 
 
 def nll_gap(got: list[dict], want: list[dict]) -> float:
@@ -78,7 +76,7 @@ def main(argv=None) -> list[dict]:
         ap.error("no train job matches --experiments / --methods")
     device = str(resolve_device(args.device))
     print(f"{args.config}: {len(jobs)} train jobs on {device}, as written and compiled ({args.backend}) alternately, "
-          f"{e1} and {e2} epochs without fine-tuning, the fastest of {args.repeat}")
+          f"{e1} and {e2} epochs without fine-tuning, training time the fastest of {args.repeat}")
     print("| experiment | method | runs | s / epoch as written | compiled | ratio | compile s | test NLL rel. diff | step |")
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
@@ -99,7 +97,7 @@ def main(argv=None) -> list[dict]:
         row = dict(experiment=experiment, method=method, stack=stack, runs=len(specs), epochs=int(specs[0]["epochs"]),
                    s_per_epoch=per[False], s_per_epoch_compiled=per[True],
                    ratio=per[True] / per[False] if per[False] > 0 else float("nan"),
-                   compile_s=max(0.0, first_compiled - times[e1, True]),
+                   compile_s=max(0.0, first_compiled - e1 * per[True]),
                    test_nll_rel_diff=nll_gap(records[e2, True], records[e2, False]), step=how)
         rows.append(row)
         print(f"| {experiment} | {method} | {row['runs']} | {per[False]:.3f} | {per[True]:.3f} | {row['ratio']:.2f}x | "

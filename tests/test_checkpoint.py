@@ -427,3 +427,16 @@ def test_a_job_under_graphs_resumes_to_the_same_records(name, options, tmp_path,
     specs = [tiny_spec(name, method_params=options, seed=s, graphs=True, **SPEC) for s in (0, 1)]
     want = T.run_stack(specs)
     assert_same_records(resumed(specs, tmp_path / "job.pt", monkeypatch, 2), want)
+
+
+def test_a_compiled_job_resumes_to_the_same_records(tmp_path, monkeypatch):
+    """`compile: true` (Dynamo's aot_eager backend here): the resumed process compiles its steps
+    anew, β included (a device tensor written from the restored epoch), and gives the records of
+    the compiled job that never stopped, which say how its steps ran."""
+    from slabbench import engine as E
+    monkeypatch.setattr(E, "COMPILE_BACKEND", "aot_eager")
+    specs = [tiny_spec("spike_slab", method_params={"kl_warmup_epochs": 3}, seed=s, compile=True, **SPEC)
+             for s in (0, 1)]
+    want = T.run_stack(specs)
+    assert {r["provenance"]["step_compile"] for records, _ in want for r in records} == {"compiled (aot_eager)"}
+    assert_same_records(resumed(specs, tmp_path / "job.pt", monkeypatch, 2), want)

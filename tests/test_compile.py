@@ -174,3 +174,17 @@ def test_a_compiled_step_under_graphs(aot_eager, stand_in, caplog):
     assert backend.captures and "CUDA graphs off" not in caplog.text, "the graph path ran"
     assert {r["provenance"]["step_compile"] for recs, _ in both for r in recs} == {"compiled (aot_eager)"}
     assert_stacks_close(both, plain)
+
+
+def test_the_compiled_step_names_the_cpus_vector_width_in_inductors_settings():
+    """Inductor's cache of compiled graphs keys on its settings, not on the vector instructions
+    its kernels were generated for: a graph compiled with AVX-512 kernels, found again in the
+    same cache under ATEN_CPU_CAPABILITY=avx2, trained spike_slab lrt to NaN within two steps
+    (torch 2.14.1).  With the width in the settings, each instruction set has its own entries."""
+    import torch._inductor.config as inductor
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    compiled = E.CompiledLoss(lambda x: x + 1, "inductor")
+    isa = pick_vec_isa()
+    with compiled.settings[2]:
+        assert inductor.cpp.simdlen == (isa.bit_width() if isa else None)
