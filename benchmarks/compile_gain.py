@@ -38,7 +38,7 @@ from slabbench.train import resolve_device, run_stack  # noqa: E402
 def run(specs: list[dict], epochs: int, device: str, compiled: bool, threads: int) -> tuple[float, list]:
     """(training seconds of the stack, its records) of the job shortened to ``epochs`` epochs,
     no fine-tuning."""
-    short = [dict(s, compile=compiled) for s in G.shortened(specs, epochs, 0, device)]
+    short = [dict(s, compile=True) if compiled else s for s in G.shortened(specs, epochs, 0, device)]
     results = run_stack(short, threads=threads)
     return sum(records[0]["train_seconds"] for records, _ in results), [rec for records, _ in results for rec in records]
 

@@ -183,7 +183,7 @@ def test_compile_gain_times_each_job_both_ways(tmp_path, capsys):
                                       "--backend", "aot_eager", "--out", str(tmp_path / "rows.csv")])
     assert [r["method"] for r in rows] == ["dense", "spike_slab"]
     assert all(r["step"] == "compiled (aot_eager)" for r in rows)
-    assert all(r["s_per_epoch"] >= 0 and r["s_per_epoch_compiled"] >= 0 and r["compile_s"] >= 0 for r in rows)
+    assert all(r["compile_s"] > 0 for r in rows)  # (the tiny net's epochs are too short to time reliably)
     assert all(r["test_nll_rel_diff"] < 1e-5 for r in rows)  # the same operators: rounding at most
     out = capsys.readouterr().out
     assert "| sim-tiny | spike_slab | 2 | " in out and "compiled (aot_eager) |" in out and "one job after another" in out

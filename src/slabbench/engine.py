@@ -25,11 +25,6 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-import torch._dynamo.exc
-import torch._functorch.config
-import torch._inductor.config
-import torch._inductor.cpu_vec_isa
-import torch._inductor.exc
 from torch import nn
 
 from slabbench import metrics as M
@@ -232,7 +227,7 @@ class StackedStep:
 
     def __init__(self, model: nn.Module, method: Method, opt: torch.optim.Optimizer, x_all: torch.Tensor,
                  y_all: torch.Tensor, n: int, *, batch_size: int, task: str, noise_sd: float,
-                 noise_gens: Sequence[torch.Generator], group_of: Sequence[int], compile: str | None = None):
+                 noise_gens: Sequence[torch.Generator], group_of: Sequence[int], compile_backend: str | None = None):
         self.model, self.method, self.opt = model, method, opt
         self.x_all, self.y_all, self.n = x_all, y_all, n
         self.task, self.noise_sd = task, noise_sd
@@ -245,9 +240,9 @@ class StackedStep:
         self.x_buf = x_all.new_empty((len(group_of) * self.rows, *x_all.shape[1:]))
         self.xu_buf: torch.Tensor | None = None
         self.set_runs(noise_gens, group_of)
-        #: ``compile``: the step's loss (gather, forward, NLL, penalty) and its backward compiled
-        #: by that torch.compile backend (:class:`CompiledLoss`); None: as written
-        self.compiled = None if compile is None else CompiledLoss(self._loss, compile)
+        #: ``compile_backend``: the step's loss (gather, forward, NLL, penalty) and its backward
+        #: compiled by that torch.compile backend (:class:`CompiledLoss`); None: as written
+        self.compiled = None if compile_backend is None else CompiledLoss(self._loss, compile_backend)
 
     def set_runs(self, noise_gens: Sequence[torch.Generator], group_of: Sequence[int]) -> None:
         """The runs the step trains: their noise generators and data groups (at the start, and
@@ -305,60 +300,103 @@ class StackedStep:
         self.nll_sums.add_(nll.detach())
 
 
-#: torch.compile's failures before a compiled step runs (tracing, a graph break, the backend's
-#: code generation, a recompile past the limit): the step then runs as written
-_COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit,
-                   torch._inductor.exc.CppCompileError, torch._inductor.exc.InvalidCxxCompiler,
-                   torch._inductor.exc.OperatorIssue)
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    """What torch.compile raises when compiling fails: its own exceptions, those Dynamo lets
+    through unwrapped (its internal assertions, data-dependent guards) and the C++ backend's.
+    Caught only from a call that started a compile (:class:`CompiledLoss`)."""
+    import torch._dynamo.exc
+    import torch._inductor.exc
+    from torch.fx.experimental.symbolic_shapes import ConstraintViolationError, GuardOnDataDependentSymNode
+    from torch.fx.experimental.validator import ValidationException
+    return (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit,
+            torch._inductor.exc.CppCompileError, torch._inductor.exc.InvalidCxxCompiler,
+            torch._inductor.exc.OperatorIssue, AssertionError, IndexError, ConstraintViolationError,
+            GuardOnDataDependentSymNode, ValidationException)
+
+
+def compile_settings() -> tuple:
+    """torch's compile settings of a compiled step, as context managers to enter around each call:
+
+    - the backward is lowered with the forward (not at the first backward), so that a failure
+      to compile surfaces before anything of the step has run;
+    - a recompile past the limit (16 kinds of step; a training has at most 8: two minibatch
+      sizes, penalty on or off, before and after a screening cut) is an error, not a silent
+      eager frame;
+    - random operators of an unstacked model draw from torch's generator as in eager steps
+      (Inductor's own random numbers would be other streams; stacked runs draw through
+      ``slabbench::per_run_noise``, an opaque operator either way);
+    - one compile thread: a job has one CPU;
+    - the CPU's vector width is named (``cpp.simdlen``): Inductor's cache of compiled graphs
+      keys on its settings, and without it a graph compiled with AVX-512 kernels was found
+      again under ATEN_CPU_CAPABILITY=avx2 and trained to NaN within two steps (spike_slab
+      lrt, torch 2.14.1), as one compiled on another CPU sharing the cache folder could be."""
+    import torch._dynamo.config
+    import torch._functorch.config
+    import torch._inductor.config
+    import torch._inductor.cpu_vec_isa
+    isa = torch._inductor.cpu_vec_isa.pick_vec_isa()
+    return (torch._dynamo.config.patch(fail_on_recompile_limit_hit=True, recompile_limit=16),
+            torch._functorch.config.patch(force_non_lazy_backward_lowering=True),
+            torch._inductor.config.patch({"fallback_random": True, "compile_threads": 1,
+                                          "cpp.simdlen": isa.bit_width() if isa else None}))
 
 
 class CompiledLoss:
     """A step's loss function compiled by ``torch.compile(fullgraph=True, dynamic=False)``
     (``compile: true``): Inductor, the default backend, fuses each layer's elementwise work into
     a few kernels (C++ on the CPU, Triton on CUDA) and compiles the backward with it.  Each
-    kind of step (a minibatch size, penalty on or off, a stack cut to fewer runs) compiles once.
+    kind of step (a minibatch size, penalty on or off, a stack cut to fewer runs) compiles the
+    first time it comes, with :func:`compile_settings`.
 
-    It compiles so that every failure surfaces before anything of the step has run: the
-    backward is lowered together with the forward (not at the first backward), and a recompile
-    past torch's limit is an error instead of a silent eager frame.  A call that fails returns
-    None and switches compiling off (:attr:`fn` None, :attr:`why` says why): the caller runs the
-    step as written on the same inputs, which no draw or buffer update has touched.  Random
-    operators of an unstacked model draw from torch's generator as in eager steps (Inductor's
-    own random numbers would be other streams); stacked runs draw through
-    ``slabbench::per_run_noise``, an opaque operator either way.  One compile thread: a job
-    has one CPU.  Compiled code lives in torch's per-function cache, so a new compiled loss
-    clears it (``torch._dynamo.reset()``): one training compiles at a time, and its kinds of
-    step stay well under the recompile limit."""
+    A call that starts a compile and fails with one of :func:`_compile_errors` has run nothing
+    of the step (the backward is lowered with the forward): it returns None, compiling stops
+    (:attr:`fn` None, :attr:`why` says why) and the caller runs the step as written on the same
+    inputs, as every later step.  A kind of step that first comes later (the penalty after a
+    KL warm-up, a stack cut by screening) compiles then, so a training can be compiled up to a
+    step and as written after it: :attr:`summary` says from which step.  Compiled code lives in
+    torch's per-function cache, so a new compiled loss clears it (``torch._dynamo.reset()``):
+    one training compiles at a time."""
 
     def __init__(self, fn: Callable, backend: str):
+        import torch._dynamo
         torch._dynamo.reset()
+        self.compiles = 0  # compiles started (Dynamo's start callback), to tell a compile's failure
+        torch._dynamo.callback_handler.register_start_callback(self._started)
         self.backend = backend
         self.fn: Callable | None = torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
         self.why: str | None = None
-        # the CPU's vector width named in Inductor's settings, which its cache of compiled graphs
-        # keys on: without it, a graph compiled with AVX-512 kernels was found again under
-        # ATEN_CPU_CAPABILITY=avx2 (or on another CPU sharing the cache folder) and trained to
-        # NaN within two steps (spike_slab lrt, torch 2.14.1)
-        isa = torch._inductor.cpu_vec_isa.pick_vec_isa()
-        self.settings = (torch._dynamo.config.patch(fail_on_recompile_limit_hit=True),
-                         torch._functorch.config.patch(force_non_lazy_backward_lowering=True),
-                         torch._inductor.config.patch({"fallback_random": True, "compile_threads": 1,
-                                                       "cpp.simdlen": isa.bit_width() if isa else None}))
+        self.calls = 0  # steps run compiled
+        self.settings = compile_settings()
+        self.errors = _compile_errors()
+
+    def _started(self, _args) -> None:
+        self.compiles += 1
 
     def __call__(self, *args):
+        before = self.compiles
         try:
             with self.settings[0], self.settings[1], self.settings[2]:
-                return self.fn(*args)
-        except _COMPILE_ERRORS as err:
+                out = self.fn(*args)
+        except self.errors as err:
+            if self.compiles == before:  # not a compile's failure: the step's own
+                raise
             self.fn = None
             self.why = " ".join(str(err).split())[:300] or type(err).__name__
-            log.warning("compiling the training step failed, its steps run as written: %s", self.why)
+            log.warning("compiling the training step failed, its steps run as written%s: %s",
+                        f" from step {self.calls + 1}" if self.calls else "", self.why)
             return None
+        self.calls += 1
+        return out
 
     @property
     def summary(self) -> str:
-        """How the steps ran: "compiled (backend)" or "eager (why compiling failed)"."""
-        return f"compiled ({self.backend})" if self.fn is not None else f"eager (compiling failed: {self.why})"
+        """How the steps ran: "compiled (backend)", "eager (compiling failed: why)", or, where a
+        kind of step that came later failed to compile, "compiled (backend) for N step(s), then
+        eager (compiling failed: why)"."""
+        if self.fn is not None:
+            return f"compiled ({self.backend})"
+        eager = f"eager (compiling failed: {self.why})"
+        return f"compiled ({self.backend}) for {self.calls} step(s), then {eager}" if self.calls else eager
 
 
 def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], *,
@@ -446,7 +484,8 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
             for m in started_with:
                 m.step_graphs = m.step_graphs or f"eager ({why})"
     train_step = StackedStep(model, lead, opt, x_all, y_all, n, batch_size=batch_size, task=task, noise_sd=noise_sd,
-                             noise_gens=noise_gens, group_of=group_of, compile=COMPILE_BACKEND if compile_step else None)
+                             noise_gens=noise_gens, group_of=group_of,
+                             compile_backend=COMPILE_BACKEND if compile_step else None)
     # β as a device tensor written in place: what a captured graph reads, and a compiled step's
     # input (a number would be a constant of the compiled code: a recompile per value)
     beta_t = torch.zeros((), device=device) if step_graphs is not None or compile_step else None
@@ -505,6 +544,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
         except NotResumable as err:
             checkpoint.off(str(err))
             return
+        note_compiled()  # (saved with the runs' other fields)
         # a start that restarts' screening stopped keeps its own model (its state then)
         state.update(screened=[model_tensors(m.model) if m.screened_out else None for m in started_with])
         state.update(model=model_tensors(model), opt=cpu_copy(opt.state_dict()),
@@ -555,6 +595,17 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
             raise RuntimeError(f"{members[0].label.split(' seed=')[0]}: the state saved in {checkpoint.job.path} "
                                f"does not fit this training ({err}); delete that file to train afresh") from None
         first_epoch = checkpoint.saved["epoch"]
+    # how a resumed training's steps ran before it stopped (what its checkpoint says)
+    compiled_before = [m.step_compile for m in started_with]
+
+    def note_compiled() -> None:
+        """Each run's ``step_compile``: how this process's steps ran, after what the process
+        before it said where that differs (a resumed training)."""
+        if train_step.compiled is None:
+            return
+        now = train_step.compiled.summary
+        for m, before in zip(started_with, compiled_before):
+            m.step_compile = now if before in (None, now) else f"{before}; after resuming: {now}"
     started = last_log = time.monotonic()
     for epoch in range(first_epoch, epochs):
         beta = lead.beta(epoch)
@@ -611,11 +662,8 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
         if checkpoint is not None and (epoch + 1 == epochs or checkpoint.due()):
             save(epoch + 1)
     if train_step.compiled is not None:
-        summary = train_step.compiled.summary
-        (log.info if train_step.compiled.fn is not None else log.warning)("%s: steps %s",
-                                                                          members[0].label.split(" seed=")[0], summary)
-        for m in started_with:
-            m.step_compile = m.step_compile or summary
+        log.info("%s: steps %s", members[0].label.split(" seed=")[0], train_step.compiled.summary)
+        note_compiled()
     if step_graphs is not None:
         log.info("%s: %s", members[0].label.split(" seed=")[0], step_graphs.summary())
         for m in started_with:  # (the training's; a later fine-tuning's members are others)
