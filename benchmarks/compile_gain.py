@@ -23,7 +23,6 @@ extrapolate each job's training to the config's epochs.  Records are not written
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -31,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grid_time as G  # noqa: E402
 
 from slabbench import engine as E  # noqa: E402
-from slabbench.config import load_yaml, stack_jobs, validate  # noqa: E402
 from slabbench.train import resolve_device, run_stack  # noqa: E402
 
 
@@ -52,28 +50,13 @@ def nll_gap(got: list[dict], want: list[dict]) -> float:
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("config", type=Path)
-    ap.add_argument("--experiments", nargs="+", help="only these experiments (default: all)")
-    ap.add_argument("--methods", nargs="+", help="only these methods (default: all)")
-    ap.add_argument("--epochs", type=int, nargs=2, default=[1, 3], metavar=("E1", "E2"))
-    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=2, help="time each length this many times, keep the fastest")
+    G.add_job_arguments(ap, [1, 3])
     ap.add_argument("--backend", default=E.COMPILE_BACKEND, help="torch.compile backend (default: %(default)s)")
     ap.add_argument("--out", type=Path, help="also write the rows as CSV")
     args = ap.parse_args(argv)
+    jobs = G.chosen_jobs(ap, args)
     e1, e2 = args.epochs
-    if not 1 <= e1 < e2:
-        ap.error(f"--epochs E1 E2 needs 1 <= E1 < E2, got {e1} {e2}")
-    if args.repeat < 1:
-        ap.error(f"--repeat needs at least 1, got {args.repeat}")
-    logging.basicConfig(level=logging.WARNING)
     E.COMPILE_BACKEND = args.backend
-    config = validate(load_yaml(args.config))
-    jobs = {k: v for k, v in stack_jobs(config).items()
-            if (not args.experiments or k[0] in args.experiments) and (not args.methods or k[1] in args.methods)}
-    if not jobs:
-        ap.error("no train job matches --experiments / --methods")
     device = str(resolve_device(args.device))
     print(f"{args.config}: {len(jobs)} train jobs on {device}, as written and compiled ({args.backend}) alternately, "
           f"{e1} and {e2} epochs without fine-tuning, training time the fastest of {args.repeat}")

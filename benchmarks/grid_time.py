@@ -91,21 +91,21 @@ def makespan(seconds: list[float], slots: int) -> float:
     return max(lanes)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_job_arguments(ap: argparse.ArgumentParser, epochs: list[int]) -> None:
+    """The arguments that pick a config's train jobs and how they are timed (this script's and
+    benchmarks/compile_gain.py's)."""
     ap.add_argument("config", type=Path)
     ap.add_argument("--experiments", nargs="+", help="only these experiments (default: all)")
     ap.add_argument("--methods", nargs="+", help="only these methods (default: all)")
-    ap.add_argument("--epochs", type=int, nargs=2, default=[2, 6], metavar=("E1", "E2"))
+    ap.add_argument("--epochs", type=int, nargs=2, default=epochs, metavar=("E1", "E2"))
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=2, help="time each length this many times, keep the fastest")
-    ap.add_argument("--min-gain", type=float, default=0.5,
-                    help="lengthen the second timing until the job takes this fraction of its first time longer")
-    ap.add_argument("--slots", type=int, default=1, help="jobs running at once (cores, or GPU slots)")
-    ap.add_argument("--eager", action="store_true", help="train with graphs: false (CUDA: eager steps, not replays)")
-    ap.add_argument("--out", type=Path, help="also write the rows as CSV")
-    args = ap.parse_args(argv)
+
+
+def chosen_jobs(ap: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """The train jobs (:func:`slabbench.config.stack_jobs`) that ``args`` pick, after checking
+    the timing arguments (an error naming the bad value otherwise)."""
     e1, e2 = args.epochs
     if not 1 <= e1 < e2:
         ap.error(f"--epochs E1 E2 needs 1 <= E1 < E2, got {e1} {e2}")
@@ -117,6 +117,20 @@ def main(argv=None) -> None:
             if (not args.experiments or k[0] in args.experiments) and (not args.methods or k[1] in args.methods)}
     if not jobs:
         ap.error("no train job matches --experiments / --methods")
+    return jobs
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_job_arguments(ap, [2, 6])
+    ap.add_argument("--min-gain", type=float, default=0.5,
+                    help="lengthen the second timing until the job takes this fraction of its first time longer")
+    ap.add_argument("--slots", type=int, default=1, help="jobs running at once (cores, or GPU slots)")
+    ap.add_argument("--eager", action="store_true", help="train with graphs: false (CUDA: eager steps, not replays)")
+    ap.add_argument("--out", type=Path, help="also write the rows as CSV")
+    args = ap.parse_args(argv)
+    jobs = chosen_jobs(ap, args)
+    e1, e2 = args.epochs
     device = str(resolve_device(args.device))
     rows = []
     print(f"{args.config}: {len(jobs)} train jobs on {device}{' with eager steps' if args.eager else ''}, "
