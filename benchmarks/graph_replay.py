@@ -39,7 +39,7 @@ import time
 import torch
 
 from slabbench.api import DatasetSpec, TrainContext, make_params
-from slabbench.engine import compile_settings
+from slabbench.engine import with_compile_settings
 from slabbench.layers.stacked import RunGenerators, run_generators
 from slabbench.models import build_model
 from slabbench.registry import method_class
@@ -97,14 +97,9 @@ def make_step(model, lead, opt, gens, x_all, y_all, idx, xb, backend=None):
             loss = loss + penalty / N
         return loss
 
-    if backend is None:
-        forward = loss_fn
-    else:  # compiled as the training loop compiles (compile: true), with its settings
-        compiled, settings = torch.compile(loss_fn, fullgraph=True, dynamic=False, backend=backend), compile_settings()
-
-        def forward():
-            with settings[0], settings[1], settings[2]:
-                return compiled()
+    # compiled as the training loop compiles (compile: true), with its settings
+    forward = loss_fn if backend is None else with_compile_settings(
+        torch.compile(loss_fn, fullgraph=True, dynamic=False, backend=backend))
 
     def step():
         forward().backward()

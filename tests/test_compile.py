@@ -97,14 +97,12 @@ def test_screened_restarts_compile_again_after_the_cut(aot_eager):
     assert_stacks_close(compiled, plain)
 
 
-def test_a_step_that_cannot_be_compiled_runs_as_written(aot_eager, monkeypatch, caplog):
-    """A method whose penalty reads a tensor's value on the host (a graph break, which
-    fullgraph refuses) trains as written: the log and the records say why, and nothing of the
-    failed attempt (a noise draw, a buffer update) touched the training: its records equal
-    those of training without compile, exactly."""
+def _penalty_read_on_the_host(monkeypatch, name: str) -> None:
+    """Method ``name``'s penalty, the same value, after reading it on the host (a graph break,
+    which fullgraph refuses)."""
     from slabbench.registry import method_class
 
-    cls = method_class("l0")  # (its penalty is on from the first step: the first compile fails)
+    cls = method_class(name)
     real_penalty = cls.penalty
 
     def penalty(self, model):
@@ -112,6 +110,14 @@ def test_a_step_that_cannot_be_compiled_runs_as_written(aot_eager, monkeypatch, 
         return value * 1.0 if float(value.detach().sum()) == float(value.detach().sum()) else value
 
     monkeypatch.setattr(cls, "penalty", penalty)
+
+
+def test_a_step_that_cannot_be_compiled_runs_as_written(aot_eager, monkeypatch, caplog):
+    """A method whose penalty reads a tensor's value on the host (a graph break, which
+    fullgraph refuses) trains as written: the log and the records say why, and nothing of the
+    failed attempt (a noise draw, a buffer update) touched the training: its records equal
+    those of training without compile, exactly."""
+    _penalty_read_on_the_host(monkeypatch, "l0")  # (its penalty is on from the first step: the first compile fails)
     specs = _specs("l0", {}, finetune_epochs=0)
     plain = T.run_stack(specs)
     with caplog.at_level(logging.WARNING, logger="slabbench.engine"):
@@ -129,16 +135,7 @@ def test_a_kind_of_step_that_fails_to_compile_later_says_from_which_step(aot_eag
     """The penalty is off during a KL warm-up (β = 0) and on after it: the step with it first
     compiles then.  If that fails, the steps before it stay compiled and those after it run as
     written, and the records say so (not merely "eager")."""
-    from slabbench.registry import method_class
-
-    cls = method_class("sparse_vd")
-    real_penalty = cls.penalty
-
-    def penalty(self, model):
-        value = real_penalty(self, model)
-        return value * 1.0 if float(value.detach().sum()) == float(value.detach().sum()) else value
-
-    monkeypatch.setattr(cls, "penalty", penalty)
+    _penalty_read_on_the_host(monkeypatch, "sparse_vd")
     specs = _specs("sparse_vd", {"kl_warmup_start": 1, "kl_warmup_end": 2}, finetune_epochs=0)
     with caplog.at_level(logging.WARNING, logger="slabbench.engine"):
         compiled = T.run_stack([dict(s, compile=True) for s in specs])
@@ -212,6 +209,4 @@ def test_the_compiled_step_names_the_cpus_vector_width_in_inductors_settings():
     if width is None:
         pytest.skip(f"an x86 vector width is expected here, this CPU's kernels are "
                     f"{torch.backends.cpu.get_cpu_capability()}")
-    settings = E.compile_settings()
-    with settings[0], settings[1], settings[2]:
-        assert inductor.cpp.simdlen == width
+    assert E.with_compile_settings(lambda: inductor.cpp.simdlen)() == width

@@ -314,8 +314,8 @@ def _compile_errors() -> tuple[type[BaseException], ...]:
             GuardOnDataDependentSymNode, ValidationException)
 
 
-def compile_settings() -> tuple:
-    """torch's compile settings of a compiled step, as context managers to enter around each call:
+def with_compile_settings(fn: Callable) -> Callable:
+    """``fn`` (a compiled step) called under torch's compile settings of a compiled step:
 
     - the backward is lowered with the forward (not at the first backward), so that a failure
       to compile surfaces before anything of the step has run;
@@ -335,10 +335,12 @@ def compile_settings() -> tuple:
     import torch._inductor.config
     import torch._inductor.cpu_vec_isa
     isa = torch._inductor.cpu_vec_isa.pick_vec_isa()
-    return (torch._dynamo.config.patch(fail_on_recompile_limit_hit=True, recompile_limit=16),
-            torch._functorch.config.patch(force_non_lazy_backward_lowering=True),
-            torch._inductor.config.patch({"fallback_random": True, "compile_threads": 1,
-                                          "cpp.simdlen": isa.bit_width() if isa else None}))
+    for settings in (torch._dynamo.config.patch(fail_on_recompile_limit_hit=True, recompile_limit=16),
+                     torch._functorch.config.patch(force_non_lazy_backward_lowering=True),
+                     torch._inductor.config.patch({"fallback_random": True, "compile_threads": 1,
+                                                   "cpp.simdlen": isa.bit_width() if isa else None})):
+        fn = settings(fn)  # (each patch, a decorator, applies around every call)
+    return fn
 
 
 class CompiledLoss:
@@ -346,7 +348,7 @@ class CompiledLoss:
     (``compile: true``): Inductor, the default backend, fuses each layer's elementwise work into
     a few kernels (C++ on the CPU, Triton on CUDA) and compiles the backward with it.  Each
     kind of step (a minibatch size, penalty on or off, a stack cut to fewer runs) compiles the
-    first time it comes, with :func:`compile_settings`.
+    first time it comes, with :func:`with_compile_settings`.
 
     A call that starts a compile and fails with one of :func:`_compile_errors` has run nothing
     of the step (the backward is lowered with the forward): it returns None, compiling stops
@@ -363,10 +365,10 @@ class CompiledLoss:
         self.compiles = 0  # compiles started (Dynamo's start callback), to tell a compile's failure
         torch._dynamo.callback_handler.register_start_callback(self._started)
         self.backend = backend
-        self.fn: Callable | None = torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
+        self.fn: Callable | None = with_compile_settings(torch.compile(fn, fullgraph=True, dynamic=False,
+                                                                       backend=backend))
         self.why: str | None = None
         self.calls = 0  # steps run compiled
-        self.settings = compile_settings()
         self.errors = _compile_errors()
 
     def _started(self, _args) -> None:
@@ -375,8 +377,7 @@ class CompiledLoss:
     def __call__(self, *args):
         before = self.compiles
         try:
-            with self.settings[0], self.settings[1], self.settings[2]:
-                out = self.fn(*args)
+            out = self.fn(*args)
         except self.errors as err:
             if self.compiles == before:  # not a compile's failure: the step's own
                 raise
