@@ -1,7 +1,7 @@
 """What ``compile: true`` buys each train job of a config on the device at hand, measured in one run.
 
     .venv/bin/python benchmarks/compile_gain.py config/paper.yaml --experiments mnist-lenet300 [--methods ...]
-        [--epochs 1 3] [--repeat 2] [--device cpu|cuda|auto] [--backend inductor] [--out rows.csv]
+        [--epochs 1 3] [--repeat 2] [--device cpu|cuda|auto] [--backend inductor] [--counter] [--out rows.csv]
 
 Each train job (one experiment x method x stack of seeds, as Snakemake runs it) is run through
 the core (``slabbench.train.run_stack``) shortened, without fine-tuning, at ``E1`` and ``E2``
@@ -18,6 +18,12 @@ there); and how far the compiled run's records are from those as written after `
 (test NLL, relative: fused kernels round differently, so a compiled run is another run).
 ``step`` says how the steps ran ("eager (...)" where compiling failed).  The totals
 extrapolate each job's training to the config's epochs.  Records are not written.
+
+``--counter``: a third arm, compiled with counter-based noise (``noise_rng: counter``,
+:class:`slabbench.layers.stacked.CounterNoise`: each draw is tensor operations that the compiler
+fuses into the kernels using the noise, where a per-run generator's draw is an opaque operator
+per run), its seconds per epoch and ratio against as written.  Other random streams: its test
+NLL differs from as written by what another seed would give.
 """
 
 from __future__ import annotations
@@ -33,10 +39,14 @@ from slabbench import engine as E  # noqa: E402
 from slabbench.train import resolve_device, run_stack  # noqa: E402
 
 
-def run(specs: list[dict], epochs: int, device: str, compiled: bool, threads: int) -> tuple[float, list]:
+#: the arms: as written, compiled, and (``--counter``) compiled with counter-based noise
+ARMS = {"written": {}, "compiled": {"compile": True}, "counter": {"compile": True, "noise_rng": "counter"}}
+
+
+def run(specs: list[dict], epochs: int, device: str, arm: str, threads: int) -> tuple[float, list]:
     """(training seconds of the stack, its records) of the job shortened to ``epochs`` epochs,
-    no fine-tuning."""
-    short = [dict(s, compile=True) if compiled else s for s in G.shortened(specs, epochs, 0, device)]
+    no fine-tuning, in the options of ``arm`` (:data:`ARMS`)."""
+    short = [dict(s, **ARMS[arm]) for s in G.shortened(specs, epochs, 0, device)]
     results = run_stack(short, threads=threads)
     return sum(records[0]["train_seconds"] for records, _ in results), [rec for records, _ in results for rec in records]
 
@@ -52,6 +62,8 @@ def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     G.add_job_arguments(ap, [1, 3])
     ap.add_argument("--backend", default=E.COMPILE_BACKEND, help="torch.compile backend (default: %(default)s)")
+    ap.add_argument("--counter", action="store_true",
+                    help="also compiled with counter-based noise (noise_rng: counter)")
     ap.add_argument("--out", type=Path, help="also write the rows as CSV")
     args = ap.parse_args(argv)
     jobs = G.chosen_jobs(ap, args)
@@ -60,8 +72,11 @@ def main(argv=None) -> list[dict]:
     device = str(resolve_device(args.device))
     print(f"{args.config}: {len(jobs)} train jobs on {device}, as written and compiled ({args.backend}) alternately, "
           f"{e1} and {e2} epochs without fine-tuning, training time the fastest of {args.repeat}")
-    print("| experiment | method | runs | s / epoch as written | compiled | ratio | compile s | test NLL rel. diff | step |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    arms = ["written", "compiled"] + (["counter"] if args.counter else [])
+    extra = " compiled + counter | ratio |" if args.counter else ""
+    print("| experiment | method | runs | s / epoch as written | compiled | ratio |" + extra
+          + " compile s | test NLL rel. diff | step |")
+    print("|---" * (9 + 2 * args.counter) + "|")
     rows = []
     for (experiment, method, stack), specs in jobs.items():
         times: dict = {}
@@ -69,26 +84,35 @@ def main(argv=None) -> list[dict]:
         first_compiled = None
         for _ in range(args.repeat):
             for epochs in (e1, e2):
-                for compiled in (False, True):
-                    t, recs = run(specs, epochs, device, compiled, args.threads)
-                    if compiled and first_compiled is None:
+                for arm in arms:
+                    t, recs = run(specs, epochs, device, arm, args.threads)
+                    if arm == "compiled" and first_compiled is None:
                         first_compiled = t
-                    times[epochs, compiled] = min(t, times.get((epochs, compiled), float("inf")))
-                    records[epochs, compiled] = recs
-        per = {c: max(0.0, (times[e2, c] - times[e1, c]) / (e2 - e1)) for c in (False, True)}
-        how = records[e2, True][0]["provenance"].get("step_compile", "?")
+                    times[epochs, arm] = min(t, times.get((epochs, arm), float("inf")))
+                    records[epochs, arm] = recs
+        per = {a: max(0.0, (times[e2, a] - times[e1, a]) / (e2 - e1)) for a in arms}
+        how = records[e2, "compiled"][0]["provenance"].get("step_compile", "?")
+
+        def ratio(arm: str) -> float:
+            return per[arm] / per["written"] if per["written"] > 0 else float("nan")
         row = dict(experiment=experiment, method=method, stack=stack, runs=len(specs), epochs=int(specs[0]["epochs"]),
-                   s_per_epoch=per[False], s_per_epoch_compiled=per[True],
-                   ratio=per[True] / per[False] if per[False] > 0 else float("nan"),
-                   compile_s=max(0.0, first_compiled - e1 * per[True]),
-                   test_nll_rel_diff=nll_gap(records[e2, True], records[e2, False]), step=how)
+                   s_per_epoch=per["written"], s_per_epoch_compiled=per["compiled"], ratio=ratio("compiled"),
+                   compile_s=max(0.0, first_compiled - e1 * per["compiled"]),
+                   test_nll_rel_diff=nll_gap(records[e2, "compiled"], records[e2, "written"]), step=how)
+        counter = ""
+        if args.counter:
+            row.update(s_per_epoch_counter=per["counter"], ratio_counter=ratio("counter"))
+            counter = f" {per['counter']:.3f} | {row['ratio_counter']:.2f}x |"
         rows.append(row)
-        print(f"| {experiment} | {method} | {row['runs']} | {per[False]:.3f} | {per[True]:.3f} | {row['ratio']:.2f}x | "
-              f"{row['compile_s']:.0f} | {row['test_nll_rel_diff']:.1e} | {how} |", flush=True)
+        print(f"| {experiment} | {method} | {row['runs']} | {per['written']:.3f} | {per['compiled']:.3f} | "
+              f"{row['ratio']:.2f}x |{counter} {row['compile_s']:.0f} | {row['test_nll_rel_diff']:.1e} | {how} |",
+              flush=True)
     written = sum(r["epochs"] * r["s_per_epoch"] for r in rows)
     compiled = sum(r["epochs"] * r["s_per_epoch_compiled"] + r["compile_s"] for r in rows)
     print(f"\ntraining epochs at the config's length, one job after another: as written {written / 60:.1f} min, "
-          f"compiled {compiled / 60:.1f} min with one compile per job ({compiled / written if written else float('nan'):.2f}x)")
+          f"compiled {compiled / 60:.1f} min with one compile per job ({compiled / written if written else float('nan'):.2f}x)"
+          + (f"; compiled with counter-based noise {sum(r['epochs'] * r['s_per_epoch_counter'] + r['compile_s'] for r in rows) / 60:.1f} min"
+             if args.counter else ""))
     if args.out:
         import pandas as pd
 

@@ -9,9 +9,12 @@ larger stacks; the per-run noise generators make every noise draw one operator p
 ``normal_`` / ``uniform_`` per run and draw), so a stochastic method's count is a + b·S with b
 the number of draws per step, and nothing else grows.  The table also names any operator that
 makes the host wait for the device (``.item()``, ``nonzero``, ...): there must be none.
+With ``--noise-rng counter`` (:class:`slabbench.layers.stacked.CounterNoise`) a draw is the same
+few operators for the whole stack, so no count grows with S (b = 0).
 
     python benchmarks/dispatch_counts.py                  # every built-in method, S = 1, 2, 4, 8
     python benchmarks/dispatch_counts.py --stacks 1 3 --methods spike_slab l0
+    python benchmarks/dispatch_counts.py --noise-rng counter
 
 ``tests/test_step.py`` asserts the same counts' shape (a + b·S, b = draws per step) and no
 synchronisation for every built-in method.
@@ -28,6 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from slabbench.api import DatasetSpec, TrainContext, make_params
 from slabbench.engine import StackedStep, _batches
+from slabbench.layers.stacked import CounterNoise
 from slabbench.models import build_model
 from slabbench.registry import method_class
 from slabbench.stack import stack_modules
@@ -56,9 +60,10 @@ class Count(TorchDispatchMode):
 
 
 def stacked_step(name: str, options: dict, runs: int, *, n: int = 64, p: int = 8, hidden=(6, 4), batch: int = 32,
-                 target: float = 0.5) -> tuple[StackedStep, torch.Tensor]:
+                 target: float = 0.5, noise_rng: str = "generators") -> tuple[StackedStep, torch.Tensor]:
     """A :class:`StackedStep` of ``runs`` runs of ``name`` (regression on random data, an mlp),
-    each run its own initialisation and noise generator, and a minibatch index for it."""
+    each run its own initialisation and noise generator (``noise_rng="counter"``: its own
+    counter-based stream), and a minibatch index for it."""
     spec = DatasetSpec("toy", "regression", (p,), 1, {"train": n})
     cls = method_class(name)
     params = make_params(cls.Params, options, name)
@@ -75,7 +80,8 @@ def stacked_step(name: str, options: dict, runs: int, *, n: int = 64, p: int = 8
     x_all, y_all, offsets = _batches([x] * runs, [y] * runs)
     step = StackedStep(model, methods[0], methods[0].optimizer(model, 1e-2), x_all, y_all, n, batch_size=batch,
                        task="regression", noise_sd=1.0,
-                       noise_gens=[torch.Generator().manual_seed(1000 + s) for s in range(runs)],
+                       noise_gens=(CounterNoise([1000 + s for s in range(runs)]) if noise_rng == "counter"
+                                   else [torch.Generator().manual_seed(1000 + s) for s in range(runs)]),
                        group_of=list(range(runs)))
     idx = torch.stack([torch.randperm(n, generator=g)[:batch] for _ in range(runs)]) + offsets[:, None]
     model.train()
@@ -99,15 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stacks", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--methods", nargs="+", default=None, help="method names (default: every built-in variant)")
+    ap.add_argument("--noise-rng", choices=["generators", "counter"], default="generators",
+                    help="the runs' noise: per-run generators (default) or counter-based")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     cases = [(m, o) for m, o in METHODS if args.methods is None or m in args.methods]
-    print("operators dispatched by one stacked training step (mlp 8-6-4-1, batch 32, penalty on), by stack size S;")
-    print("a + b·S: b = noise draws per step (one operator per run and draw); syncs: operators that wait for the device")
+    print("operators dispatched by one stacked training step (mlp 8-6-4-1, batch 32, penalty on), by stack size S,")
+    print(f"noise from {'counter-based streams' if args.noise_rng == 'counter' else 'per-run generators'};")
+    print("a + b·S: b = noise draws per step (one operator per run and draw of a generator); syncs: operators that "
+          "wait for the device")
     print("| method | " + " | ".join(f"S = {s}" for s in args.stacks) + " | a + b·S | noise draws / step | syncs |")
     print("|---" * (len(args.stacks) + 4) + "|")
     for name, options in cases:
-        counts = [count_step(name, options, s) for s in args.stacks]
+        counts = [count_step(name, options, s, noise_rng=args.noise_rng) for s in args.stacks]
         totals = [sum(c.values()) for c in counts]
         draws = sum(counts[0][op] for op in NOISE) // args.stacks[0]
         a = totals[0] - draws * args.stacks[0]

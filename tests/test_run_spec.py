@@ -22,7 +22,7 @@ def dict_run_specs(config: dict) -> list[dict]:
             for seed in experiment_seeds(config, name):
                 spec = {k: copy.deepcopy(v) for k, v in exp.items()
                         if k not in ("method_params", "methods", "seeds", "sparsities", "device", "stack_size", "graphs",
-                                     "compile", "flush_denormal", *RUN_OPTIONS)}
+                                     "compile", "noise_rng", "flush_denormal", *RUN_OPTIONS)}
                 spec.update(experiment=name, method=method, seed=int(seed), device=exp.get("device") or config["device"],
                             sparsities=experiment_sparsities(config, name),
                             method_params=method_options(config, name, method))
@@ -41,6 +41,8 @@ def dict_run_specs(config: dict) -> list[dict]:
                     spec["graphs"] = False
                 if exp.get("compile", config.get("compile", False)):
                     spec["compile"] = True
+                if exp.get("noise_rng", config.get("noise_rng", "generators")) != "generators":
+                    spec["noise_rng"] = exp.get("noise_rng", config.get("noise_rng"))
                 if not exp.get("flush_denormal", config.get("flush_denormal", True)):
                     spec["flush_denormal"] = False
                 specs.append(spec)

@@ -472,6 +472,9 @@ class RunSpec(dict):
     on_divergence: str = "stop"  #: stop (the job fails) or record (the run is recorded as diverged)
     graphs: bool = True  #: CUDA graphs: each kind of step captured once and replayed (CUDA only)
     compile: bool = False  #: the training step's loss and backward compiled by torch.compile (Inductor)
+    #: stacked runs' noise: ``generators`` (one torch.Generator per run) or ``counter`` (one
+    #: counter-based draw for the stack, :class:`slabbench.layers.stacked.CounterNoise`)
+    noise_rng: str = "generators"
     flush_denormal: bool = True  #: subnormal floats flushed to zero on the CPU while training
     order: tuple = field(default=(), compare=False)
 
@@ -542,7 +545,7 @@ def run_specs(config: dict) -> list[RunSpec]:
             for seed in experiment_seeds(config, name):
                 spec = {k: copy.deepcopy(v) for k, v in exp.items()
                         if k not in ("method_params", "methods", "seeds", "sparsities", "device", "stack_size", "graphs",
-                                     "compile", "flush_denormal", *RUN_OPTIONS)}
+                                     "compile", "noise_rng", "flush_denormal", *RUN_OPTIONS)}
                 spec.update(experiment=name, method=method, seed=int(seed), device=exp.get("device") or config["device"],
                             sparsities=experiment_sparsities(config, name),
                             method_params=method_options(config, name, method))
@@ -562,6 +565,9 @@ def run_specs(config: dict) -> list[RunSpec]:
                     spec["graphs"] = False
                 if exp.get("compile", config.get("compile", False)):  # off by default
                     spec["compile"] = True
+                noise_rng = exp.get("noise_rng", config.get("noise_rng", "generators"))
+                if noise_rng != "generators":  # per-run generators by default
+                    spec["noise_rng"] = noise_rng
                 if not exp.get("flush_denormal", config.get("flush_denormal", True)):  # on by default
                     spec["flush_denormal"] = False
                 specs.append(RunSpec.of(spec))

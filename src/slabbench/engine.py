@@ -32,7 +32,7 @@ from slabbench.api import Method
 from slabbench.checkpoint import (NotResumable, Phase, cpu_copy, method_states, model_tensors, restore_method_states,
                                   restore_model_tensors)
 from slabbench.graphs import StepGraphs, state_entries
-from slabbench.layers.stacked import RunGenerators, run_generators, shared_input
+from slabbench.layers.stacked import CounterNoise, RunGenerators, run_generators, shared_input
 from slabbench.stack import hooks_per_stack, run_views, select_runs, stacked_runs
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,8 @@ class StackedStep:
 
     def __init__(self, model: nn.Module, method: Method, opt: torch.optim.Optimizer, x_all: torch.Tensor,
                  y_all: torch.Tensor, n: int, *, batch_size: int, task: str, noise_sd: float,
-                 noise_gens: Sequence[torch.Generator], group_of: Sequence[int], compile_backend: str | None = None):
+                 noise_gens: Sequence[torch.Generator] | CounterNoise, group_of: Sequence[int],
+                 compile_backend: str | None = None):
         self.model, self.method, self.opt = model, method, opt
         self.x_all, self.y_all, self.n = x_all, y_all, n
         self.task, self.noise_sd = task, noise_sd
@@ -244,10 +245,11 @@ class StackedStep:
         #: compiled by that torch.compile backend (:class:`CompiledLoss`); None: as written
         self.compiled = None if compile_backend is None else CompiledLoss(self._loss, compile_backend)
 
-    def set_runs(self, noise_gens: Sequence[torch.Generator], group_of: Sequence[int]) -> None:
-        """The runs the step trains: their noise generators and data groups (at the start, and
-        after the stack was cut to some of its runs)."""
-        self.noise_gens, self.runs = RunGenerators(noise_gens), len(group_of)
+    def set_runs(self, noise_gens: Sequence[torch.Generator] | CounterNoise, group_of: Sequence[int]) -> None:
+        """The runs the step trains: their noise generators (or counter-based noise) and data
+        groups (at the start, and after the stack was cut to some of its runs)."""
+        self.noise_gens = noise_gens if isinstance(noise_gens, CounterNoise) else RunGenerators(noise_gens)
+        self.runs = len(group_of)
         # runs that see the same rows (restarts' starts): gathered once per group, and the stacked
         # linear layers fed the batch run one matmul per group (layers.stacked.shared_input)
         self.per_group = _group_size(group_of)
@@ -296,6 +298,8 @@ class StackedStep:
         loss, nll = self.loss(idx, beta, with_penalty)
         self.opt.zero_grad(set_to_none=set_to_none)
         loss.backward()
+        if isinstance(self.noise_gens, CounterNoise):  # (after the backward, which may draw again)
+            self.noise_gens.advance()
         self.opt.step()
         self.nll_sums.add_(nll.detach())
 
@@ -402,14 +406,15 @@ class CompiledLoss:
 
 def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], *,
                 epochs: int, batch_size: int, lr: float, task: str, noise_sd: float,
-                data_gens: Sequence[torch.Generator], noise_gens: Sequence[torch.Generator],
+                data_gens: Sequence[torch.Generator], noise_gens: Sequence[torch.Generator] | CounterNoise,
                 stop_on_divergence: bool = True, screen: Screen | None = None, graphs: bool = False,
                 compile_step: bool = False, checkpoint: Phase | None = None) -> list[int]:
     """Train ``model`` with the core's loss convention: the sum over its runs of
     [mean NLL_s + beta * penalty_s / N].  ``model`` is stacked (S runs, see
     :mod:`slabbench.stack`) or an ordinary model (one run, S = 1, noise from torch's global
     generator).  Run ``s`` sees its own data ``xs[s]``, ``ys[s]`` in the order drawn from
-    ``data_gens[s]`` and its layers' noise from ``noise_gens[s]``.  The method's hooks are called
+    ``data_gens[s]`` and its layers' noise from ``noise_gens[s]`` (or, ``noise_gens`` a
+    :class:`slabbench.layers.stacked.CounterNoise`, from run ``s``'s counter-based stream).  The method's hooks are called
     once on the model when it is ordinary or the method's class declares ``hooks_per_stack = True``,
     else ``after_step`` / ``after_epoch`` once per run on views of the run's slice (its own
     method instance, e.g. its own target).  NaN / inf is checked once per epoch.
@@ -445,8 +450,12 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     n, s_runs = len(ys[0]), len(members)
     group_of = _data_groups(xs, ys, data_gens) if SHARE_INPUTS and stacked else list(range(s_runs))
     order_gens = [data_gens[group_of.index(g)] for g in range(group_of[-1] + 1)]  # one data order per group
-    members, noise_gens, kept = list(members), list(noise_gens), list(range(s_runs))
-    all_noise = list(noise_gens)  # (a checkpoint saves every generator's state, cut or not)
+    counter = isinstance(noise_gens, CounterNoise)  # (else torch.Generator objects, one per run)
+    members, kept = list(members), list(range(s_runs))
+    noise_gens = noise_gens if counter else list(noise_gens)
+    # (a checkpoint saves every generator's state, cut or not; counter-based noise the positions
+    # of the runs the stack holds)
+    all_noise = [] if counter else list(noise_gens)
     started_with = list(members)  # (screening cuts ``members``: a start screened out still gets its records)
     cls = type(lead)
     # hooks once per run (on views, with their run's gradients) only where they could tell runs
@@ -474,7 +483,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
             # each graph writes gradients of its own (captured with none there): hooks read that
             # graph's, so .grad is pointed at them around every replay
             step_graphs = StepGraphs(body,
-                                     state=lambda: state_entries(model, opt, lead), generators=noise_gens,
+                                     state=lambda: state_entries(model, opt, lead), generators=all_noise,
                                      label=members[0].label.split(" seed=")[0], backend=GRAPH_BACKEND,
                                      prepare=lambda key: opt.zero_grad(set_to_none=True),
                                      before_replay=lambda key: _point_grads(grads_of.get(key, ())),
@@ -520,7 +529,8 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
                             "not cut to the kept runs", members[0].label.split(" seed=")[0],
                             type(lead).__name__, ", ".join(undeclared))
             lead.select_runs(idx)
-        members, noise_gens, kept = [members[i] for i in keep], [noise_gens[i] for i in keep], [kept[i] for i in keep]
+        members, kept = [members[i] for i in keep], [kept[i] for i in keep]
+        noise_gens = noise_gens.select(keep) if counter else [noise_gens[i] for i in keep]
         offsets = offsets[idx]
         groups = sorted(set(group_of[i] for i in keep))
         order_gens = [order_gens[g] for g in groups]
@@ -531,7 +541,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
         views = run_views(model) if per_run_hooks else None
         if step_graphs is not None:  # new tensors, fewer runs: every step kind is captured anew
             step_graphs.invalidate()
-            step_graphs.generators = list(noise_gens)
+            step_graphs.generators = [] if counter else list(noise_gens)
             idx_bufs.clear()
             grads_of.clear()
 
@@ -551,6 +561,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
         state.update(model=model_tensors(model), opt=cpu_copy(opt.state_dict()),
                      members=[{f: getattr(m, f) for f in _MEMBER_STATE} for m in started_with],
                      data_gens=[g.get_state() for g in data_gens], noise_gens=[g.get_state() for g in all_noise],
+                     noise_counters=noise_gens.counters.cpu() if counter else None,
                      rng=torch.get_rng_state(),
                      cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                      seconds=checkpoint.prior_seconds + time.perf_counter() - phase_started)
@@ -581,6 +592,12 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
             g.set_state(st)
         for g, st in zip(all_noise, state["noise_gens"]):
             g.set_state(st.cpu())
+        if counter:  # (the positions of the runs the stack held, as it holds them again)
+            if state.get("noise_counters") is None:
+                raise NotResumable("it drew its noise from per-run generators, this training from counter-based noise")
+            noise_gens.counters.copy_(state["noise_counters"])
+        elif state.get("noise_counters") is not None:
+            raise NotResumable("it drew its noise from counter-based noise, this training from per-run generators")
         torch.set_rng_state(state["rng"])
         if state["cuda_rng"] is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)

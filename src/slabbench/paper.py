@@ -58,7 +58,7 @@ COMPARED = ("epochs", "finetune_epochs", "batch_size", "lr", "finetune_lr_factor
             "dataset_params", "model", "model_params", "sparsities", "restarts", "restarts_keep",
             "restarts_screen_epochs", "flush_denormal")
 #: spec keys that never make a run reduced (where it ran, which run it is)
-NOT_COMPARED = {"experiment", "method", "seed", "device", "graphs", "compile", "variant_of", "method_params"}
+NOT_COMPARED = {"experiment", "method", "seed", "device", "graphs", "compile", "noise_rng", "variant_of", "method_params"}
 
 
 class PaperError(ValueError):

@@ -40,6 +40,7 @@ from slabbench.api import Method, TrainContext, make_params
 from slabbench.checkpoint import JobCheckpoint, code_digest
 from slabbench.config import RunSpec, run_option_error
 from slabbench.engine import Member, Screen, TrainingDiverged, _divergence_advice, fit, fit_stacked, noise_seed
+from slabbench.layers.stacked import CounterNoise
 from slabbench.models import build_model
 from slabbench.prune import apply_masks
 from slabbench.provenance import provenance
@@ -163,13 +164,15 @@ def _target_splits_stacks(cls: type) -> bool:
 def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: float, task: str, noise_sd: float,
            device: torch.device, data_seeds: Sequence[int], stop: bool, what: str,
            screen: tuple[int, int] | None = None, graphs: bool = False, compile_step: bool = False,
-           checkpoint: JobCheckpoint | None = None) -> list[float]:
+           noise_rng: str = "generators", checkpoint: JobCheckpoint | None = None) -> list[float]:
     """Train every member's model (stacked where possible, else one after another); returns
     each member's share of the wall time in seconds.  ``screen = (epoch, keep)``: restarts'
     screening (stacked runs only, see :func:`slabbench.restarts.screen_starts`): after ``epoch`` epochs only
     the ``keep`` best starts of each run train on; every start's share counts the whole stack.
     ``checkpoint``: the job's; each stack (or run trained alone) is one of its phases, named by
-    ``what`` and its position."""
+    ``what`` and its position.  ``noise_rng``: the stacks' noise, per-run ``generators`` or
+    ``counter`` (:class:`slabbench.layers.stacked.CounterNoise`); runs that train one after
+    another draw from torch's global generator either way."""
     refusal = stack_refusal(members[0].method, members[0].model)
     seconds = [0.0] * len(members)
     kw = dict(epochs=epochs, batch_size=batch_size, lr=lr, task=task, noise_sd=noise_sd, stop_on_divergence=stop,
@@ -216,7 +219,8 @@ def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: f
         t0 = time.perf_counter()
         kept = fit_stacked(stacked, group, [d[0] for d in data], [d[1] for d in data],
                            data_gens=[torch.Generator().manual_seed(int(data_seeds[i])) for i in chunk],
-                           noise_gens=[_generator(m.noise_seed, device) for m in group], screen=scr,
+                           noise_gens=(CounterNoise([m.noise_seed for m in group], device) if noise_rng == "counter"
+                                       else [_generator(m.noise_seed, device) for m in group]), screen=scr,
                            checkpoint=phase, **kw)
         _sync(device)
         share = (time.perf_counter() - t0 + (phase.prior_seconds if phase else 0.0)) / len(group)
@@ -257,7 +261,7 @@ def _finetune_all(jobs: list[TargetSelection], spec: RunSpec, task: str, device,
                      batch_size=spec.batch_size, lr=lr, task=task, noise_sd=spec.noise_sd, device=device,
                      data_seeds=[j.seed + 7919 for j in jobs], stop=spec.stops_on_divergence,
                      what=f"{label} fine-tuning", graphs=bool(spec.graphs), compile_step=bool(spec.compile),
-                     checkpoint=checkpoint)
+                     noise_rng=spec.noise_rng, checkpoint=checkpoint)
     out = []
     for m, job in zip(members, jobs):
         with torch.no_grad():  # Adam moments may move masked weights; they never act, zero them
@@ -360,7 +364,8 @@ def _run_stack(specs: list[RunSpec], threads: int, flushed: bool, checkpoint_pat
                      epochs=int(spec.epochs), batch_size=int(spec.batch_size), lr=float(spec.lr), task=task,
                      noise_sd=noise_sd, device=device, data_seeds=[m.seed for m in members],
                      stop=stop and restarts == 1, what=label, screen=screen,  # with restarts, a diverged start just loses
-                     graphs=bool(spec.graphs), compile_step=bool(spec.compile), checkpoint=checkpoint)
+                     graphs=bool(spec.graphs), compile_step=bool(spec.compile), noise_rng=spec.noise_rng,
+                     checkpoint=checkpoint)
     restart_info = [{"restarts": restarts}] * len(members)
     if restarts > 1:
         members, member_run, seconds, restart_info = choose_starts(

@@ -10,11 +10,19 @@ Randomness: every noise draw of a stacked layer goes through :func:`rand_like` /
 :func:`run_generators` is active.  A run's noise therefore depends on its own seed only, never
 on which runs share its stack (the core checks this: seed 1 in a stack equals seed 1 alone).
 Outside that context, and for unstacked layers, draws come from torch's global generator.
+
+Two kinds of per-run noise (a run spec's ``noise_rng``): ``generators`` (the default), one
+``torch.Generator`` per run, S small draws per noise tensor; ``counter`` (:class:`CounterNoise`),
+one draw for the whole stack from a counter-based generator: each element's bits a hash of its
+run's key (from the run's seed) and its position in the run's stream, computed by ordinary tensor
+operations, so a compiler fuses them into the kernels that use the noise and a captured graph
+replays them without a kernel per run.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import weakref
 from contextlib import contextmanager
 from typing import Iterator, Sequence
@@ -38,15 +46,114 @@ class RunGenerators(list):
 
 
 @contextmanager
-def run_generators(generators: Sequence[torch.Generator]) -> Iterator[None]:
-    """Within the block, stacked layers draw run ``s``'s noise from ``generators[s]``."""
+def run_generators(generators: "Sequence[torch.Generator] | CounterNoise") -> Iterator[None]:
+    """Within the block, stacked layers draw run ``s``'s noise from ``generators[s]`` (or, a
+    :class:`CounterNoise`, from run ``s``'s counter-based stream)."""
     global _GENERATORS
     saved = _GENERATORS
-    _GENERATORS = generators if isinstance(generators, RunGenerators) else list(generators)
+    _GENERATORS = generators if isinstance(generators, (RunGenerators, CounterNoise)) else list(generators)
     try:
         yield
     finally:
         _GENERATORS = saved
+
+
+_MASK = 0xFFFFFFFF
+
+
+def _mix32(x):
+    """A bijective 32-bit integer hash (xor-shift-multiply, two rounds) of ``x`` (int64 tensor or
+    Python int, values below 2**32; intermediate products stay below 2**63)."""
+    x = ((x ^ (x >> 16)) * 0x21F0AAAD) & _MASK
+    x = ((x ^ (x >> 15)) * 0x735A2D97) & _MASK
+    return x ^ (x >> 15)
+
+
+def _splitmix64(x: int) -> int:
+    """One step of SplitMix64 (a 64-bit seed mixer), on Python ints."""
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
+
+
+def _key_words(seed: int) -> list[int]:
+    """Four 32-bit key words of a run's noise seed."""
+    a = _splitmix64(int(seed) & 0xFFFFFFFFFFFFFFFF)
+    b = _splitmix64(a)
+    return [a & _MASK, a >> 32, b & _MASK, b >> 32]
+
+
+def _words(keys: torch.Tensor, pos: torch.Tensor, first: int) -> torch.Tensor:
+    """32-bit words of the positions ``pos`` (S, n) of each run's stream: keyed by key words
+    ``first`` and ``first + 1`` of ``keys`` (S, 4).  For a fixed key and high half of the
+    position, a bijection of its low half."""
+    k_hi, k_out = keys[:, first:first + 1], keys[:, first + 1:first + 2]
+    return _mix32(_mix32((pos & _MASK) ^ _mix32((pos >> 32) ^ k_hi)) ^ k_out)
+
+
+def counter_noise(keys: torch.Tensor, counters: torch.Tensor, shape: Sequence[int], dtype: torch.dtype,
+                  normal: bool, offset: int = 0) -> torch.Tensor:
+    """Noise of ``shape`` (S, ...) from each run's key words ``keys`` (S, 4) and stream position
+    ``counters`` (S,) (read, not changed).  Element i of run s is drawn at position
+    ``counters[s] + offset + i`` of its stream: U(0, 1) is ``(w >> 9) + 1/2`` times
+    2**-23 of the position's word ``w`` (never 0 or 1: 2**23 levels from 2**-24 to 1 - 2**-24);
+    N(0, 1) is Box-Muller's ``sqrt(-2 log u1) cos(2 pi u2)`` of two uniforms from two words of
+    the position (|z| <= 5.77).  Integer work is exact everywhere (the uniforms are the same
+    bits on every device and compiler); the normals' log and cos round as their kernels do."""
+    s_runs = shape[0]
+    n = 1
+    for d in shape[1:]:
+        n *= int(d)
+    pos = counters.unsqueeze(1) + torch.arange(offset, offset + n, dtype=torch.int64, device=counters.device)
+    u = ((_words(keys, pos, 0) >> 9).to(torch.float32) + 0.5) * 2.0 ** -23
+    if normal:
+        u2 = (_words(keys, pos, 2) >> 8).to(torch.float32) * 2.0 ** -24
+        u = torch.sqrt(-2.0 * torch.log(u)) * torch.cos((2.0 * math.pi) * u2)
+    return u.to(dtype).view(s_runs, *shape[1:])
+
+
+class CounterNoise:
+    """Every run's noise from a counter-based generator (:func:`counter_noise`): the runs' key
+    words, from their seeds alone, and their stream positions, one device tensor each.  A draw
+    for the whole stack is a fixed sequence of tensor operations on them, which a compiler
+    traces and a CUDA graph replays; a run's draws depend on its seed and on how much it drew
+    before, never on the other runs of its stack.
+
+    The draws of a training step are taken at the positions ``counters + drawn`` (``drawn``: the
+    elements per run drawn since the last :meth:`advance`, a number, the same at every step of
+    one kind) and :meth:`advance` moves the positions past them in place after the step's
+    backward.  Positions written inside the step would be wrong for a compiled backward, which
+    may draw the noise again from the positions instead of keeping it (a mutated input is read
+    after its mutation)."""
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
+        self.keys = torch.tensor([_key_words(s) for s in seeds], dtype=torch.int64, device=device).view(-1, 4)
+        self.counters = torch.zeros(len(seeds), dtype=torch.int64, device=device)
+        self.drawn = 0
+
+    def __len__(self) -> int:
+        return self.counters.shape[0]
+
+    def select(self, keep: Sequence[int]) -> "CounterNoise":
+        """The runs at positions ``keep``, with their keys and positions (new tensors)."""
+        idx = torch.tensor(list(keep), dtype=torch.long, device=self.counters.device)
+        out = CounterNoise([], self.counters.device)
+        out.keys, out.counters = self.keys[idx], self.counters[idx] + self.drawn
+        return out
+
+    def draw(self, t: torch.Tensor, normal: bool) -> torch.Tensor:
+        if len(self) != t.shape[0]:
+            raise RuntimeError(f"counter noise for {len(self)} runs drawn for a stack of {t.shape[0]} runs")
+        out = counter_noise(self.keys, self.counters, t.shape, t.dtype, normal, self.drawn)
+        self.drawn += t.numel() // t.shape[0]
+        return out
+
+    def advance(self) -> None:
+        """Every run's position moved past what was drawn since the last call (in place)."""
+        if self.drawn:
+            self.counters.add_(self.drawn)
+            self.drawn = 0
 
 
 def _fill(out: torch.Tensor, normal: bool, gens: Sequence[torch.Generator]) -> torch.Tensor:
@@ -93,6 +200,8 @@ def _per_run(t: torch.Tensor, stack: int, normal: bool) -> torch.Tensor | None:
     gens = _GENERATORS
     if not stack or gens is None:
         return None
+    if isinstance(gens, CounterNoise):  # (the same tensor operations eager, traced or captured)
+        return gens.draw(t, normal)
     if torch.compiler.is_compiling():  # traced: one opaque operator, the same draws
         if not isinstance(gens, RunGenerators):
             raise RuntimeError("a traced step draws per-run noise only from run_generators(RunGenerators(...))")
