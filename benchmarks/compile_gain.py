@@ -101,7 +101,8 @@ def main(argv=None) -> list[dict]:
                    test_nll_rel_diff=nll_gap(records[e2, "compiled"], records[e2, "written"]), step=how)
         counter = ""
         if args.counter:
-            row.update(s_per_epoch_counter=per["counter"], ratio_counter=ratio("counter"))
+            row.update(s_per_epoch_counter=per["counter"], ratio_counter=ratio("counter"),
+                       counter_test_nll_rel_diff=nll_gap(records[e2, "counter"], records[e2, "written"]))
             counter = f" {per['counter']:.3f} | {row['ratio_counter']:.2f}x |"
         rows.append(row)
         print(f"| {experiment} | {method} | {row['runs']} | {per['written']:.3f} | {per['compiled']:.3f} | "

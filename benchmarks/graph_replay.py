@@ -2,6 +2,7 @@
 run eagerly: speed, and whether replay reproduces the eager numbers with per-run generators.
 
     python3 benchmarks/graph_replay.py [--stacks 1 3 30] [--steps 200] [--only l0 ...] [--out rows.json]
+        [--compile [--backend inductor]] [--noise-rng generators|counter]
 
 For LeNet-300-100 (784-300-100-10) at batch 128 on random MNIST-shaped data held on the GPU, one
 step is what the core's training loop does per minibatch: gather the minibatch by a device index
@@ -27,6 +28,13 @@ same steps (float rounding of the fused kernels: compiled steps would be new rec
 per-run noise stays torch's generators (an opaque operator in the traced step), so compiling
 changes rounding only.  What this answers: how many of a step's milliseconds under graphs are
 the number of kernels, which the training loop does not compile (yet).
+
+``--noise-rng counter``: the runs' noise from counter-based streams
+(:class:`slabbench.layers.stacked.CounterNoise`, ``noise_rng: counter``) instead of per-run
+generators: a draw is a few tensor operations for the whole stack (no kernel per run), which a
+compiled step fuses into the kernels that use the noise; positions advanced after each backward,
+as the training loop does.  Other random streams (the parameters cannot be compared with a
+``generators`` run), the same comparisons within the run.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import torch
 
 from slabbench.api import DatasetSpec, TrainContext, make_params
 from slabbench.engine import with_compile_settings
-from slabbench.layers.stacked import RunGenerators, run_generators
+from slabbench.layers.stacked import CounterNoise, RunGenerators, run_generators
 from slabbench.models import build_model
 from slabbench.registry import method_class
 from slabbench.stack import stack_modules
@@ -58,9 +66,10 @@ VARIANTS = [
 N, BATCH, LR = 6000, 128, 1e-3
 
 
-def build(name, options, stack, device):
+def build(name, options, stack, device, noise_rng="generators"):
     """A stacked LeNet-300-100 of ``stack`` runs (run s initialised from seed s), its method,
-    a capturable fused Adam over the method's own parameter groups, and per-run generators."""
+    a capturable fused Adam over the method's own parameter groups, and per-run generators (or
+    counter-based noise)."""
     spec = DatasetSpec("bench", "classification", (1, 28, 28), 10, {"train": N})
     cls = method_class(name)
     params = make_params(cls.Params, options, name)
@@ -76,6 +85,8 @@ def build(name, options, stack, device):
     groups = [{"params": g["params"], "lr": g["lr"], "weight_decay": g.get("weight_decay", 0.0)}
               for g in lead.optimizer(model, LR).param_groups]
     opt = torch.optim.Adam(groups, lr=LR, fused=True, capturable=device.type == "cuda")
+    if noise_rng == "counter":
+        return model, lead, opt, CounterNoise([1000 + s for s in range(stack)], device)
     gens = RunGenerators([torch.Generator(device=device).manual_seed(1000 + s) for s in range(stack)])
     return model, lead, opt, gens
 
@@ -103,6 +114,8 @@ def make_step(model, lead, opt, gens, x_all, y_all, idx, xb, backend=None):
 
     def step():
         forward().backward()
+        if isinstance(gens, CounterNoise):  # (after the backward, as the training loop does)
+            gens.advance()
         opt.step()
     return step
 
@@ -120,7 +133,7 @@ class _CallGraph:
         self.fn()
 
 
-def probe(name, options, stack, steps, device, backend=None):
+def probe(name, options, stack, steps, device, backend=None, noise_rng="generators"):
     """One case: identical stacks trained eagerly and by replay (and, with ``backend``, both
     again with the step compiled); their parameters compared after the same steps, then timed."""
     torch.manual_seed(123)
@@ -129,11 +142,11 @@ def probe(name, options, stack, steps, device, backend=None):
     x_all = torch.rand(N, 1, 28, 28, device=device)
     y_all = torch.randint(0, 10, (N,), device=device)
     perms = torch.randint(0, N, (steps + 40, stack, BATCH), device=device)
-    row = {"method": name, "options": options, "S": stack}
+    row = {"method": name, "options": options, "S": stack, "noise_rng": noise_rng}
     kinds = [(False, None), (True, None)] + ([(False, backend), (True, backend)] if backend else [])
     twins = {}
     for replayed, compiled in kinds:
-        model, lead, opt, gens = build(name, options, stack, device)
+        model, lead, opt, gens = build(name, options, stack, device, noise_rng)
         idx = torch.zeros(stack, BATCH, dtype=torch.long, device=device)
         xb = torch.empty(stack, BATCH, 1, 28, 28, device=device)
         twins[replayed, compiled] = dict(model=model, lead=lead, opt=opt, gens=gens, idx=idx,
@@ -174,7 +187,7 @@ def probe(name, options, stack, steps, device, backend=None):
             continue
         graph = t["graph"] = torch.cuda.CUDAGraph() if cuda else _CallGraph()
         try:
-            for g in t["gens"]:
+            for g in ([] if isinstance(t["gens"], CounterNoise) else t["gens"]):
                 graph.register_generator_state(g)
             t["opt"].zero_grad(set_to_none=True)
             if cuda:
@@ -246,6 +259,8 @@ def main(argv=None):
     parser.add_argument("--only", nargs="+", default=None, help="methods to probe (default: every variant)")
     parser.add_argument("--compile", action="store_true", help="also time the step compiled (see above)")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend for --compile (default inductor)")
+    parser.add_argument("--noise-rng", choices=["generators", "counter"], default="generators",
+                        help="the runs' noise: per-run generators (default) or counter-based streams")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("graph_replay.py needs a CUDA device (torch sees none)")
@@ -255,7 +270,8 @@ def main(argv=None):
     backend = args.backend if args.compile else None
     rows = []
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, LeNet-300-100, batch {BATCH}, {args.steps} steps"
-          + (f"; compiled with backend {backend!r}" if backend else ""))
+          + (f"; compiled with backend {backend!r}" if backend else "")
+          + ("; noise from counter-based streams" if args.noise_rng == "counter" else "; noise from per-run generators"))
     head = "| method | S | eager ms/step | graph ms/step | graph, no hooks | speed-up | max abs diff eager vs replay |"
     if backend:
         head += (" compile s | compiled eager ms | compiled graph ms | graph / compiled graph |"
@@ -266,7 +282,7 @@ def main(argv=None):
         if args.only and name not in args.only:
             continue
         for stack in args.stacks:
-            row = probe(name, options, stack, args.steps, device, backend)
+            row = probe(name, options, stack, args.steps, device, backend, args.noise_rng)
             rows.append(row)
             label = name + "".join(f" {k}={v}" for k, v in options.items())
             if "capture_error" in row:

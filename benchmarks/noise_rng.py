@@ -1,19 +1,21 @@
 """Per-run noise: S torch.Generator objects, one draw each, against one counter-based draw.
 
-    .venv/bin/python benchmarks/noise_rng.py [--device cpu|cuda] [--sizes 30x1400 840x3500 ...]
+    .venv/bin/python benchmarks/noise_rng.py [--device cpu|cuda] [--sizes 30x1400 840x3500 ...] [--no-compile]
 
-A stack of S runs draws each run's noise from the run's own generator (``layers/stacked.py``):
-S small kernels per draw.  The alternative is one kernel for the whole stack that hashes each
-run's key, the step counter and the element index into bits (a counter-based generator), so a
-run's draws still depend on its seed alone.  This prints, per (S, elements per run), the time of
-a uniform and of a standard-normal draw both ways and their ratio (hash / per-run generators),
-measured in one process, alternating.  The hash is a 32-bit integer mixer (xor-shift-multiply,
-two rounds) computed in int64 tensors; normals by the inverse normal CDF of a 31-bit uniform
-and a sign bit.
+A stack of S runs draws each run's noise from the run's own generator (``noise_rng:
+generators``, ``layers/stacked.py``): S small kernels per draw.  The alternative
+(``noise_rng: counter``, :func:`slabbench.layers.stacked.counter_noise`) is one draw for the
+whole stack that hashes each run's key and each element's position in the run's stream into
+bits, so a run's draws still depend on its seed alone.  This prints, per (S, elements per run),
+the time of a uniform and of a standard-normal draw: per-run generators; the counter-based draw
+as written (integer tensor operations, eagerly); and the same draw compiled by Inductor into one
+fused kernel, which is what a compiled step (``compile: true``) runs (there it is fused further
+into the kernels that use the noise).  Measured in one process, alternating; ratios against the
+generators.
 
-On a CPU the per-run generators win (2-15x faster at the sizes above, one thread), which is
-why the stacked layers keep them; on CUDA the per-run generators are registered with the captured
-graph (``slabbench.engine``), so a replay advances each run's stream without a launch per run.
+On a CPU the generators beat the counter-based draw as written by far (integer work in int64
+tensors, one pass per operator); compiled, the uniform draw is faster than the generators and
+the normal about as fast (docs/performance.md, "Per-run noise").
 """
 
 from __future__ import annotations
@@ -23,33 +25,7 @@ import time
 
 import torch
 
-MASK = 0xFFFFFFFF
-
-
-def mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (xor-shift-multiply) of int64 ``x`` (values below 2**32), in place."""
-    x.bitwise_xor_(x >> 16).mul_(0x21F0AAAD).bitwise_and_(MASK)
-    x.bitwise_xor_(x >> 15).mul_(0x735A2D97).bitwise_and_(MASK)
-    return x.bitwise_xor_(x >> 15)
-
-
-def hashed_bits(keys: torch.Tensor, step: int, n: int) -> torch.Tensor:
-    """(S, n) 32-bit values from each run's key, the step counter and the element index."""
-    idx = torch.arange(n, dtype=torch.int64, device=keys.device)
-    x = (idx.unsqueeze(0) + (keys.unsqueeze(1) ^ (step * 0x9E3779B9 & MASK))).bitwise_and_(MASK)
-    return mix32(mix32(x).bitwise_xor_(keys.unsqueeze(1)))
-
-
-def hashed_uniform(keys: torch.Tensor, step: int, n: int) -> torch.Tensor:
-    """Uniform (0, 1) floats: the top 24 bits, centred in their interval."""
-    return (hashed_bits(keys, step, n) >> 8).to(torch.float32).mul_(2.0 ** -24).add_(2.0 ** -25)
-
-
-def hashed_normal(keys: torch.Tensor, step: int, n: int) -> torch.Tensor:
-    """Standard normals: the inverse normal CDF of 31 bits, the 32nd bit the sign."""
-    b = hashed_bits(keys, step, n)
-    z = torch.special.ndtri((b & 0x7FFFFFFF).to(torch.float32).add_(0.5).mul_(2.0 ** -32))
-    return torch.where(b >= 2 ** 31, -z, z)
+from slabbench.layers.stacked import CounterNoise, counter_noise
 
 
 def per_run(gens: list[torch.Generator], n: int, kind: str, device: torch.device) -> torch.Tensor:
@@ -79,22 +55,36 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--sizes", nargs="+", default=["30x1400", "840x1400", "840x3500", "3x266200", "30x266200"],
                     help="SxN: S runs of N noise elements each (1400: the simulation net's weights; "
                          "266,200: LeNet-300-100's)")
+    ap.add_argument("--no-compile", action="store_true", help="leave out the compiled counter-based draw")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    compiled = None if args.no_compile else torch.compile(counter_noise, fullgraph=True, dynamic=False)
     rows = []
     print(f"per-run noise on {device} ({args.threads} thread(s)), ms per draw of the whole stack")
-    print("| S | elements per run | draw | per-run generators | one hashed draw | hash / generators |")
-    print("|---|---|---|---|---|---|")
+    print("| S | elements per run | draw | per-run generators | counter-based, as written | ratio |"
+          + ("" if compiled is None else " counter-based, compiled | ratio |"))
+    print("|---" * (6 if compiled is None else 8) + "|")
     for size in args.sizes:
         s, n = (int(v) for v in size.lower().split("x"))
         gens = [torch.Generator(device=device).manual_seed(i) for i in range(s)]
-        keys = torch.randint(0, 2 ** 32, (s,), dtype=torch.int64, device=device)
-        for kind, hashed in (("uniform", hashed_uniform), ("normal", hashed_normal)):
-            loop_ms = timed(lambda: per_run(gens, n, kind, device), args.reps, device)
-            hash_ms = timed(lambda: hashed(keys, 1, n), args.reps, device)
-            rows.append(dict(S=s, n=n, draw=kind, per_run_ms=loop_ms, hashed_ms=hash_ms))
-            print(f"| {s} | {n:,} | {kind} | {loop_ms:.2f} | {hash_ms:.2f} | {hash_ms / loop_ms:.1f} |", flush=True)
+        noise = CounterNoise(list(range(s)), device)
+        if compiled is not None:
+            torch._dynamo.reset()  # (each size compiles afresh: the recompile limit counts across sizes)
+        for kind in ("uniform", "normal"):
+            normal = kind == "normal"
+            row = dict(S=s, n=n, draw=kind)
+            row["per_run_ms"] = timed(lambda: per_run(gens, n, kind, device), args.reps, device)
+            row["counter_ms"] = timed(lambda: counter_noise(noise.keys, noise.counters, (s, n), torch.float32, normal),
+                                      args.reps, device)
+            line = (f"| {s} | {n:,} | {kind} | {row['per_run_ms']:.2f} | {row['counter_ms']:.2f} | "
+                    f"{row['counter_ms'] / row['per_run_ms']:.2f} |")
+            if compiled is not None:
+                row["compiled_ms"] = timed(lambda: compiled(noise.keys, noise.counters, (s, n), torch.float32, normal),
+                                           args.reps, device)
+                line += f" {row['compiled_ms']:.2f} | {row['compiled_ms'] / row['per_run_ms']:.2f} |"
+            rows.append(row)
+            print(line, flush=True)
     return rows
 
 
