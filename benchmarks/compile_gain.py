@@ -7,11 +7,12 @@ Each train job (one experiment x method x stack of seeds, as Snakemake runs it) 
 the core (``slabbench.train.run_stack``) shortened, without fine-tuning, at ``E1`` and ``E2``
 training epochs, once as written and once with its training step compiled
 (``slabbench.engine.CompiledLoss``), alternating, each length ``--repeat`` times and the fastest
-kept.  Times are the training's own (the records' ``train_seconds``, summed over the stack's
+kept; before them each compiled arm runs once at ``E1``, untimed (its first compile, with
+Inductor's cache cold for its graphs, would fall in one length and not the other).  Times are the training's own (the records' ``train_seconds``, summed over the stack's
 runs), not the job's: a job's evaluation after training (every target pruned, measured, its
 physical network timed) depends on what training left, so a difference of whole-job times
 between two lengths is not a cost per epoch.  The table gives, per job, the seconds per training
-epoch both ways and their ratio; what compiling costs once per training (the first compiled
+epoch both ways and their ratio; what compiling costs once per training (that first compiled
 training's time less its epochs at the compiled rate: compiling every kind of step and the
 first steps, with Inductor's on-disk cache as the machine had it; later jobs find most kernels
 there); and how far the compiled run's records are from those as written after ``E2`` epochs
@@ -81,13 +82,15 @@ def main(argv=None) -> list[dict]:
     for (experiment, method, stack), specs in jobs.items():
         times: dict = {}
         records: dict = {}
-        first_compiled = None
+        # each compiled arm once first, untimed: its first compile (Inductor's cache cold for
+        # those graphs) would otherwise fall in one length's time and not the other's
+        first_compiled = run(specs, e1, device, "compiled", args.threads)[0]
+        if args.counter:
+            run(specs, e1, device, "counter", args.threads)
         for _ in range(args.repeat):
             for epochs in (e1, e2):
                 for arm in arms:
                     t, recs = run(specs, epochs, device, arm, args.threads)
-                    if arm == "compiled" and first_compiled is None:
-                        first_compiled = t
                     times[epochs, arm] = min(t, times.get((epochs, arm), float("inf")))
                     records[epochs, arm] = recs
         per = {a: max(0.0, (times[e2, a] - times[e1, a]) / (e2 - e1)) for a in arms}

@@ -31,7 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from slabbench.api import DatasetSpec, TrainContext, make_params
 from slabbench.engine import StackedStep, _batches
-from slabbench.layers.stacked import CounterNoise
+from slabbench.layers.stacked import run_noise
 from slabbench.models import build_model
 from slabbench.registry import method_class
 from slabbench.stack import stack_modules
@@ -80,8 +80,7 @@ def stacked_step(name: str, options: dict, runs: int, *, n: int = 64, p: int = 8
     x_all, y_all, offsets = _batches([x] * runs, [y] * runs)
     step = StackedStep(model, methods[0], methods[0].optimizer(model, 1e-2), x_all, y_all, n, batch_size=batch,
                        task="regression", noise_sd=1.0,
-                       noise_gens=(CounterNoise([1000 + s for s in range(runs)]) if noise_rng == "counter"
-                                   else [torch.Generator().manual_seed(1000 + s) for s in range(runs)]),
+                       noise_gens=run_noise(noise_rng, [1000 + s for s in range(runs)]),
                        group_of=list(range(runs)))
     idx = torch.stack([torch.randperm(n, generator=g)[:batch] for _ in range(runs)]) + offsets[:, None]
     model.train()

@@ -48,7 +48,7 @@ import torch
 
 from slabbench.api import DatasetSpec, TrainContext, make_params
 from slabbench.engine import with_compile_settings
-from slabbench.layers.stacked import CounterNoise, RunGenerators, run_generators
+from slabbench.layers.stacked import run_generators, run_noise
 from slabbench.models import build_model
 from slabbench.registry import method_class
 from slabbench.stack import stack_modules
@@ -85,10 +85,7 @@ def build(name, options, stack, device, noise_rng="generators"):
     groups = [{"params": g["params"], "lr": g["lr"], "weight_decay": g.get("weight_decay", 0.0)}
               for g in lead.optimizer(model, LR).param_groups]
     opt = torch.optim.Adam(groups, lr=LR, fused=True, capturable=device.type == "cuda")
-    if noise_rng == "counter":
-        return model, lead, opt, CounterNoise([1000 + s for s in range(stack)], device)
-    gens = RunGenerators([torch.Generator(device=device).manual_seed(1000 + s) for s in range(stack)])
-    return model, lead, opt, gens
+    return model, lead, opt, run_noise(noise_rng, [1000 + s for s in range(stack)], device)
 
 
 def make_step(model, lead, opt, gens, x_all, y_all, idx, xb, backend=None):
@@ -113,9 +110,9 @@ def make_step(model, lead, opt, gens, x_all, y_all, idx, xb, backend=None):
         torch.compile(loss_fn, fullgraph=True, dynamic=False, backend=backend))
 
     def step():
+        gens.begin_step()
         forward().backward()
-        if isinstance(gens, CounterNoise):  # (after the backward, as the training loop does)
-            gens.advance()
+        gens.advance()  # (counter-based noise: after the backward, as the training loop does)
         opt.step()
     return step
 
@@ -187,7 +184,7 @@ def probe(name, options, stack, steps, device, backend=None, noise_rng="generato
             continue
         graph = t["graph"] = torch.cuda.CUDAGraph() if cuda else _CallGraph()
         try:
-            for g in ([] if isinstance(t["gens"], CounterNoise) else t["gens"]):
+            for g in t["gens"].generators:
                 graph.register_generator_state(g)
             t["opt"].zero_grad(set_to_none=True)
             if cuda:

@@ -32,7 +32,7 @@ from slabbench.api import Method
 from slabbench.checkpoint import (NotResumable, Phase, cpu_copy, method_states, model_tensors, restore_method_states,
                                   restore_model_tensors)
 from slabbench.graphs import StepGraphs, state_entries
-from slabbench.layers.stacked import CounterNoise, RunGenerators, run_generators, shared_input
+from slabbench.layers.stacked import CounterNoise, RunGenerators, as_run_noise, run_generators, shared_input
 from slabbench.stack import hooks_per_stack, run_views, select_runs, stacked_runs
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ class StackedStep:
 
     def __init__(self, model: nn.Module, method: Method, opt: torch.optim.Optimizer, x_all: torch.Tensor,
                  y_all: torch.Tensor, n: int, *, batch_size: int, task: str, noise_sd: float,
-                 noise_gens: Sequence[torch.Generator] | CounterNoise, group_of: Sequence[int],
+                 noise_gens: Sequence[torch.Generator] | RunGenerators | CounterNoise, group_of: Sequence[int],
                  compile_backend: str | None = None):
         self.model, self.method, self.opt = model, method, opt
         self.x_all, self.y_all, self.n = x_all, y_all, n
@@ -245,10 +245,11 @@ class StackedStep:
         #: compiled by that torch.compile backend (:class:`CompiledLoss`); None: as written
         self.compiled = None if compile_backend is None else CompiledLoss(self._loss, compile_backend)
 
-    def set_runs(self, noise_gens: Sequence[torch.Generator] | CounterNoise, group_of: Sequence[int]) -> None:
+    def set_runs(self, noise_gens: Sequence[torch.Generator] | RunGenerators | CounterNoise,
+                 group_of: Sequence[int]) -> None:
         """The runs the step trains: their noise generators (or counter-based noise) and data
         groups (at the start, and after the stack was cut to some of its runs)."""
-        self.noise_gens = noise_gens if isinstance(noise_gens, CounterNoise) else RunGenerators(noise_gens)
+        self.noise_gens = as_run_noise(noise_gens)
         self.runs = len(group_of)
         # runs that see the same rows (restarts' starts): gathered once per group, and the stacked
         # linear layers fed the batch run one matmul per group (layers.stacked.shared_input)
@@ -295,11 +296,11 @@ class StackedStep:
 
     def __call__(self, idx: torch.Tensor, beta, with_penalty: bool, set_to_none: bool) -> None:
         """One step on the minibatch rows ``idx``: :meth:`loss`, backward, the optimizer's step."""
+        self.noise_gens.begin_step()
         loss, nll = self.loss(idx, beta, with_penalty)
         self.opt.zero_grad(set_to_none=set_to_none)
         loss.backward()
-        if isinstance(self.noise_gens, CounterNoise):  # (after the backward, which may draw again)
-            self.noise_gens.advance()
+        self.noise_gens.advance()  # (counter-based noise: after the backward, which may draw again)
         self.opt.step()
         self.nll_sums.add_(nll.detach())
 
@@ -406,7 +407,8 @@ class CompiledLoss:
 
 def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], *,
                 epochs: int, batch_size: int, lr: float, task: str, noise_sd: float,
-                data_gens: Sequence[torch.Generator], noise_gens: Sequence[torch.Generator] | CounterNoise,
+                data_gens: Sequence[torch.Generator],
+                noise_gens: Sequence[torch.Generator] | RunGenerators | CounterNoise,
                 stop_on_divergence: bool = True, screen: Screen | None = None, graphs: bool = False,
                 compile_step: bool = False, checkpoint: Phase | None = None) -> list[int]:
     """Train ``model`` with the core's loss convention: the sum over its runs of
@@ -450,12 +452,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
     n, s_runs = len(ys[0]), len(members)
     group_of = _data_groups(xs, ys, data_gens) if SHARE_INPUTS and stacked else list(range(s_runs))
     order_gens = [data_gens[group_of.index(g)] for g in range(group_of[-1] + 1)]  # one data order per group
-    counter = isinstance(noise_gens, CounterNoise)  # (else torch.Generator objects, one per run)
-    members, kept = list(members), list(range(s_runs))
-    noise_gens = noise_gens if counter else list(noise_gens)
-    # (a checkpoint saves every generator's state, cut or not; counter-based noise the positions
-    # of the runs the stack holds)
-    all_noise = [] if counter else list(noise_gens)
+    members, kept, noise = list(members), list(range(s_runs)), as_run_noise(noise_gens)
     started_with = list(members)  # (screening cuts ``members``: a start screened out still gets its records)
     cls = type(lead)
     # hooks once per run (on views, with their run's gradients) only where they could tell runs
@@ -483,7 +480,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
             # each graph writes gradients of its own (captured with none there): hooks read that
             # graph's, so .grad is pointed at them around every replay
             step_graphs = StepGraphs(body,
-                                     state=lambda: state_entries(model, opt, lead), generators=all_noise,
+                                     state=lambda: state_entries(model, opt, lead), generators=noise.generators,
                                      label=members[0].label.split(" seed=")[0], backend=GRAPH_BACKEND,
                                      prepare=lambda key: opt.zero_grad(set_to_none=True),
                                      before_replay=lambda key: _point_grads(grads_of.get(key, ())),
@@ -494,7 +491,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
             for m in started_with:
                 m.step_graphs = m.step_graphs or f"eager ({why})"
     train_step = StackedStep(model, lead, opt, x_all, y_all, n, batch_size=batch_size, task=task, noise_sd=noise_sd,
-                             noise_gens=noise_gens, group_of=group_of,
+                             noise_gens=noise, group_of=group_of,
                              compile_backend=COMPILE_BACKEND if compile_step else None)
     # β as a device tensor written in place: what a captured graph reads, and a compiled step's
     # input (a number would be a constant of the compiled code: a recompile per value)
@@ -519,7 +516,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
 
     def cut(keep: list[int]) -> None:
         """Cut the stack to the runs ``keep`` (positions among those it holds), in place."""
-        nonlocal members, noise_gens, kept, offsets, order_gens, group_of, s_runs, params, views
+        nonlocal members, noise, kept, offsets, order_gens, group_of, s_runs, params, views
         idx = torch.tensor(keep, dtype=torch.long)
         _cut_optimizer_state(opt, select_runs(model, keep), idx)
         if not per_run_hooks:  # the stack's one method instance: its declared per-run state
@@ -529,19 +526,18 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
                             "not cut to the kept runs", members[0].label.split(" seed=")[0],
                             type(lead).__name__, ", ".join(undeclared))
             lead.select_runs(idx)
-        members, kept = [members[i] for i in keep], [kept[i] for i in keep]
-        noise_gens = noise_gens.select(keep) if counter else [noise_gens[i] for i in keep]
+        members, kept, noise = [members[i] for i in keep], [kept[i] for i in keep], noise.select(keep)
         offsets = offsets[idx]
         groups = sorted(set(group_of[i] for i in keep))
         order_gens = [order_gens[g] for g in groups]
         group_of = [groups.index(group_of[i]) for i in keep]
-        train_step.set_runs(noise_gens, group_of)
+        train_step.set_runs(noise, group_of)
         s_runs = len(keep)
         params = list(model.parameters())
         views = run_views(model) if per_run_hooks else None
         if step_graphs is not None:  # new tensors, fewer runs: every step kind is captured anew
             step_graphs.invalidate()
-            step_graphs.generators = [] if counter else list(noise_gens)
+            step_graphs.generators = noise.generators
             idx_bufs.clear()
             grads_of.clear()
 
@@ -560,8 +556,7 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
         state.update(screened=[model_tensors(m.model) if m.screened_out else None for m in started_with])
         state.update(model=model_tensors(model), opt=cpu_copy(opt.state_dict()),
                      members=[{f: getattr(m, f) for f in _MEMBER_STATE} for m in started_with],
-                     data_gens=[g.get_state() for g in data_gens], noise_gens=[g.get_state() for g in all_noise],
-                     noise_counters=noise_gens.counters.cpu() if counter else None,
+                     data_gens=[g.get_state() for g in data_gens], noise=noise.state(),
                      rng=torch.get_rng_state(),
                      cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                      seconds=checkpoint.prior_seconds + time.perf_counter() - phase_started)
@@ -590,14 +585,10 @@ def fit_stacked(model: nn.Module, members: Sequence[Member], xs: Sequence[torch.
                 restore_model_tensors(m.model, screened, device)
         for g, st in zip(data_gens, state["data_gens"]):
             g.set_state(st)
-        for g, st in zip(all_noise, state["noise_gens"]):
-            g.set_state(st.cpu())
-        if counter:  # (the positions of the runs the stack held, as it holds them again)
-            if state.get("noise_counters") is None:
-                raise NotResumable("it drew its noise from per-run generators, this training from counter-based noise")
-            noise_gens.counters.copy_(state["noise_counters"])
-        elif state.get("noise_counters") is not None:
-            raise NotResumable("it drew its noise from counter-based noise, this training from per-run generators")
+        try:  # (the noise of the runs the stack held then, as it holds them again)
+            noise.load_state(state["noise"])
+        except ValueError as err:
+            raise NotResumable(str(err)) from None
         torch.set_rng_state(state["rng"])
         if state["cuda_rng"] is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)

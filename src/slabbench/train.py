@@ -40,7 +40,7 @@ from slabbench.api import Method, TrainContext, make_params
 from slabbench.checkpoint import JobCheckpoint, code_digest
 from slabbench.config import RunSpec, run_option_error
 from slabbench.engine import Member, Screen, TrainingDiverged, _divergence_advice, fit, fit_stacked, noise_seed
-from slabbench.layers.stacked import CounterNoise
+from slabbench.layers.stacked import run_noise
 from slabbench.models import build_model
 from slabbench.prune import apply_masks
 from slabbench.provenance import provenance
@@ -90,10 +90,6 @@ def set_threads(threads: int) -> None:
 
 #: fraction of the device's free memory a stack may plan to use before it is split
 MEMORY_FRACTION = 0.5
-
-
-def _generator(seed: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(int(seed))
 
 
 def stack_refusal(method: Method, model: nn.Module) -> str | None:
@@ -219,8 +215,7 @@ def _train(members: list[Member], xs, ys, *, epochs: int, batch_size: int, lr: f
         t0 = time.perf_counter()
         kept = fit_stacked(stacked, group, [d[0] for d in data], [d[1] for d in data],
                            data_gens=[torch.Generator().manual_seed(int(data_seeds[i])) for i in chunk],
-                           noise_gens=(CounterNoise([m.noise_seed for m in group], device) if noise_rng == "counter"
-                                       else [_generator(m.noise_seed, device) for m in group]), screen=scr,
+                           noise_gens=run_noise(noise_rng, [m.noise_seed for m in group], device), screen=scr,
                            checkpoint=phase, **kw)
         _sync(device)
         share = (time.perf_counter() - t0 + (phase.prior_seconds if phase else 0.0)) / len(group)

@@ -13,9 +13,9 @@ Outside that context, and for unstacked layers, draws come from torch's global g
 
 Two kinds of per-run noise (a run spec's ``noise_rng``): ``generators`` (the default), one
 ``torch.Generator`` per run, S small draws per noise tensor; ``counter`` (:class:`CounterNoise`),
-one draw for the whole stack from a counter-based generator: each element's bits a hash of its
-run's key (from the run's seed) and its position in the run's stream, computed by ordinary tensor
-operations, so a compiler fuses them into the kernels that use the noise and a captured graph
+one draw for the whole stack from a counter-based generator: each element's bits a keyed
+permutation of its position in its run's stream (the key from the run's seed), computed by
+ordinary tensor operations, so a compiler fuses them into the kernels that use the noise and a captured graph
 replays them without a kernel per run.
 """
 
@@ -29,7 +29,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-_GENERATORS: Sequence[torch.Generator] | None = None
+_GENERATORS: "RunGenerators | CounterNoise | None" = None
 #: every live :class:`RunGenerators` by its key: where a traced draw finds its generators
 _REGISTRY: "weakref.WeakValueDictionary[int, RunGenerators]" = weakref.WeakValueDictionary()
 _KEYS = itertools.count()
@@ -37,12 +37,59 @@ _KEYS = itertools.count()
 
 class RunGenerators(list):
     """The runs' noise generators (a list, run s's at index s) under a registry key, so that a
-    draw traced into a graph (:func:`_per_run_noise`) finds them when the graph runs."""
+    draw traced into a graph (:func:`_per_run_noise`) finds them when the graph runs.
+
+    It shares its interface with :class:`CounterNoise` (what the training engine calls on a
+    stack's noise): :attr:`generators` (what a CUDA graph registers), :meth:`select`,
+    :meth:`state` / :meth:`load_state` (checkpoints), :meth:`begin_step` and :meth:`advance`
+    (around a training step; nothing to do for generators, whose streams advance as they draw)."""
 
     def __init__(self, generators: Sequence[torch.Generator]):
         super().__init__(generators)
         self.key = next(_KEYS)
         _REGISTRY[self.key] = self
+
+    @property
+    def generators(self) -> list[torch.Generator]:
+        return list(self)
+
+    def select(self, keep: Sequence[int]) -> "RunGenerators":
+        """The generators of the runs at positions ``keep`` (the same objects)."""
+        return RunGenerators([self[i] for i in keep])
+
+    def state(self) -> list[torch.Tensor]:
+        return [g.get_state() for g in self]
+
+    def load_state(self, state) -> None:
+        if not isinstance(state, list) or len(state) != len(self):
+            raise ValueError(f"the saved noise is not the states of {len(self)} run generators")
+        for g, st in zip(self, state):
+            g.set_state(st.cpu())
+
+    def begin_step(self) -> None:
+        pass
+
+    def advance(self) -> None:
+        pass
+
+
+#: the kinds of per-run noise (a run spec's ``noise_rng``)
+NOISE_KINDS = ("generators", "counter")
+
+
+def run_noise(kind: str, seeds: Sequence[int], device: torch.device | str = "cpu") -> "RunGenerators | CounterNoise":
+    """The noise of a stack whose runs have the noise seeds ``seeds``: ``kind`` "generators",
+    one ``torch.Generator`` per run seeded with its seed; "counter", a :class:`CounterNoise`."""
+    if kind == "counter":
+        return CounterNoise(seeds, device)
+    if kind == "generators":
+        return RunGenerators([torch.Generator(device=device).manual_seed(int(s)) for s in seeds])
+    raise ValueError(f"noise_rng {kind!r}: expected one of {', '.join(NOISE_KINDS)}")
+
+
+def as_run_noise(noise: "Sequence[torch.Generator] | RunGenerators | CounterNoise") -> "RunGenerators | CounterNoise":
+    """``noise`` as a stack's noise object (a plain sequence of generators as :class:`RunGenerators`)."""
+    return noise if isinstance(noise, (RunGenerators, CounterNoise)) else RunGenerators(noise)
 
 
 @contextmanager
@@ -51,7 +98,7 @@ def run_generators(generators: "Sequence[torch.Generator] | CounterNoise") -> It
     :class:`CounterNoise`, from run ``s``'s counter-based stream)."""
     global _GENERATORS
     saved = _GENERATORS
-    _GENERATORS = generators if isinstance(generators, (RunGenerators, CounterNoise)) else list(generators)
+    _GENERATORS = as_run_noise(generators)
     try:
         yield
     finally:
@@ -78,37 +125,42 @@ def _splitmix64(x: int) -> int:
 
 
 def _key_words(seed: int) -> list[int]:
-    """Four 32-bit key words of a run's noise seed."""
+    """Four 32-bit key words of a run's noise seed (two SplitMix64 steps)."""
     a = _splitmix64(int(seed) & 0xFFFFFFFFFFFFFFFF)
     b = _splitmix64(a)
     return [a & _MASK, a >> 32, b & _MASK, b >> 32]
 
 
-def _words(keys: torch.Tensor, pos: torch.Tensor, first: int) -> torch.Tensor:
-    """32-bit words of the positions ``pos`` (S, n) of each run's stream: keyed by key words
-    ``first`` and ``first + 1`` of ``keys`` (S, 4).  For a fixed key and high half of the
-    position, a bijection of its low half."""
-    k_hi, k_out = keys[:, first:first + 1], keys[:, first + 1:first + 2]
-    return _mix32(_mix32((pos & _MASK) ^ _mix32((pos >> 32) ^ k_hi)) ^ k_out)
+def _feistel(keys: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two 32-bit words of the 64-bit positions ``pos`` (S, n) of each run's stream: a four-round
+    Feistel network on (high, low) half, round r's function ``_mix32(right ^ keys[:, r])``.  A
+    bijection of the 64-bit positions for every key (no position's words repeat another's), and
+    with a good round function a pseudo-random permutation (Luby-Rackoff)."""
+    left, right = pos >> 32, pos & _MASK
+    for r in range(4):
+        left, right = right, left ^ _mix32(right ^ keys[:, r:r + 1])
+    return left, right
 
 
 def counter_noise(keys: torch.Tensor, counters: torch.Tensor, shape: Sequence[int], dtype: torch.dtype,
                   normal: bool, offset: int = 0) -> torch.Tensor:
     """Noise of ``shape`` (S, ...) from each run's key words ``keys`` (S, 4) and stream position
     ``counters`` (S,) (read, not changed).  Element i of run s is drawn at position
-    ``counters[s] + offset + i`` of its stream: U(0, 1) is ``(w >> 9) + 1/2`` times
-    2**-23 of the position's word ``w`` (never 0 or 1: 2**23 levels from 2**-24 to 1 - 2**-24);
-    N(0, 1) is Box-Muller's ``sqrt(-2 log u1) cos(2 pi u2)`` of two uniforms from two words of
-    the position (|z| <= 5.77).  Integer work is exact everywhere (the uniforms are the same
-    bits on every device and compiler); the normals' log and cos round as their kernels do."""
+    ``counters[s] + offset + i`` of its stream, whose two words (:func:`_feistel`) give it:
+    U(0, 1) is ``(w >> 9) + 1/2`` times 2**-23 of the second word ``w`` (never 0 or 1: 2**23
+    levels from 2**-24 to 1 - 2**-24); N(0, 1) is Box-Muller's ``sqrt(-2 log u1) cos(2 pi u2)``
+    of that uniform and ``(v >> 8)`` times 2**-24 of the first word ``v`` (|z| <= 5.77).  Integer
+    work is exact everywhere (the uniforms are the same bits on every device and compiler); the
+    normals' log and cos round as their kernels do."""
     s_runs = shape[0]
     n = 1
     for d in shape[1:]:
         n *= int(d)
     pos = counters.unsqueeze(1) + torch.arange(offset, offset + n, dtype=torch.int64, device=counters.device)
-    u = ((_words(keys, pos, 0) >> 9).to(torch.float32) + 0.5) * 2.0 ** -23
+    v, w = _feistel(keys, pos)
+    u = ((w >> 9).to(torch.float32) + 0.5) * 2.0 ** -23
     if normal:
-        u2 = (_words(keys, pos, 2) >> 8).to(torch.float32) * 2.0 ** -24
+        u2 = (v >> 8).to(torch.float32) * 2.0 ** -24
         u = torch.sqrt(-2.0 * torch.log(u)) * torch.cos((2.0 * math.pi) * u2)
     return u.to(dtype).view(s_runs, *shape[1:])
 
@@ -135,12 +187,30 @@ class CounterNoise:
     def __len__(self) -> int:
         return self.counters.shape[0]
 
+    @property
+    def generators(self) -> list[torch.Generator]:
+        return []  # (no torch.Generator for a CUDA graph to register)
+
     def select(self, keep: Sequence[int]) -> "CounterNoise":
         """The runs at positions ``keep``, with their keys and positions (new tensors)."""
         idx = torch.tensor(list(keep), dtype=torch.long, device=self.counters.device)
         out = CounterNoise([], self.counters.device)
         out.keys, out.counters = self.keys[idx], self.counters[idx] + self.drawn
         return out
+
+    def state(self) -> dict:
+        return {"counters": self.counters.detach().cpu().clone()}
+
+    def load_state(self, state) -> None:
+        if not isinstance(state, dict) or tuple(state.get("counters", torch.empty(0)).shape) != (len(self),):
+            raise ValueError(f"the saved noise is not the stream positions of {len(self)} runs' counter-based noise")
+        self.counters.copy_(state["counters"])
+        self.drawn = 0
+
+    def begin_step(self) -> None:
+        """A step starts: nothing drawn in it yet (a step that failed half-way, e.g. a CUDA
+        graph's capture, left no position behind: it is taken again)."""
+        self.drawn = 0
 
     def draw(self, t: torch.Tensor, normal: bool) -> torch.Tensor:
         if len(self) != t.shape[0]:
