@@ -13,7 +13,9 @@ tensors that stay in place between replays: the minibatch index buffer, the gath
 the learning rates as device tensors, the parameters, buffers and optimizer state.  Each run's
 noise generator is registered with the graph, so a replay advances every run's own stream
 exactly as an eager step does (measured: parameters identical to eager training after the same
-steps, every method and stack size).
+steps, every method and stack size); counter-based noise (``noise_rng: counter``) has no
+generator to register: its stream positions are a device tensor that the captured step
+advances in place.
 
 Hooks (``after_step``, ``after_epoch``) run eagerly between replays and may change any tensor in
 place (a new mask, a closed-form φ), except a per-step hook that its method declares the same
