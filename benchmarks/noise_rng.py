@@ -15,7 +15,7 @@ generators.
 
 On a CPU the generators beat the counter-based draw as written by far (integer work in int64
 tensors, one pass per operator); compiled, the uniform draw is faster than the generators and
-the normal about as fast (docs/performance.md, "Per-run noise").
+the normal about as fast (docs/performance.md, "Counter-based noise, compiled (`noise_rng: counter`)").
 """
 
 from __future__ import annotations
