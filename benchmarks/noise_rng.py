@@ -5,8 +5,8 @@
 A stack of S runs draws each run's noise from the run's own generator (``noise_rng:
 generators``, ``layers/stacked.py``): S small kernels per draw.  The alternative
 (``noise_rng: counter``, :func:`slabbench.layers.stacked.counter_noise`) is one draw for the
-whole stack that hashes each run's key and each element's position in the run's stream into
-bits, so a run's draws still depend on its seed alone.  This prints, per (S, elements per run),
+whole stack that permutes each element's position in its run's stream, keyed by the run's
+seed, into bits, so a run's draws still depend on its seed alone.  This prints, per (S, elements per run),
 the time of a uniform and of a standard-normal draw: per-run generators; the counter-based draw
 as written (integer tensor operations, eagerly); and the same draw compiled by Inductor into one
 fused kernel, which is what a compiled step (``compile: true``) runs (there it is fused further

@@ -29,7 +29,7 @@ M64 = 0xFFFFFFFFFFFFFFFF
 
 
 def mix32(x: int) -> int:
-    """lowbias32, on a Python int."""
+    """The 32-bit xor-shift-multiply mixer (Feistel round function), on a Python int."""
     x = ((x ^ (x >> 16)) * 0x21F0AAAD) & M32
     x = ((x ^ (x >> 15)) * 0x735A2D97) & M32
     return x ^ (x >> 15)
@@ -271,6 +271,16 @@ def test_a_job_with_counter_noise_resumes_to_the_same_records(tmp_path, monkeypa
     specs = _specs("spike_slab", {"kl_warmup_epochs": 3}, seeds=(0, 1), **SPEC)
     want = T.run_stack(specs)
     assert_same_records(resumed(specs, tmp_path / "job.pt", monkeypatch, 2), want)
+
+
+def test_screened_restarts_with_counter_noise_resume_after_the_cut(tmp_path, monkeypatch):
+    """Stopped after the screening cut the stack: the resumed job cuts its fresh stack the same
+    way and loads the kept starts' stream positions into it."""
+    from test_checkpoint import SPEC, assert_same_records, resumed
+    specs = [tiny_spec("spike_slab", restarts=3, restarts_keep=1, restarts_screen_epochs=2, seed=s,
+                       noise_rng="counter", **dict(SPEC, epochs=5)) for s in (0, 1)]
+    want = T.run_stack(specs)
+    assert_same_records(resumed(specs, tmp_path / "job.pt", monkeypatch, 3), want)
 
 
 def test_the_option_enters_the_spec_only_when_counter_and_a_bad_value_is_named(default_config):

@@ -151,7 +151,8 @@ def counter_noise(keys: torch.Tensor, counters: torch.Tensor, shape: Sequence[in
     levels from 2**-24 to 1 - 2**-24); N(0, 1) is Box-Muller's ``sqrt(-2 log u1) cos(2 pi u2)``
     of that uniform and ``(v >> 8)`` times 2**-24 of the first word ``v`` (|z| <= 5.77).  Integer
     work is exact everywhere (the uniforms are the same bits on every device and compiler); the
-    normals' log and cos round as their kernels do."""
+    normals' log and cos round as their kernels do.  Computed in float32, then cast to ``dtype``
+    (a half-precision cast would round the largest uniforms to 1: the training is float32)."""
     s_runs = shape[0]
     n = 1
     for d in shape[1:]:
