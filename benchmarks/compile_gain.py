@@ -8,10 +8,11 @@ the core (``slabbench.train.run_stack``) shortened, without fine-tuning, at ``E1
 training epochs, once as written and once with its training step compiled
 (``slabbench.engine.CompiledLoss``), alternating, each length ``--repeat`` times and the fastest
 kept; before them each compiled arm runs once at ``E1``, untimed (its first compile, with
-Inductor's cache cold for its graphs, would fall in one length and not the other).  Times are the training's own (the records' ``train_seconds``, summed over the stack's
-runs), not the job's: a job's evaluation after training (every target pruned, measured, its
-physical network timed) depends on what training left, so a difference of whole-job times
-between two lengths is not a cost per epoch.  The table gives, per job, the seconds per training
+Inductor's cache cold for its graphs, would fall in one length and not the other).  Times are
+the training's own (the records' ``train_seconds``, summed over the stack's runs), not the
+job's: a job's evaluation after training (every target pruned, measured, its physical network
+timed) depends on what training left, so a difference of whole-job times between two lengths
+is not a cost per epoch.  The table gives, per job, the seconds per training
 epoch both ways and their ratio; what compiling costs once per training (that first compiled
 training's time less its epochs at the compiled rate: compiling every kind of step and the
 first steps, with Inductor's on-disk cache as the machine had it; later jobs find most kernels
@@ -113,10 +114,10 @@ def main(argv=None) -> list[dict]:
               flush=True)
     written = sum(r["epochs"] * r["s_per_epoch"] for r in rows)
     compiled = sum(r["epochs"] * r["s_per_epoch_compiled"] + r["compile_s"] for r in rows)
+    counter = sum(r["epochs"] * r["s_per_epoch_counter"] + r["compile_s"] for r in rows) if args.counter else None
     print(f"\ntraining epochs at the config's length, one job after another: as written {written / 60:.1f} min, "
           f"compiled {compiled / 60:.1f} min with one compile per job ({compiled / written if written else float('nan'):.2f}x)"
-          + (f"; compiled with counter-based noise {sum(r['epochs'] * r['s_per_epoch_counter'] + r['compile_s'] for r in rows) / 60:.1f} min"
-             if args.counter else ""))
+          + (f"; compiled with counter-based noise {counter / 60:.1f} min" if args.counter else ""))
     if args.out:
         import pandas as pd
 

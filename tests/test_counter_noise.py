@@ -6,7 +6,7 @@ distribution (mean, variance, uniformity, no correlation across runs, draws or n
 elements), and for what the engine needs of them: a run's draws depend on its seed alone (seed 1
 in a stack equals seed 1 alone, every method that draws noise), a stack cut to some of its runs
 draws on each run's stream, a step's operator count does not grow with the stack, a compiled
-step fuses them and gives the records of the step as written, a captured step replays them, and
+step with them gives the records of the step as written, a captured step replays them, and
 a job stopped and resumed draws on where it stopped."""
 
 import logging
@@ -20,6 +20,7 @@ from slabbench import engine as E
 from slabbench import train as T
 from slabbench.config import RunSpec, run_specs, validate
 from slabbench.layers.stacked import CounterNoise, counter_noise, rand_like, randn_like, run_generators, run_noise
+from test_compile import aot_eager  # noqa: F401 (a fixture)
 from test_graphs import Recording, assert_stacks_close
 from test_stacking import assert_records_close, records_alone
 from test_step import DC
@@ -196,11 +197,6 @@ def test_operators_per_step_do_not_grow_with_the_stack(name, options):
     counts = {s: DC.count_step(name, options, s, noise_rng="counter") for s in (1, 2, 3)}
     assert counts[1] == counts[2] == counts[3]
     assert not set(counts[3]) & DC.NOISE and not set(counts[3]) & DC.SYNCING
-
-
-@pytest.fixture
-def aot_eager(monkeypatch):
-    monkeypatch.setattr(E, "COMPILE_BACKEND", "aot_eager")
 
 
 @pytest.mark.parametrize("name,options", CASES, ids=IDS)

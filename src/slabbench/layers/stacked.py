@@ -153,10 +153,7 @@ def counter_noise(keys: torch.Tensor, counters: torch.Tensor, shape: Sequence[in
     work is exact everywhere (the uniforms are the same bits on every device and compiler); the
     normals' log and cos round as their kernels do.  Computed in float32, then cast to ``dtype``
     (a half-precision cast would round the largest uniforms to 1: the training is float32)."""
-    s_runs = shape[0]
-    n = 1
-    for d in shape[1:]:
-        n *= int(d)
+    s_runs, n = shape[0], math.prod(shape[1:])
     pos = counters.unsqueeze(1) + torch.arange(offset, offset + n, dtype=torch.int64, device=counters.device)
     v, w = _feistel(keys, pos)
     u = ((w >> 9).to(torch.float32) + 0.5) * 2.0 ** -23
